@@ -1,0 +1,60 @@
+# trustvlm-edge. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= demo_fmnist
+PRECISION ?= fp32
+FORMAT ?= onnx
+WEIGHTS ?=
+ARTIFACTS ?= artifacts
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-packages demo export zeroshot test test-fast demo-model models clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+system-packages: ## install the Debian packages the demo and tests read (Fashion-MNIST, OpenCV sample videos)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[export,dev]'
+	touch $(STAMP)
+
+setup: system-packages $(STAMP) ## create .venv and install the project with its export and test extras
+
+demo: setup ## the main job on the embedded demo model: export it, then check it zero-shot
+	$(PY) -m trustvlm export --model demo_fmnist --precision fp16 --output $(ARTIFACTS)
+	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/demo_fmnist
+
+export: setup ## export MODEL [PRECISION=fp32|fp16] [FORMAT=onnx|engine] [WEIGHTS=random|/path]
+	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
+		$(if $(WEIGHTS),--weights $(WEIGHTS)) --output $(ARTIFACTS)
+
+zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
+	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)
+
+models: setup ## list the model registry
+	$(PY) -m trustvlm models
+
+demo-model: setup ## retrain the embedded demo model (about 10 minutes on 2 cores)
+	$(PY) -m trustvlm train-demo --output models/checkpoints/demo_fmnist.pt
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q
+
+test-fast: setup ## the tests without the slow exports
+	$(PY) -m pytest -q -m "not slow"
+
+clean: ## remove build outputs (artifacts/), keep .venv
+	rm -rf $(ARTIFACTS) .pytest_cache

@@ -1,0 +1,129 @@
+"""`trustvlm calibrate` and `trustvlm eval`: thin argparse layers over calibrate() and the eval harness.
+
+Wire them into the top-level parser with ``add_calibrate_parser(subparsers)`` and
+``add_eval_parser(subparsers)``; each sets ``handler`` (``run_calibrate`` / ``run_eval``). Expected
+failures (bad input, missing data, mismatched artifacts) become one :class:`trustvlm.cli.CliError`
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trustvlm.cli import CliError
+
+DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
+
+
+def _formatter(prog):
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+
+
+def _lambda_arg(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}") from error
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}")
+    return value
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415 - keep `--help` light
+
+    return ValueError, FileNotFoundError, EngineError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS,
+                        help="export folder (manifest.json + encoders) of the model")
+    parser.add_argument("--k", type=int, default=16, help="shots per class for the image prototypes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shot sampling and held-out split")
+    parser.add_argument("--alpha", type=float, default=0.05, help="target error rate among accepted predictions")
+    parser.add_argument("--delta", type=float, default=0.1,
+                        help="allowed probability that the true risk among accepted exceeds alpha")
+    parser.add_argument("--templates", default="paper", choices=["paper", "ensemble"], help="prompt template set")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="which exported encoders to run")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
+
+
+def add_calibrate_parser(subparsers) -> None:
+    """Add `calibrate`: build artifacts/<model>/bundle (prototypes, trust head, threshold)."""
+    parser = subparsers.add_parser(
+        "calibrate", formatter_class=_formatter,
+        help="build a prototype bundle: image/text prototypes, lambda, accept threshold, trust head",
+        description="Encode k labelled shots per class with the exported image encoder (image prototypes) and "
+                    "the class prompts with the text encoder (text prototypes); choose lambda and an accept "
+                    "threshold with a risk guarantee on the held-out rest of the data; write "
+                    "prototypes.npz, trust_head.onnx and bundle.json. Fashion-MNIST uses its 5,000-image "
+                    "calibration split, never the test split.")
+    _add_common(parser)
+    parser.add_argument("--data", default="fashion-mnist",
+                        help="'fashion-mnist' or an image folder with one sub-folder per class")
+    parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: <artifacts>/bundle)")
+    parser.add_argument("--lam", type=_lambda_arg, default="auto",
+                        help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
+                             "(1 is the paper's)")
+    parser.add_argument("--score", default="trustvlm", choices=["trustvlm", "trustvlm_star"],
+                        help="score the accept threshold applies to")
+    parser.set_defaults(handler=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    """Handler of `trustvlm calibrate`."""
+    from trustvlm.calibration.bundle import describe_bundle  # noqa: PLC0415 - heavy imports per command
+    from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
+
+    out = args.out or args.artifacts / "bundle"
+    try:
+        bundle = calibrate(args.artifacts, args.data, out, k=args.k, seed=args.seed, lam=args.lam,
+                           alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
+                           precision=args.precision, threads=args.threads)
+    except _expected_errors() as error:
+        raise CliError(str(error)) from error
+    print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
+    return 0
+
+
+def add_eval_parser(subparsers) -> None:
+    """Add `eval`: the misclassification-detection report, clean and under camera shifts."""
+    from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
+
+    parser = subparsers.add_parser(
+        "eval", formatter_class=_formatter,
+        help="evaluate MSP, baselines, TrustVLM and TrustVLM* on clean and shifted test images",
+        description="For the clean Fashion-MNIST test split and each camera shift: prototypes from the equally "
+                    "shifted calibration split, then ACC, AURC, E-AURC, AUROC and FPR95 of every score; writes "
+                    "results.md, results.json, per-sample npz files and risk-coverage plots.")
+    _add_common(parser)
+    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist"], help="evaluation data")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: <artifacts>/eval)")
+    parser.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=list(SHIFTS),
+                        help="camera shifts to evaluate besides the clean data (none: clean only)")
+    parser.add_argument("--no-ablations", dest="ablations", action="store_false",
+                        help="skip the k / lambda / shot-seed ablations")
+    parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args) -> int:
+    """Handler of `trustvlm eval`."""
+    from trustvlm.calibration.eval_report import RESULTS_MD, main_table, write_report  # noqa: PLC0415
+    from trustvlm.calibration.evaluate import EvalConfig, run_evaluation  # noqa: PLC0415
+
+    out = args.out or args.artifacts / "eval"
+    try:
+        config = EvalConfig(k=args.k, seed=args.seed, templates=args.templates, shifts=tuple(args.shifts),
+                            alpha=args.alpha, delta=args.delta, ablations=args.ablations,
+                            test_limit=args.test_limit, precision=args.precision, threads=args.threads)
+        report = run_evaluation(args.artifacts, config)
+        write_report(report, out)
+    except _expected_errors() as error:
+        raise CliError(str(error)) from error
+    print("\n".join(main_table(report.datasets)))
+    print(f"wrote {out / RESULTS_MD} ({report.seconds['total']:.1f} s)")
+    return 0

@@ -1,0 +1,406 @@
+"""Reference confidence scores for zero-shot VLM predictions (float64 numpy).
+
+This module is the numerical reference for TrustVLM (arXiv 2505.23745) and the
+baseline scores it is compared with. Every score follows one convention:
+**higher means more confident**. A CLIP-style model predicts zero-shot from
+L2-normalized text prototypes ``T`` (``C x D``)::
+
+    logits = s * normalize(f) @ T.T        # s: the model's learned logit scale
+    pred   = argmax(logits)
+
+Image prototypes ``P`` (``C x D``) are the normalized means of a few normalized
+shot embeddings per class. With ``p = softmax(logits)``:
+
+==============  ===========================================================
+name            confidence
+==============  ===========================================================
+msp             ``max p``
+max_logit       ``max logits``
+energy          ``logsumexp(logits)`` (the *negative* free energy at T=1)
+neg_entropy     ``sum p * log p`` (minus the entropy)
+doctor          ``sum p**2`` (DOCTOR's Gini term; see below)
+s_ii            ``cos(f, P[pred])`` (image-prototype similarity alone)
+trustvlm        ``msp + lam * cos(f, P[pred])``
+trustvlm_star   ``max q + lam * cos(f, P[pred_star])`` with
+                ``q = p + lam * softmax(normalize(f) @ P.T / temperature)``
+                and ``pred_star = argmax q``
+==============  ===========================================================
+
+DOCTOR (Granese et al., 2021) rejects when ``g / (1 - g)`` exceeds a threshold,
+with ``g = 1 - sum p**2``. Both ``g`` and its odds rise as confidence falls, and
+both are monotone in ``sum p**2``, so ``doctor = sum p**2`` ranks samples
+identically while keeping the "higher = more confident" convention.
+
+Everything is computed in float64. In float32, ``softmax`` at a logit scale of
+100 rounds MSP to exactly 1.0 once the top-2 logit gap exceeds about 17
+(a cosine gap of 0.17), so distinct samples tie. float64 pushes that limit to
+a gap of about 37; beyond it MSP ties even in float64, while ``max_logit``,
+``energy`` and the TrustVLM scores (through the cosine term) still separate
+samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "SCORE_NAMES",
+    "PRED_STAR_SCORES",
+    "DEFAULT_TEMPERATURE",
+    "NamedScore",
+    "TrustScores",
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "l2_normalize",
+    "check_prototypes",
+    "check_prototype_shapes",
+    "compute_scores",
+]
+
+#: Ordered score names used by evaluation tables (each: higher = more confident).
+SCORE_NAMES: tuple[str, ...] = (
+    "msp",
+    "max_logit",
+    "energy",
+    "neg_entropy",
+    "doctor",
+    "s_ii",
+    "trustvlm",
+    "trustvlm_star",
+)
+
+#: Scores that go with ``pred_star`` instead of ``pred``.
+PRED_STAR_SCORES: frozenset[str] = frozenset({"trustvlm_star"})
+
+#: Temperature of the image-prototype softmax in TrustVLM* (paper default).
+DEFAULT_TEMPERATURE = 0.01
+
+
+def _check_finite(x: np.ndarray, name: str) -> None:
+    """Raises ValueError if ``x`` holds NaN or infinite values."""
+    if not np.all(np.isfinite(x)):
+        n_bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{name} contains {n_bad} NaN/inf value(s); expected finite values")
+
+
+def _as_float64(x: object, name: str) -> np.ndarray:
+    """Converts ``x`` to a float64 array, raising ValueError on non-numeric input."""
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {type(x).__name__}") from exc
+    return arr
+
+
+def _check_scalar(value: object, name: str, *, positive: bool = False) -> float:
+    """Returns ``value`` as a finite float, optionally requiring it to be > 0 or >= 0."""
+    arr = _as_float64(value, name)
+    if arr.ndim != 0 and arr.size != 1:
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    v = float(arr.reshape(()))
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    if not positive and v < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable ``log(sum(exp(x)))`` along ``axis`` (reduced away).
+
+    Args:
+        x: Finite values.
+        axis: Axis to reduce.
+
+    Returns:
+        float64 array with ``axis`` removed.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return np.squeeze(out, axis=axis)
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax in float64.
+
+    Args:
+        logits: Finite scores.
+        axis: Class axis.
+
+    Returns:
+        float64 array of ``logits``' shape; every entry is finite.
+
+    Raises:
+        ValueError: If ``logits`` holds NaN or inf.
+    """
+    x = _as_float64(logits, "logits")
+    _check_finite(x, "logits")
+    # Stay in the shifted frame: adding the max back and subtracting it again
+    # would round the small log-normalizer to the max's ulp.
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64 (max-subtracted).
+
+    Args:
+        logits: Finite scores.
+        axis: Class axis.
+
+    Returns:
+        float64 probabilities of ``logits``' shape, summing to 1 along ``axis``.
+
+    Raises:
+        ValueError: If ``logits`` holds NaN or inf.
+    """
+    x = _as_float64(logits, "logits")
+    _check_finite(x, "logits")
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1, *, name: str = "x") -> np.ndarray:
+    """Scales vectors along ``axis`` to unit L2 norm, in float64.
+
+    Each vector is first divided by its largest absolute entry, so neither huge
+    (1e200) nor tiny (1e-300) inputs overflow or underflow when squared.
+
+    Args:
+        x: Finite input with at least one non-zero entry per vector.
+        axis: Axis holding the vector components.
+        name: Name used in error messages.
+
+    Returns:
+        float64 array of ``x``'s shape with unit-norm vectors.
+
+    Raises:
+        ValueError: On NaN/inf input or an all-zero vector.
+    """
+    arr = _as_float64(x, name)
+    _check_finite(arr, name)
+    if arr.size == 0:
+        return arr.copy()
+    peak = np.max(np.abs(arr), axis=axis, keepdims=True)
+    zero = peak == 0.0
+    if np.any(zero):
+        idx = np.flatnonzero(zero.reshape(-1))[:5].tolist()
+        raise ValueError(
+            f"{name} has {int(np.count_nonzero(zero))} zero-norm vector(s) along axis {axis} "
+            f"(first flat indices {idx}); cannot L2-normalize"
+        )
+    scaled = arr / peak
+    return scaled / np.sqrt(np.sum(scaled * scaled, axis=axis, keepdims=True))
+
+
+class NamedScore(NamedTuple):
+    """A confidence score with the prediction it rates."""
+
+    confidence: np.ndarray
+    pred: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrustScores:
+    """Per-sample predictions and confidence scores (float64; higher = more confident).
+
+    Attributes:
+        pred: Zero-shot prediction ``argmax(logits)``, int64 ``[B]``.
+        msp: Maximum softmax probability.
+        max_logit: Largest scaled logit.
+        energy: ``logsumexp(logits)``, the negative free energy.
+        neg_entropy: ``sum p log p`` (minus the softmax entropy).
+        doctor: ``sum p**2`` (DOCTOR's Gini term, flipped to higher = confident).
+        s_ii: ``cos(f, P[pred])``, image-prototype similarity of the prediction.
+        trustvlm: ``msp + lam * s_ii``.
+        pred_star: TrustVLM* prediction ``argmax(p + lam * p_proto)``, int64.
+        trustvlm_star: ``max(p + lam * p_proto) + lam * cos(f, P[pred_star])``.
+        proto_pred: The image-prototype classifier's own ``argmax(f @ P.T)``, int64.
+        proto_sim: Same values as ``s_ii`` (image-prototype similarity alone).
+    """
+
+    pred: np.ndarray
+    msp: np.ndarray
+    max_logit: np.ndarray
+    energy: np.ndarray
+    neg_entropy: np.ndarray
+    doctor: np.ndarray
+    s_ii: np.ndarray
+    trustvlm: np.ndarray
+    pred_star: np.ndarray
+    trustvlm_star: np.ndarray
+    proto_pred: np.ndarray
+    proto_sim: np.ndarray
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Returns every field as ``{field_name: array}`` (predictions included)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def prediction_for(self, score_name: str) -> np.ndarray:
+        """Returns the prediction that ``score_name`` rates (``pred`` or ``pred_star``).
+
+        Raises:
+            KeyError: If ``score_name`` is not in ``SCORE_NAMES``.
+        """
+        if score_name not in SCORE_NAMES:
+            raise KeyError(f"unknown score {score_name!r}; expected one of {list(SCORE_NAMES)}")
+        return self.pred_star if score_name in PRED_STAR_SCORES else self.pred
+
+    def named(self) -> dict[str, NamedScore]:
+        """Returns ``{score_name: NamedScore(confidence, pred)}`` in ``SCORE_NAMES`` order.
+
+        ``trustvlm_star`` goes with ``pred_star``; every other score with ``pred``.
+        """
+        return {n: NamedScore(getattr(self, n), self.prediction_for(n)) for n in SCORE_NAMES}
+
+
+def _check_matrix(x: object, name: str) -> np.ndarray:
+    """Returns ``x`` as a 2-D float64 array with at least one column."""
+    arr = _as_float64(x, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {arr.ndim}-D array of shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} must have embedding size >= 1, got shape {arr.shape}")
+    return arr
+
+
+def check_prototypes(text_prototypes: object, image_prototypes: object) -> tuple[np.ndarray, np.ndarray]:
+    """Validates prototype shapes and returns them L2-normalized in float64.
+
+    Args:
+        text_prototypes: ``C x D`` text prototypes.
+        image_prototypes: ``C x D`` image prototypes.
+
+    Returns:
+        ``(text, image)`` float64, rows L2-normalized.
+
+    Raises:
+        ValueError: On non-2-D input, zero classes, mismatched class counts or
+            embedding sizes, NaN/inf, or zero-norm rows.
+    """
+    t = _check_matrix(text_prototypes, "text_prototypes")
+    p = _check_matrix(image_prototypes, "image_prototypes")
+    check_prototype_shapes(t.shape, p.shape)
+    return (
+        l2_normalize(t, axis=1, name="text_prototypes"),
+        l2_normalize(p, axis=1, name="image_prototypes"),
+    )
+
+
+def check_prototype_shapes(text_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Checks that text and image prototype shapes agree; returns ``(C, D)``.
+
+    Args:
+        text_shape: Shape of the text prototypes, expected ``(C, D)``.
+        image_shape: Shape of the image prototypes, expected ``(C, D)``.
+
+    Returns:
+        The class count ``C`` and embedding size ``D``.
+
+    Raises:
+        ValueError: On non-2-D shapes, ``C == 0``, ``D == 0`` or a mismatch.
+    """
+    t, p = tuple(text_shape), tuple(image_shape)
+    for name, shape in (("text_prototypes", t), ("image_prototypes", p)):
+        if len(shape) != 2:
+            raise ValueError(f"{name} must be 2-D (C x D), got shape {shape}")
+        if shape[1] == 0:
+            raise ValueError(f"{name} must have embedding size >= 1, got shape {shape}")
+    if t[0] == 0:
+        raise ValueError(f"text_prototypes must have at least 1 class, got shape {t}")
+    if t[0] != p[0]:
+        raise ValueError(
+            f"class count mismatch: text_prototypes has {t[0]} classes, "
+            f"image_prototypes has {p[0]}; expected the same C"
+        )
+    if t[1] != p[1]:
+        raise ValueError(
+            f"embedding size mismatch: text_prototypes has D={t[1]}, "
+            f"image_prototypes has D={p[1]}; expected the same D"
+        )
+    return int(t[0]), int(t[1])
+
+
+def _take_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Returns ``values[i, idx[i]]`` for every row ``i``."""
+    return np.take_along_axis(values, idx[:, None], axis=1)[:, 0]
+
+
+def compute_scores(
+    image_embeddings: np.ndarray,
+    text_prototypes: np.ndarray,
+    image_prototypes: np.ndarray,
+    logit_scale: float,
+    lam: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> TrustScores:
+    """Computes predictions and all confidence scores in float64.
+
+    Embeddings and both prototype sets are L2-normalized here (a no-op up to
+    rounding for inputs that already are). Ties in ``argmax`` go to the lowest
+    class index, as in ONNX ``ArgMax``.
+
+    Args:
+        image_embeddings: ``B x D`` image embeddings (need not be normalized).
+        text_prototypes: ``C x D`` text prototypes.
+        image_prototypes: ``C x D`` image prototypes.
+        logit_scale: The multiplicative scale ``s`` (about 100 for CLIP), i.e.
+            ``exp`` of the stored ``logit_scale`` parameter; must be > 0.
+        lam: Weight ``lambda`` of the image-prototype terms; must be >= 0.
+        temperature: Temperature of the image-prototype softmax in TrustVLM*;
+            must be > 0.
+
+    Returns:
+        The ``TrustScores`` of the batch.
+
+    Raises:
+        ValueError: On shape mismatches (naming the sizes found and expected),
+            NaN/inf inputs, zero-norm vectors or out-of-range scalars.
+    """
+    text, proto = check_prototypes(text_prototypes, image_prototypes)
+    f = _check_matrix(image_embeddings, "image_embeddings")
+    if f.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"embedding size mismatch: image_embeddings has D={f.shape[1]}, "
+            f"expected D={text.shape[1]} (the prototypes' embedding size)"
+        )
+    s = _check_scalar(logit_scale, "logit_scale", positive=True)
+    lam = _check_scalar(lam, "lam")
+    temp = _check_scalar(temperature, "temperature", positive=True)
+    f = l2_normalize(f, axis=1, name="image_embeddings")
+
+    logits = s * (f @ text.T)
+    sims = f @ proto.T  # cosines to the image prototypes, B x C
+    _check_finite(logits, "logits (logit_scale too large?)")
+
+    p = softmax(logits, axis=1)
+    logp = log_softmax(logits, axis=1)  # finite where p underflows to 0
+    pred = np.argmax(logits, axis=1).astype(np.int64)
+    msp = np.max(p, axis=1)
+    s_ii = _take_rows(sims, pred)
+
+    q = p + lam * softmax(sims / temp, axis=1)
+    pred_star = np.argmax(q, axis=1).astype(np.int64)
+    trustvlm_star = np.max(q, axis=1) + lam * _take_rows(sims, pred_star)
+
+    return TrustScores(
+        pred=pred,
+        msp=msp,
+        max_logit=np.max(logits, axis=1),
+        energy=logsumexp(logits, axis=1),
+        neg_entropy=np.sum(p * logp, axis=1),
+        doctor=np.sum(p * p, axis=1),
+        s_ii=s_ii,
+        trustvlm=msp + lam * s_ii,
+        pred_star=pred_star,
+        trustvlm_star=trustvlm_star,
+        proto_pred=np.argmax(sims, axis=1).astype(np.int64),
+        proto_sim=s_ii.copy(),
+    )

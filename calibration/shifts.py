@@ -1,0 +1,102 @@
+"""Degraded-camera variants of real images, for evaluating trust under distribution shift.
+
+Each shift maps a uint8 batch (``N x H x W`` grey or ``N x H x W x 3`` RGB) to a uint8 batch of
+the same shape, deterministically for a given seed. Shifts are applied at the images' native
+resolution (28 x 28 for Fashion-MNIST), *before* the model's preprocessing: a camera degrades
+the image it captures, and the resize to the encoder's input then acts on the degraded image,
+as it would on the device.
+
+==========  =================================================================================
+name        what it does (defaults)
+==========  =================================================================================
+blur        Gaussian blur, sigma 1.0 px (defocus / motion-free camera shake); no randomness
+noise       additive Gaussian noise, std 0.12 of the 0-255 range (sensor noise)
+low_light   dim (gain 0.5) and darken the mid-tones (gamma 2.0), then read-out noise std 0.03
+jpeg        JPEG round trip at quality 12 (cv2.imencode): blocking and ringing artefacts
+==========  =================================================================================
+
+Use :data:`SHIFTS` or :func:`apply_shift` to run them by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+#: A shift: (uint8 batch, seed) -> uint8 batch of the same shape.
+Shift = Callable[[np.ndarray, int], np.ndarray]
+
+
+def _check_batch(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] != 3):
+        raise ValueError(f"expected a uint8 batch N x H x W or N x H x W x 3, got {images.dtype} {images.shape}")
+    return images
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def gaussian_blur(images: np.ndarray, seed: int = 0, sigma: float = 1.0) -> np.ndarray:
+    """Blur every image with a Gaussian kernel of `sigma` pixels (seed unused: no randomness)."""
+    images = _check_batch(images)
+    if sigma <= 0:
+        raise ValueError(f"sigma should be > 0, but got {sigma}")
+    return np.stack([cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+                     for image in images])
+
+
+def gaussian_noise(images: np.ndarray, seed: int = 0, std: float = 0.12) -> np.ndarray:
+    """Add Gaussian noise of `std` (a fraction of the 0-255 range), clipped and rounded."""
+    images = _check_batch(images)
+    rng = np.random.default_rng(seed)
+    return _to_uint8(images + rng.normal(0.0, 255.0 * std, images.shape))
+
+
+def low_light(images: np.ndarray, seed: int = 0, gain: float = 0.5, gamma: float = 2.0,
+              read_noise: float = 0.03) -> np.ndarray:
+    """Dim by `gain`, darken mid-tones by `gamma`, add read-out noise of `read_noise` (fraction of range)."""
+    images = _check_batch(images)
+    rng = np.random.default_rng(seed)
+    dim = gain * (images / 255.0) ** gamma
+    return _to_uint8(255.0 * (dim + rng.normal(0.0, read_noise, images.shape)))
+
+
+def jpeg_artifacts(images: np.ndarray, seed: int = 0, quality: int = 12) -> np.ndarray:
+    """Encode each image as JPEG at `quality` (1-100) and decode it (seed unused)."""
+    images = _check_batch(images)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality should be in [1, 100], but got {quality}")
+    out = np.empty_like(images)
+    flag = cv2.IMREAD_GRAYSCALE if images.ndim == 3 else cv2.IMREAD_COLOR
+    for i, image in enumerate(images):
+        bgr = image if images.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not JPEG-encode image {i} of shape {image.shape}")
+        decoded = cv2.imdecode(encoded, flag)
+        out[i] = decoded if images.ndim == 3 else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return out
+
+
+#: The shifts by name, in report order.
+SHIFTS: dict[str, Shift] = {
+    "blur": gaussian_blur,
+    "noise": gaussian_noise,
+    "low_light": low_light,
+    "jpeg": jpeg_artifacts,
+}
+
+
+def apply_shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Run the shift called `name` with its default severity.
+
+    Raises:
+        ValueError: For an unknown name (listing the known ones) or a bad batch.
+    """
+    if name not in SHIFTS:
+        raise ValueError(f"unknown shift {name!r}; expected one of {list(SHIFTS)}")
+    return SHIFTS[name](images, seed)

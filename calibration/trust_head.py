@@ -1,0 +1,298 @@
+"""Fused TrustVLM trust head as a standalone ONNX graph (built with ``onnx.helper``).
+
+The head takes raw image embeddings from the encoder and returns, in one graph,
+the zero-shot prediction, its TrustVLM score and the TrustVLM* variant:
+
+==============  =======  ============  ==========================================
+output          dtype    shape         value
+==============  =======  ============  ==========================================
+``pred``        int64    ``[B]``       ``argmax(logits)``
+``kappa``       float32  ``[B]``       ``msp + lam * s_ii``
+``msp``         float32  ``[B]``       ``max softmax(logits)``
+``s_ii``        float32  ``[B]``       ``cos(f, P[pred])``
+``pred_star``   int64    ``[B]``       ``argmax(q)``, ``q = p + lam * softmax(f @ P.T / T)``
+``kappa_star``  float32  ``[B]``       ``max q + lam * cos(f, P[pred_star])``
+``topk_ids``    int64    ``[B, k]``    classes of the ``k`` largest logits, best first
+``topk_probs``  float32  ``[B, k]``    their softmax probabilities
+==============  =======  ============  ==========================================
+
+with ``f`` the L2-normalized embedding, ``logits = s * f @ T.T``, ``p =
+softmax(logits)``, ``T`` / ``P`` the L2-normalized text / image prototypes
+(``C x D``). It matches :func:`trustvlm.calibration.scores.compute_scores`,
+which is the float64 reference.
+
+Float32 caveats (the head computes in float32):
+
+* ``msp`` saturates to exactly 1.0 once the top-2 logit gap exceeds about 17
+  (a cosine gap of 0.17 at ``s = 100``), and the other probabilities underflow
+  towards 0. Confident samples then tie on ``msp``; ``kappa`` still ranks them
+  through ``lam * s_ii`` unless ``lam == 0``. The same holds for ``max q`` in
+  ``kappa_star`` (the prototype softmax at ``T = 0.01`` saturates the same way).
+* ``pred`` and ``topk_ids`` rank the *logits*, not the probabilities, so they
+  stay well defined where probabilities tie at 1.0 or 0.0. ``pred_star`` ranks
+  ``q``, whose saturated entries can tie; ties resolve to the lowest class index
+  (ONNX ``ArgMax`` default), as in the numpy reference. Predictions may differ
+  from the float64 reference when the top-2 gap is within float32 rounding
+  (about 1e-5 in logits at ``s = 100``).
+* An all-zero embedding is mapped to a zero vector (no NaN): uniform ``p``,
+  ``msp = 1 / C`` and ``s_ii = 0``. NaN/inf embeddings propagate NaN.
+
+With ``prototypes_as_inputs=True`` the two prototype matrices become graph
+inputs ``text_prototypes`` / ``image_prototypes`` (float32 ``[C, D]``), so a
+runtime can bind device-resident buffers; the graph L2-normalizes them on every
+run (cheap next to the ``B x C x D`` products). The logit scale, ``lam`` and
+``T`` stay constants of the graph in both modes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from trustvlm.calibration.scores import (
+    DEFAULT_TEMPERATURE,
+    _check_scalar,
+    check_prototype_shapes,
+    check_prototypes,
+)
+
+__all__ = [
+    "OPSET",
+    "IR_VERSION",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "build_trust_head",
+    "save_trust_head",
+]
+
+#: ONNX default-domain opset of the head.
+OPSET = 17
+#: IR version pinned so older onnxruntime builds load the model (IR 8 carries opset 17).
+IR_VERSION = 8
+#: Name of the embedding input.
+INPUT_NAME = "embedding"
+#: Prototype input names used when ``prototypes_as_inputs=True``.
+TEXT_PROTOTYPES_NAME = "text_prototypes"
+IMAGE_PROTOTYPES_NAME = "image_prototypes"
+#: Output names, in graph order.
+OUTPUT_NAMES: tuple[str, ...] = (
+    "pred",
+    "kappa",
+    "msp",
+    "s_ii",
+    "pred_star",
+    "kappa_star",
+    "topk_ids",
+    "topk_probs",
+)
+
+_F32 = TensorProto.FLOAT
+_I64 = TensorProto.INT64
+_TINY = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        """Adds an initializer and returns its name."""
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name=name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
+        """Adds a single-output node and returns the output name."""
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def normalize_rows(self, x: str, prefix: str) -> str:
+        """Adds row-wise L2 normalization of a 2-D tensor; zero rows stay zero.
+
+        Rows are first divided by their largest absolute entry so squaring can
+        neither overflow nor underflow in float32.
+        """
+        peak = self.op("ReduceMax", [self.op("Abs", [x], f"{prefix}_abs")], f"{prefix}_peak",
+                       axes=[1], keepdims=1)
+        scaled = self.op("Div", [x, self.op("Max", [peak, "tiny"], f"{prefix}_peak_safe")],
+                         f"{prefix}_scaled")
+        norm = self.op("ReduceL2", [scaled], f"{prefix}_norm", axes=[1], keepdims=1)
+        return self.op("Div", [scaled, self.op("Max", [norm, "tiny"], f"{prefix}_norm_safe")],
+                       f"{prefix}_unit")
+
+    def gather_rows(self, values: str, idx: str, prefix: str) -> str:
+        """Adds ``values[i, idx[i]]`` for a ``[B, C]`` tensor and ``[B]`` int64 indices."""
+        col = self.op("Unsqueeze", [idx, "axis1"], f"{prefix}_col")
+        picked = self.op("GatherElements", [values, col], f"{prefix}_picked", axis=1)
+        return self.op("Squeeze", [picked, "axis1"], prefix)
+
+
+def _check_build_args(
+    text_prototypes: np.ndarray,
+    image_prototypes: np.ndarray,
+    logit_scale: float,
+    lam: float,
+    temperature: float,
+    top_k: int,
+    prototypes_as_inputs: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, int, int, float, float, float, int]:
+    """Validates the build arguments; returns normalized float32 prototypes (or None) and scalars."""
+    if prototypes_as_inputs:
+        c, d = check_prototype_shapes(np.shape(text_prototypes), np.shape(image_prototypes))
+        text = image = None
+    else:
+        t64, p64 = check_prototypes(text_prototypes, image_prototypes)
+        c, d = t64.shape
+        text, image = t64.astype(np.float32), p64.astype(np.float32)
+    s = _check_scalar(logit_scale, "logit_scale", positive=True)
+    lam = _check_scalar(lam, "lam")
+    temp = _check_scalar(temperature, "temperature", positive=True)
+    for name, v in (("logit_scale", s), ("lam", lam), ("1 / temperature", 1.0 / temp)):
+        if v > _F32_MAX:
+            raise ValueError(f"{name} = {v} overflows float32 (max {_F32_MAX:.3e})")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    return text, image, c, d, s, lam, temp, min(int(top_k), c)
+
+
+def build_trust_head(
+    text_prototypes: np.ndarray,
+    image_prototypes: np.ndarray,
+    logit_scale: float,
+    lam: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_k: int = 5,
+    prototypes_as_inputs: bool = False,
+) -> onnx.ModelProto:
+    """Builds the fused trust head (opset 17) and checks it with ``onnx.checker``.
+
+    Args:
+        text_prototypes: ``C x D`` text prototypes; normalized here in float64
+            and stored as float32. With ``prototypes_as_inputs`` only the shape
+            is used.
+        image_prototypes: ``C x D`` image prototypes, handled like the text ones.
+        logit_scale: The multiplicative logit scale ``s`` (about 100 for CLIP),
+            not its log; must be > 0.
+        lam: Weight ``lambda`` of the image-prototype terms; must be >= 0.
+        temperature: Temperature ``T`` of the prototype softmax in TrustVLM*; > 0.
+        top_k: Number of top classes in ``topk_ids`` / ``topk_probs``; clipped to C.
+        prototypes_as_inputs: If True, the prototypes are graph inputs
+            ``text_prototypes`` / ``image_prototypes`` (float32 ``[C, D]``,
+            normalized in the graph) instead of initializers.
+
+    Returns:
+        The checked ``onnx.ModelProto`` with input ``embedding`` float32
+        ``[batch, D]`` and the outputs in ``OUTPUT_NAMES``.
+
+    Raises:
+        ValueError: On prototype shape mismatches, NaN/inf or zero-norm
+            prototypes (initializer mode), out-of-range scalars or ``top_k < 1``.
+    """
+    text, image, c, d, s, lam, temp, k = _check_build_args(
+        text_prototypes, image_prototypes, logit_scale, lam, temperature, top_k, prototypes_as_inputs
+    )
+    g = _GraphBuilder()
+    g.const("tiny", np.array(_TINY, dtype=np.float32))
+    g.const("axis1", np.array([1], dtype=np.int64))
+    g.const("logit_scale", np.array(s, dtype=np.float32))
+    g.const("lam", np.array(lam, dtype=np.float32))
+    g.const("temperature", np.array(temp, dtype=np.float32))
+    g.const("k", np.array([k], dtype=np.int64))
+
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, _F32, ["batch", d])]
+    if prototypes_as_inputs:
+        inputs += [
+            helper.make_tensor_value_info(TEXT_PROTOTYPES_NAME, _F32, [c, d]),
+            helper.make_tensor_value_info(IMAGE_PROTOTYPES_NAME, _F32, [c, d]),
+        ]
+        text_t = g.normalize_rows(TEXT_PROTOTYPES_NAME, "text_proto")
+        image_t = g.normalize_rows(IMAGE_PROTOTYPES_NAME, "image_proto")
+    else:
+        text_t = g.const(TEXT_PROTOTYPES_NAME, text)
+        image_t = g.const(IMAGE_PROTOTYPES_NAME, image)
+
+    f = g.normalize_rows(INPUT_NAME, "f")
+    # Zero-shot branch: logits, softmax, prediction, MSP, top-k.
+    cos_text = g.op("Gemm", [f, text_t], "cos_text", transB=1)
+    logits = g.op("Mul", [cos_text, "logit_scale"], "logits")
+    probs = g.op("Softmax", [logits], "probs", axis=1)
+    pred = g.op("ArgMax", [logits], "pred", axis=1, keepdims=0)
+    msp = g.op("ReduceMax", [probs], "msp", axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("TopK", [logits, "k"], ["topk_logits", "topk_ids"],
+                                    name="topk", axis=1, largest=1, sorted=1))
+    g.op("GatherElements", [probs, "topk_ids"], "topk_probs", axis=1)
+    # Image-prototype branch: TrustVLM.
+    sims = g.op("Gemm", [f, image_t], "cos_image", transB=1)
+    s_ii = g.gather_rows(sims, pred, "s_ii")
+    g.op("Add", [msp, g.op("Mul", [s_ii, "lam"], "lam_s_ii")], "kappa")
+    # TrustVLM*: fuse the prototype classifier's softmax into the probabilities.
+    proto_probs = g.op("Softmax", [g.op("Div", [sims, "temperature"], "proto_logits")],
+                       "proto_probs", axis=1)
+    q = g.op("Add", [probs, g.op("Mul", [proto_probs, "lam"], "lam_proto_probs")], "q")
+    pred_star = g.op("ArgMax", [q], "pred_star", axis=1, keepdims=0)
+    q_max = g.op("ReduceMax", [q], "q_max", axes=[1], keepdims=0)
+    s_star = g.gather_rows(sims, pred_star, "s_star")
+    g.op("Add", [q_max, g.op("Mul", [s_star, "lam"], "lam_s_star")], "kappa_star")
+
+    out_types = {"pred": _I64, "pred_star": _I64, "topk_ids": _I64}
+    outputs = [
+        helper.make_tensor_value_info(
+            name, out_types.get(name, _F32), ["batch", k] if name.startswith("topk") else ["batch"]
+        )
+        for name in OUTPUT_NAMES
+    ]
+    graph = helper.make_graph(g.nodes, "trustvlm_trust_head", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="trustvlm-edge",
+        doc_string="TrustVLM trust head: zero-shot prediction, MSP, TrustVLM and TrustVLM* scores.",
+    )
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {
+        "num_classes": str(c),
+        "embedding_dim": str(d),
+        "logit_scale": repr(s),
+        "lam": repr(lam),
+        "temperature": repr(temp),
+        "top_k": str(k),
+        "prototypes_as_inputs": str(bool(prototypes_as_inputs)).lower(),
+    })
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save_trust_head(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Writes ``model`` atomically: to a temporary file beside ``path``, then ``os.replace``.
+
+    Args:
+        model: The model from :func:`build_trust_head`.
+        path: Destination ``.onnx`` file; its directory must exist.
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    data = model.SerializeToString()
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return dest

@@ -1,0 +1,50 @@
+"""The export manifest: what a set of artifacts is, how it was made, and the sha256 of each file.
+
+The runtime and the prototype bundles read this file, never the torch model. Schema versioned.
+"""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+
+from trustvlm.runtime.artifacts import MANIFEST_SCHEMA_VERSION
+
+LIBRARIES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "tensorrt")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape an export."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_manifest(*, model: str, architecture: str, weights_id: str, weights_source: str, preprocess: dict,
+                   embed_dim: int, logit_scale: float, context_length: int, eot_token_id: int, opset: int,
+                   precisions: dict, engines: dict | None = None) -> dict:
+    """Assemble the manifest dictionary (see docs in README, 'Artifacts')."""
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "model": model,
+        "architecture": architecture,
+        "weights": {"id": weights_id, "source": weights_source, "random_init": weights_id == "random-init"},
+        "preprocess": preprocess,
+        "image_input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                        "shape": ["batch", preprocess["size"], preprocess["size"], 3],
+                        "normalization": "inside the graph: (pixels / 255 - mean) / std"},
+        "text_input": {"name": "tokens", "dtype": "int64", "shape": ["batch", context_length],
+                       "tokenizer": "open_clip", "eot_token_id": eot_token_id},
+        "embedding": {"name": "embedding", "dim": embed_dim, "normalized": False},
+        "logit_scale": logit_scale,
+        "opset": opset,
+        "precisions": precisions,
+        "engines": engines or {},
+        "libraries": library_versions(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,155 @@
+"""Load the torch model behind a registry entry: real weights, a checkpoint file, or random init.
+
+Weights, in order of precedence:
+    WEIGHTS=random         the real architecture with random weights (speed work only;
+                           every artifact and report is stamped `random-init`).
+    WEIGHTS=/path/to/file  a local checkpoint: an open_clip/OpenAI state dict, or this
+                           project's compact-vocabulary checkpoint.
+    (nothing)              the embedded checkpoint (demo model) or open_clip's pretrained tag,
+                           from the local hub cache or the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from trustvlm.runtime.artifacts import sha256_file
+from trustvlm.models.registry import MODEL_CONFIG_DIR, ModelSpec
+from trustvlm.training.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+
+RANDOM_INIT = "random-init"
+RANDOM_WEIGHTS_SEED = 0
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No weights for a model can be had (offline, missing or corrupt file)."""
+
+
+@dataclass
+class LoadedModel:
+    """A torch model ready for export, with what identifies its weights."""
+
+    model: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    weights_id: str          # "sha256:<hex>", "open_clip:<arch>/<tag>" or "random-init"
+    weights_source: str      # human-readable origin
+    logit_scale: float
+    context_length: int
+
+    @property
+    def is_random_init(self) -> bool:
+        return self.weights_id == RANDOM_INIT
+
+
+def _register_local_configs() -> None:
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def _context_length(model: nn.Module) -> int:
+    clip = getattr(model, "clip", model)
+    tower = getattr(clip, "text", clip)
+    return int(getattr(tower, "context_length", None) or tower.positional_embedding.shape[0])
+
+
+def _finish(model: nn.Module, spec: ModelSpec, weights_id: str, source: str) -> LoadedModel:
+    model = model.eval().float()
+    context_length = _context_length(model)
+    if spec.local_config is not None:
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    else:
+        tokenizer = open_clip.get_tokenizer(spec.architecture, context_length=context_length)
+    scale = float(getattr(model, "logit_scale").exp().detach())
+    return LoadedModel(model, tokenizer, weights_id, source, scale, context_length)
+
+
+def _is_compact_checkpoint(path: Path) -> bool:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def _load_file(spec: ModelSpec, path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{spec.name}: checkpoint {path} does not exist")
+    digest = sha256_file(path)
+    if _is_compact_checkpoint(path):
+        try:
+            model, _ = load_checkpoint(path)
+        except CheckpointError as error:
+            raise WeightsUnavailableError(f"{spec.name}: {error}") from error
+        return _finish(model, spec, f"sha256:{digest}", str(path))
+    _register_local_configs()
+    try:
+        with _quiet_logging():
+            model = open_clip.create_model(spec.architecture, pretrained=str(path), device="cpu")
+    except Exception as error:  # open_clip/torch raise many types for a corrupt or mismatched file
+        raise WeightsUnavailableError(f"{spec.name}: cannot load {path} as {spec.architecture} weights "
+                                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    return _finish(model, spec, f"sha256:{digest}", str(path))
+
+
+def _load_random(spec: ModelSpec) -> LoadedModel:
+    _register_local_configs()
+    torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    model = open_clip.create_model(spec.architecture, pretrained=None, device="cpu")
+    return _finish(model, spec, RANDOM_INIT, f"random init (seed {RANDOM_WEIGHTS_SEED}) of {spec.architecture}")
+
+
+def _load_embedded(spec: ModelSpec) -> LoadedModel:
+    path = spec.embedded_checkpoint
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{spec.name}: the embedded checkpoint {path} is missing; "
+                                      "retrain it with `make demo-model` or pass WEIGHTS=/path/to/checkpoint")
+    digest = sha256_file(path)
+    if spec.checkpoint_sha256 and digest != spec.checkpoint_sha256:
+        raise WeightsUnavailableError(f"{spec.name}: {path} has sha256 {digest[:12]}..., the registry expects "
+                                      f"{spec.checkpoint_sha256[:12]}...; the file is corrupt or was replaced")
+    return _load_file(spec, path)
+
+
+@contextmanager
+def _quiet_logging():
+    """open_clip logs its own multi-line error on a failed download; ours is the one line."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _load_pretrained(spec: ModelSpec) -> LoadedModel:
+    _register_local_configs()
+    try:
+        with _quiet_logging():
+            model = open_clip.create_model(spec.architecture, pretrained=spec.pretrained, device="cpu")
+    except Exception as error:  # hub/network errors come in many types
+        raise WeightsUnavailableError(
+            f"{spec.name}: no weights for open_clip {spec.architecture} '{spec.pretrained}' (not in the local "
+            f"hub cache and the hub cannot be reached: {type(error).__name__}). Fetch {spec.checkpoint_file} "
+            f"on a connected machine and pass WEIGHTS=/path/to/{spec.checkpoint_file.split(' ')[0]}, "
+            "or WEIGHTS=random for speed work") from error
+    return _finish(model, spec, f"open_clip:{spec.architecture}/{spec.pretrained}",
+                   f"open_clip pretrained {spec.architecture} '{spec.pretrained}'")
+
+
+def load_model(spec: ModelSpec, weights: str | None = None) -> LoadedModel:
+    """Load the torch model of a registry entry (see the module docstring for `weights`)."""
+    if weights == "random":
+        return _load_random(spec)
+    if weights:
+        return _load_file(spec, Path(weights).expanduser())
+    if spec.embedded_checkpoint is not None:
+        return _load_embedded(spec)
+    if spec.pretrained is None:
+        raise WeightsUnavailableError(f"{spec.name}: no pretrained tag and no embedded checkpoint; pass WEIGHTS=")
+    return _load_pretrained(spec)

@@ -1,0 +1,220 @@
+"""The export stage: registry entry -> ONNX encoders (+ fp16, + TensorRT engines) -> manifest.
+
+Everything is written into a staging folder next to the output and moved into place only after
+every parity gate passed, manifest last: a failed export leaves no half-written artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trustvlm.data.fashion_mnist import load_split, to_rgb
+from trustvlm.export import onnx_export, parity
+from trustvlm.export.manifest import build_manifest
+from trustvlm.export.model_loading import LoadedModel, load_model
+from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
+from trustvlm.models.prompts import build_prompts, get_templates
+from trustvlm.models.registry import ModelSpec, get_model_spec
+from trustvlm.runtime.artifacts import (MANIFEST_NAME, PRECISIONS, TOWERS, encoder_file_name, sha256_file,
+                                        write_json_atomic)
+from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.preprocess import preprocess_batch
+
+FORMATS = ("onnx", "engine")
+PARITY_IMAGES = 200
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done (bad request, unwritable folder, failed gate)."""
+
+
+@dataclass
+class ExportRequest:
+    """What to export and where."""
+
+    model: str
+    precision: str = "fp32"
+    format: str = "onnx"
+    weights: str | None = None
+    output_root: Path = Path("artifacts")
+    parity_images: int = PARITY_IMAGES
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision should be one of {PRECISIONS}, but got {self.precision!r}")
+        if self.format not in FORMATS:
+            raise ExportError(f"format should be one of {FORMATS}, but got {self.format!r}")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output_root) / self.model
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and measured."""
+
+    output_dir: Path
+    manifest: dict
+    parity: dict[str, parity.ParityReport]
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def staging_folder(output_dir: Path):
+    """A temporary folder beside `output_dir`, removed whatever happens."""
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    except OSError as error:
+        raise ExportError(f"cannot write to {output_dir.parent}: {error.strerror}") from error
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def parity_inputs(loaded: LoadedModel, spec: ModelSpec, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Real images (Fashion-MNIST calibration split) and prompts of its class names."""
+    calib = load_split("calib")
+    pick = np.random.default_rng(0).choice(len(calib), size=min(count, len(calib)), replace=False)
+    pixels = preprocess_batch(to_rgb(calib.images[np.sort(pick)]), spec.preprocess)
+    templates = get_templates("ensemble")
+    prompts = [p for per_class in build_prompts(calib.class_names, templates) for p in per_class]
+    return pixels, loaded.tokenizer(prompts).numpy().astype(np.int64), len(templates)
+
+
+def _file_record(path: Path) -> dict:
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+class _Steps:
+    """Progress bar over named steps, with their timings."""
+
+    def __init__(self, names: list[str]):
+        self.bar = tqdm(total=len(names), desc="export", unit="step")
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        self.bar.set_description(f"export: {name}")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _plan(request: ExportRequest) -> list[str]:
+    names = ["load weights", "parity inputs", "export image encoder", "export text encoder", "parity fp32"]
+    if request.precision == "fp16":
+        names += ["convert fp16", "parity fp16"]
+    if request.format == "engine":
+        names += ["build TensorRT engines"]
+    return names + ["write manifest"]
+
+
+def _gate(report: parity.ParityReport) -> None:
+    tqdm.write(parity.format_report(report))
+    if report.failures():
+        raise ExportError(f"parity gate failed ({report.precision}): {'; '.join(report.failures())}; "
+                          "nothing was written")
+
+
+def _export_precision(loaded, request, stage, reference, pixels, tokens, prompts_per_class, steps) -> dict:
+    """Write and check the encoders of every precision asked for; return manifest 'precisions'."""
+    precisions, reports = {}, {}
+    for precision in ("fp32", "fp16") if request.precision == "fp16" else ("fp32",):
+        paths = {tower: stage / encoder_file_name(tower, precision) for tower in TOWERS}
+        if precision == "fp16":
+            with steps.step("convert fp16"):
+                for tower in TOWERS:
+                    onnx_export.convert_to_fp16(stage / encoder_file_name(tower, "fp32"), paths[tower])
+        with steps.step(f"parity {precision}"):
+            engines = [OnnxEncoder(paths[tower], precision=precision) for tower in TOWERS]
+            report = parity.check_parity(reference, *engines, pixels, tokens, precision, prompts_per_class)
+        _gate(report)
+        reports[precision] = report
+        precisions[precision] = {"files": {f"{tower}_encoder": _file_record(paths[tower]) for tower in TOWERS},
+                                 "parity": report.to_dict()}
+    return precisions, reports
+
+
+def export_model(request: ExportRequest) -> ExportResult:
+    """Run the whole export stage (see the module docstring)."""
+    spec = get_model_spec(request.model)
+    if request.format == "engine":
+        from trustvlm.export.tensorrt_engine import describe_gpu, import_tensorrt  # noqa: PLC0415
+
+        import_tensorrt(), describe_gpu()  # fail at start, not after minutes of export
+    steps = _Steps(_plan(request))
+    try:
+        with staging_folder(request.output_dir) as stage:
+            with steps.step("load weights"):
+                loaded = load_model(spec, request.weights)
+            with steps.step("parity inputs"):
+                pixels, tokens, prompts_per_class = parity_inputs(loaded, spec, request.parity_images)
+                reference = parity.torch_embeddings(loaded.model, pixels, torch.from_numpy(tokens),
+                                                    spec.preprocess.mean, spec.preprocess.std)
+            with steps.step("export image encoder"):
+                onnx_export.export_image_encoder(loaded.model, spec.preprocess.mean, spec.preprocess.std,
+                                                 spec.preprocess.size, stage / encoder_file_name("image", "fp32"))
+            with steps.step("export text encoder"):
+                onnx_export.export_text_encoder(loaded.model, torch.from_numpy(tokens),
+                                                stage / encoder_file_name("text", "fp32"))
+            precisions, reports = _export_precision(loaded, request, stage, reference, pixels, tokens,
+                                                    prompts_per_class, steps)
+            engines = _build_engines(request, stage, steps) if request.format == "engine" else {}
+            with steps.step("write manifest"):
+                manifest = build_manifest(
+                    model=spec.name, architecture=spec.architecture, weights_id=loaded.weights_id,
+                    weights_source=loaded.weights_source, preprocess=spec.preprocess.to_dict(),
+                    embed_dim=int(reference[0].shape[1]), logit_scale=loaded.logit_scale,
+                    context_length=loaded.context_length, eot_token_id=EOT_TOKEN_ID, opset=onnx_export.OPSET,
+                    precisions=precisions, engines=engines)
+                manifest["export_seconds"] = steps.seconds
+                _publish(stage, request.output_dir, manifest)
+    finally:
+        steps.close()
+    return ExportResult(request.output_dir, manifest, reports, steps.seconds)
+
+
+def _build_engines(request: ExportRequest, stage: Path, steps: _Steps) -> dict:
+    from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415 - needs tensorrt
+
+    engines = {}
+    with steps.step("build TensorRT engines"):
+        for tower in TOWERS:
+            onnx_path = stage / encoder_file_name(tower, request.precision)
+            engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
+            engines[f"{tower}_encoder"] = {"file": f"engines/{engine.name}", "sha256": sha256_file(engine),
+                                           "precision": request.precision}
+    return engines
+
+
+def _publish(stage: Path, output_dir: Path, manifest: dict) -> None:
+    """Move every staged file into `output_dir` (encoders first, manifest last)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for old in output_dir.glob("*_encoder*.onnx"):
+            old.unlink()  # encoders of another export would contradict the new manifest
+        for path in sorted(stage.rglob("*")):
+            if path.is_file():
+                target = output_dir / path.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+        write_json_atomic(output_dir / MANIFEST_NAME, manifest)
+    except OSError as error:
+        raise ExportError(f"cannot write to {output_dir}: {error.strerror}") from error

@@ -1,0 +1,66 @@
+"""Reading export artifacts (manifest + encoder files) without torch, and small file helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = "1.0"
+PRECISIONS = ("fp32", "fp16")
+TOWERS = ("image", "text")
+
+
+class ArtifactError(ValueError):
+    """Artifacts that are missing, of an unknown version, or do not match their manifest."""
+
+
+def encoder_file_name(tower: str, precision: str, suffix: str = ".onnx") -> str:
+    """image_encoder.onnx for fp32, image_encoder.fp16.onnx otherwise."""
+    return f"{tower}_encoder{'' if precision == 'fp32' else '.' + precision}{suffix}"
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary name in the same folder, then rename over `path`."""
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def read_manifest(artifacts_dir: str | os.PathLike) -> dict:
+    """Read and version-check the manifest of an artifacts folder."""
+    path = Path(artifacts_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise ArtifactError(f"no {MANIFEST_NAME} in {artifacts_dir}: run `make export MODEL=<name>` first")
+    data = json.loads(path.read_text())
+    major = str(data.get("schema_version", "0")).split(".")[0]
+    if major != MANIFEST_SCHEMA_VERSION.split(".")[0]:
+        raise ArtifactError(f"{path}: manifest schema {data.get('schema_version')} is not supported "
+                            f"(expected {MANIFEST_SCHEMA_VERSION.split('.')[0]}.x)")
+    return data
+
+
+def encoder_path(artifacts_dir: str | os.PathLike, manifest: dict, tower: str, precision: str = "fp32",
+                 verify: bool = True) -> Path:
+    """Path of one encoder file, checked against the manifest's sha256 when `verify`."""
+    entry = manifest.get("precisions", {}).get(precision)
+    if entry is None:
+        raise ArtifactError(f"{artifacts_dir}: no {precision} export (have {sorted(manifest.get('precisions', {}))})")
+    record = entry["files"][f"{tower}_encoder"]
+    path = Path(artifacts_dir) / record["file"]
+    if not path.exists():
+        raise ArtifactError(f"{path} is listed in the manifest but missing")
+    if verify and sha256_file(path) != record["sha256"]:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest (corrupt or replaced); re-export it")
+    return path

@@ -1,0 +1,89 @@
+"""ONNX Runtime sessions for the exported encoders (no torch).
+
+Providers are asked for by name. When a GPU provider was asked for and ONNX Runtime could not
+give it, the session is refused unless `allow_fallback=True`: a robot must not run ten times
+slower on the CPU without anyone having chosen that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+CPU_PROVIDER = "CPUExecutionProvider"
+PROVIDER_ALIASES = {
+    "cpu": CPU_PROVIDER,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be created or that failed on a batch."""
+
+
+def resolve_providers(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Map short names (cpu, cuda, tensorrt) or full provider names to ONNX Runtime names."""
+    resolved = [PROVIDER_ALIASES.get(name.lower(), name) for name in names]
+    available = ort.get_available_providers()
+    unknown = [name for name in resolved if name not in PROVIDER_ALIASES.values() and name not in available]
+    if unknown:
+        raise EngineError(f"unknown execution providers {unknown}; this onnxruntime offers {available}")
+    return resolved
+
+
+def graph_optimization_level(providers: list[str], precision: str) -> "ort.GraphOptimizationLevel":
+    """All optimizations, except fp16 graphs on the CPU provider.
+
+    onnxruntime 1.32's CPU layout optimizations (ORT_ENABLE_ALL) crash the process on fp16
+    transformer graphs; EXTENDED runs them correctly. fp16 belongs on GPUs anyway; on the CPU it
+    serves the export parity gate.
+    """
+    if precision == "fp16" and providers[0] == CPU_PROVIDER:
+        return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+class OnnxEncoder:
+    """One encoder graph in an ONNX Runtime session: batch in, embeddings out."""
+
+    def __init__(self, path: str | os.PathLike, providers: tuple[str, ...] = ("cpu",),
+                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise EngineError(f"engine file {self.path} does not exist")
+        requested = resolve_providers(providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = graph_optimization_level(requested, precision)
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=requested)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise EngineError(f"cannot load {self.path}: {error}") from error
+        self.providers = self.session.get_providers()
+        missing = [p for p in requested if p != CPU_PROVIDER and p not in self.providers]
+        if missing and not allow_fallback:
+            raise EngineError(f"{self.path.name}: asked for {missing} but onnxruntime gave {self.providers}; "
+                              "install onnxruntime-gpu with a matching CUDA, or allow the CPU fallback explicitly")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def input_shape(self) -> list:
+        return self.session.get_inputs()[0].shape
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; raise EngineError (never return garbage) when the session fails."""
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as error:
+            raise EngineError(f"{self.path.name} failed on a batch of shape {batch.shape}: {error}") from error
+
+    def encode_in_batches(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Run many inputs in fixed-size batches and stack the embeddings."""
+        chunks = [self.encode(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

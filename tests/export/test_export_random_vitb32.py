@@ -1,0 +1,28 @@
+"""The real ViT-B/32 architecture with random weights: exports, passes parity, is stamped random-init."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import require_fashion_mnist
+from trustvlm.runtime.artifacts import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def test_random_init_vitb32_exports_with_parity_and_stamp(tmp_path):
+    require_fashion_mnist()
+    result = subprocess.run([sys.executable, "-m", "trustvlm", "export", "--model", "clip_vitb32", "--weights",
+                             "random", "--output", str(tmp_path), "--parity-images", "16"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[random-init weights" in result.stdout
+    assert "parity fp32" in result.stderr + result.stdout
+    manifest = read_manifest(tmp_path / "clip_vitb32")
+    assert manifest["weights"] == {"id": "random-init", "random_init": True,
+                                   "source": "random init (seed 0) of ViT-B-32"}
+    assert manifest["embedding"]["dim"] == 512 and manifest["preprocess"]["size"] == 224
+    parity = manifest["precisions"]["fp32"]["parity"]
+    assert parity["image_min_cosine"] >= 0.9999 and parity["text_min_cosine"] >= 0.9999
+    assert manifest["text_input"]["shape"] == ["batch", 77]
