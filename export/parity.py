@@ -100,9 +100,9 @@ def check_parity(reference: tuple[np.ndarray, np.ndarray], image_engine: OnnxEnc
 
 def format_report(report: ParityReport) -> str:
     """One line of parity figures."""
-    line = (f"parity {report.precision}: image cosine min {report.image_min_cosine:.6f} "
-            f"(mean {report.image_mean_cosine:.6f}, {report.images} images), text cosine min "
-            f"{report.text_min_cosine:.6f} ({report.prompts} prompts)")
+    line = (f"parity {report.precision}: image cosine min {report.image_min_cosine:.7f} "
+            f"(mean {report.image_mean_cosine:.7f}, {report.images} images), text cosine min "
+            f"{report.text_min_cosine:.7f} ({report.prompts} prompts)")
     if report.top1_agreement is not None:
         line += f", zero-shot top-1 agreement {100 * report.top1_agreement:.2f}%"
     return line + (" -> PASS" if not report.failures() else " -> FAIL")

@@ -107,6 +107,11 @@ def zero_shot_accuracy(model, pixels: np.ndarray, labels: np.ndarray, caption_to
     return correct / len(pixels)
 
 
+def effective_batch_size(num_images: int, batch_size: int) -> int:
+    """The configured batch, smaller for small image folders so that an epoch has >= 16 steps."""
+    return max(1, min(batch_size, max(16, num_images // 16)))
+
+
 def learning_rate_at(step: int, total: int, config: TrainConfig) -> float:
     """Linear warm-up (at most a fifth of training, for small image folders) then cosine decay."""
     warmup = max(1, min(config.warmup_steps, total // 5))
@@ -131,7 +136,8 @@ def train_model(train: LabelledImages, validation: LabelledImages | None, templa
     val_pixels = prepare_pixels(validation.images, preprocess) if validation is not None else None
     mean, std = torch.tensor(preprocess.mean), torch.tensor(preprocess.std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = len(pixels) // config.batch_size
+    batch_size = effective_batch_size(len(pixels), config.batch_size)
+    steps_per_epoch = len(pixels) // batch_size
     total_steps = steps_per_epoch * config.epochs
     history, step, started = [], 0, time.perf_counter()
     labels_all = torch.from_numpy(train.labels)
@@ -140,7 +146,7 @@ def train_model(train: LabelledImages, validation: LabelledImages | None, templa
         order = torch.randperm(len(pixels), generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
         for batch_index in bar:
-            index = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+            index = order[batch_index * batch_size:(batch_index + 1) * batch_size]
             images = normalize_uint8_nhwc(augment(torch.from_numpy(pixels[index.numpy()]), generator), mean, std)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, config)
