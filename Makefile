@@ -7,12 +7,13 @@ MODEL ?= demo_fmnist
 PRECISION ?= fp32
 FORMAT ?= onnx
 WEIGHTS ?=
+DATA ?= fashion-mnist
 ARTIFACTS ?= artifacts
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo export zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo export calibrate eval zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -33,13 +34,21 @@ $(STAMP): pyproject.toml
 
 setup: system-packages $(STAMP) ## create .venv and install the project with its export and test extras
 
-demo: setup ## the main job on the embedded demo model: export it, then check it zero-shot
+demo: setup ## the main job on the embedded demo model: export, check, calibrate, evaluate
 	$(PY) -m trustvlm export --model demo_fmnist --precision fp16 --output $(ARTIFACTS)
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/demo_fmnist
+	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/demo_fmnist
+	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/demo_fmnist --no-ablations
 
 export: setup ## export MODEL [PRECISION=fp32|fp16] [FORMAT=onnx|engine] [WEIGHTS=random|/path]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
 		$(if $(WEIGHTS),--weights $(WEIGHTS)) --output $(ARTIFACTS)
+
+calibrate: setup ## prototype bundle + accept threshold for artifacts/MODEL [DATA=fashion-mnist|/image/folder]
+	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/$(MODEL) --data $(DATA) $(CALIBRATE_ARGS)
+
+eval: setup ## evaluation table, plots and per-sample scores for artifacts/MODEL (clean + camera shifts)
+	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/$(MODEL) $(EVAL_ARGS)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)
