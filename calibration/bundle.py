@@ -28,6 +28,11 @@ from trustvlm.calibration.staging import staged_folder
 from trustvlm.calibration.trust_head import build_trust_head, save_trust_head
 from trustvlm.runtime.artifacts import TOWERS, read_manifest, sha256_file, write_json_atomic
 
+__all__ = [
+    "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "BundleInfo", "PrototypeBundle",
+    "engine_sha256", "write_bundle", "read_bundle_info", "load_bundle", "describe_bundle", "json_safe",
+]
+
 BUNDLE_SCHEMA_VERSION = "1.0"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
@@ -227,7 +232,8 @@ def read_bundle_info(bundle_dir: str | os.PathLike) -> BundleInfo:
     major = str(data.get("schema_version", "0")).split(".")[0]
     if major != BUNDLE_SCHEMA_VERSION.split(".")[0]:
         raise BundleError(f"{path}: bundle schema {data.get('schema_version')} is not supported "
-                          f"(expected {BUNDLE_SCHEMA_VERSION.split('.')[0]}.x); {rebuild_hint(data.get('model', '<name>'))}")
+                          f"(expected {BUNDLE_SCHEMA_VERSION.split('.')[0]}.x); "
+                          f"{rebuild_hint(data.get('model', '<name>'))}")
     try:
         return BundleInfo.from_dict(data)
     except (TypeError, ValueError) as error:
@@ -302,9 +308,3 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
               else f"no threshold meets risk <= {choice.alpha} (defer everything)")
     return (f"{info.model}: {len(info.class_names)} classes, k={info.k}, lambda={info.lam:g} ({info.lam_method}), "
             f"T={info.temperature:g}; {accept}")
-
-
-__all__ = [
-    "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "BundleInfo", "PrototypeBundle",
-    "engine_sha256", "write_bundle", "read_bundle_info", "load_bundle", "describe_bundle", "json_safe",
-]

@@ -30,7 +30,8 @@ from trustvlm.calibration.image_prototypes import (encode_images, prototypes_fro
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.risk_control import (ThresholdChoice, choose_lambda, choose_lambda_temperature,
                                                select_threshold)
-from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores, l2_normalize, softmax
+from trustvlm.calibration.scores import (DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores, l2_normalize,
+                                         softmax)
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
@@ -136,9 +137,16 @@ def _parse_lambda(lam) -> str | float:
     if isinstance(lam, str) and lam == "auto":
         return lam
     try:
-        return float(lam)
+        value = float(lam)
     except (TypeError, ValueError) as error:
         raise ValueError(f"lambda should be 'auto' or a number >= 0, but got {lam!r}") from error
+    return fixed_lambda(value).lam
+
+
+def _check_risk_targets(alpha: float, delta: float) -> None:
+    for name, value in (("alpha", alpha), ("delta", delta)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} should be in (0, 1), but got {value!r}")
 
 
 def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
@@ -171,6 +179,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         trustvlm.runtime.onnx_engine.EngineError: An encoder that cannot run.
     """
     lam = _parse_lambda(lam)
+    _check_risk_targets(alpha, delta)
     if score not in ("trustvlm", "trustvlm_star"):
         raise ValueError(f"score should be 'trustvlm' or 'trustvlm_star', but got {score!r}")
     template_list = get_templates(templates)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from trustvlm.calibration.calibrate import LAMBDA_GRID, Encoders, open_encoders, split_held_out
-from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, remaining_indices, sample_shots
+from trustvlm.calibration.calibrate import LAMBDA_GRID, PAPER_LAMBDA, Encoders, open_encoders, split_held_out
+from trustvlm.calibration.image_prototypes import (encode_images, prototypes_from_embeddings, remaining_indices,
+                                                   sample_shots)
 from trustvlm.calibration.metrics import evaluate_selective
 from trustvlm.calibration.risk_control import choose_lambda, select_threshold
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
@@ -36,7 +36,6 @@ from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
 
 CLEAN = "clean"
-PAPER_LAMBDA = 1.0
 ABLATION_SHOTS = (1, 2, 4, 8, 16)
 ABLATION_SEEDS = 5
 
@@ -277,6 +276,6 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
     manifest = encoders.manifest
     meta = {"model": manifest["model"], "weights_id": manifest["weights"]["id"], "artifacts": str(artifacts_dir),
             "precision": config.precision, "logit_scale": logit_scale, "class_names": list(calib.class_names),
-            "config": {**config.__dict__, "shifts": list(config.shifts)}}
+            "config": {**asdict(config), "shifts": list(config.shifts)}}
     seconds["total"] = time.perf_counter() - started
     return EvalReport(meta, results, ablations, seconds)

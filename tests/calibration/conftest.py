@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_ARTIFACTS = Path("/tmp/art/demo_fmnist")  # DEVTMP
+DEMO_ARTIFACTS = REPO / "artifacts" / "demo_fmnist"
 DEMO_CHECKPOINT = REPO / "models" / "checkpoints" / "demo_fmnist.pt"
 SIZE = 32
 CONTEXT = 16
@@ -58,7 +58,8 @@ def write_tiny_artifacts(folder: Path, image_dim: int = 8, text_dim: int | None 
     text_w = rng.normal(size=(CONTEXT, text_dim or image_dim))
     _linear_encoder(folder / "image_encoder.onnx", "pixels", TensorProto.UINT8, ["batch", SIZE, SIZE, 3], image_w)
     _linear_encoder(folder / "text_encoder.onnx", "tokens", TensorProto.INT64, ["batch", CONTEXT], text_w)
-    files = {f"{tower}_encoder": {"file": f"{tower}_encoder.onnx", "sha256": sha256_file(folder / f"{tower}_encoder.onnx")}
+    files = {f"{tower}_encoder": {"file": f"{tower}_encoder.onnx",
+                                  "sha256": sha256_file(folder / f"{tower}_encoder.onnx")}
              for tower in ("image", "text")}
     manifest = {"schema_version": "1.0", "model": model, "architecture": "demo-fmnist-vit-tiny",
                 "weights": {"id": f"sha256:tiny-{seed}", "source": "synthetic", "random_init": False},

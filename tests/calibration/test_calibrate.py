@@ -110,7 +110,7 @@ def test_nan_embeddings_are_an_error(make_artifacts, image_folder, tmp_path):
 
 
 def test_embedding_size_mismatch_is_an_error(make_artifacts, image_folder, tmp_path):
-    with pytest.raises(ValueError, match="embedding size mismatch: the text encoder returns D=6, the manifest says D=8"):
+    with pytest.raises(ValueError, match="embedding size mismatch: the text encoder returns D=6, .* says D=8"):
         calibrate(make_artifacts(image_dim=8, text_dim=6), image_folder, tmp_path / "b", k=2)
 
 
@@ -126,6 +126,8 @@ def test_bad_lambda_and_score_are_errors(tiny_artifacts, image_folder, tmp_path)
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", k=2, lam=-1)
     with pytest.raises(ValueError, match="score should be 'trustvlm' or 'trustvlm_star'"):
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", score="msp")
+    with pytest.raises(ValueError, match=r"alpha should be in \(0, 1\), but got 1.5"):
+        calibrate(tiny_artifacts, image_folder, tmp_path / "b", alpha=1.5)
 
 
 def test_held_out_halves_are_disjoint_and_seeded():
@@ -171,6 +173,17 @@ def test_cli_bad_input_is_one_clear_error_line(tiny_artifacts, image_folder, tmp
     args = parse(["calibrate", "--artifacts", str(tiny_artifacts), "--data", str(tmp_path / "missing")])
     with pytest.raises(CliError, match="image folder .*missing does not exist"):
         args.handler(args)
+
+
+def test_cli_reports_nan_embeddings_and_unreadable_images(make_artifacts, image_folder, tmp_path):
+    args = parse(["calibrate", "--artifacts", str(make_artifacts(nan=True)), "--data", str(image_folder),
+                  "--k", "2", "--out", str(tmp_path / "b")])
+    with pytest.raises(CliError, match=r"^the image encoder image_encoder.onnx returned NaN/inf embeddings"):
+        args.handler(args)
+    (image_folder / "green_box" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(CliError, match=r"^cannot decode image .*empty.jpg$"):
+        args.handler(args)
+    assert not (tmp_path / "b").exists()
 
 
 def test_cli_calibrate_writes_the_default_bundle_folder(tiny_artifacts, image_folder, tmp_path, capsys):
