@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo export calibrate eval zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo export calibrate eval serve zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ calibrate: setup ## prototype bundle + accept threshold for artifacts/MODEL [DAT
 
 eval: setup ## evaluation table, plots and per-sample scores for artifacts/MODEL (clean + camera shifts)
 	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/$(MODEL) $(EVAL_ARGS)
+
+INGEST ?= tcp://127.0.0.1:5555
+PUBLISH ?= tcp://127.0.0.1:5556
+serve: setup ## start the streaming service on artifacts/MODEL and its bundle (INGEST=, PUBLISH= addresses)
+	$(PY) -m trustvlm serve --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
+		--ingest $(INGEST) --publish $(PUBLISH)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)

@@ -14,6 +14,7 @@ EPILOG = """stages:
   export      turn a registry model into ONNX encoders (+ fp16, + TensorRT engine) with parity gates
   calibrate   build a prototype bundle: text/image prototypes, lambda, guaranteed-risk accept threshold
   eval        misclassification-detection table (MSP, baselines, TrustVLM, TrustVLM*), clean and shifted
+  serve       the streaming service: ZeroMQ frames in, accept/defer decisions out (no torch)
   zeroshot    zero-shot accuracy of exported encoders on the Fashion-MNIST test images
   train-demo  train the small demo VLM (or your own domain model) on a labelled image folder
   models      list the model registry
@@ -24,6 +25,7 @@ examples:
   trustvlm export --model clip_vitb32 --weights ~/ViT-B-32-openai.pt --precision fp16 --format engine
   trustvlm calibrate --artifacts artifacts/demo_fmnist --alpha 0.05 --delta 0.1
   trustvlm eval --artifacts artifacts/demo_fmnist
+  trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle
 """
 
 
@@ -146,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "model said about a camera image (TrustVLM).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser  # noqa: PLC0415 - uses CliError
+    from trustvlm.runtime.cli import add_serve_parser  # noqa: PLC0415
 
-    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_zeroshot_parser,
+    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_zeroshot_parser,
                 add_train_parser, add_models_parser):
         add(subparsers)
     return parser

@@ -1,0 +1,185 @@
+"""`trustvlm serve`: the long-running trust service, as a thin layer over runtime.service.
+
+Wire it into the top-level parser with ``add_serve_parser(subparsers)`` (it sets ``handler`` to
+:func:`run_serve`). Until then, or on a device without the rest of the CLI, run it as
+``python -m trustvlm.runtime.cli serve ...``.
+
+The service prints one line saying where it listens, then runs until SIGINT or SIGTERM (graceful:
+in-flight frames are answered, final stats published, exit 0). SIGHUP reloads the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from trustvlm.cli import CliError
+from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
+
+_DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
+#: flag dest -> path of the config key it sets.
+_FLAG_KEYS = {
+    "artifacts": ("artifacts",), "bundle": ("bundle",),
+    "ingest": ("ingest", "address"), "ingest_socket": ("ingest", "socket_type"), "ingest_mode": ("ingest", "mode"),
+    "publish": ("publish", "address"), "publish_format": ("publish", "wire_format"),
+    "heartbeat_ms": ("publish", "heartbeat_ms"),
+    "providers": ("scorer", "providers"), "allow_cpu_fallback": ("scorer", "allow_fallback"),
+    "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"), "max_wait_ms": ("scorer", "max_wait_ms"),
+    "staleness_ms": ("buffer", "staleness_ms"), "max_cameras": ("buffer", "max_cameras"),
+    "max_message_bytes": ("limits", "max_message_bytes"), "max_width": ("limits", "max_width"),
+    "max_height": ("limits", "max_height"), "watch": ("reload", "watch"), "metrics": ("metrics",),
+    "log_level": ("log_level",),
+}
+EPILOG = """examples:
+  trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
+      --ingest tcp://*:5555 --publish tcp://*:5556
+  trustvlm serve --config serve.json --ingest-socket rep          # imagezmq ImageSender() (REQ/REP)
+  trustvlm serve --config serve.json --ingest tcp://rpi1:5555 --ingest-socket sub --ingest-mode connect
+  kill -HUP <pid>                                                 # reload the bundle
+"""
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _default(*path: str):
+    value = _DEFAULTS
+    for key in path:
+        value = getattr(value, key)
+    return getattr(value, "value", value)
+
+
+def add_serve_parser(subparsers) -> None:
+    """Add `serve` to a subparsers object; flags override the values of --config."""
+    parser = subparsers.add_parser(
+        "serve", formatter_class=_formatter, epilog=EPILOG, argument_default=argparse.SUPPRESS,
+        help="run the streaming trust service (ZeroMQ frames in, accept/defer decisions out)",
+        description="Receive camera frames over ZeroMQ (schema 1 or imagezmq), score them with the exported image "
+                    "encoder and a prototype bundle's trust head (ONNX Runtime, no torch), and publish one "
+                    "accept/defer decision per frame on trust/<camera_id>, with a heartbeat on trust/_health. "
+                    "Flags override --config.")
+    add = parser.add_argument
+    add("--config", type=Path, help="JSON config file (keys as printed by --dump-config)")
+    add("--artifacts", type=Path, help="export folder of the model (manifest.json + encoders)")
+    add("--bundle", type=Path, help="prototype bundle folder (bundle.json, prototypes.npz, trust_head.onnx)")
+    add("--ingest", help=f"ingest endpoint (default: {_default('ingest', 'address')}; "
+                         "tcp://127.0.0.1:* binds a free port)")
+    add("--ingest-socket", choices=["pull", "sub", "rep"],
+        help=f"pull: PUSH cameras; sub: PUB cameras (imagezmq REQ_REP=False); rep: imagezmq REQ senders, "
+             f"answered b'OK' (default: {_default('ingest', 'socket_type')})")
+    add("--ingest-mode", choices=["bind", "connect"], help=f"(default: {_default('ingest', 'mode')})")
+    add("--publish", help=f"PUB endpoint of the decisions (default: {_default('publish', 'address')})")
+    add("--publish-format", choices=["msgpack", "json"],
+        help=f"body encoding (default: {_default('publish', 'wire_format')})")
+    add("--heartbeat-ms", type=int, help=f"trust/_health period (default: {_default('publish', 'heartbeat_ms')})")
+    add("--providers", nargs="+", help="ONNX Runtime providers in order, e.g. cuda cpu (default: cpu)")
+    add("--allow-cpu-fallback", dest="allow_cpu_fallback", action="store_true",
+        help="run on the CPU when a requested GPU provider is unavailable (default: refuse to start)")
+    add("--threads", type=int, help="intra-op threads per session (default: ONNX Runtime's choice)")
+    add("--max-batch", type=int, help=f"frames per batch, one per camera (default: {_default('scorer', 'max_batch')})")
+    add("--max-wait-ms", type=float,
+        help=f"wait for other cameras to fill a batch (default: {_default('scorer', 'max_wait_ms')})")
+    add("--staleness-ms", type=float,
+        help=f"defer frames older than this since capture, 0: never (default: {_default('buffer', 'staleness_ms')})")
+    add("--max-cameras", type=int, help=f"cameras tracked (default: {_default('buffer', 'max_cameras')})")
+    add("--max-message-bytes", type=int,
+        help=f"largest payload (default: {_default('limits', 'max_message_bytes')})")
+    add("--max-width", type=int, help=f"largest image width (default: {_default('limits', 'max_width')})")
+    add("--max-height", type=int, help=f"largest image height (default: {_default('limits', 'max_height')})")
+    add("--no-watch", dest="watch", action="store_false",
+        help="reload the bundle on SIGHUP only, not when its files change")
+    add("--metrics", help="host:port of the Prometheus /metrics and /healthz endpoint (default: off)")
+    add("--log-level", choices=LOG_LEVELS, help="(default: info)")
+    add("--dump-config", action="store_true", help="print the effective config as JSON and exit")
+    parser.set_defaults(handler=run_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    """The config file (if any) with the given flags on top.
+
+    Raises:
+        ValueError: A config that is unreadable, incomplete or out of range.
+    """
+    given = vars(args)
+    data, base_dir = {}, None
+    if "config" in given:
+        data, base_dir = load_config_file(args.config), Path(args.config).resolve().parent
+    for dest, path in _FLAG_KEYS.items():
+        if dest not in given:
+            continue
+        value = given[dest]
+        value = str(value) if isinstance(value, Path) else value
+        target = data
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    for required in ("artifacts", "bundle"):
+        if required not in data:
+            raise ValueError(f"--{required} is required (on the command line or in the --config file)")
+    flag_paths = {key: Path(data[key]) for key in ("artifacts", "bundle") if key in given}
+    config = ServiceConfig.from_dict(data, base_dir)
+    if flag_paths:  # flags are relative to the working directory, not to the config file
+        config = replace(config, **flag_paths)
+    return config
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm serve`: start, print where it listens, run until a signal."""
+    from trustvlm.calibration.bundle import BundleError  # noqa: PLC0415 - keep --help light
+    from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
+    from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
+    from trustvlm.runtime.service import build_service  # noqa: PLC0415
+
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if getattr(args, "dump_config", False):
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service = build_service(config)
+        endpoints = service.start()
+    except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError) as error:
+        raise CliError(str(error)) from error
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: service.request_stop())
+        signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
+    scorer = service.slot.current()
+    metrics = f" metrics={endpoints.metrics}/metrics" if endpoints.metrics else ""
+    print(f"trustvlm serve: listening ingest={endpoints.ingest} ({config.ingest.socket_type.value}, "
+          f"{config.ingest.mode.value}) publish={endpoints.publish} ({config.publish.wire_format.value}, "
+          f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms){metrics} "
+          f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
+          f"providers={scorer.encoder.providers}", flush=True)
+    while not service.wait(0.5):
+        pass
+    logging.getLogger("trustvlm.runtime.service").info("stopped: %s", json.dumps(service.health.counters()))
+    return 1 if service.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m trustvlm.runtime.cli serve ...``."""
+    parser = argparse.ArgumentParser(prog="trustvlm")
+    add_serve_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f"trustvlm {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

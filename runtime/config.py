@@ -1,0 +1,181 @@
+"""Configuration of `trustvlm serve` as typed data: one JSON file, or flags, or both.
+
+A config file holds :meth:`ServiceConfig.to_dict` (``trustvlm serve --dump-config`` prints the
+effective one); every key is optional except ``artifacts`` and ``bundle``, and unknown keys are
+rejected with the valid ones listed. Relative paths in a file are taken relative to the file's
+folder. Flags given on the command line override the file.
+
+Example::
+
+    {"artifacts": "artifacts/demo_fmnist", "bundle": "artifacts/demo_fmnist/bundle",
+     "ingest": {"address": "tcp://*:5555", "socket_type": "rep"},
+     "publish": {"address": "tcp://*:5556", "wire_format": "json", "heartbeat_ms": 500},
+     "scorer": {"providers": ["cuda"], "max_batch": 8},
+     "buffer": {"staleness_ms": 300}, "metrics": "127.0.0.1:9100"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+from trustvlm.runtime.frame_buffer import BufferConfig
+from trustvlm.runtime.ingest import FrameLimits, IngestConfig
+from trustvlm.runtime.publisher import PublishConfig
+from trustvlm.runtime.scorer import ScorerConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Hot reload of the bundle.
+
+    Attributes:
+        watch: Reload when the bundle's files change (besides SIGHUP).
+        poll_ms: How often the files are checked.
+    """
+
+    watch: bool = True
+    poll_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything `trustvlm serve` needs (see the module docstring)."""
+
+    artifacts: Path
+    bundle: Path
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    metrics: str | None = None
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level should be one of {LOG_LEVELS}, but got {self.log_level!r}")
+        if self.metrics is not None:
+            parse_host_port(self.metrics)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; :meth:`from_dict` restores an equal object."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: str | os.PathLike | None = None) -> "ServiceConfig":
+        """Build from a dict; relative paths are resolved against `base_dir` when given.
+
+        Raises:
+            ValueError: Unknown or missing keys, wrong types, values out of range.
+        """
+        config = dataclass_from_dict(cls, data, "config")
+        if base_dir is not None:
+            base = Path(base_dir)
+            config = _replace_paths(config, lambda path: path if path.is_absolute() else base / path)
+        return config
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); ValueError otherwise."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"metrics should be 'host:port' like '127.0.0.1:9100', but got {text!r}")
+    return host, int(port)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a JSON config file into a dict (paths not yet resolved)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read config file {path}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} should hold a JSON object, but holds {type(data).__name__}")
+    return data
+
+
+def _replace_paths(config, transform):
+    return replace(config, artifacts=transform(config.artifacts), bundle=transform(config.bundle))
+
+
+def _to_plain(value):
+    if is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(item) for item in value]
+    return value
+
+
+def dataclass_from_dict(cls, data, where: str):
+    """Build dataclass `cls` from a dict, converting nested dataclasses, enums, paths and tuples.
+
+    Raises:
+        ValueError: Unknown keys (listing the known ones), missing required keys, wrong types.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} should be an object, but got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {known}")
+    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in known if name in data}
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def _convert(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(arg for arg in args if arg is not type(None)), value, where)
+    if is_dataclass(hint):
+        return dataclass_from_dict(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"{where} should be one of {[e.value for e in hint]}, but got {value!r}") from None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} should be a list, but got {value!r}")
+        return tuple(_convert(args[0], item, f"{where}[]") for item in value)
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{where} should be a path string, but got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} should be true or false, but got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} should be an integer, but got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} should be a number, but got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} should be a string, but got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported config type {hint!r}")

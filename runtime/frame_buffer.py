@@ -1,0 +1,215 @@
+"""Latest-frame-wins buffer between ingest and scoring, per camera, with a staleness deadline.
+
+Drop policy (:attr:`DropPolicy.LATEST_WINS`): each camera holds at most one frame waiting to be
+scored. A newer frame from the same camera supersedes it, and the superseded frame becomes a
+``dropped`` notice; a frame older than the staleness deadline when scoring picks it up becomes a
+``stale`` notice. Notices wait in the camera's queue in arrival order, so a camera's outcomes are
+published in the order its frames arrived: the scoring loop is sequential and publishes, for each
+batch, every taken item in arrival order.
+
+Every item that enters gets exactly one outcome, or is counted: a camera's queue holds at most
+``max_notices_per_camera`` notices (further ones are counted as ``notices_suppressed``), and at
+most ``max_cameras`` cameras are tracked (a new camera evicts the least recently seen idle one,
+else its frame is deferred ``camera_limit``). Memory is bounded by ``max_cameras`` payloads plus
+small notices.
+
+Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
+assumes synchronized clocks (PTP or chrony) when cameras run on other hosts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from enum import Enum
+from itertools import count
+from typing import Callable
+
+from trustvlm.runtime.messages import Notice, ReceivedFrame, Reason
+
+BufferItem = ReceivedFrame | Notice
+
+
+class DropPolicy(str, Enum):
+    """What happens to a waiting frame when a newer one from the same camera arrives."""
+
+    LATEST_WINS = "latest_wins"
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Limits of the frame buffer.
+
+    Attributes:
+        max_cameras: Cameras tracked at once.
+        staleness_ms: Frames older than this (since capture) when scoring picks them up are
+            deferred ``stale``; 0 disables the deadline.
+        max_notices_per_camera: Notices (already decided frames) waiting per camera.
+        drop_policy: Only ``latest_wins``.
+    """
+
+    max_cameras: int = 64
+    staleness_ms: float = 1000.0
+    max_notices_per_camera: int = 256
+    drop_policy: DropPolicy = DropPolicy.LATEST_WINS
+
+    def __post_init__(self) -> None:
+        if self.max_cameras < 1 or self.max_notices_per_camera < 1:
+            raise ValueError(f"max_cameras and max_notices_per_camera should be >= 1, but got "
+                             f"{self.max_cameras} and {self.max_notices_per_camera}")
+        if not self.staleness_ms >= 0:
+            raise ValueError(f"staleness_ms should be >= 0 (0: no deadline), but got {self.staleness_ms}")
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """Counters of the buffer (monotonic, except the two gauges at the end)."""
+
+    frames_in: int
+    notices_in: int
+    dropped: int
+    stale: int
+    camera_limit: int
+    notices_suppressed: int
+    pending_frames: int
+    cameras: int
+
+
+class _Camera:
+    __slots__ = ("items", "frames", "notices", "last_seen")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, BufferItem]] = deque()
+        self.frames = 0
+        self.notices = 0
+        self.last_seen = 0.0
+
+
+class FrameBuffer:
+    """Thread-safe: the ingest thread puts, the scoring thread takes."""
+
+    def __init__(self, config: BufferConfig, clock_ns: Callable[[], int] = time.time_ns):
+        self.config = config
+        self._clock_ns = clock_ns
+        self._cameras: OrderedDict[str, _Camera] = OrderedDict()
+        self._orphans: deque[tuple[int, Notice]] = deque()  # notices of cameras that got no slot
+        self._arrival = count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._pending_frames = 0
+        self._counts = dict(frames_in=0, notices_in=0, dropped=0, stale=0, camera_limit=0, notices_suppressed=0)
+
+    def put(self, item: BufferItem) -> None:
+        """Add a frame (latest wins) or a notice to its camera's queue."""
+        camera_id = item.header.camera_id if isinstance(item, ReceivedFrame) else item.camera_id
+        with self._cond:
+            self._counts["frames_in" if isinstance(item, ReceivedFrame) else "notices_in"] += 1
+            camera = self._slot(camera_id)
+            if camera is None:
+                self._counts["camera_limit"] += 1
+                if isinstance(item, ReceivedFrame):
+                    item = Notice.for_frame(item, Reason.CAMERA_LIMIT, f"{self.config.max_cameras} cameras are "
+                                                                       "tracked already (max_cameras)")
+                self._add_orphan(item)
+                self._cond.notify_all()
+                return
+            camera.last_seen = time.monotonic()
+            if isinstance(item, ReceivedFrame):
+                self._supersede(camera, item)
+                camera.items.append((next(self._arrival), item))
+                camera.frames += 1
+                self._pending_frames += 1
+            elif camera.notices < self.config.max_notices_per_camera:
+                camera.items.append((next(self._arrival), item))
+                camera.notices += 1
+            else:
+                self._counts["notices_suppressed"] += 1
+            self._cond.notify_all()
+
+    def _slot(self, camera_id: str) -> _Camera | None:
+        camera = self._cameras.get(camera_id)
+        if camera is not None:
+            self._cameras.move_to_end(camera_id)
+            return camera
+        if len(self._cameras) >= self.config.max_cameras:
+            idle = next((name for name, cam in self._cameras.items() if not cam.items), None)
+            if idle is None:
+                return None
+            del self._cameras[idle]
+        camera = self._cameras[camera_id] = _Camera()
+        return camera
+
+    def _add_orphan(self, notice: Notice) -> None:
+        if len(self._orphans) < self.config.max_notices_per_camera:
+            self._orphans.append((next(self._arrival), notice))
+        else:
+            self._counts["notices_suppressed"] += 1
+
+    def _supersede(self, camera: _Camera, newer: ReceivedFrame) -> None:
+        for index, (arrival, item) in enumerate(camera.items):
+            if isinstance(item, ReceivedFrame):
+                camera.items[index] = (arrival, Notice.for_frame(
+                    item, Reason.DROPPED, f"superseded by seq {newer.header.seq} before scoring (latest frame wins)"))
+                camera.frames -= 1
+                camera.notices += 1
+                self._pending_frames -= 1
+                self._counts["dropped"] += 1
+
+    def take(self, max_frames: int, max_wait_s: float = 0.0, timeout_s: float = 0.1) -> list[BufferItem] | None:
+        """Take up to `max_frames` frames (at most one per camera) and the notices queued with them.
+
+        Waits up to `timeout_s` for anything, then up to `max_wait_s` more for frames of other
+        cameras to fill the batch. Cameras are served oldest item first; items come back in
+        arrival order, stale frames already turned into ``stale`` notices.
+
+        Returns:
+            The items (empty after a timeout), or None once the buffer is closed and empty.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._has_items(), timeout_s)
+            if not self._has_items():
+                return None if self._closed else []
+            deadline = time.monotonic() + max_wait_s
+            while not self._closed and self._pending_frames < max_frames:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken = list(self._orphans)
+            self._orphans.clear()
+            frames = 0
+            for camera in sorted(self._cameras.values(), key=lambda cam: cam.items[0][0] if cam.items else 1 << 62):
+                if not camera.items or frames + camera.frames > max_frames:
+                    continue
+                frames += camera.frames
+                self._pending_frames -= camera.frames
+                taken.extend(camera.items)
+                camera.items.clear()
+                camera.frames = camera.notices = 0
+            taken.sort(key=lambda pair: pair[0])
+            return [self._check_stale(item) for _, item in taken]
+
+    def _has_items(self) -> bool:
+        return bool(self._orphans) or any(cam.items for cam in self._cameras.values())
+
+    def _check_stale(self, item: BufferItem) -> BufferItem:
+        if not isinstance(item, ReceivedFrame) or not self.config.staleness_ms:
+            return item
+        age_ms = (self._clock_ns() - item.header.capture_ts_ns) / 1e6
+        if age_ms <= self.config.staleness_ms:
+            return item
+        self._counts["stale"] += 1
+        return Notice.for_frame(item, Reason.STALE, f"{age_ms:.0f} ms since capture exceeds the staleness "
+                                                    f"deadline of {self.config.staleness_ms:g} ms")
+
+    def close(self) -> None:
+        """No more puts are expected: take() drains what is left, then returns None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def stats(self) -> BufferStats:
+        with self._cond:
+            return BufferStats(**self._counts, pending_frames=self._pending_frames, cameras=len(self._cameras))

@@ -1,0 +1,243 @@
+"""Observability of the service: an observer interface with a do-nothing default.
+
+* :class:`Observer` is what the service calls (frame received, rejection, decision published,
+  batch scored, reload); its methods do nothing, so a service without metrics pays nothing.
+* :class:`ServiceStats` counts in memory; the heartbeat on ``trust/_health`` and the final stats
+  come from it. It is always on.
+* :class:`PrometheusObserver` feeds prometheus_client metrics (an optional dependency, imported
+  only when asked for) and :class:`MetricsServer` serves them on ``/metrics`` with a JSON
+  ``/healthz`` beside (HTTP 200 while the status is ok, 503 otherwise).
+
+Prometheus metrics (all prefixed ``trustvlm_``): ``frames_received_total{camera}``,
+``rejections_total{reason}`` (messages that named no camera), ``decisions_total{decision,reason}``
+(dropped and stale frames are decisions with those reasons), ``class_decisions_total{label,decision}``
+(per-class defer rate = defer / all of a label), ``defer_ratio`` (cumulative), histograms
+``latency_from_capture_seconds``, ``latency_from_receipt_seconds``, ``batch_size`` and
+``batch_seconds``, ``publish_overflow_total``, ``bundle_reloads_total{result}``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from trustvlm.runtime.messages import Decision, DecisionMessage, HealthMessage, HealthStatus, Reason
+
+
+class Observer:
+    """Events of the service; every method is a no-op here (the null observer)."""
+
+    def on_received(self, camera_id: str | None) -> None:
+        """A message arrived (camera None when it named none)."""
+
+    def on_rejected(self, reason: Reason, detail: str) -> None:
+        """A message was dropped without an outcome message (it named no camera); counted."""
+
+    def on_published(self, message: DecisionMessage) -> None:
+        """A decision was sent."""
+
+    def on_publish_overflow(self, message: DecisionMessage) -> None:
+        """A decision was lost because the publish queue was full; counted."""
+
+    def on_batch(self, size: int, seconds: float, error: str | None) -> None:
+        """A batch went through encoder and trust head (error: the engine error, if any)."""
+
+    def on_reload(self, ok: bool, detail: str) -> None:
+        """A bundle reload was tried."""
+
+
+NullObserver = Observer
+
+
+class ObserverGroup(Observer):
+    """Fan one event out to several observers."""
+
+    def __init__(self, *observers: Observer):
+        self.observers = observers
+
+    def on_received(self, camera_id):
+        for observer in self.observers:
+            observer.on_received(camera_id)
+
+    def on_rejected(self, reason, detail):
+        for observer in self.observers:
+            observer.on_rejected(reason, detail)
+
+    def on_published(self, message):
+        for observer in self.observers:
+            observer.on_published(message)
+
+    def on_publish_overflow(self, message):
+        for observer in self.observers:
+            observer.on_publish_overflow(message)
+
+    def on_batch(self, size, seconds, error):
+        for observer in self.observers:
+            observer.on_batch(size, seconds, error)
+
+    def on_reload(self, ok, detail):
+        for observer in self.observers:
+            observer.on_reload(ok, detail)
+
+
+class ServiceStats(Observer):
+    """Thread-safe counters for the heartbeat; :meth:`snapshot` gives a flat dict of ints.
+
+    Accounting: every received message ends up in exactly one of ``decisions_accept``,
+    ``decisions_defer``, ``rejected``, ``notices_suppressed`` (from the buffer),
+    ``publish_overflow``, or is still in flight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+        self.last_error = ""
+
+    def on_received(self, camera_id):
+        with self._lock:
+            self._counts["received"] += 1
+
+    def on_rejected(self, reason, detail):
+        with self._lock:
+            self._counts["rejected"] += 1
+            self._counts[f"rejected_{reason.value}"] += 1
+
+    def on_published(self, message):
+        with self._lock:
+            self._counts[f"decisions_{message.decision.value}"] += 1
+            self._counts[f"reason_{message.reason.value}"] += 1
+
+    def on_publish_overflow(self, message):
+        with self._lock:
+            self._counts["publish_overflow"] += 1
+
+    def on_batch(self, size, seconds, error):
+        with self._lock:
+            self._counts["batches"] += 1
+            self._counts["frames_scored"] += size
+            if error:
+                self._counts["engine_errors"] += 1
+                self.last_error = error
+
+    def on_reload(self, ok, detail):
+        with self._lock:
+            self._counts["reloads_ok" if ok else "reloads_refused"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class PrometheusObserver(Observer):
+    """prometheus_client metrics in their own registry (see the module docstring)."""
+
+    def __init__(self) -> None:
+        try:
+            import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+        except ImportError as error:
+            raise RuntimeError("metrics need prometheus_client: pip install prometheus_client "
+                               "(or start without --metrics)") from error
+        self._prom = prom
+        self.registry = prom.CollectorRegistry()
+        latency_buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+        def metric(kind, name, doc, labels=(), **kwargs):
+            return kind(f"trustvlm_{name}", doc, labelnames=labels, registry=self.registry, **kwargs)
+
+        self.received = metric(prom.Counter, "frames_received", "messages received per camera", ("camera",))
+        self.rejections = metric(prom.Counter, "rejections", "messages counted but not answered", ("reason",))
+        self.decisions = metric(prom.Counter, "decisions", "published decisions", ("decision", "reason"))
+        self.class_decisions = metric(prom.Counter, "class_decisions", "scored decisions per predicted class",
+                                      ("label", "decision"))
+        self.defer_ratio = metric(prom.Gauge, "defer_ratio", "share of published decisions that defer (cumulative)")
+        self.overflow = metric(prom.Counter, "publish_overflow", "decisions lost to a full publish queue")
+        self.capture_latency = metric(prom.Histogram, "latency_from_capture_seconds", "capture to publish",
+                                      buckets=latency_buckets)
+        self.receipt_latency = metric(prom.Histogram, "latency_from_receipt_seconds", "receipt to publish",
+                                      buckets=latency_buckets)
+        self.batch_size = metric(prom.Histogram, "batch_size", "frames per scored batch",
+                                 buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.batch_seconds = metric(prom.Histogram, "batch_seconds", "decode + encoder + trust head per batch",
+                                    buckets=latency_buckets)
+        self.engine_errors = metric(prom.Counter, "engine_errors", "batches failed by an engine error")
+        self.reloads = metric(prom.Counter, "bundle_reloads", "bundle reload attempts", ("result",))
+        self._lock = threading.Lock()
+        self._published = self._deferred = 0
+
+    def on_received(self, camera_id):
+        self.received.labels(camera=camera_id or "").inc()
+
+    def on_rejected(self, reason, detail):
+        self.rejections.labels(reason=reason.value).inc()
+
+    def on_published(self, message):
+        self.decisions.labels(decision=message.decision.value, reason=message.reason.value).inc()
+        if message.label is not None:
+            self.class_decisions.labels(label=message.label, decision=message.decision.value).inc()
+        if message.latency_from_capture_ms is not None:
+            self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+        if message.latency_from_receipt_ms is not None:
+            self.receipt_latency.observe(max(message.latency_from_receipt_ms, 0.0) / 1e3)
+        with self._lock:
+            self._published += 1
+            self._deferred += message.decision is Decision.DEFER
+            self.defer_ratio.set(self._deferred / self._published)
+
+    def on_publish_overflow(self, message):
+        self.overflow.inc()
+
+    def on_batch(self, size, seconds, error):
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        if error:
+            self.engine_errors.inc()
+
+    def on_reload(self, ok, detail):
+        self.reloads.labels(result="ok" if ok else "refused").inc()
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus text format."""
+        return self._prom.generate_latest(self.registry)
+
+
+class MetricsServer:
+    """HTTP endpoint: GET /metrics (Prometheus text) and GET /healthz (JSON heartbeat)."""
+
+    def __init__(self, host: str, port: int, metrics: PrometheusObserver,
+                 health: Callable[[], HealthMessage]):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] == "/metrics":
+                    body, status, kind = metrics.exposition(), 200, "text/plain; version=0.0.4; charset=utf-8"
+                elif self.path.split("?")[0] == "/healthz":
+                    message = health()
+                    body = json.dumps(message.to_dict(), default=str).encode()
+                    status = 200 if message.status is HealthStatus.OK else 503
+                    kind = "application/json"
+                else:
+                    body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep stderr for the service's own log
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._server.timeout = 1.0
+        self.address = f"http://{host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        return self.address
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,283 @@
+"""The streaming trust service: ingest -> frame buffer -> scorer -> publisher, each passed in.
+
+:func:`build_service` wires the parts from a :class:`~trustvlm.runtime.config.ServiceConfig`;
+:class:`TrustService` only runs them, on three threads (ingest, scoring, bundle reload) beside
+the publisher's own:
+
+* ingest: receive, check, put into the latest-frame-wins buffer (or count a rejection);
+* scoring: take a micro-batch across cameras, decide every item (scored frames, and notices of
+  dropped / stale / bad frames) and submit the decisions in arrival order;
+* reload: on :meth:`TrustService.request_reload` (SIGHUP) or when the bundle's files change and
+  have stayed unchanged for one poll, load and self-check the new bundle, then swap it in; a bad
+  bundle is refused with one log line and the old one stays.
+
+Shutdown (:meth:`TrustService.request_stop`, SIGINT/SIGTERM in the CLI): the ingest stops taking
+frames and closes the buffer; the scoring thread decides everything already received; the
+publisher sends those decisions and a final ``stopped`` heartbeat with the counters, then closes.
+Failures inside the loop become ``defer`` decisions with a reason; the service keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from trustvlm.calibration.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE, BundleError
+from trustvlm.runtime.artifacts import ArtifactError
+from trustvlm.runtime.config import ServiceConfig, parse_host_port
+from trustvlm.runtime.frame_buffer import FrameBuffer
+from trustvlm.runtime.ingest import Rejection, ZmqIngest
+from trustvlm.runtime.messages import HealthMessage, HealthStatus, Notice, ReceivedFrame, Reason
+from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
+from trustvlm.runtime.onnx_engine import EngineError
+from trustvlm.runtime.publisher import Publisher
+from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, ScorerSlot, load_scorer
+
+log = logging.getLogger("trustvlm.runtime.service")
+
+#: What a bundle reload may raise for a bad bundle (anything else is a bug and is logged as such).
+RELOAD_ERRORS = (BundleError, ArtifactError, EngineError, ValueError, OSError)
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """Where a started service listens."""
+
+    ingest: str
+    publish: str
+    metrics: str | None
+
+
+class HealthReporter:
+    """Builds heartbeats from the counters, the buffer and the current bundle."""
+
+    def __init__(self, stats: ServiceStats, buffer: FrameBuffer, slot: ScorerSlot):
+        self.stats, self.buffer, self.slot = stats, buffer, slot
+        self.started = time.monotonic()
+        self.stopping = False
+        self.degraded = ""
+
+    def counters(self) -> dict[str, int]:
+        counters = self.stats.snapshot()
+        buffer = self.buffer.stats()
+        counters.update(dropped=buffer.dropped, stale=buffer.stale, camera_limit=buffer.camera_limit,
+                        notices_suppressed=buffer.notices_suppressed, pending_frames=buffer.pending_frames)
+        return counters
+
+    def __call__(self, requested: HealthStatus = HealthStatus.OK) -> HealthMessage:
+        status = requested
+        if requested is HealthStatus.OK:
+            status = HealthStatus.STOPPING if self.stopping else (HealthStatus.DEGRADED if self.degraded
+                                                                  else HealthStatus.OK)
+        scorer = self.slot.current()
+        return HealthMessage(status, time.time_ns(), time.monotonic() - self.started, scorer.model_id,
+                             scorer.bundle_id, scorer.threshold, self.buffer.stats().cameras, self.counters(),
+                             detail=self.degraded)
+
+
+class BundleReloader:
+    """Loads, checks and swaps in a new bundle; refuses a bad one and keeps the old."""
+
+    def __init__(self, slot: ScorerSlot, artifacts: Path, bundle_dir: Path, config: ScorerConfig,
+                 observer: Observer):
+        self.slot, self.artifacts, self.bundle_dir = slot, artifacts, bundle_dir
+        self.config, self.observer = config, observer
+        self._loaded = self._last_seen = self.signature()
+
+    def signature(self) -> tuple:
+        """(inode, size, mtime) of the bundle's three files; None entries for missing ones."""
+        result = []
+        for name in (BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE):
+            try:
+                stat = os.stat(self.bundle_dir / name)
+                result.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+            except OSError:
+                result.append(None)
+        return tuple(result)
+
+    def changed(self) -> bool:
+        """True when the files differ from the loaded ones and stayed the same since the last poll."""
+        current = self.signature()
+        stable, self._last_seen = current == self._last_seen, current
+        return stable and current != self._loaded
+
+    def reload(self, trigger: str) -> bool:
+        """Try the bundle folder now; True when it was swapped in."""
+        self._loaded = self._last_seen = self.signature()
+        old = self.slot.current()
+        try:
+            new = load_scorer(self.artifacts, self.bundle_dir, self.config, previous=old)
+        except RELOAD_ERRORS as error:
+            log.error("bundle reload refused (%s): %s; keeping %s", trigger, error, old.bundle_id)
+            self.observer.on_reload(False, str(error))
+            return False
+        self.slot.swap(new)
+        log.info("bundle reloaded (%s): %s -> %s, accept %s >= %s", trigger, old.bundle_id, new.bundle_id,
+                 new.score_name, new.threshold)
+        self.observer.on_reload(True, new.bundle_id)
+        return True
+
+
+class TrustService:
+    """Runs the threads of the service over parts built elsewhere (see :func:`build_service`)."""
+
+    def __init__(self, ingest: ZmqIngest, buffer: FrameBuffer, slot: ScorerSlot, publisher: Publisher,
+                 health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
+                 reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
+                 metrics_server: MetricsServer | None = None):
+        self.ingest, self.buffer, self.slot, self.publisher = ingest, buffer, slot, publisher
+        self.health, self.observer, self.scorer_config = health, observer, scorer_config
+        self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
+        self.metrics_server = metrics_server
+        self.failed = False
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._threads = [threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
+                         threading.Thread(target=self._score_loop, name="scoring", daemon=True)]
+        if reloader is not None:
+            self._threads.append(threading.Thread(target=self._reload_loop, name="reload", daemon=True))
+
+    def start(self) -> ServiceEndpoints:
+        """Open the sockets and start the threads."""
+        ingest = self.ingest.open()
+        try:
+            publish = self.publisher.open()
+        except OSError:
+            self.ingest.close()
+            raise
+        metrics = self.metrics_server.start() if self.metrics_server else None
+        self.publisher.start()
+        for thread in self._threads:
+            thread.start()
+        return ServiceEndpoints(ingest, publish, metrics)
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (safe from a signal handler)."""
+        self.health.stopping = True
+        self._stop.set()
+        self._reload.set()  # wakes the reload thread, which then sees the stop
+
+    def request_reload(self) -> None:
+        """Reload the bundle soon (safe from a signal handler)."""
+        self._reload.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until every thread has ended (True) or `timeout_s` passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        done = not any(thread.is_alive() for thread in self._threads) and not self.publisher.alive
+        if done and self.metrics_server:
+            self.metrics_server.close()
+            self.metrics_server = None
+        return done
+
+    def _ingest_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                result = self.ingest.receive()
+                if result is None:
+                    continue
+                if isinstance(result, Rejection):
+                    self.observer.on_received(None)
+                    self.observer.on_rejected(result.reason, result.detail)
+                    log.debug("rejected a message (%s): %s", result.reason.value, result.detail)
+                    continue
+                camera = result.header.camera_id if isinstance(result, ReceivedFrame) else result.camera_id
+                self.observer.on_received(camera)
+                self.buffer.put(result)
+        except Exception:
+            self.failed = True
+            log.exception("ingest thread failed; shutting down")
+            self.request_stop()
+        finally:
+            self.ingest.close()
+            self.buffer.close()  # the sentinel: scoring drains what is left, then ends
+
+    def _score_loop(self) -> None:
+        config = self.scorer_config
+        try:
+            while True:
+                items = self.buffer.take(config.max_batch, config.max_wait_ms / 1e3, timeout_s=0.1)
+                if items is None:
+                    break
+                if items:
+                    self._decide(items)
+                if not self.publisher.alive and not self.failed:
+                    self.failed = True
+                    log.error("the publisher thread has died; shutting down")
+                    self.request_stop()
+        except Exception:
+            self.failed = True
+            log.exception("scoring thread failed; shutting down")
+            self.request_stop()
+        finally:
+            self.publisher.stop()
+
+    def _decide(self, items: list[ReceivedFrame | Notice]) -> None:
+        scorer: BundleScorer = self.slot.current()
+        frames = [item for item in items if isinstance(item, ReceivedFrame)]
+        decisions = []
+        if frames:
+            started = time.perf_counter()
+            try:
+                decisions = scorer.decide(frames)
+            except Exception as error:  # a bug, not a bad frame: still answer every frame
+                log.exception("scoring a batch failed")
+                decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
+                             for frame in frames]
+            errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
+            self.observer.on_batch(len(frames), time.perf_counter() - started, errors[0] if errors else None)
+            if errors and not self.health.degraded:
+                log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])
+            self.health.degraded = errors[0] if errors else ""
+        scored = iter(decisions)
+        for item in items:
+            self.publisher.submit(next(scored) if isinstance(item, ReceivedFrame) else scorer.defer(item))
+
+    def _reload_loop(self) -> None:
+        while not self._stop.is_set():
+            triggered = self._reload.wait(self.reload_poll_s)
+            if self._stop.is_set():
+                break
+            try:
+                if triggered:
+                    self._reload.clear()
+                    self.reloader.reload("SIGHUP")
+                elif self.watch_bundle and self.reloader.changed():
+                    self.reloader.reload("file change")
+            except Exception:
+                log.exception("bundle reload crashed; keeping the current bundle")
+
+
+def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> TrustService:
+    """Load the bundle and build every part of the service (sockets are opened by start()).
+
+    Raises:
+        BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
+            used; the service refuses to start rather than run without a verified bundle.
+        RuntimeError: Metrics asked for without prometheus_client.
+    """
+    slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer))
+    stats = ServiceStats()
+    observers: list[Observer] = [stats]
+    metrics_server = None
+    buffer = FrameBuffer(config.buffer)
+    health = HealthReporter(stats, buffer, slot)
+    if config.metrics:
+        prometheus = PrometheusObserver()
+        observers.append(prometheus)
+        host, port = parse_host_port(config.metrics)
+        metrics_server = MetricsServer(host, port, prometheus, health)
+    observer = ObserverGroup(*observers)
+    ingest = ZmqIngest(config.ingest, config.limits, context, max_cameras=4 * config.buffer.max_cameras)
+    publisher = Publisher(config.publish, health, observer, context)
+    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer)
+    return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
+                        config.reload.watch, config.reload.poll_ms, metrics_server)

@@ -1,0 +1,134 @@
+"""Ingest checks without sockets: header dialects, limits, size probing, decoding."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+
+from trustvlm.runtime.ingest import (FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection, decode_image,
+                                     parse_message, probe_image_size)
+from trustvlm.runtime.messages import (Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, Reason,
+                                       pack_frame_header)
+
+pytestmark = pytest.mark.timeout(30)
+LIMITS = FrameLimits(max_message_bytes=1 << 20, max_width=1000, max_height=1000)
+
+
+def encode(image: np.ndarray, ext: str) -> bytes:
+    ok, buffer = cv2.imencode(ext, image)
+    assert ok, f"OpenCV could not encode {ext}"
+    return buffer.tobytes()
+
+
+def parts(header: FrameHeader, payload: bytes) -> list[bytes]:
+    return [pack_frame_header(header), payload]
+
+
+@pytest.mark.parametrize("ext, encoding", [(".jpg", Encoding.JPEG), (".png", Encoding.PNG)])
+def test_probe_reads_the_size_of_a_real_video_frame(vtest_frames, ext, encoding):
+    # Given a 768 x 576 frame of vtest.avi, encoded
+    payload = encode(vtest_frames[0], ext)
+    # Then its size comes from the header alone: a payload cut after 2 kB still tells it
+    assert probe_image_size(payload[:2048], encoding) == (768, 576)
+
+
+def test_probe_reads_progressive_jpeg():
+    image = np.zeros((33, 47, 3), np.uint8)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert probe_image_size(buffer.tobytes(), Encoding.JPEG) == (47, 33)
+
+
+def test_frames_over_the_dimension_limit_are_deferred_before_decoding(vtest_frames):
+    small = FrameLimits(max_width=500, max_height=500)
+    result = parse_message(parts(FrameHeader("cam", 0, 1, Encoding.JPEG), encode(vtest_frames[0], ".jpg")), 5, small)
+    assert isinstance(result, Notice) and result.reason is Reason.TOO_LARGE
+    assert "768x576 pixels is outside 1x1..500x500" in result.detail
+
+
+def test_payloads_over_the_byte_limit_are_deferred():
+    result = parse_message(parts(FrameHeader("cam", 3, 1, Encoding.JPEG), b"\xff\xd8" + bytes(2000)), 5,
+                           FrameLimits(max_message_bytes=1000))
+    assert isinstance(result, Notice) and (result.camera_id, result.seq, result.reason) == ("cam", 3, Reason.TOO_LARGE)
+    assert "payload of 2002 bytes exceeds max_message_bytes 1000" in result.detail
+
+
+def test_raw_payload_of_the_wrong_size_is_deferred_bad_shape():
+    header = FrameHeader("cam", 0, 1, Encoding.RAW, (4, 5, 3), "uint8")
+    result = parse_message(parts(header, bytes(59)), 5, LIMITS)
+    assert isinstance(result, Notice) and result.reason is Reason.BAD_SHAPE
+    assert "raw payload has 59 bytes, expected 60 for shape [4, 5, 3] uint8" in result.detail
+
+
+@pytest.mark.parametrize("message, reason, detail", [
+    ([b"only one part"], Reason.BAD_HEADER, "expected 2 message parts"),
+    ([b"a", b"b", b"c"], Reason.BAD_HEADER, "expected 2 message parts"),
+    ([b"\xc1\xc1", b"x"], Reason.BAD_HEADER, "neither a msgpack nor an imagezmq JSON map"),
+    ([msgpack.packb([1, 2]), b"x"], Reason.BAD_HEADER, "header should be a map, but got list"),
+    ([bytes(5000), b"x"], Reason.TOO_LARGE, "header of 5000 bytes exceeds max_header_bytes 4096"),
+    ([msgpack.packb({"schema_version": "2.0", "camera_id": "cam", "seq": 1}), b"x"], Reason.BAD_HEADER,
+     r"schema_version 2\.0 is not supported"),
+    ([msgpack.packb({"schema_version": "1.0", "seq": 1}), b"x"], Reason.BAD_HEADER, "encoding should be one of"),
+])
+def test_messages_that_name_no_camera_are_counted_rejections(message, reason, detail):
+    result = parse_message(message, 5, LIMITS)
+    assert isinstance(result, Rejection), f"expected a counted rejection, got {result}"
+    assert result.reason is reason and re.search(detail, result.detail), result.detail
+
+
+def test_a_bad_header_that_names_its_camera_is_deferred_in_that_camera_stream():
+    header = {"schema_version": "1.0", "camera_id": "cam", "seq": 9, "capture_ts_ns": 4, "encoding": "webp"}
+    result = parse_message([msgpack.packb(header), b"x"], 5, LIMITS)
+    assert isinstance(result, Notice)
+    assert (result.camera_id, result.seq, result.capture_ts_ns, result.reason) == ("cam", 9, 4, Reason.BAD_HEADER)
+
+
+def test_imagezmq_headers_become_frames_with_per_camera_sequence_numbers(fmnist_images):
+    namer = ImagezmqNamer()
+    image = fmnist_images[0][0]
+    array_header = json.dumps({"msg": "rpi 1|frame", "dtype": "uint8", "shape": list(image.shape)}).encode()
+    jpg_header = json.dumps({"msg": "rpi 1"}).encode()
+    first = parse_message([array_header, image.tobytes()], 10, LIMITS, namer)
+    second = parse_message([jpg_header, encode(image, ".jpg")], 11, LIMITS, namer)
+    assert isinstance(first, ReceivedFrame) and isinstance(second, ReceivedFrame)
+    assert (first.header.camera_id, first.header.seq, first.header.encoding) == ("rpi_1", 0, Encoding.RAW)
+    assert first.header.pixel_format is PixelFormat.BGR8 and first.header.capture_ts_ns == 10
+    assert (second.header.camera_id, second.header.seq, second.header.encoding) == ("rpi_1", 1, Encoding.JPEG)
+
+
+def test_decode_gives_rgb_from_every_encoding(vtest_frames):
+    bgr = vtest_frames[0][:64, :80]
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    png = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.PNG), encode(bgr, ".png"), 0)
+    raw_bgr = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.RAW, bgr.shape, "uint8"), bgr.tobytes(), 0)
+    raw_rgb = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.RAW, bgr.shape, "uint8", PixelFormat.RGB8),
+                            rgb.tobytes(), 0)
+    for frame in (png, raw_bgr, raw_rgb):
+        assert np.array_equal(decode_image(frame), rgb), f"{frame.header.encoding} {frame.header.pixel_format}"
+    grey = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.RAW, (2, 3), "uint8"), bytes(range(6)), 0)
+    assert decode_image(grey).shape == (2, 3, 3)
+
+
+def test_truncated_and_corrupt_images_are_undecodable(vtest_frames):
+    jpeg = encode(vtest_frames[0], ".jpg")
+    png = encode(vtest_frames[0], ".png")
+    for payload, encoding, message in [
+        (jpeg[: len(jpeg) // 2], Encoding.JPEG, "truncated JPEG"),
+        (png[: len(png) // 2], Encoding.PNG, "truncated PNG"),
+        (jpeg[:600] + bytes(4000) + b"\xff\xd9", Encoding.JPEG, "OpenCV cannot decode"),
+    ]:
+        frame = ReceivedFrame(FrameHeader("c", 0, 0, encoding), payload, 0)
+        with pytest.raises(FrameDecodeError, match=message) as caught:
+            decode_image(frame)
+        assert caught.value.reason is Reason.UNDECODABLE
+
+
+def test_raw_pixel_format_must_fit_the_channels():
+    frame = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.RAW, (2, 2, 3), "uint8", PixelFormat.MONO8), bytes(12), 0)
+    with pytest.raises(FrameDecodeError, match="pixel_format mono8 does not fit shape") as caught:
+        decode_image(frame)
+    assert caught.value.reason is Reason.BAD_SHAPE

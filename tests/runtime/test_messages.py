@@ -1,0 +1,183 @@
+"""Wire messages: round trips, the version rule, and agreement with the schema documents."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import fields, replace
+
+import msgpack
+import pytest
+
+from trustvlm.runtime.messages import (DECISION_SCHEMA, DECISION_SCHEMA_VERSION, FRAME_SCHEMA, FRAME_SCHEMA_VERSION,
+                                       Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage, HealthStatus,
+                                       MessageError, PixelFormat, Reason, SchemaVersionError, TopKEntry, WireFormat,
+                                       decode_body, encode_body, pack_frame_header, topic_for)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def validate(instance, schema: dict, root: dict) -> None:
+    """The JSON Schema subset our schema documents use (type, enum, const, pattern, min/max, required,
+    additionalProperties, properties, items, minItems/maxItems, oneOf, $ref, if/then in allOf)."""
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return validate(instance, target, root)
+    if "oneOf" in schema:
+        passed = 0
+        for option in schema["oneOf"]:
+            try:
+                validate(instance, option, root)
+                passed += 1
+            except AssertionError:
+                pass
+        assert passed == 1, f"{instance!r} matches {passed} of the oneOf options"
+    types = schema.get("type")
+    if types is not None:
+        checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+                  "string": lambda v: isinstance(v, str), "null": lambda v: v is None,
+                  "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert any(checks[t](instance) for t in ([types] if isinstance(types, str) else types)), \
+            f"{instance!r} is not of type {types}"
+    if "const" in schema:
+        assert instance == schema["const"], f"{instance!r} != {schema['const']!r}"
+    if "enum" in schema:
+        assert instance in schema["enum"], f"{instance!r} not in {schema['enum']}"
+    if "pattern" in schema and isinstance(instance, str):
+        assert re.search(schema["pattern"], instance), f"{instance!r} does not match {schema['pattern']}"
+    if isinstance(instance, (int, float)) and not isinstance(instance, bool):
+        assert instance >= schema.get("minimum", -math.inf) and instance <= schema.get("maximum", math.inf)
+    if isinstance(instance, dict):
+        missing = set(schema.get("required", ())) - set(instance)
+        assert not missing, f"missing required keys {sorted(missing)}"
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties") is False:
+            extra = set(instance) - set(properties)
+            assert not extra, f"keys not in the schema: {sorted(extra)}"
+        for key, value in instance.items():
+            if key in properties:
+                validate(value, properties[key], root)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                validate(value, schema["additionalProperties"], root)
+        for rule in schema.get("allOf", ()):
+            try:
+                validate(instance, rule["if"], root)
+            except AssertionError:
+                continue
+            validate(instance, rule["then"], root)
+    if isinstance(instance, list):
+        assert schema.get("minItems", 0) <= len(instance) <= schema.get("maxItems", math.inf)
+        for item in instance:
+            validate(item, schema.get("items", {}), root)
+
+
+def a_decision(**changes) -> DecisionMessage:
+    message = DecisionMessage(
+        camera_id="cam-1", seq=7, capture_ts_ns=1_700_000_000_000_000_000, receipt_ts_ns=1_700_000_000_002_000_000,
+        decision=Decision.ACCEPT, reason=Reason.MEETS_THRESHOLD, threshold=0.75, score_name="trustvlm",
+        model_id="demo_fmnist@sha256:e212d4edfba9", bundle_id="demo_fmnist:0123456789ab", label="trouser",
+        class_id=1, kappa=1.5, msp=0.9, s_ii=0.6,
+        top_k=(TopKEntry(1, "trouser", 0.9), TopKEntry(3, "dress", 0.05)))
+    return replace(message, **changes)
+
+
+def test_frame_header_round_trips_through_msgpack():
+    header = FrameHeader("cam-1", 3, 123, Encoding.RAW, (4, 5, 3), "uint8", PixelFormat.RGB8)
+    data = msgpack.unpackb(pack_frame_header(header), raw=False)
+    assert FrameHeader.from_dict(data) == header
+    jpeg = FrameHeader("cam-1", 4, 124, Encoding.JPEG)
+    assert FrameHeader.from_dict(jpeg.to_dict()) == jpeg
+    assert "shape" not in jpeg.to_dict(), "raw-only keys are left out of a JPEG header"
+
+
+@pytest.mark.parametrize("wire_format", list(WireFormat))
+def test_decision_round_trips_in_both_wire_formats(wire_format):
+    message = a_decision().stamped(1_700_000_000_010_000_000)
+    assert message.latency_from_capture_ms == pytest.approx(10.0), "10 ms from capture to publish"
+    assert message.latency_from_receipt_ms == pytest.approx(8.0), "8 ms from receipt to publish"
+    assert decode_body(encode_body(message, wire_format)) == message
+    assert DecisionMessage.from_dict(message.to_dict()) == message
+
+
+def test_infinite_threshold_and_null_scores_survive_json():
+    # Given a frame deferred without a score under a bundle that has no feasible threshold
+    message = a_decision(decision=Decision.DEFER, reason=Reason.NO_THRESHOLD, threshold=math.inf, label=None,
+                         class_id=None, kappa=None, msp=None, s_ii=None, top_k=())
+    body = encode_body(message, WireFormat.JSON)
+    # Then the JSON is strict (no Infinity literal) and decodes to an equal message
+    assert json.loads(body)["threshold"] == "inf"
+    assert decode_body(body) == message
+
+
+def test_health_round_trips():
+    health = HealthMessage(HealthStatus.DEGRADED, 5, 1.5, "m@x", "m:y", math.inf, 2, {"received": 3}, "boom")
+    for wire_format in WireFormat:
+        assert decode_body(encode_body(health, wire_format)) == health
+
+
+def test_accept_goes_only_with_meets_threshold():
+    with pytest.raises(ValueError, match="decision accept cannot go with reason stale"):
+        a_decision(reason=Reason.STALE)
+    with pytest.raises(ValueError, match="decision defer cannot go with reason meets_threshold"):
+        a_decision(decision=Decision.DEFER)
+
+
+def test_other_major_versions_are_rejected_and_newer_minors_may_add_keys():
+    data = FrameHeader("cam", 1, 2, Encoding.PNG).to_dict()
+    with pytest.raises(SchemaVersionError, match=r"schema_version 2\.0 is not supported; this service reads 1\.x"):
+        FrameHeader.from_dict({**data, "schema_version": "2.0"})
+    with pytest.raises(MessageError, match=r"unknown keys \['exposure_us'\] in schema 1\.0"):
+        FrameHeader.from_dict({**data, "exposure_us": 100})
+    newer = FrameHeader.from_dict({**data, "schema_version": "1.7", "exposure_us": 100})
+    assert newer.schema_version == "1.7" and newer.camera_id == "cam"
+    with pytest.raises(MessageError, match="should be a 'major.minor' string"):
+        FrameHeader.from_dict({**data, "schema_version": 1})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"camera_id": "cam/1"}, "camera_id should match"),
+    ({"camera_id": "_health"}, "camera_id should match"),
+    ({"seq": -1}, r"seq should be an integer in \[0, "),
+    ({"seq": True}, "seq should be an integer"),
+    ({"encoding": "webp"}, r"encoding should be one of \['jpeg', 'png', 'raw'\], but got 'webp'"),
+    ({"encoding": "raw", "shape": [4, 4, 2], "dtype": "uint8"}, r"raw shape should be .* but got \[4, 4, 2\]"),
+    ({"encoding": "raw", "shape": [4, 4], "dtype": "float32"}, r"raw dtype should be one of \['uint8'\]"),
+])
+def test_bad_frame_headers_say_what_was_expected(change, message):
+    with pytest.raises(MessageError, match=message):
+        FrameHeader.from_dict({**FrameHeader("cam", 1, 2, Encoding.PNG).to_dict(), **change})
+
+
+def test_messages_follow_the_schema_documents():
+    assert FRAME_SCHEMA["version"] == FRAME_SCHEMA_VERSION == "1.0"
+    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.0"
+    raw = FrameHeader("cam", 1, 2, Encoding.RAW, (2, 3), "uint8", PixelFormat.MONO8).to_dict()
+    validate(raw, FRAME_SCHEMA, FRAME_SCHEMA)
+    with pytest.raises(AssertionError, match="missing required keys"):
+        validate({k: v for k, v in raw.items() if k != "shape"}, FRAME_SCHEMA, FRAME_SCHEMA)
+    defer = a_decision(decision=Decision.DEFER, reason=Reason.DROPPED, label=None, class_id=None, kappa=None,
+                       msp=None, s_ii=None, top_k=(), threshold=math.inf)
+    for message in (a_decision().stamped(5), defer.stamped(6)):
+        validate(json.loads(encode_body(message, WireFormat.JSON)), DECISION_SCHEMA, DECISION_SCHEMA)
+    health = HealthMessage(HealthStatus.OK, 5, 1.5, "m@x", "m:y", 0.5, 2, {"received": 3})
+    validate(health.to_dict(), DECISION_SCHEMA, DECISION_SCHEMA)
+    # The schema's enums and keys are the code's
+    decision_schema = DECISION_SCHEMA["$defs"]["decision"]["properties"]
+    assert decision_schema["reason"]["enum"] == [r.value for r in Reason]
+    assert decision_schema["decision"]["enum"] == [d.value for d in Decision]
+    assert set(decision_schema) == {f.name for f in fields(DecisionMessage)} | {"kind"}
+    assert set(DECISION_SCHEMA["$defs"]["health"]["properties"]) == {f.name for f in fields(HealthMessage)} | {"kind"}
+    assert set(FRAME_SCHEMA["properties"]) == {f.name for f in fields(FrameHeader)}
+    assert FRAME_SCHEMA["properties"]["encoding"]["enum"] == [e.value for e in Encoding]
+
+
+def test_topics_and_unknown_bodies():
+    assert topic_for("cam-1") == b"trust/cam-1"
+    with pytest.raises(MessageError, match=r"body kind should be one of \['decision', 'health'\]"):
+        decode_body(msgpack.packb({"kind": "frame"}))
+    with pytest.raises(MessageError, match="neither msgpack nor JSON"):
+        decode_body(b"{not json")
