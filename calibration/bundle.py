@@ -10,6 +10,14 @@ A bundle is only valid with the exact encoders it was built with: :func:`load_bu
 the schema version, its own files' sha256 and the engine sha256s against the artifacts
 manifest, and refuses a mismatch with a :class:`BundleMismatchError` that says what differs
 and how to rebuild. :func:`write_bundle` publishes the folder atomically.
+
+A bundle whose image prototypes come from an auxiliary image encoder (TrustVLM's DINOv2
+option) records that encoder in ``aux_encoder`` (:class:`AuxEncoderInfo`: model, weights id,
+engine sha256); its trust head then takes the auxiliary embedding as a second input, and
+:func:`load_bundle` needs the auxiliary artifacts folder to verify it.
+
+Schema history: 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 bundles
+still load.
 """
 
 from __future__ import annotations
@@ -25,15 +33,14 @@ import numpy as np
 
 from trustvlm.calibration.risk_control import ThresholdChoice
 from trustvlm.calibration.staging import staged_folder
-from trustvlm.calibration.trust_head import build_trust_head, save_trust_head
 from trustvlm.runtime.artifacts import TOWERS, read_manifest, sha256_file, write_json_atomic
 
 __all__ = [
-    "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "BundleInfo", "PrototypeBundle",
+    "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "AuxEncoderInfo", "BundleInfo", "PrototypeBundle",
     "engine_sha256", "write_bundle", "read_bundle_info", "load_bundle", "describe_bundle", "json_safe",
 ]
 
-BUNDLE_SCHEMA_VERSION = "1.0"
+BUNDLE_SCHEMA_VERSION = "1.1"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
@@ -73,6 +80,54 @@ def json_safe(value):
 
 
 @dataclass(frozen=True)
+class AuxEncoderInfo:
+    """The auxiliary image encoder a bundle's image prototypes come from.
+
+    Attributes:
+        model: Registry name of the encoder (e.g. ``dinov2_vitb14``).
+        architecture: Its architecture (timm model name).
+        weights_id: Its manifest's ``weights.id`` (``random-init`` for random weights).
+        precision: Precision of the encoder file used.
+        engine_sha256: sha256 of that image encoder file, as its manifest records it.
+        embed_dim: Its embedding size (the image prototypes' D).
+        preprocess: Its manifest's preprocessing (the runtime must preprocess twice).
+    """
+
+    model: str
+    architecture: str
+    weights_id: str
+    precision: str
+    engine_sha256: str
+    embed_dim: int
+    preprocess: dict
+
+    @property
+    def random_init(self) -> bool:
+        return self.weights_id == "random-init"
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict; :meth:`from_dict` restores an equal object."""
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AuxEncoderInfo":
+        """Inverse of :meth:`to_dict`; ValueError on missing or unknown keys."""
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"aux_encoder: unknown keys {unknown}, missing keys {missing}")
+        return cls(**{**data, "embed_dim": int(data["embed_dim"]), "preprocess": dict(data["preprocess"])})
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, precision: str) -> "AuxEncoderInfo":
+        """What a bundle records of the encoder in an artifacts manifest."""
+        return cls(model=manifest["model"], architecture=manifest["architecture"],
+                   weights_id=manifest["weights"]["id"], precision=precision,
+                   engine_sha256=engine_sha256(manifest, precision, towers=("image",))["image_encoder"],
+                   embed_dim=int(manifest["embedding"]["dim"]), preprocess=dict(manifest["preprocess"]))
+
+
+@dataclass(frozen=True)
 class BundleInfo:
     """The contents of bundle.json (see the module docstring).
 
@@ -89,7 +144,7 @@ class BundleInfo:
         templates: The templates.
         prompts: ``prompts[c][t]``, the prompts encoded for the text prototypes.
         image_prototype_encoder: File name of the encoder the image prototypes came from
-            (the VLM's own image encoder).
+            (the VLM's own image encoder), or ``<aux model>:<file name>``.
         k: Shots per class.
         seed: Seed of the shot sampling.
         shots: Where the shots came from and which they are (indices or file sha256s).
@@ -99,6 +154,8 @@ class BundleInfo:
         score: Score the threshold applies to (``trustvlm`` or ``trustvlm_star``).
         threshold: The accept threshold with its guarantee.
         selection: How lambda and the threshold were chosen (data counts, lambda table).
+        aux_encoder: The auxiliary image encoder of the image prototypes, or None when they
+            come from the VLM's own image encoder.
         files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled by write_bundle).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
@@ -125,6 +182,7 @@ class BundleInfo:
     score: str
     threshold: ThresholdChoice
     selection: dict = field(default_factory=dict)
+    aux_encoder: AuxEncoderInfo | None = None
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -139,6 +197,7 @@ class BundleInfo:
         """JSON-safe dict; :meth:`from_dict` restores an equal object."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["threshold"] = self.threshold.to_dict()
+        data["aux_encoder"] = None if self.aux_encoder is None else self.aux_encoder.to_dict()
         data["class_names"], data["templates"] = list(self.class_names), list(self.templates)
         data["prompts"] = [list(per_class) for per_class in self.prompts]
         return json_safe(data)
@@ -153,6 +212,8 @@ class BundleInfo:
             raise ValueError(f"bundle.json: unknown keys {unknown}, missing keys {missing}")
         values = dict(data)
         values["threshold"] = ThresholdChoice.from_dict(data["threshold"])
+        aux = data.get("aux_encoder")
+        values["aux_encoder"] = None if aux is None else AuxEncoderInfo.from_dict(aux)
         values["class_names"] = tuple(data["class_names"])
         values["templates"] = tuple(data["templates"])
         values["prompts"] = tuple(tuple(per_class) for per_class in data["prompts"])
@@ -168,7 +229,7 @@ class PrototypeBundle:
     Attributes:
         path: The bundle folder.
         text_prototypes: ``C x D`` float32.
-        image_prototypes: ``C x D`` float32.
+        image_prototypes: ``C x D`` float32 (``C x D_aux`` with an auxiliary encoder).
         info: Its bundle.json.
     """
 
@@ -182,12 +243,17 @@ class PrototypeBundle:
         return self.path / TRUST_HEAD_FILE
 
 
-def engine_sha256(manifest: dict, precision: str) -> dict[str, str]:
-    """``{"image_encoder": sha, "text_encoder": sha}`` as the manifest records them."""
+def engine_sha256(manifest: dict, precision: str, towers: tuple[str, ...] = TOWERS) -> dict[str, str]:
+    """``{"image_encoder": sha, "text_encoder": sha}`` (of `towers`) as the manifest records them."""
     entry = manifest.get("precisions", {}).get(precision)
     if entry is None:
-        raise BundleError(f"the artifacts have no {precision} export (have {sorted(manifest.get('precisions', {}))})")
-    return {f"{tower}_encoder": entry["files"][f"{tower}_encoder"]["sha256"] for tower in TOWERS}
+        raise BundleError(f"the artifacts of {manifest.get('model')} have no {precision} export "
+                          f"(have {sorted(manifest.get('precisions', {}))})")
+    missing = [tower for tower in towers if f"{tower}_encoder" not in entry["files"]]
+    if missing:
+        raise BundleError(f"the artifacts of {manifest.get('model')} have no {' or '.join(missing)} encoder "
+                          f"(have {sorted(entry['files'])})")
+    return {f"{tower}_encoder": entry["files"][f"{tower}_encoder"]["sha256"] for tower in towers}
 
 
 def write_bundle(out_dir: str | os.PathLike, text_prototypes: np.ndarray, image_prototypes: np.ndarray,
@@ -209,7 +275,11 @@ def write_bundle(out_dir: str | os.PathLike, text_prototypes: np.ndarray, image_
     """
     text = np.ascontiguousarray(text_prototypes, dtype=np.float32)
     image = np.ascontiguousarray(image_prototypes, dtype=np.float32)
-    head = build_trust_head(text, image, info.logit_scale, info.lam, info.temperature)
+    # The trust head is built with onnx, which the runtime (a bundle reader) does not need.
+    from trustvlm.calibration.trust_head import build_trust_head, save_trust_head  # noqa: PLC0415
+
+    head = build_trust_head(text, image, info.logit_scale, info.lam, info.temperature,
+                            aux_embedding=info.aux_encoder is not None)
     target = Path(out_dir)
     with staged_folder(target) as stage:
         np.savez(stage / PROTOTYPES_FILE, text_prototypes=text, image_prototypes=image)
@@ -262,33 +332,68 @@ def _check_engines(artifacts_dir: Path, manifest: dict, info: BundleInfo) -> Non
                 f"{artifacts_dir} has {str(current.get(name))[:12]}...; {rebuild_hint(info.model)}")
 
 
-def _load_prototypes(path: Path, info: BundleInfo, embed_dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_aux_engine(bundle_dir: Path, aux_artifacts_dir: Path | None, info: BundleInfo) -> int | None:
+    """Verify the auxiliary encoder against its artifacts; return its embedding size (None: no aux)."""
+    aux = info.aux_encoder
+    if aux is None:
+        if aux_artifacts_dir is not None:
+            raise BundleMismatchError(f"{bundle_dir} takes its image prototypes from the VLM's own image encoder, "
+                                      f"but an auxiliary encoder folder was given ({aux_artifacts_dir}); "
+                                      "leave that folder out")
+        return None
+    if aux_artifacts_dir is None:
+        raise BundleError(f"{bundle_dir} takes its image prototypes from the auxiliary encoder {aux.model} "
+                          f"(weights {aux.weights_id}); pass that encoder's artifacts folder to verify and run it")
+    manifest = read_manifest(aux_artifacts_dir)
+    hint = (f"rebuild it with `make calibrate MODEL={info.model} "
+            f"CALIBRATE_ARGS='--prototype-encoder {aux_artifacts_dir}'`")
+    if manifest.get("model") != aux.model:
+        raise BundleMismatchError(f"the bundle's image prototypes come from {aux.model} but {aux_artifacts_dir} "
+                                  f"holds {manifest.get('model')}; {hint}")
+    if manifest.get("weights", {}).get("id") != aux.weights_id:
+        raise BundleMismatchError(f"the bundle's auxiliary encoder {aux.model} had weights {aux.weights_id} but "
+                                  f"{aux_artifacts_dir} holds {manifest.get('weights', {}).get('id')}; {hint}")
+    current = engine_sha256(manifest, aux.precision, towers=("image",))["image_encoder"]
+    if current != aux.engine_sha256:
+        raise BundleMismatchError(
+            f"auxiliary image_encoder of {aux.model} ({aux.precision}) differs: the bundle was built with sha256 "
+            f"{aux.engine_sha256[:12]}..., {aux_artifacts_dir} has {current[:12]}...; {hint}")
+    return int(manifest["embedding"]["dim"])
+
+
+def _load_prototypes(path: Path, info: BundleInfo, embed_dim: int,
+                     image_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         text, image = data["text_prototypes"], data["image_prototypes"]
-    expected = (len(info.class_names), embed_dim)
-    for name, array in (("text_prototypes", text), ("image_prototypes", image)):
+    classes = len(info.class_names)
+    for name, array, dim in (("text_prototypes", text, embed_dim), ("image_prototypes", image, image_dim or embed_dim)):
+        expected = (classes, dim)
         if array.shape != expected:
             raise BundleMismatchError(f"{path}: {name} has shape {array.shape}, expected {expected} "
-                                      f"({expected[0]} classes, embedding size {embed_dim}); "
-                                      f"{rebuild_hint(info.model)}")
+                                      f"({classes} classes, embedding size {dim}); {rebuild_hint(info.model)}")
     return text, image
 
 
-def load_bundle(bundle_dir: str | os.PathLike, artifacts_dir: str | os.PathLike) -> PrototypeBundle:
+def load_bundle(bundle_dir: str | os.PathLike, artifacts_dir: str | os.PathLike,
+                aux_artifacts_dir: str | os.PathLike | None = None) -> PrototypeBundle:
     """Load a bundle and verify it against itself and the artifacts it will run with.
 
     Args:
         bundle_dir: The bundle folder.
         artifacts_dir: The export folder (with manifest.json) whose encoders will be used.
+        aux_artifacts_dir: The export folder of the auxiliary image encoder, for a bundle whose
+            image prototypes come from one (required then, refused otherwise).
 
     Returns:
         The verified bundle.
 
     Raises:
-        BundleError: Missing bundle.json, unknown schema major version, malformed content.
+        BundleError: Missing bundle.json, unknown schema major version, malformed content, or
+            a bundle with an auxiliary encoder loaded without its artifacts folder.
         BundleMismatchError: A bundle file whose sha256 differs from bundle.json, engines or
-            weights that differ from the ones it was built with, or prototype shapes that do
-            not fit the class names and the model's embedding size.
+            weights (VLM or auxiliary) that differ from the ones it was built with, prototype
+            shapes that do not fit the class names and the embedding sizes, or an auxiliary
+            folder given for a bundle that has none.
         trustvlm.runtime.artifacts.ArtifactError: A missing or unsupported manifest.
     """
     folder, artifacts = Path(bundle_dir), Path(artifacts_dir)
@@ -296,7 +401,8 @@ def load_bundle(bundle_dir: str | os.PathLike, artifacts_dir: str | os.PathLike)
     _check_own_files(folder, info)
     manifest = read_manifest(artifacts)
     _check_engines(artifacts, manifest, info)
-    text, image = _load_prototypes(folder / PROTOTYPES_FILE, info, int(manifest["embedding"]["dim"]))
+    aux_dim = _check_aux_engine(folder, None if aux_artifacts_dir is None else Path(aux_artifacts_dir), info)
+    text, image = _load_prototypes(folder / PROTOTYPES_FILE, info, int(manifest["embedding"]["dim"]), aux_dim)
     return PrototypeBundle(folder, text, image, info)
 
 
@@ -306,5 +412,8 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
     accept = (f"accept {info.score} >= {choice.threshold:.4f} (risk <= {choice.alpha} w.p. >= {1 - choice.delta:.2f}, "
               f"calibration coverage {100 * choice.coverage:.1f}%)" if choice.feasible
               else f"no threshold meets risk <= {choice.alpha} (defer everything)")
-    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}, lambda={info.lam:g} ({info.lam_method}), "
-            f"T={info.temperature:g}; {accept}")
+    aux = info.aux_encoder
+    source = "" if aux is None else (f", image prototypes from {aux.model}"
+                                     f"{' (random-init weights)' if aux.random_init else ''}")
+    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source}, lambda={info.lam:g} "
+            f"({info.lam_method}), T={info.temperature:g}; {accept}")

@@ -4,12 +4,15 @@ Steps (:func:`calibrate`):
 
 1. Text prototypes from the class names and prompt templates (exported text encoder).
 2. k shots per class drawn (seeded) from the pool; image prototypes from their embeddings
-   (exported image encoder: the VLM's own).
+   (exported image encoder: the VLM's own, or with ``prototype_encoder=<artifacts folder>`` an
+   auxiliary image encoder such as DINOv2, as in TrustVLM; then ``S_ii = cos(g, P_pred)`` uses
+   the auxiliary embedding ``g`` of each image, while logits and predictions stay the VLM's).
 3. The rest of the pool is held out. With ``lam="auto"`` it is split in two seeded halves:
    lambda (and, for TrustVLM*, the temperature) is chosen by AURC on one half, the accept
    threshold is selected on the other, so the threshold's guarantee does not rest on data
    that also chose the score. With a fixed lambda the whole rest selects the threshold.
-   Shots never take part: their own embedding is inside their prototype.
+   Shots never take part: their own embedding is inside their prototype. A CoOp split file
+   fixes both parts instead: shots from its "train" rows, lambda and threshold on "val".
 4. Accept threshold by SGR (risk <= alpha with probability >= 1 - delta).
 5. prototypes.npz + trust_head.onnx + bundle.json, published atomically.
 
@@ -24,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trustvlm.calibration.bundle import BundleInfo, PrototypeBundle, engine_sha256, json_safe, write_bundle
-from trustvlm.calibration.image_prototypes import (encode_images, prototypes_from_embeddings, remaining_indices,
-                                                   sample_shots)
+from trustvlm.calibration.bundle import (AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256, json_safe,
+                                         write_bundle)
+from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.risk_control import (ThresholdChoice, choose_lambda, choose_lambda_temperature,
                                                select_threshold)
@@ -34,10 +37,13 @@ from trustvlm.calibration.scores import (DEFAULT_TEMPERATURE, check_prototype_sh
                                          softmax)
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.models.prompts import build_prompts, get_templates
+from trustvlm.models.registry import CLIP, IMAGE_ENCODER
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig
 
+#: ``prototype_encoder`` value for the VLM's own image encoder.
+VLM_PROTOTYPES = "vlm"
 LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 TEMPERATURE_GRID = (0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 PAPER_LAMBDA = 1.0
@@ -64,12 +70,40 @@ class LambdaChoice:
     table: list
 
 
-def open_encoders(artifacts_dir: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> Encoders:
-    """Read the manifest and open the image encoder (sha256-checked against the manifest)."""
+def open_encoders(artifacts_dir: str | os.PathLike, precision: str = "fp32", threads: int | None = None,
+                  need_text: bool = True) -> Encoders:
+    """Read the manifest and open the image encoder (sha256-checked against the manifest).
+
+    Args:
+        artifacts_dir: Export folder with manifest.json.
+        precision: Which exported encoders to open.
+        threads: ONNX Runtime intra-op threads (None: its default).
+        need_text: Refuse artifacts without a text encoder (an image encoder alone can only
+            serve as the auxiliary prototype encoder).
+
+    Raises:
+        ValueError: An image-encoder export where a VLM is needed.
+        trustvlm.runtime.artifacts.ArtifactError: Missing, unsupported or corrupt artifacts.
+    """
     folder = Path(artifacts_dir)
     manifest = read_manifest(folder)
+    if need_text and manifest.get("kind", CLIP) == IMAGE_ENCODER:
+        raise ValueError(f"{folder} holds the image encoder {manifest.get('model')} without a text encoder; "
+                         "calibrate a vision-language model's artifacts and pass this folder as the prototype encoder")
     engine = OnnxEncoder(encoder_path(folder, manifest, "image", precision), threads=threads, precision=precision)
     return Encoders(folder, manifest, engine, PreprocessConfig.from_dict(manifest["preprocess"]), precision)
+
+
+def open_prototype_encoder(prototype_encoder: str | os.PathLike, precision: str = "fp32",
+                           threads: int | None = None) -> Encoders | None:
+    """The auxiliary image encoder named by `prototype_encoder` (None for ``"vlm"``, the VLM's own)."""
+    if str(prototype_encoder) == VLM_PROTOTYPES:
+        return None
+    folder = Path(prototype_encoder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prototype encoder should be {VLM_PROTOTYPES!r} or an artifacts folder (export one "
+                                f"with `make export MODEL=dinov2_vitb14`), but {folder} is not a folder")
+    return open_encoders(folder, precision, threads, need_text=False)
 
 
 def check_labels(labels: np.ndarray, class_names: tuple[str, ...]) -> None:
@@ -80,11 +114,11 @@ def check_labels(labels: np.ndarray, class_names: tuple[str, ...]) -> None:
                          f"{len(class_names)} class names")
 
 
-def check_embedding_size(text_prototypes: np.ndarray, image_embeddings: np.ndarray, manifest: dict) -> None:
-    """Raise ValueError unless text and image embeddings have the manifest's embedding size."""
+def check_embedding_size(text_prototypes: np.ndarray | None, image_embeddings: np.ndarray, manifest: dict) -> None:
+    """Raise ValueError unless text and image embeddings have the manifest's embedding size (no text: skipped)."""
     expected = int(manifest["embedding"]["dim"])
     for name, array in (("text encoder", text_prototypes), ("image encoder", image_embeddings)):
-        if array.shape[1] != expected:
+        if array is not None and array.shape[1] != expected:
             raise ValueError(f"embedding size mismatch: the {name} returns D={array.shape[1]}, "
                              f"the manifest says D={expected}; re-export the model")
 
@@ -96,22 +130,27 @@ def split_held_out(rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(order[:half]), np.sort(order[half:])
 
 
-def probs_and_similarities(embeddings: np.ndarray, text: np.ndarray, image: np.ndarray,
-                           logit_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """VLM class probabilities and image-prototype cosines, ``N x C`` each (float64)."""
+def probs_and_similarities(embeddings: np.ndarray, text: np.ndarray, image: np.ndarray, logit_scale: float,
+                           aux_embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """VLM class probabilities and image-prototype cosines, ``N x C`` each (float64).
+
+    The cosines use `aux_embeddings` when the prototypes come from an auxiliary encoder.
+    """
     f = l2_normalize(embeddings, axis=1, name="image embeddings")
+    g = f if aux_embeddings is None else l2_normalize(aux_embeddings, axis=1, name="auxiliary image embeddings")
     t, p = l2_normalize(text, axis=1), l2_normalize(image, axis=1)
-    return softmax(logit_scale * f @ t.T, axis=1), f @ p.T
+    return softmax(logit_scale * f @ t.T, axis=1), g @ p.T
 
 
 def choose_score_lambda(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
-                        image: np.ndarray, logit_scale: float) -> LambdaChoice:
+                        image: np.ndarray, logit_scale: float,
+                        aux_embeddings: np.ndarray | None = None) -> LambdaChoice:
     """Lambda by calibration AURC (and T too for TrustVLM*), from the risk_control grids."""
     if score == "trustvlm_star":
-        probs, sims = probs_and_similarities(embeddings, text, image, logit_scale)
+        probs, sims = probs_and_similarities(embeddings, text, image, logit_scale, aux_embeddings)
         lam, temperature, table = choose_lambda_temperature(probs, sims, labels, LAMBDA_GRID, TEMPERATURE_GRID)
         return LambdaChoice(lam, temperature, "auto", table)
-    base = compute_scores(embeddings, text, image, logit_scale, lam=0.0)
+    base = compute_scores(embeddings, text, image, logit_scale, lam=0.0, aux_embeddings=aux_embeddings)
     lam, table = choose_lambda(base.msp, base.s_ii, base.pred == labels, LAMBDA_GRID)
     return LambdaChoice(lam, DEFAULT_TEMPERATURE, "auto", table)
 
@@ -126,9 +165,10 @@ def fixed_lambda(lam: float) -> LambdaChoice:
 
 def select_score_threshold(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
                            image: np.ndarray, logit_scale: float, choice: LambdaChoice, alpha: float,
-                           delta: float) -> ThresholdChoice:
+                           delta: float, aux_embeddings: np.ndarray | None = None) -> ThresholdChoice:
     """SGR threshold on `score` (its own prediction decides correctness)."""
-    scores = compute_scores(embeddings, text, image, logit_scale, choice.lam, choice.temperature)
+    scores = compute_scores(embeddings, text, image, logit_scale, choice.lam, choice.temperature,
+                            aux_embeddings=aux_embeddings)
     correct = scores.prediction_for(score) == labels
     return select_threshold(getattr(scores, score), correct, alpha, delta)
 
@@ -152,12 +192,14 @@ def _check_risk_targets(alpha: float, delta: float) -> None:
 def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
               k: int = 16, seed: int = 0, lam: str | float = "auto", alpha: float = 0.05, delta: float = 0.1,
               templates: str = "paper", score: str = "trustvlm", precision: str = "fp32",
-              threads: int | None = None) -> PrototypeBundle:
+              threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
+              image_root: str | os.PathLike | None = None) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
 
     Args:
         artifacts_dir: Export folder with manifest.json and the encoders.
-        data: ``"fashion-mnist"`` (its calibration split) or an ImageFolder path.
+        data: ``"fashion-mnist"`` (its calibration split), an ImageFolder path, or a CoOp
+            split ``.json`` file (with `image_root`).
         out_dir: Bundle folder to write (replaced atomically).
         k: Shots per class for the image prototypes.
         seed: Seed of the shot sampling and of the held-out split.
@@ -166,16 +208,20 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         delta: Allowed probability that the true risk exceeds alpha, in (0, 1).
         templates: Prompt template set, ``"paper"`` or ``"ensemble"``.
         score: ``"trustvlm"`` or ``"trustvlm_star"``: the score the threshold applies to.
-        precision: Which exported encoders to use.
+        precision: Which exported encoders to use (the VLM's and the auxiliary one's).
         threads: ONNX Runtime intra-op threads (None: its default).
+        prototype_encoder: ``"vlm"`` (image prototypes from the VLM's own image encoder) or
+            the artifacts folder of an auxiliary image encoder (e.g. ``artifacts/dinov2_vitb14``).
+        image_root: The folder a split file's image paths start from.
 
     Returns:
         The written bundle.
 
     Raises:
         ValueError: Bad arguments, a class with fewer than k images, class count or
-            embedding size mismatch, NaN embeddings (EmbeddingError), unreadable images.
-        FileNotFoundError: Missing dataset or folder.
+            embedding size mismatch, NaN embeddings (EmbeddingError), unreadable images,
+            a malformed split file.
+        FileNotFoundError: Missing dataset, folder, split file or prototype encoder folder.
         trustvlm.runtime.onnx_engine.EngineError: An encoder that cannot run.
     """
     lam = _parse_lambda(lam)
@@ -184,52 +230,88 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         raise ValueError(f"score should be 'trustvlm' or 'trustvlm_star', but got {score!r}")
     template_list = get_templates(templates)
     encoders = open_encoders(artifacts_dir, precision, threads)
-    pool = load_pool(data)
+    aux = open_prototype_encoder(prototype_encoder, precision, threads)
+    pool = load_pool(data, image_root)
     check_labels(pool.labels, pool.class_names)
-    shots = sample_shots(pool.labels, len(pool.class_names), k, seed, pool.class_names)
-    embeddings = encode_images(encoders.image, pool.images, encoders.preprocess, ids=list(map(str, pool.ids)))
+    candidates = pool.shot_candidates()
+    shots = candidates[sample_shots(pool.labels[candidates], len(pool.class_names), k, seed, pool.class_names)]
+    ids = list(map(str, pool.ids))
+    embeddings = encode_images(encoders.image, pool.images, encoders.preprocess, ids=ids)
     text = build_text_prototypes(encoders.artifacts_dir, pool.class_names, template_list, precision)
     check_embedding_size(text, embeddings, encoders.manifest)
+    aux_embeddings = None
+    if aux is not None:
+        aux_embeddings = encode_images(aux.image, pool.images, aux.preprocess, ids=ids)
+        check_embedding_size(None, aux_embeddings, aux.manifest)
     # Calibrate on exactly what the bundle stores (float32) so the threshold fits the runtime head.
     text = text.astype(np.float32).astype(np.float64)
-    image = prototypes_from_embeddings(embeddings, shots).astype(np.float32).astype(np.float64)
-    check_prototype_shapes(text.shape, image.shape)
-    rest = remaining_indices(len(pool), shots)
-    choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, embeddings, pool, text, image,
-                                                       float(encoders.manifest["logit_scale"]))
-    threshold = select_score_threshold(score, embeddings[threshold_part], pool.labels[threshold_part], text, image,
-                                       float(encoders.manifest["logit_scale"]), choice, alpha, delta)
-    info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, score, threshold, selection)
+    proto_source = embeddings if aux_embeddings is None else aux_embeddings
+    image = prototypes_from_embeddings(proto_source, shots).astype(np.float32).astype(np.float64)
+    check_prototype_shapes(text.shape, image.shape, same_dim=aux is None)
+    rest = pool.held_out(shots)
+    scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
+    choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots)
+    threshold = scoring.threshold(score, threshold_part, choice, alpha, delta)
+    info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, score, threshold, selection,
+                        aux)
     return write_bundle(out_dir, text, image, info)
 
 
-def _choose_lambda(score, lam, rest, seed, embeddings, pool: LabelledPool, text, image,
-                   logit_scale) -> tuple[LambdaChoice, np.ndarray, dict]:
+@dataclass(frozen=True)
+class _Scoring:
+    """What the scores of pool images are computed from (auxiliary embeddings optional)."""
+
+    embeddings: np.ndarray
+    aux_embeddings: np.ndarray | None
+    labels: np.ndarray
+    text: np.ndarray
+    image: np.ndarray
+    logit_scale: float
+
+    def _aux(self, rows: np.ndarray) -> np.ndarray | None:
+        return None if self.aux_embeddings is None else self.aux_embeddings[rows]
+
+    def lam(self, score: str, rows: np.ndarray) -> LambdaChoice:
+        return choose_score_lambda(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
+                                   self.logit_scale, self._aux(rows))
+
+    def threshold(self, score: str, rows: np.ndarray, choice: LambdaChoice, alpha: float,
+                  delta: float) -> ThresholdChoice:
+        return select_score_threshold(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
+                                      self.logit_scale, choice, alpha, delta, self._aux(rows))
+
+
+def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool,
+                   shots: np.ndarray) -> tuple[LambdaChoice, np.ndarray, dict]:
     """Lambda (fixed or auto on one half of `rest`) and the indices left to select the threshold on."""
     if lam == "auto":
         lambda_part, threshold_part = split_held_out(rest, seed)
         if len(lambda_part) < 2 or len(threshold_part) < 1:
             raise ValueError(f"only {len(rest)} held-out image(s) after the shots: too few to choose lambda "
                              "and a threshold; lower k or add images")
-        choice = choose_score_lambda(score, embeddings[lambda_part], pool.labels[lambda_part], text, image,
-                                     logit_scale)
+        choice = scoring.lam(score, lambda_part)
     else:
+        if len(rest) < 1:
+            raise ValueError("no held-out image after the shots to select a threshold on; lower k or add images")
         lambda_part, threshold_part, choice = rest[:0], rest, fixed_lambda(lam)
-    selection = {"data": pool.source, "shots": int(len(pool) - len(rest)), "lambda_images": int(len(lambda_part)),
+    selection = {"data": pool.source, "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),
                  "threshold_images": int(len(threshold_part)), "lambda_table": json_safe(choice.table)}
     return choice, threshold_part, selection
 
 
 def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, template_list: list[str],
                  template_set: str, k: int, seed: int, choice: LambdaChoice, score: str,
-                 threshold: ThresholdChoice, selection: dict) -> BundleInfo:
+                 threshold: ThresholdChoice, selection: dict, aux: Encoders | None) -> BundleInfo:
     manifest = encoders.manifest
+    proto_encoder = (encoders.image.path.name if aux is None
+                     else f"{aux.manifest['model']}:{aux.image.path.name}")
     return BundleInfo(
         model=manifest["model"], architecture=manifest["architecture"], weights_id=manifest["weights"]["id"],
         precision=encoders.precision, engine_sha256=engine_sha256(manifest, encoders.precision),
         preprocess=dict(manifest["preprocess"]), logit_scale=float(manifest["logit_scale"]),
         class_names=tuple(pool.class_names), template_set=template_set, templates=tuple(template_list),
         prompts=tuple(tuple(p) for p in build_prompts(pool.class_names, template_list)),
-        image_prototype_encoder=encoders.image.path.name, k=int(k), seed=int(seed),
+        image_prototype_encoder=proto_encoder, k=int(k), seed=int(seed),
         shots=describe_shots(pool, shots), lam=float(choice.lam), lam_method=choice.method,
-        temperature=float(choice.temperature), score=score, threshold=threshold, selection=selection)
+        temperature=float(choice.temperature), score=score, threshold=threshold, selection=selection,
+        aux_encoder=None if aux is None else AuxEncoderInfo.from_manifest(aux.manifest, aux.precision))

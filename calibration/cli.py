@@ -63,7 +63,14 @@ def add_calibrate_parser(subparsers) -> None:
                     "calibration split, never the test split.")
     _add_common(parser)
     parser.add_argument("--data", default="fashion-mnist",
-                        help="'fashion-mnist' or an image folder with one sub-folder per class")
+                        help="'fashion-mnist', an image folder with one sub-folder per class, or a CoOp split .json "
+                             "(shots from its 'train' rows, lambda and threshold on 'val'; needs --image-root)")
+    parser.add_argument("--image-root", type=Path, default=None,
+                        help="folder the relative image paths of a --data split .json start from")
+    parser.add_argument("--prototype-encoder", default="vlm",
+                        help="where the image prototypes come from: 'vlm' (the model's own image encoder) or the "
+                             "artifacts folder of an auxiliary image encoder, e.g. artifacts/dinov2_vitb14 "
+                             "(TrustVLM's DINOv2 option; export it with `trustvlm export --model dinov2_vitb14`)")
     parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: <artifacts>/bundle)")
     parser.add_argument("--lam", type=_lambda_arg, default="auto",
                         help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
@@ -82,7 +89,8 @@ def run_calibrate(args) -> int:
     try:
         bundle = calibrate(args.artifacts, args.data, out, k=args.k, seed=args.seed, lam=args.lam,
                            alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
-                           precision=args.precision, threads=args.threads)
+                           precision=args.precision, threads=args.threads,
+                           prototype_encoder=args.prototype_encoder, image_root=args.image_root)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
@@ -107,6 +115,10 @@ def add_eval_parser(subparsers) -> None:
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip the k / lambda / shot-seed ablations")
     parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--prototype-encoder", default="vlm",
+                        help="'vlm': image prototypes from the model's own image encoder only; or the artifacts "
+                             "folder of an auxiliary image encoder (e.g. artifacts/dinov2_vitb14): the report then "
+                             "compares both prototype sources side by side (extra rows marked 'aux')")
     parser.set_defaults(handler=run_eval)
 
 
@@ -119,7 +131,8 @@ def run_eval(args) -> int:
     try:
         config = EvalConfig(k=args.k, seed=args.seed, templates=args.templates, shifts=tuple(args.shifts),
                             alpha=args.alpha, delta=args.delta, ablations=args.ablations,
-                            test_limit=args.test_limit, precision=args.precision, threads=args.threads)
+                            test_limit=args.test_limit, precision=args.precision, threads=args.threads,
+                            prototype_encoder=str(args.prototype_encoder))
         report = run_evaluation(args.artifacts, config)
         write_report(report, out)
     except _expected_errors() as error:

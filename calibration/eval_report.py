@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.calibration.bundle import json_safe
-from trustvlm.calibration.evaluate import METHODS, DatasetResult, EvalReport
+from trustvlm.calibration.evaluate import STAR_PREDICTIONS, DatasetResult, EvalReport, methods_of
 from trustvlm.calibration.metrics import risk_coverage_curve
 from trustvlm.calibration.staging import staged_folder
 from trustvlm.runtime.artifacts import write_json_atomic
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
-PLOTTED = (("msp", "MSP"), ("trustvlm", "TrustVLM (lambda=1)"), ("trustvlm_star", "TrustVLM* (lambda=1, T=0.01)"))
+PLOTTED = (("msp", "MSP"), ("trustvlm", "TrustVLM (lambda=1)"), ("trustvlm_star", "TrustVLM* (lambda=1, T=0.01)"),
+           ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"))
 #: Main-table columns: (metric key, header, scale, lower is better).
 MAIN_COLUMNS = (("aurc_x1000", "AURC↓", 1.0, True), ("auroc", "AUROC↑", 100.0, False),
                 ("fpr_at_95_tpr", "FPR95↓", 100.0, True), ("accuracy", "ACC↑", 100.0, False))
@@ -45,7 +46,7 @@ def _row(cells: list[str]) -> str:
 
 
 def _best(result: DatasetResult, key: str, lower: bool) -> float | None:
-    values = [v for v in (result.metrics[m][key] for m, _ in METHODS) if not math.isnan(v)]
+    values = [v for v in (result.metrics[m][key] for m, _ in methods_of(result)) if not math.isnan(v)]
     return (min(values) if lower else max(values)) if values else None
 
 
@@ -53,7 +54,7 @@ def main_table(datasets: list[DatasetResult]) -> list[str]:
     """Rows = methods; per dataset AURC, AUROC, FPR95, ACC (the paper's Table 1 layout); best in bold."""
     header = ["Method"] + [f"{d.name} {title}" for d in datasets for _, title, _, _ in MAIN_COLUMNS]
     lines = [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
-    for method, label in METHODS:
+    for method, label in methods_of(datasets[0]):
         cells = [label]
         for result in datasets:
             for key, _, scale, lower in MAIN_COLUMNS:
@@ -68,7 +69,7 @@ def detail_table(result: DatasetResult) -> list[str]:
     """Every metric of every method on one dataset."""
     header = ["Method"] + [title for _, title, _ in DETAIL_COLUMNS]
     lines = [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
-    for method, label in METHODS:
+    for method, label in methods_of(result):
         lines.append(_row([label] + [_fmt(result.metrics[method][key], scale) for key, _, scale in DETAIL_COLUMNS]))
     return lines
 
@@ -81,7 +82,8 @@ def risk_control_table(datasets: list[DatasetResult]) -> list[str]:
         for key, row in result.risk_control.items():
             choice = row["threshold"]
             threshold = choice["threshold"] if isinstance(choice["threshold"], str) else f"{choice['threshold']:.4f}"
-            lam = f"{result.lambda_auto:g}" if key == "trustvlm_auto" else "-"
+            lam = {"trustvlm_auto": f"{result.lambda_auto:g}",
+                   "trustvlm_aux_auto": f"{result.info.get('lambda_auto_aux', float('nan')):g}"}.get(key, "-")
             lines.append(_row([result.name, key, lam, threshold, _fmt(choice["coverage"], 100),
                                _fmt(row["test_coverage"], 100), _fmt(row["test_risk"], 100),
                                _fmt(choice["alpha"], 100)]))
@@ -127,6 +129,15 @@ def format_markdown(report: EvalReport) -> str:
     lines += ["", "lambda=auto per dataset: " + ", ".join(f"{d.name} {d.lambda_auto:g}" for d in report.datasets),
               "", "image-prototype classifier ACC %: "
               + ", ".join(f"{d.name} {100 * d.info['prototype_classifier_accuracy']:.2f}" for d in report.datasets)]
+    if any("prototype_classifier_accuracy_aux" in d.info for d in report.datasets):
+        aux = meta["prototype_encoder"]
+        lines += ["", f"Rows marked 'aux prototypes': image prototypes and S_ii from the auxiliary encoder "
+                      f"{aux['model']} (weights {aux['weights_id'][:19]}), same shots and halves; logits from the VLM.",
+                  "", "lambda=auto per dataset, aux prototypes: "
+                  + ", ".join(f"{d.name} {d.info['lambda_auto_aux']:g}" for d in report.datasets),
+                  "", "aux image-prototype classifier ACC %: "
+                  + ", ".join(f"{d.name} {100 * d.info['prototype_classifier_accuracy_aux']:.2f}"
+                              for d in report.datasets)]
     for result in report.datasets:
         lines += ["", f"### {result.name}", ""] + detail_table(result)
     lines += ["", f"## Risk control (SGR, alpha={config['alpha']}, delta={config['delta']}; threshold on held-out "
@@ -142,7 +153,8 @@ def report_dict(report: EvalReport) -> dict:
     """results.json content."""
     datasets = {d.name: {"metrics": d.metrics, "lambda_auto": d.lambda_auto, "lambda_table": d.lambda_table,
                          "risk_control": d.risk_control, **d.info} for d in report.datasets}
-    return json_safe({"schema_version": "1.0", **report.meta, "methods": dict(METHODS), "datasets": datasets,
+    return json_safe({"schema_version": "1.0", **report.meta, "methods": dict(methods_of(report.datasets[0])),
+                      "datasets": datasets,
                       "ablations": report.ablations, "seconds": report.seconds})
 
 
@@ -154,7 +166,9 @@ def plot_risk_coverage(result: DatasetResult, path: Path) -> None:
     axes = figure.subplots()
     labels = result.per_sample["labels"]
     for key, label in PLOTTED:
-        pred = result.per_sample["pred_star" if key == "trustvlm_star" else "pred"]
+        if key not in result.per_sample:
+            continue  # aux rows only with an auxiliary prototype encoder
+        pred = result.per_sample[STAR_PREDICTIONS.get(key, "pred")]
         coverage, risk, _ = risk_coverage_curve(result.per_sample[key], pred == labels)
         aurc = result.metrics[key]["aurc_x1000"]
         axes.plot(coverage, risk, label=f"{label} (AURC {aurc:.1f})", linewidth=1.4)

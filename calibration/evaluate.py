@@ -10,8 +10,13 @@ For each dataset (the clean Fashion-MNIST test set, then each shift of :mod:`shi
 * on the test split every method gets ACC, AURC x1000, E-AURC x1000, AUROC and FPR95
   (:func:`trustvlm.calibration.metrics.evaluate_selective`).
 
-Ablations on the clean dataset: k in {1, 2, 4, 8, 16} over 5 shot seeds (mean and std),
-a lambda grid, and the image-prototype classifier's own accuracy. All scoring is float64 numpy;
+With ``EvalConfig.prototype_encoder`` set to an auxiliary image encoder's artifacts (e.g.
+DINOv2), both splits are encoded by it too and the report compares, side by side, image
+prototypes from the VLM's own encoder (the rows of :data:`METHODS`) with prototypes from the
+auxiliary one (:data:`AUX_METHODS`: same shots, same halves, same lambda grid).
+
+Ablations on the clean dataset (VLM prototypes): k in {1, 2, 4, 8, 16} over 5 shot seeds (mean
+and std), a lambda grid, and the image-prototype classifier's own accuracy. All scoring is float64 numpy;
 :mod:`eval_report` writes the tables, JSON, per-sample npz and plots.
 """
 
@@ -24,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from trustvlm.calibration.calibrate import LAMBDA_GRID, PAPER_LAMBDA, Encoders, open_encoders, split_held_out
+from trustvlm.calibration.calibrate import (LAMBDA_GRID, PAPER_LAMBDA, VLM_PROTOTYPES, Encoders, open_encoders,
+                                            open_prototype_encoder, split_held_out)
 from trustvlm.calibration.image_prototypes import (encode_images, prototypes_from_embeddings, remaining_indices,
                                                    sample_shots)
 from trustvlm.calibration.metrics import evaluate_selective
@@ -51,6 +57,20 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("trustvlm_auto", "TrustVLM (lambda=auto)"),
     ("trustvlm_star", "TrustVLM* (lambda=1, T=0.01)"),
 )
+#: Rows added when an auxiliary prototype encoder is evaluated (same scores, its prototypes).
+AUX_METHODS: tuple[tuple[str, str], ...] = (
+    ("proto_sim_aux", "Proto-sim, aux prototypes"),
+    ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"),
+    ("trustvlm_aux_auto", "TrustVLM, aux prototypes (lambda=auto)"),
+    ("trustvlm_star_aux", "TrustVLM*, aux prototypes (lambda=1, T=0.01)"),
+)
+#: Methods whose prediction is a TrustVLM* one (pred_star / pred_star_aux), not the VLM's.
+STAR_PREDICTIONS = {"trustvlm_star": "pred_star", "trustvlm_star_aux": "pred_star_aux"}
+
+
+def methods_of(result: "DatasetResult") -> tuple[tuple[str, str], ...]:
+    """(key, label) of the methods measured on `result`, in table order."""
+    return tuple((key, label) for key, label in METHODS + AUX_METHODS if key in result.metrics)
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,8 @@ class EvalConfig:
         test_limit: Use only the first N test images (None: all 10,000).
         precision: Which exported encoders to run.
         threads: ONNX Runtime intra-op threads (None: its default).
+        prototype_encoder: ``"vlm"``, or an auxiliary image encoder's artifacts folder to
+            compare its image prototypes with the VLM's (rows of :data:`AUX_METHODS`).
     """
 
     k: int = 16
@@ -80,6 +102,7 @@ class EvalConfig:
     test_limit: int | None = None
     precision: str = "fp32"
     threads: int | None = None
+    prototype_encoder: str = VLM_PROTOTYPES
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.shifts if name not in SHIFTS]
@@ -89,13 +112,19 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DatasetEmbeddings:
-    """Embeddings of one dataset's calibration and test images (float64, raw)."""
+    """Embeddings of one dataset's calibration and test images (float64, raw).
+
+    ``aux_calib`` / ``aux_test``: the auxiliary prototype encoder's embeddings of the same images
+    (None without one).
+    """
 
     name: str
     calib: np.ndarray
     calib_labels: np.ndarray
     test: np.ndarray
     test_labels: np.ndarray
+    aux_calib: np.ndarray | None = None
+    aux_test: np.ndarray | None = None
 
 
 @dataclass
@@ -116,14 +145,20 @@ def shifted(name: str, images: np.ndarray, seed: int) -> np.ndarray:
     return images if name == CLEAN else apply_shift(name, images, seed)
 
 
-def embed_datasets(encoders: Encoders, calib: LabelledImages, test: LabelledImages, config: EvalConfig
-                   ) -> Iterator[DatasetEmbeddings]:
-    """Yield the clean dataset, then each shift: both splits shifted alike and encoded once."""
+def embed_datasets(encoders: Encoders, calib: LabelledImages, test: LabelledImages, config: EvalConfig,
+                   aux: Encoders | None = None) -> Iterator[DatasetEmbeddings]:
+    """Yield the clean dataset, then each shift: both splits shifted alike and encoded once (by each encoder)."""
     for offset, name in enumerate((CLEAN, *config.shifts)):
         seeds = (config.seed + 2 * offset, config.seed + 2 * offset + 1)  # distinct noise per split
-        calib_emb = encode_images(encoders.image, to_rgb(shifted(name, calib.images, seeds[0])), encoders.preprocess)
-        test_emb = encode_images(encoders.image, to_rgb(shifted(name, test.images, seeds[1])), encoders.preprocess)
-        yield DatasetEmbeddings(name, calib_emb, calib.labels, test_emb, test.labels)
+        calib_rgb = to_rgb(shifted(name, calib.images, seeds[0]))
+        test_rgb = to_rgb(shifted(name, test.images, seeds[1]))
+        calib_emb = encode_images(encoders.image, calib_rgb, encoders.preprocess)
+        test_emb = encode_images(encoders.image, test_rgb, encoders.preprocess)
+        aux_calib = aux_test = None
+        if aux is not None:
+            aux_calib = encode_images(aux.image, calib_rgb, aux.preprocess)
+            aux_test = encode_images(aux.image, test_rgb, aux.preprocess)
+        yield DatasetEmbeddings(name, calib_emb, calib.labels, test_emb, test.labels, aux_calib, aux_test)
 
 
 def method_scores(paper: TrustScores, auto: TrustScores) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -164,20 +199,50 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
     paper = compute_scores(data.test, text, image, logit_scale, PAPER_LAMBDA, DEFAULT_TEMPERATURE)
     auto = compute_scores(data.test, text, image, logit_scale, lam_auto, DEFAULT_TEMPERATURE)
     scored = method_scores(paper, auto)
-    metrics = {key: evaluate_selective(conf, pred == data.test_labels) for key, (conf, pred) in scored.items()}
     calib_auto = compute_scores(data.calib[threshold_part], text, image, logit_scale, lam_auto)
     calib_labels = data.calib_labels[threshold_part]
-    risk = {key: risk_control_row(conf, calib_pred == calib_labels, scored[key][0],
-                                  scored[key][1] == data.test_labels, config.alpha, config.delta)
-            for key, (conf, calib_pred) in (("msp", (calib_auto.msp, calib_auto.pred)),
-                                            ("trustvlm_auto", (calib_auto.trustvlm, calib_auto.pred)))}
+    calib_scored = {"msp": (calib_auto.msp, calib_auto.pred), "trustvlm_auto": (calib_auto.trustvlm, calib_auto.pred)}
     per_sample = {"labels": data.test_labels, "pred": paper.pred, "pred_star": paper.pred_star,
-                  "proto_pred": paper.proto_pred, **{key: conf for key, (conf, _) in scored.items()}}
+                  "proto_pred": paper.proto_pred}
     info = {"n_calib_shots": int(shots.size), "n_calib_lambda": int(len(lambda_part)),
             "n_calib_threshold": int(len(threshold_part)), "n_test": int(len(data.test_labels)),
             "zero_shot_accuracy": float(np.mean(paper.pred == data.test_labels)),
             "prototype_classifier_accuracy": float(np.mean(paper.proto_pred == data.test_labels))}
+    if data.aux_calib is not None:
+        aux = _evaluate_aux(data, text, logit_scale, shots, lambda_part, threshold_part)
+        scored.update(aux["scored"])
+        calib_scored["trustvlm_aux_auto"] = aux["calib_auto"]
+        per_sample.update(aux["per_sample"])
+        info.update(aux["info"])
+    metrics = {key: evaluate_selective(conf, pred == data.test_labels) for key, (conf, pred) in scored.items()}
+    risk = {key: risk_control_row(conf, calib_pred == calib_labels, scored[key][0],
+                                  scored[key][1] == data.test_labels, config.alpha, config.delta)
+            for key, (conf, calib_pred) in calib_scored.items()}
+    per_sample.update({key: conf for key, (conf, _) in scored.items()})
     return DatasetResult(data.name, metrics, per_sample, float(lam_auto), lambda_table, risk, info)
+
+
+def _evaluate_aux(data: DatasetEmbeddings, text: np.ndarray, logit_scale: float, shots: np.ndarray,
+                  lambda_part: np.ndarray, threshold_part: np.ndarray) -> dict:
+    """The TrustVLM rows with auxiliary prototypes: same shots, halves and lambda grid as the VLM rows."""
+    image = prototypes_from_embeddings(data.aux_calib, shots)
+    base = compute_scores(data.calib[lambda_part], text, image, logit_scale, lam=0.0,
+                          aux_embeddings=data.aux_calib[lambda_part])
+    lam_auto, lambda_table = choose_lambda(base.msp, base.s_ii, base.pred == data.calib_labels[lambda_part],
+                                           LAMBDA_GRID)
+    paper = compute_scores(data.test, text, image, logit_scale, PAPER_LAMBDA, DEFAULT_TEMPERATURE,
+                           aux_embeddings=data.aux_test)
+    auto = compute_scores(data.test, text, image, logit_scale, lam_auto, DEFAULT_TEMPERATURE,
+                          aux_embeddings=data.aux_test)
+    calib_auto = compute_scores(data.calib[threshold_part], text, image, logit_scale, lam_auto,
+                                aux_embeddings=data.aux_calib[threshold_part])
+    scored = {"proto_sim_aux": (paper.s_ii, paper.pred), "trustvlm_aux": (paper.trustvlm, paper.pred),
+              "trustvlm_aux_auto": (auto.trustvlm, auto.pred),
+              "trustvlm_star_aux": (paper.trustvlm_star, paper.pred_star)}
+    return {"scored": scored, "calib_auto": (calib_auto.trustvlm, calib_auto.pred),
+            "per_sample": {"pred_star_aux": paper.pred_star, "proto_pred_aux": paper.proto_pred},
+            "info": {"prototype_classifier_accuracy_aux": float(np.mean(paper.proto_pred == data.test_labels)),
+                     "lambda_auto_aux": float(lam_auto), "lambda_table_aux": lambda_table}}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -261,13 +326,14 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
     """
     started = time.perf_counter()
     encoders = open_encoders(artifacts_dir, config.precision, config.threads)
+    aux = open_prototype_encoder(config.prototype_encoder, config.precision, config.threads)
     calib, test = load_eval_splits(config.test_limit)
     logit_scale = float(encoders.manifest["logit_scale"])
     text = build_text_prototypes(artifacts_dir, calib.class_names, get_templates(config.templates), config.precision)
     seconds = {"setup": time.perf_counter() - started}
     results, ablations = [], {}
     tick = time.perf_counter()
-    for data in embed_datasets(encoders, calib, test, config):  # encoding happens as the loop advances
+    for data in embed_datasets(encoders, calib, test, config, aux):  # encoding happens as the loop advances
         results.append(evaluate_dataset(data, text, logit_scale, config, calib.class_names))
         if data.name == CLEAN and config.ablations:
             ablations = {"dataset": CLEAN, "shots": ablate_shots(data, text, logit_scale, config.seed),
@@ -276,6 +342,9 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
     manifest = encoders.manifest
     meta = {"model": manifest["model"], "weights_id": manifest["weights"]["id"], "artifacts": str(artifacts_dir),
             "precision": config.precision, "logit_scale": logit_scale, "class_names": list(calib.class_names),
-            "config": {**asdict(config), "shifts": list(config.shifts)}}
+            "config": {**asdict(config), "shifts": list(config.shifts)},
+            "prototype_encoder": VLM_PROTOTYPES if aux is None else {
+                "model": aux.manifest["model"], "weights_id": aux.manifest["weights"]["id"],
+                "artifacts": str(config.prototype_encoder)}}
     seconds["total"] = time.perf_counter() - started
     return EvalReport(meta, results, ablations, seconds)

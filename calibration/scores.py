@@ -26,6 +26,12 @@ trustvlm_star   ``max q + lam * cos(f, P[pred_star])`` with
                 and ``pred_star = argmax q``
 ==============  ===========================================================
 
+With an auxiliary image encoder (TrustVLM's DINOv2 option), ``P`` is built from
+that encoder's embeddings (``C x D_aux``) and every ``cos(f, P[.])`` above uses
+the sample's auxiliary embedding ``g`` instead of ``f``: pass it as
+``aux_embeddings`` to :func:`compute_scores`. Logits and ``pred`` still come
+from the VLM.
+
 DOCTOR (Granese et al., 2021) rejects when ``g / (1 - g)`` exceeds a threshold,
 with ``g = 1 - sum p**2``. Both ``g`` and its odds rise as confidence falls, and
 both are monotone in ``sum p**2``, so ``doctor = sum p**2`` ranks samples
@@ -271,12 +277,15 @@ def _check_matrix(x: object, name: str) -> np.ndarray:
     return arr
 
 
-def check_prototypes(text_prototypes: object, image_prototypes: object) -> tuple[np.ndarray, np.ndarray]:
+def check_prototypes(text_prototypes: object, image_prototypes: object, *,
+                     same_dim: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Validates prototype shapes and returns them L2-normalized in float64.
 
     Args:
         text_prototypes: ``C x D`` text prototypes.
-        image_prototypes: ``C x D`` image prototypes.
+        image_prototypes: ``C x D`` image prototypes (``C x D_aux`` when they come from an
+            auxiliary image encoder and ``same_dim`` is False).
+        same_dim: Whether both must have the same embedding size.
 
     Returns:
         ``(text, image)`` float64, rows L2-normalized.
@@ -287,22 +296,25 @@ def check_prototypes(text_prototypes: object, image_prototypes: object) -> tuple
     """
     t = _check_matrix(text_prototypes, "text_prototypes")
     p = _check_matrix(image_prototypes, "image_prototypes")
-    check_prototype_shapes(t.shape, p.shape)
+    check_prototype_shapes(t.shape, p.shape, same_dim=same_dim)
     return (
         l2_normalize(t, axis=1, name="text_prototypes"),
         l2_normalize(p, axis=1, name="image_prototypes"),
     )
 
 
-def check_prototype_shapes(text_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> tuple[int, int]:
+def check_prototype_shapes(text_shape: tuple[int, ...], image_shape: tuple[int, ...], *,
+                           same_dim: bool = True) -> tuple[int, int]:
     """Checks that text and image prototype shapes agree; returns ``(C, D)``.
 
     Args:
         text_shape: Shape of the text prototypes, expected ``(C, D)``.
-        image_shape: Shape of the image prototypes, expected ``(C, D)``.
+        image_shape: Shape of the image prototypes, expected ``(C, D)``, or ``(C, D_aux)``
+            when ``same_dim`` is False (prototypes of an auxiliary image encoder).
+        same_dim: Whether both must have the same embedding size.
 
     Returns:
-        The class count ``C`` and embedding size ``D``.
+        The class count ``C`` and the text embedding size ``D``.
 
     Raises:
         ValueError: On non-2-D shapes, ``C == 0``, ``D == 0`` or a mismatch.
@@ -320,12 +332,23 @@ def check_prototype_shapes(text_shape: tuple[int, ...], image_shape: tuple[int, 
             f"class count mismatch: text_prototypes has {t[0]} classes, "
             f"image_prototypes has {p[0]}; expected the same C"
         )
-    if t[1] != p[1]:
+    if same_dim and t[1] != p[1]:
         raise ValueError(
             f"embedding size mismatch: text_prototypes has D={t[1]}, "
             f"image_prototypes has D={p[1]}; expected the same D"
         )
     return int(t[0]), int(t[1])
+
+
+def _check_aux(aux_embeddings: object, batch: int, aux_dim: int) -> np.ndarray:
+    """Returns the auxiliary embeddings L2-normalized, after checking them against the batch and prototypes."""
+    g = _check_matrix(aux_embeddings, "aux_embeddings")
+    if g.shape[0] != batch:
+        raise ValueError(f"aux_embeddings has {g.shape[0]} rows, expected {batch} (one per image embedding)")
+    if g.shape[1] != aux_dim:
+        raise ValueError(f"embedding size mismatch: aux_embeddings has D={g.shape[1]}, expected D={aux_dim} "
+                         "(the image prototypes' embedding size)")
+    return l2_normalize(g, axis=1, name="aux_embeddings")
 
 
 def _take_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -340,6 +363,7 @@ def compute_scores(
     logit_scale: float,
     lam: float = 1.0,
     temperature: float = DEFAULT_TEMPERATURE,
+    aux_embeddings: np.ndarray | None = None,
 ) -> TrustScores:
     """Computes predictions and all confidence scores in float64.
 
@@ -356,6 +380,10 @@ def compute_scores(
         lam: Weight ``lambda`` of the image-prototype terms; must be >= 0.
         temperature: Temperature of the image-prototype softmax in TrustVLM*;
             must be > 0.
+        aux_embeddings: ``B x D_aux`` embeddings of the same images from the
+            auxiliary image encoder that built ``image_prototypes``
+            (``C x D_aux``); the image-prototype cosines use them. None: the
+            prototypes are in the VLM's space and use ``image_embeddings``.
 
     Returns:
         The ``TrustScores`` of the batch.
@@ -364,20 +392,21 @@ def compute_scores(
         ValueError: On shape mismatches (naming the sizes found and expected),
             NaN/inf inputs, zero-norm vectors or out-of-range scalars.
     """
-    text, proto = check_prototypes(text_prototypes, image_prototypes)
+    text, proto = check_prototypes(text_prototypes, image_prototypes, same_dim=aux_embeddings is None)
     f = _check_matrix(image_embeddings, "image_embeddings")
     if f.shape[1] != text.shape[1]:
         raise ValueError(
             f"embedding size mismatch: image_embeddings has D={f.shape[1]}, "
             f"expected D={text.shape[1]} (the prototypes' embedding size)"
         )
+    g = None if aux_embeddings is None else _check_aux(aux_embeddings, f.shape[0], proto.shape[1])
     s = _check_scalar(logit_scale, "logit_scale", positive=True)
     lam = _check_scalar(lam, "lam")
     temp = _check_scalar(temperature, "temperature", positive=True)
     f = l2_normalize(f, axis=1, name="image_embeddings")
 
     logits = s * (f @ text.T)
-    sims = f @ proto.T  # cosines to the image prototypes, B x C
+    sims = (f if g is None else g) @ proto.T  # cosines to the image prototypes, B x C
     _check_finite(logits, "logits (logit_scale too large?)")
 
     p = softmax(logits, axis=1)

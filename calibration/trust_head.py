@@ -37,6 +37,14 @@ Float32 caveats (the head computes in float32):
 * An all-zero embedding is mapped to a zero vector (no NaN): uniform ``p``,
   ``msp = 1 / C`` and ``s_ii = 0``. NaN/inf embeddings propagate NaN.
 
+With ``aux_embedding=True`` (image prototypes from an auxiliary image encoder,
+TrustVLM's DINOv2 option) the head takes a second input ``aux_embedding``,
+float32 ``[B, D_aux]``: that encoder's embedding of the same images. ``P`` is
+then ``C x D_aux`` and every image-prototype cosine (``s_ii``, the prototype
+softmax of TrustVLM*, ``kappa_star``'s cosine) uses the normalized
+``aux_embedding`` instead of ``f``; logits, ``pred`` and ``msp`` still come
+from ``embedding``. This matches ``compute_scores(..., aux_embeddings=...)``.
+
 With ``prototypes_as_inputs=True`` the two prototype matrices become graph
 inputs ``text_prototypes`` / ``image_prototypes`` (float32 ``[C, D]``), so a
 runtime can bind device-resident buffers; the graph L2-normalizes them on every
@@ -65,6 +73,7 @@ __all__ = [
     "OPSET",
     "IR_VERSION",
     "INPUT_NAME",
+    "AUX_INPUT_NAME",
     "OUTPUT_NAMES",
     "build_trust_head",
     "save_trust_head",
@@ -76,6 +85,8 @@ OPSET = 17
 IR_VERSION = 8
 #: Name of the embedding input.
 INPUT_NAME = "embedding"
+#: Name of the auxiliary encoder's embedding input (``aux_embedding=True`` only).
+AUX_INPUT_NAME = "aux_embedding"
 #: Prototype input names used when ``prototypes_as_inputs=True``.
 TEXT_PROTOTYPES_NAME = "text_prototypes"
 IMAGE_PROTOTYPES_NAME = "image_prototypes"
@@ -143,13 +154,15 @@ def _check_build_args(
     temperature: float,
     top_k: int,
     prototypes_as_inputs: bool,
+    aux_embedding: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None, int, int, float, float, float, int]:
     """Validates the build arguments; returns normalized float32 prototypes (or None) and scalars."""
     if prototypes_as_inputs:
-        c, d = check_prototype_shapes(np.shape(text_prototypes), np.shape(image_prototypes))
+        c, d = check_prototype_shapes(np.shape(text_prototypes), np.shape(image_prototypes),
+                                      same_dim=not aux_embedding)
         text = image = None
     else:
-        t64, p64 = check_prototypes(text_prototypes, image_prototypes)
+        t64, p64 = check_prototypes(text_prototypes, image_prototypes, same_dim=not aux_embedding)
         c, d = t64.shape
         text, image = t64.astype(np.float32), p64.astype(np.float32)
     s = _check_scalar(logit_scale, "logit_scale", positive=True)
@@ -171,6 +184,7 @@ def build_trust_head(
     temperature: float = DEFAULT_TEMPERATURE,
     top_k: int = 5,
     prototypes_as_inputs: bool = False,
+    aux_embedding: bool = False,
 ) -> onnx.ModelProto:
     """Builds the fused trust head (opset 17) and checks it with ``onnx.checker``.
 
@@ -178,7 +192,8 @@ def build_trust_head(
         text_prototypes: ``C x D`` text prototypes; normalized here in float64
             and stored as float32. With ``prototypes_as_inputs`` only the shape
             is used.
-        image_prototypes: ``C x D`` image prototypes, handled like the text ones.
+        image_prototypes: ``C x D`` image prototypes, handled like the text ones
+            (``C x D_aux`` with ``aux_embedding``).
         logit_scale: The multiplicative logit scale ``s`` (about 100 for CLIP),
             not its log; must be > 0.
         lam: Weight ``lambda`` of the image-prototype terms; must be >= 0.
@@ -187,18 +202,24 @@ def build_trust_head(
         prototypes_as_inputs: If True, the prototypes are graph inputs
             ``text_prototypes`` / ``image_prototypes`` (float32 ``[C, D]``,
             normalized in the graph) instead of initializers.
+        aux_embedding: If True, the image prototypes come from an auxiliary
+            image encoder and the head takes its embedding as a second input
+            ``aux_embedding`` (float32 ``[batch, D_aux]``).
 
     Returns:
         The checked ``onnx.ModelProto`` with input ``embedding`` float32
-        ``[batch, D]`` and the outputs in ``OUTPUT_NAMES``.
+        ``[batch, D]`` (then ``aux_embedding``, if asked for) and the outputs
+        in ``OUTPUT_NAMES``.
 
     Raises:
         ValueError: On prototype shape mismatches, NaN/inf or zero-norm
             prototypes (initializer mode), out-of-range scalars or ``top_k < 1``.
     """
     text, image, c, d, s, lam, temp, k = _check_build_args(
-        text_prototypes, image_prototypes, logit_scale, lam, temperature, top_k, prototypes_as_inputs
+        text_prototypes, image_prototypes, logit_scale, lam, temperature, top_k, prototypes_as_inputs,
+        aux_embedding,
     )
+    d_image = int(np.shape(image_prototypes)[1])
     g = _GraphBuilder()
     g.const("tiny", np.array(_TINY, dtype=np.float32))
     g.const("axis1", np.array([1], dtype=np.int64))
@@ -208,10 +229,12 @@ def build_trust_head(
     g.const("k", np.array([k], dtype=np.int64))
 
     inputs = [helper.make_tensor_value_info(INPUT_NAME, _F32, ["batch", d])]
+    if aux_embedding:
+        inputs.append(helper.make_tensor_value_info(AUX_INPUT_NAME, _F32, ["batch", d_image]))
     if prototypes_as_inputs:
         inputs += [
             helper.make_tensor_value_info(TEXT_PROTOTYPES_NAME, _F32, [c, d]),
-            helper.make_tensor_value_info(IMAGE_PROTOTYPES_NAME, _F32, [c, d]),
+            helper.make_tensor_value_info(IMAGE_PROTOTYPES_NAME, _F32, [c, d_image]),
         ]
         text_t = g.normalize_rows(TEXT_PROTOTYPES_NAME, "text_proto")
         image_t = g.normalize_rows(IMAGE_PROTOTYPES_NAME, "image_proto")
@@ -229,8 +252,9 @@ def build_trust_head(
     g.nodes.append(helper.make_node("TopK", [logits, "k"], ["topk_logits", "topk_ids"],
                                     name="topk", axis=1, largest=1, sorted=1))
     g.op("GatherElements", [probs, "topk_ids"], "topk_probs", axis=1)
-    # Image-prototype branch: TrustVLM.
-    sims = g.op("Gemm", [f, image_t], "cos_image", transB=1)
+    # Image-prototype branch: TrustVLM (in the auxiliary encoder's space when it has one).
+    f_image = g.normalize_rows(AUX_INPUT_NAME, "g") if aux_embedding else f
+    sims = g.op("Gemm", [f_image, image_t], "cos_image", transB=1)
     s_ii = g.gather_rows(sims, pred, "s_ii")
     g.op("Add", [msp, g.op("Mul", [s_ii, "lam"], "lam_s_ii")], "kappa")
     # TrustVLM*: fuse the prototype classifier's softmax into the probabilities.
@@ -260,6 +284,8 @@ def build_trust_head(
     helper.set_model_props(model, {
         "num_classes": str(c),
         "embedding_dim": str(d),
+        "aux_embedding": str(bool(aux_embedding)).lower(),
+        "image_prototype_dim": str(d_image),
         "logit_scale": repr(s),
         "lam": repr(lam),
         "temperature": repr(temp),

@@ -9,9 +9,11 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
+from trustvlm.models.registry import CLIP, IMAGE_ENCODER
 from trustvlm.runtime.artifacts import MANIFEST_SCHEMA_VERSION
 
-LIBRARIES = ("torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "tensorrt")
+LIBRARIES = ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "numpy", "tensorrt")
+TOKEN_MEAN_POOLING = "mean over all output tokens (timm forward_features: class + patch tokens after the final norm)"
 
 
 def library_versions() -> dict[str, str]:
@@ -26,12 +28,17 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(*, model: str, architecture: str, weights_id: str, weights_source: str, preprocess: dict,
-                   embed_dim: int, logit_scale: float, context_length: int, eot_token_id: int, opset: int,
-                   precisions: dict, engines: dict | None = None) -> dict:
-    """Assemble the manifest dictionary (see docs in README, 'Artifacts')."""
-    return {
+                   embed_dim: int, logit_scale: float | None, context_length: int | None, eot_token_id: int,
+                   opset: int, precisions: dict, engines: dict | None = None, kind: str = CLIP) -> dict:
+    """Assemble the manifest dictionary (see docs in README, 'Artifacts').
+
+    An image encoder (``kind="image-encoder"``) has no ``text_input``, a null ``logit_scale`` and
+    says how its embedding is pooled.
+    """
+    manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model,
+        "kind": kind,
         "architecture": architecture,
         "weights": {"id": weights_id, "source": weights_source, "random_init": weights_id == "random-init"},
         "preprocess": preprocess,
@@ -48,3 +55,7 @@ def build_manifest(*, model: str, architecture: str, weights_id: str, weights_so
         "libraries": library_versions(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if kind == IMAGE_ENCODER:
+        del manifest["text_input"]
+        manifest["embedding"]["pooling"] = TOKEN_MEAN_POOLING
+    return manifest

@@ -7,6 +7,10 @@ Weights, in order of precedence:
                            project's compact-vocabulary checkpoint.
     (nothing)              the embedded checkpoint (demo model) or open_clip's pretrained tag,
                            from the local hub cache or the network.
+
+Image encoders of the registry (kind "image-encoder", timm backbones such as DINOv2) are loaded by
+:mod:`trustvlm.export.image_encoder_loading` with the same three choices; :func:`load_model`
+dispatches on the entry's kind.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 
 from trustvlm.runtime.artifacts import sha256_file
-from trustvlm.models.registry import MODEL_CONFIG_DIR, ModelSpec
+from trustvlm.models.registry import IMAGE_ENCODER, MODEL_CONFIG_DIR, ModelSpec
 from trustvlm.training.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
 RANDOM_INIT = "random-init"
@@ -35,14 +39,18 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A torch model ready for export, with what identifies its weights."""
+    """A torch model ready for export, with what identifies its weights.
+
+    Image encoders (no text tower) have no tokenizer, logit scale or context length (None); their
+    ``model`` has an ``encode_image`` like the CLIP models.
+    """
 
     model: nn.Module
-    tokenizer: Callable[[list[str]], torch.Tensor]
-    weights_id: str          # "sha256:<hex>", "open_clip:<arch>/<tag>" or "random-init"
+    tokenizer: Callable[[list[str]], torch.Tensor] | None
+    weights_id: str          # "sha256:<hex>", "open_clip:<arch>/<tag>", "timm:<name>" or "random-init"
     weights_source: str      # human-readable origin
-    logit_scale: float
-    context_length: int
+    logit_scale: float | None
+    context_length: int | None
 
     @property
     def is_random_init(self) -> bool:
@@ -90,7 +98,7 @@ def _load_file(spec: ModelSpec, path: Path) -> LoadedModel:
         return _finish(model, spec, f"sha256:{digest}", str(path))
     _register_local_configs()
     try:
-        with _quiet_logging():
+        with quiet_logging():
             model = open_clip.create_model(spec.architecture, pretrained=str(path), device="cpu")
     except Exception as error:  # open_clip/torch raise many types for a corrupt or mismatched file
         raise WeightsUnavailableError(f"{spec.name}: cannot load {path} as {spec.architecture} weights "
@@ -118,7 +126,7 @@ def _load_embedded(spec: ModelSpec) -> LoadedModel:
 
 
 @contextmanager
-def _quiet_logging():
+def quiet_logging():
     """open_clip logs its own multi-line error on a failed download; ours is the one line."""
     logging.disable(logging.ERROR)
     try:
@@ -130,7 +138,7 @@ def _quiet_logging():
 def _load_pretrained(spec: ModelSpec) -> LoadedModel:
     _register_local_configs()
     try:
-        with _quiet_logging():
+        with quiet_logging():
             model = open_clip.create_model(spec.architecture, pretrained=spec.pretrained, device="cpu")
     except Exception as error:  # hub/network errors come in many types
         raise WeightsUnavailableError(
@@ -144,6 +152,10 @@ def _load_pretrained(spec: ModelSpec) -> LoadedModel:
 
 def load_model(spec: ModelSpec, weights: str | None = None) -> LoadedModel:
     """Load the torch model of a registry entry (see the module docstring for `weights`)."""
+    if spec.kind == IMAGE_ENCODER:
+        from trustvlm.export.image_encoder_loading import load_image_encoder  # noqa: PLC0415 - imports us
+
+        return load_image_encoder(spec, weights)
     if weights == "random":
         return _load_random(spec)
     if weights:

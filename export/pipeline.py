@@ -1,5 +1,9 @@
 """The export stage: registry entry -> ONNX encoders (+ fp16, + TensorRT engines) -> manifest.
 
+CLIP models export their image and text encoders; image encoders (registry kind "image-encoder",
+the auxiliary image-prototype encoders such as DINOv2) export the image encoder alone, gated on
+image cosines only (no prompts, no zero-shot agreement).
+
 Everything is written into a staging folder next to the output and moved into place only after
 every parity gate passed, manifest last: a failed export leaves no half-written artifact.
 """
@@ -84,11 +88,20 @@ def staging_folder(output_dir: Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def parity_inputs(loaded: LoadedModel, spec: ModelSpec, count: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Real images (Fashion-MNIST calibration split) and prompts of its class names."""
+def towers_of(spec: ModelSpec) -> tuple[str, ...]:
+    """The encoders an entry exports: image and text, or the image encoder alone."""
+    return TOWERS if spec.has_text_encoder else ("image",)
+
+
+def parity_inputs(loaded: LoadedModel, spec: ModelSpec, count: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Real images (Fashion-MNIST calibration split) and prompts of its class names (None: no text tower)."""
+    if count < 1:
+        raise ExportError(f"parity_images should be >= 1, but got {count}")
     calib = load_split("calib")
     pick = np.random.default_rng(0).choice(len(calib), size=min(count, len(calib)), replace=False)
     pixels = preprocess_batch(to_rgb(calib.images[np.sort(pick)]), spec.preprocess)
+    if not spec.has_text_encoder:
+        return pixels, None, 0
     templates = get_templates("ensemble")
     prompts = [p for per_class in build_prompts(calib.class_names, templates) for p in per_class]
     return pixels, loaded.tokenizer(prompts).numpy().astype(np.int64), len(templates)
@@ -117,8 +130,8 @@ class _Steps:
         self.bar.close()
 
 
-def _plan(request: ExportRequest) -> list[str]:
-    names = ["load weights", "parity inputs", "export image encoder", "export text encoder", "parity fp32"]
+def _plan(request: ExportRequest, towers: tuple[str, ...]) -> list[str]:
+    names = ["load weights", "parity inputs", *(f"export {tower} encoder" for tower in towers), "parity fp32"]
     if request.precision == "fp16":
         names += ["convert fp16", "parity fp16"]
     if request.format == "engine":
@@ -133,21 +146,23 @@ def _gate(report: parity.ParityReport) -> None:
                           "nothing was written")
 
 
-def _export_precision(loaded, request, stage, reference, pixels, tokens, prompts_per_class, steps) -> dict:
+def _export_precision(towers, request, stage, reference, pixels, tokens, prompts_per_class, steps) -> dict:
     """Write and check the encoders of every precision asked for; return manifest 'precisions'."""
     precisions, reports = {}, {}
     for precision in ("fp32", "fp16") if request.precision == "fp16" else ("fp32",):
-        paths = {tower: stage / encoder_file_name(tower, precision) for tower in TOWERS}
+        paths = {tower: stage / encoder_file_name(tower, precision) for tower in towers}
         if precision == "fp16":
             with steps.step("convert fp16"):
-                for tower in TOWERS:
+                for tower in towers:
                     onnx_export.convert_to_fp16(stage / encoder_file_name(tower, "fp32"), paths[tower])
         with steps.step(f"parity {precision}"):
-            engines = [OnnxEncoder(paths[tower], precision=precision) for tower in TOWERS]
-            report = parity.check_parity(reference, *engines, pixels, tokens, precision, prompts_per_class)
+            image_engine = OnnxEncoder(paths["image"], precision=precision)
+            text_engine = OnnxEncoder(paths["text"], precision=precision) if "text" in paths else None
+            report = parity.check_parity(reference, image_engine, text_engine, pixels, tokens, precision,
+                                         prompts_per_class)
         _gate(report)
         reports[precision] = report
-        precisions[precision] = {"files": {f"{tower}_encoder": _file_record(paths[tower]) for tower in TOWERS},
+        precisions[precision] = {"files": {f"{tower}_encoder": _file_record(paths[tower]) for tower in towers},
                                  "parity": report.to_dict()}
     return precisions, reports
 
@@ -155,35 +170,38 @@ def _export_precision(loaded, request, stage, reference, pixels, tokens, prompts
 def export_model(request: ExportRequest) -> ExportResult:
     """Run the whole export stage (see the module docstring)."""
     spec = get_model_spec(request.model)
+    towers = towers_of(spec)
     if request.format == "engine":
         from trustvlm.export.tensorrt_engine import describe_gpu, import_tensorrt  # noqa: PLC0415
 
         import_tensorrt(), describe_gpu()  # fail at start, not after minutes of export
-    steps = _Steps(_plan(request))
+    steps = _Steps(_plan(request, towers))
     try:
         with staging_folder(request.output_dir) as stage:
             with steps.step("load weights"):
                 loaded = load_model(spec, request.weights)
             with steps.step("parity inputs"):
                 pixels, tokens, prompts_per_class = parity_inputs(loaded, spec, request.parity_images)
-                reference = parity.torch_embeddings(loaded.model, pixels, torch.from_numpy(tokens),
+                reference = parity.torch_embeddings(loaded.model, pixels,
+                                                    None if tokens is None else torch.from_numpy(tokens),
                                                     spec.preprocess.mean, spec.preprocess.std)
             with steps.step("export image encoder"):
                 onnx_export.export_image_encoder(loaded.model, spec.preprocess.mean, spec.preprocess.std,
                                                  spec.preprocess.size, stage / encoder_file_name("image", "fp32"))
-            with steps.step("export text encoder"):
-                onnx_export.export_text_encoder(loaded.model, torch.from_numpy(tokens),
-                                                stage / encoder_file_name("text", "fp32"))
-            precisions, reports = _export_precision(loaded, request, stage, reference, pixels, tokens,
+            if "text" in towers:
+                with steps.step("export text encoder"):
+                    onnx_export.export_text_encoder(loaded.model, torch.from_numpy(tokens),
+                                                    stage / encoder_file_name("text", "fp32"))
+            precisions, reports = _export_precision(towers, request, stage, reference, pixels, tokens,
                                                     prompts_per_class, steps)
-            engines = _build_engines(request, stage, steps) if request.format == "engine" else {}
+            engines = _build_engines(request, towers, stage, steps) if request.format == "engine" else {}
             with steps.step("write manifest"):
                 manifest = build_manifest(
                     model=spec.name, architecture=spec.architecture, weights_id=loaded.weights_id,
                     weights_source=loaded.weights_source, preprocess=spec.preprocess.to_dict(),
                     embed_dim=int(reference[0].shape[1]), logit_scale=loaded.logit_scale,
                     context_length=loaded.context_length, eot_token_id=EOT_TOKEN_ID, opset=onnx_export.OPSET,
-                    precisions=precisions, engines=engines)
+                    precisions=precisions, engines=engines, kind=spec.kind)
                 manifest["export_seconds"] = steps.seconds
                 _publish(stage, request.output_dir, manifest)
     finally:
@@ -191,12 +209,12 @@ def export_model(request: ExportRequest) -> ExportResult:
     return ExportResult(request.output_dir, manifest, reports, steps.seconds)
 
 
-def _build_engines(request: ExportRequest, stage: Path, steps: _Steps) -> dict:
+def _build_engines(request: ExportRequest, towers: tuple[str, ...], stage: Path, steps: _Steps) -> dict:
     from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415 - needs tensorrt
 
     engines = {}
     with steps.step("build TensorRT engines"):
-        for tower in TOWERS:
+        for tower in towers:
             onnx_path = stage / encoder_file_name(tower, request.precision)
             engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
             engines[f"{tower}_encoder"] = {"file": f"engines/{engine.name}", "sha256": sha256_file(engine),

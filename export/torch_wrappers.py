@@ -1,7 +1,9 @@
 """Export-ready torch wrappers around open_clip encoders.
 
 Image encoder: uint8 RGB pixels, batch x H x W x 3, normalized inside the graph (so the device
-moves 4x fewer bytes and the mean/std travel with the model).
+moves 4x fewer bytes and the mean/std travel with the model). Image-only backbones (timm, e.g.
+DINOv2) are first wrapped in :class:`TokenMeanEncoder`, which gives them the ``encode_image`` of
+the CLIP models.
 
 Text encoder: standard open_clip token ids (int64, batch x context). The end-of-text embedding is
 pooled with a one-hot mask built from `tokens == eot_id` (first occurrence), multiplied into the
@@ -34,6 +36,22 @@ class ImageEncoderForExport(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(normalize_uint8_nhwc(pixels, self.mean, self.std))
+
+
+class TokenMeanEncoder(nn.Module):
+    """A timm vision transformer as an image encoder: the mean over all its output tokens.
+
+    ``forward_features`` returns the final-norm features of every token (class, registers if
+    any, patches); their mean is TrustVLM's auxiliary image embedding (the official code takes
+    ``last_hidden_state.mean(dim=1)`` of DINOv2).
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(images).mean(dim=1)
 
 
 def first_eot_mask(tokens: torch.Tensor, eot_id: int) -> torch.Tensor:

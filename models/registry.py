@@ -15,6 +15,12 @@ from trustvlm.runtime.preprocess import PreprocessConfig
 REGISTRY_PATH = Path(__file__).with_name("registry.json")
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 SUPPORTED_SCHEMA_MAJOR = 1
+CLIP = "clip"
+IMAGE_ENCODER = "image-encoder"
+#: What an entry is: an open_clip VLM (image + text towers) or a timm image backbone alone.
+KINDS = (CLIP, IMAGE_ENCODER)
+_ENTRY_KEYS = frozenset({"kind", "architecture", "pretrained", "checkpoint_file", "embedded_checkpoint",
+                         "checkpoint_sha256", "embed_dim", "logit_scale", "preprocess", "notes"})
 
 
 class UnknownModelError(KeyError):
@@ -26,7 +32,12 @@ class UnknownModelError(KeyError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registry entry."""
+    """One registry entry.
+
+    Attributes:
+        kind: ``clip`` (open_clip model, both towers exported) or ``image-encoder`` (timm
+            backbone, image tower only; an auxiliary image-prototype encoder).
+    """
 
     name: str
     architecture: str
@@ -38,6 +49,16 @@ class ModelSpec:
     embedded_checkpoint: Path | None = None
     checkpoint_sha256: str | None = None
     notes: str = ""
+    kind: str = CLIP
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return self.kind == CLIP
+
+    @property
+    def timm_name(self) -> str:
+        """``<architecture>.<pretrained tag>``, the name timm knows an image encoder by."""
+        return f"{self.architecture}.{self.pretrained}" if self.pretrained else self.architecture
 
     @property
     def local_config(self) -> Path | None:
@@ -67,6 +88,13 @@ def get_model_spec(name: str) -> ModelSpec:
     if name not in entries:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     entry = dict(entries[name])
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise ValueError(f"{REGISTRY_PATH}: model {name!r} has unknown keys {unknown}; known keys: "
+                         f"{sorted(_ENTRY_KEYS)}")
+    kind = entry.get("kind", CLIP)
+    if kind not in KINDS:
+        raise ValueError(f"{REGISTRY_PATH}: model {name!r} has kind {kind!r}; expected one of {list(KINDS)}")
     embedded = entry.pop("embedded_checkpoint", None)
     return ModelSpec(
         name=name,
@@ -79,4 +107,5 @@ def get_model_spec(name: str) -> ModelSpec:
         embedded_checkpoint=REGISTRY_PATH.parent / embedded if embedded else None,
         checkpoint_sha256=entry.get("checkpoint_sha256"),
         notes=entry.get("notes", ""),
+        kind=kind,
     )

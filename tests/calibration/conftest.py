@@ -2,9 +2,7 @@
 
 * ``make_artifacts`` writes a *synthetic* export (linear ONNX encoders + manifest) in seconds:
   plumbing tests run without any trained model.
-* ``demo_artifacts`` is the real demo model's export: ``artifacts/demo_fmnist`` if present,
-  else exported here (once per session) from ``models/checkpoints/demo_fmnist.pt``; skipped
-  with the reason when neither exists.
+* ``demo_artifacts`` (tests/conftest.py) is the real demo model, exported once per session.
 * ``demo_embeddings`` encodes the Fashion-MNIST calibration and test splits with it once.
 """
 
@@ -20,9 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_ARTIFACTS = REPO / "artifacts" / "demo_fmnist"
-DEMO_CHECKPOINT = REPO / "models" / "checkpoints" / "demo_fmnist.pt"
 SIZE = 32
 CONTEXT = 16
 TINY_PREPROCESS = {"size": SIZE, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
@@ -83,19 +78,6 @@ def make_artifacts(tmp_path):
 def tiny_artifacts(tmp_path_factory) -> Path:
     """One synthetic export shared by the session (read-only by convention)."""
     return write_tiny_artifacts(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def demo_artifacts(tmp_path_factory) -> Path:
-    """The real demo model's export (exported here from the checkpoint if needed)."""
-    if (DEMO_ARTIFACTS / MANIFEST_NAME).exists():
-        return DEMO_ARTIFACTS
-    if not DEMO_CHECKPOINT.exists():
-        pytest.skip(f"no real demo model: neither {DEMO_ARTIFACTS}/{MANIFEST_NAME} nor {DEMO_CHECKPOINT} exists "
-                    "(train it with `make demo-model`, export it with `make export MODEL=demo_fmnist`)")
-    from trustvlm.export.pipeline import ExportRequest, export_model  # noqa: PLC0415 - needs torch
-
-    return export_model(ExportRequest("demo_fmnist", output_root=tmp_path_factory.mktemp("export"))).output_dir
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,26 @@ def test_prompts_fill_every_template():
     assert get_templates("paper") == ["a photo of a {}."]
     with pytest.raises(ValueError, match="unknown template set"):
         get_templates("fancy")
+
+
+@pytest.mark.parametrize("name, architecture, dim", [("dinov2_vitb14", "vit_base_patch14_dinov2", 768),
+                                                     ("dinov2_vits14", "vit_small_patch14_dinov2", 384)])
+def test_dinov2_entries_are_image_encoders_with_imagenet_preprocessing(name, architecture, dim):
+    spec = get_model_spec(name)
+    assert spec.kind == "image-encoder" and not spec.has_text_encoder
+    assert spec.timm_name == f"{architecture}.lvd142m" and spec.embed_dim == dim
+    assert spec.preprocess.size == 224 and spec.preprocess.interpolation == "bicubic"
+    assert spec.preprocess.mean == (0.485, 0.456, 0.406) and spec.preprocess.std == (0.229, 0.224, 0.225)
+    assert get_model_spec("clip_vitb32").kind == "clip", "entries without a kind are CLIP models"
+
+
+def test_unknown_entry_keys_and_kinds_are_rejected(monkeypatch):
+    from trustvlm.models import registry  # noqa: PLC0415
+
+    entry = json.loads(REGISTRY_PATH.read_text())["models"]["clip_vitb32"]
+    monkeypatch.setattr(registry, "_read_registry", lambda: {"odd": {**entry, "colour": "red"},
+                                                             "weird": {**entry, "kind": "audio"}})
+    with pytest.raises(ValueError, match=r"model 'odd' has unknown keys \['colour'\]; known keys: "):
+        get_model_spec("odd")
+    with pytest.raises(ValueError, match=r"model 'weird' has kind 'audio'; expected one of \['clip', 'image-encoder'\]"):
+        get_model_spec("weird")
