@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo export calibrate eval serve zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -34,11 +34,14 @@ $(STAMP): pyproject.toml
 
 setup: system-packages $(STAMP) ## create .venv and install the project with its export and test extras
 
-demo: setup ## the main job on the embedded demo model: export, check, calibrate, evaluate
+demo: setup ## the main job on the embedded demo model: export, check zero-shot, calibrate (for `make serve`), then the streaming demo
 	$(PY) -m trustvlm export --model demo_fmnist --precision fp16 --output $(ARTIFACTS)
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/demo_fmnist
 	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/demo_fmnist
-	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/demo_fmnist --no-ablations
+	$(MAKE) --no-print-directory demo-stream
+
+demo-stream: setup ## streaming demo on artifacts/demo_fmnist: calibrate on a degraded camera, serve, 2 cameras, controller [DEMO_ARGS=]
+	$(PY) -m trustvlm.pipelines.demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
 export: setup ## export MODEL [PRECISION=fp32|fp16] [FORMAT=onnx|engine] [WEIGHTS=random|/path]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \

@@ -15,6 +15,8 @@ EPILOG = """stages:
   calibrate   build a prototype bundle: text/image prototypes, lambda, guaranteed-risk accept threshold
   eval        misclassification-detection table (MSP, baselines, TrustVLM, TrustVLM*), clean and shifted
   serve       the streaming service: ZeroMQ frames in, accept/defer decisions out (no torch)
+  source      publish frames (video, camera, RTSP, image folder, labelled dataset replay) to the service
+  controller  reference robot controller: decisions, heartbeat watchdog (SAFE state), live accuracy
   zeroshot    zero-shot accuracy of exported encoders on the Fashion-MNIST test images
   train-demo  train the small demo VLM (or your own domain model) on a labelled image folder
   models      list the model registry
@@ -26,6 +28,9 @@ examples:
   trustvlm calibrate --artifacts artifacts/demo_fmnist --alpha 0.05 --delta 0.1
   trustvlm eval --artifacts artifacts/demo_fmnist
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle
+  trustvlm source --video /usr/share/doc/opencv-doc/examples/data/vtest.avi --fps native
+  trustvlm controller --connect tcp://127.0.0.1:5556
+  python -m trustvlm.pipelines.demo    # the end-to-end streaming demo (`make demo`)
 """
 
 
@@ -45,8 +50,9 @@ def add_export_parser(subparsers) -> None:
                     "against the torch model (parity gates) and write artifacts/<model>/manifest.json. "
                     "Needs the [export] extra (torch, open_clip_torch, onnx).")
     parser.add_argument("--model", required=True, help="registry name (`trustvlm models` lists them)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                        help="fp16 also writes *.fp16.onnx, gated against fp32")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="fp16 also writes *.fp16.onnx, gated against fp32; int8 also writes "
+                             "image_encoder.int8.onnx (ONNX Runtime static quantization, for CPUs; text stays fp32)")
     parser.add_argument("--format", default="onnx", choices=["onnx", "engine"],
                         help="engine also builds TensorRT engines (needs tensorrt and a GPU)")
     parser.add_argument("--weights", default=None,
@@ -148,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "model said about a camera image (TrustVLM).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser  # noqa: PLC0415 - uses CliError
+    from trustvlm.pipelines.cli import add_controller_parser, add_source_parser  # noqa: PLC0415
     from trustvlm.runtime.cli import add_serve_parser  # noqa: PLC0415
 
-    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_zeroshot_parser,
-                add_train_parser, add_models_parser):
+    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_source_parser,
+                add_controller_parser, add_zeroshot_parser, add_train_parser, add_models_parser):
         add(subparsers)
     return parser
 

@@ -1,0 +1,265 @@
+"""`trustvlm source` and `trustvlm controller`: thin argparse layers over the pipelines library.
+
+Wire them into the top-level parser with ``add_source_parser(subparsers)`` and
+``add_controller_parser(subparsers)``; each sets ``handler``. Expected failures (a missing video, a
+camera that cannot be opened, a runtime that takes no frames) become one
+:class:`trustvlm.cli.CliError` line. SIGINT/SIGTERM end either command cleanly, with its summary,
+exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import textwrap
+import threading
+from pathlib import Path
+
+from trustvlm.cli import CliError
+
+SOURCE_EPILOG = """examples:
+  trustvlm source --video /usr/share/doc/opencv-doc/examples/data/vtest.avi --fps native --camera-id street
+  trustvlm source --camera 0 --fps 15 --camera-id front
+  trustvlm source --rtsp rtsp://192.168.1.20:554/stream1 --camera-id gate
+  trustvlm source --images ./frames --loop --fps 5
+  trustvlm source --dataset fashion-mnist --shift low_light --encoding raw --truth truth.jsonl \\
+      --max-in-flight 1 --decisions tcp://127.0.0.1:5556
+"""
+CONTROLLER_EPILOG = """examples:
+  trustvlm controller --connect tcp://127.0.0.1:5556
+  trustvlm controller --truth truth.jsonl --log decisions.jsonl --summary summary.json --print events \\
+      --progress-s 5 --exit-on-stop
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=100)
+
+
+def _fps(text: str) -> float | str:
+    if text == "native":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'native' or a number >= 0 (0: no pacing), got {text!r}")
+    return value
+
+
+def add_source_parser(subparsers) -> None:
+    """Add `source`: publish a camera's frames to `trustvlm serve`."""
+    from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
+    from trustvlm.data.fashion_mnist import SPLITS  # noqa: PLC0415
+    from trustvlm.pipelines.captures import DATASETS  # noqa: PLC0415
+
+    parser = subparsers.add_parser(
+        "source", formatter_class=_Formatter, epilog=SOURCE_EPILOG,
+        help="publish frames from a video, camera, RTSP stream, image folder or labelled dataset to the service",
+        description=_wrap("Read frames (OpenCV capture, image files, or a labelled dataset replayed as a camera, "
+                    "optionally through a degraded camera), encode them (JPEG, PNG or raw) and PUSH them to "
+                    "`trustvlm serve` with a seq number and capture timestamp per frame (wire schema 1). A "
+                    "labelled replay writes its ground truth (camera_id, seq, label) as JSONL for "
+                    "`trustvlm controller --truth`."))
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--video", help="video file (or any URL OpenCV opens)")
+    inputs.add_argument("--camera", type=int, help="camera index (/dev/videoN)")
+    inputs.add_argument("--rtsp", help="RTSP URL, e.g. rtsp://host:554/stream")
+    inputs.add_argument("--images", type=Path, help="folder of image files (sub-folders per class give labels)")
+    inputs.add_argument("--dataset", choices=list(DATASETS), help="labelled dataset replayed as a grey camera")
+    parser.add_argument("--split", default="test", choices=list(SPLITS), help="split of --dataset")
+    parser.add_argument("--start", type=int, default=0, help="first index of --dataset")
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="ingest endpoint of the service")
+    parser.add_argument("--camera-id", default="cam0", help="camera name on the wire: decisions come back on "
+                                                            "trust/<camera-id>")
+    parser.add_argument("--shift", default=None, choices=list(SHIFTS),
+                        help="pass every frame through this degraded camera (calibration.shifts; seed = seq)")
+    parser.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"], help="payload encoding")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1-100")
+    parser.add_argument("--fps", type=_fps, default=0.0,
+                        help="frames per second, real time; 'native': the video's own rate; 0: no pacing "
+                             "(as fast as the socket, or the --max-in-flight window, takes them)")
+    parser.add_argument("--max-in-flight", type=int, default=0,
+                        help="keep at most this many frames without a decision (needs --decisions); "
+                             "1 lets no frame be superseded; 0: off")
+    parser.add_argument("--decisions", default=None,
+                        help="publish endpoint of the service, for --max-in-flight, e.g. tcp://127.0.0.1:5556")
+    parser.add_argument("--answer-timeout-ms", type=int, default=5000,
+                        help="give up waiting for a frame's decision after this long (--max-in-flight)")
+    parser.add_argument("--ready-timeout-s", type=float, default=30.0,
+                        help="wait this long for the first heartbeat before sending (--max-in-flight)")
+    parser.add_argument("--loop", action="store_true", help="start over at the end of a video, folder or dataset")
+    parser.add_argument("--limit", type=int, default=None, help="send at most this many frames")
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="write ground truth JSONL here (labelled sources: --dataset, --images with classes)")
+    parser.add_argument("--send-hwm", type=int, default=16, help="frames ZeroMQ queues before a send waits")
+    parser.add_argument("--send-timeout-ms", type=int, default=1000, help="how long one send may wait")
+    parser.add_argument("--max-send-failures", type=int, default=10,
+                        help="timed-out sends in a row before the source gives up (exit 1)")
+    parser.add_argument("--summary", type=Path, default=None, help="write the final counts here as JSON")
+    parser.set_defaults(handler=run_source)
+
+
+def _open_capture(args):
+    from trustvlm.pipelines.captures import DatasetCapture, ImageFolderCapture, VideoCapture  # noqa: PLC0415
+
+    if args.dataset:
+        return DatasetCapture(args.dataset, args.split, args.loop, args.start)
+    if args.images:
+        return ImageFolderCapture(args.images, args.loop)
+    if args.camera is not None:
+        return VideoCapture(args.camera, args.loop)
+    return VideoCapture(args.rtsp or args.video, args.loop)
+
+
+def _install_stop_handlers(stop) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: stop())
+        signal.signal(signal.SIGTERM, lambda *_: stop())
+
+
+def run_source(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm source`."""
+    import zmq  # noqa: PLC0415
+
+    from trustvlm.pipelines.captures import CaptureError, DatasetCapture, ImageFolderCapture  # noqa: PLC0415
+    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender,  # noqa: PLC0415
+                                           FreeRunPacer, SenderConfig, SourceError, TruthWriter, stream_frames)
+    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+
+    if args.max_in_flight < 0 or (args.max_in_flight and not args.decisions):
+        raise CliError(f"--max-in-flight {args.max_in_flight} needs a value >= 1 and --decisions <publish endpoint>")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit should be >= 1, but got {args.limit}")
+    try:
+        check_camera_id(args.camera_id, "--camera-id")
+        encoder = FrameEncoder(args.encoding, args.jpeg_quality)
+        sender_config = SenderConfig(args.connect, args.send_hwm, args.send_timeout_ms, args.max_send_failures)
+    except (MessageError, ValueError) as error:
+        raise CliError(str(error)) from error
+    for path in (args.truth, args.summary):
+        if path is not None and not path.parent.is_dir():
+            raise CliError(f"cannot write {path}: folder {path.parent} does not exist")
+    # FFmpeg prints its own connection errors to stderr; ours says it in one line (an explicit setting wins).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    try:
+        capture = _open_capture(args)
+    except CaptureError as error:
+        raise CliError(str(error)) from error
+    labelled = isinstance(capture, DatasetCapture) or (isinstance(capture, ImageFolderCapture) and capture.class_names)
+    if args.truth is not None and not labelled:
+        capture.close()
+        raise CliError(f"--truth needs a labelled source (--dataset, or --images with one sub-folder per class), "
+                       f"but the source is {capture.description}")
+    fps = getattr(capture, "fps", 0.0) if args.fps == "native" else args.fps
+    if args.fps == "native" and not fps:
+        capture.close()
+        raise CliError(f"--fps native: {capture.description} does not report its frame rate; give --fps N")
+    stop = threading.Event()
+    _install_stop_handlers(stop.set)
+    truth = TruthWriter(args.truth) if args.truth is not None else None
+    try:
+        with zmq.Context() as context, FrameSender(sender_config, context) as sender, capture:
+            if args.max_in_flight:
+                pacer = DecisionWindowPacer(args.decisions, args.camera_id, args.max_in_flight, context,
+                                            args.answer_timeout_ms)
+            else:
+                pacer = FpsPacer(fps) if fps else FreeRunPacer()
+            try:
+                pacing = (f"at most {args.max_in_flight} frame(s) without a decision" if args.max_in_flight
+                          else f"{fps:g} frames/s" if fps else "no pacing")
+                print(f"source {args.camera_id}: {capture.description}"
+                      f"{f' through the {args.shift} camera' if args.shift else ''} -> {args.connect} "
+                      f"({args.encoding}, {pacing}){f', truth -> {args.truth}' if truth else ''}", flush=True)
+                if args.max_in_flight:
+                    pacer.wait_ready(args.ready_timeout_s, stop)
+                stats = stream_frames(capture, args.camera_id, encoder, sender, pacer, truth, args.shift,
+                                      args.limit, stop)
+            finally:
+                pacer.close()
+    except (SourceError, CaptureError, ValueError) as error:
+        raise CliError(str(error)) from error
+    finally:
+        if truth is not None:
+            truth.close()
+    print(stats.summary(), flush=True)
+    if args.summary is not None:
+        args.summary.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def add_controller_parser(subparsers) -> None:
+    """Add `controller`: the reference robot-side subscriber."""
+    parser = subparsers.add_parser(
+        "controller", formatter_class=_Formatter, epilog=CONTROLLER_EPILOG,
+        help="reference robot controller: follow decisions, watch the heartbeat, score against ground truth",
+        description=_wrap("Subscribe to the service's decisions and heartbeat; act on a label only when it is accepted "
+                    "and the service is alive; enter a SAFE state (every camera deferred) when the heartbeat goes "
+                    "missing and leave it when heartbeats resume. With --truth, report accuracy of accepted vs "
+                    "all frames, coverage and latency from capture. Ends after --max-decisions, --duration-s, "
+                    "the service's stop (--exit-on-stop) or SIGINT, with a summary (text and --summary JSON)."))
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5556", help="publish endpoint of the service")
+    parser.add_argument("--camera", action="append", default=[], dest="cameras",
+                        help="follow only this camera (repeat for several; default: all)")
+    parser.add_argument("--heartbeat-timeout-ms", type=float, default=2500.0,
+                        help="enter SAFE after this long without a heartbeat (keep it above the service's "
+                             "--heartbeat-ms)")
+    parser.add_argument("--truth", type=Path, default=None, help="ground truth JSONL written by `trustvlm source`")
+    parser.add_argument("--log", type=Path, default=None, help="write every decision and state change here (JSONL)")
+    parser.add_argument("--summary", type=Path, default=None, help="write the final summary here (JSON)")
+    parser.add_argument("--print", dest="print_mode", default="decisions", choices=["decisions", "events"],
+                        help="print every decision, or only state changes (and progress)")
+    parser.add_argument("--progress-s", type=float, default=0.0, help="print a progress line this often (0: never)")
+    parser.add_argument("--max-decisions", type=int, default=None, help="end after this many decisions")
+    parser.add_argument("--duration-s", type=float, default=None, help="end after this many seconds")
+    parser.add_argument("--exit-on-stop", action="store_true",
+                        help="end when the service publishes its 'stopped' heartbeat")
+    parser.set_defaults(handler=run_controller)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm controller`."""
+    import zmq  # noqa: PLC0415
+
+    from trustvlm.pipelines.controller import Controller, ControllerConfig  # noqa: PLC0415
+    from trustvlm.pipelines.controller_output import ConsolePrinter, JsonlLogger, ObserverGroup  # noqa: PLC0415
+    from trustvlm.pipelines.scoreboard import json_safe  # noqa: PLC0415
+    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+
+    try:
+        for camera in args.cameras:
+            check_camera_id(camera, "--camera")
+        config = ControllerConfig(args.connect, tuple(args.cameras), args.heartbeat_timeout_ms, args.truth,
+                                  args.max_decisions, args.duration_s, args.exit_on_stop, args.progress_s)
+    except (MessageError, ValueError) as error:
+        raise CliError(str(error)) from error
+    for path in (args.log, args.summary):
+        if path is not None and not path.parent.is_dir():
+            raise CliError(f"cannot write {path}: folder {path.parent} does not exist")
+    observers = [ConsolePrinter(args.print_mode, args.heartbeat_timeout_ms)]
+    logger = JsonlLogger(args.log) if args.log else None
+    if logger:
+        observers.append(logger)
+    try:
+        with zmq.Context() as context, Controller(config, context, ObserverGroup(*observers)) as controller:
+            _install_stop_handlers(controller.request_stop)
+            cameras = ", ".join(args.cameras) or "all cameras"
+            print(f"controller: following {args.connect} ({cameras}); SAFE until the first heartbeat "
+                  f"(timeout {args.heartbeat_timeout_ms:.0f} ms)", flush=True)
+            summary = controller.run()
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    finally:
+        if logger:
+            logger.close()
+    if args.summary is not None:
+        args.summary.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    return 0

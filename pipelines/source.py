@@ -1,0 +1,411 @@
+"""`trustvlm source`: publish a camera's frames to `trustvlm serve` (wire schema 1), paced and counted.
+
+The loop (:func:`stream_frames`) is handed its collaborators: a capture (:mod:`trustvlm.pipelines.captures`),
+an optional degraded camera, a :class:`FrameEncoder`, a :class:`FrameSender` (PUSH socket), a pacer and an
+optional :class:`TruthWriter`. Each frame gets the next ``seq`` of its camera and a capture timestamp (Unix
+epoch ns, taken when the frame is read, after the pacer let it go), and is sent as ``[header, payload]`` by
+:func:`trustvlm.runtime.messages.send_frame`.
+
+Pacing, when to use which:
+
+* :class:`FpsPacer` (``--fps``): real time, like a camera. Frames the service cannot keep up with are
+  superseded (latest frame wins) and come back as ``defer``/``dropped`` decisions.
+* :class:`FreeRunPacer` (``--fps 0``): as fast as the PUSH socket takes them. The socket's send HWM bounds
+  what ZeroMQ queues and the send timeout bounds each wait, but the service's ingest drains its socket at
+  once and keeps only the newest frame per camera, so most frames are superseded.
+* :class:`DecisionWindowPacer` (``--max-in-flight N --decisions <publish endpoint>``): as fast as the service
+  answers. The source subscribes to its own camera's decisions and keeps at most N frames unanswered; with
+  N = 1 no frame is ever superseded. This is how a labelled replay scores every frame.
+
+A labelled replay writes its ground truth as JSONL, one ``{"camera_id", "seq", "label", "class_id",
+"origin"}`` per frame *sent*, flushed per line, so a controller can join decisions to labels on
+``(camera_id, seq)`` while the stream runs. The file is rewritten at each start, and seq starts at 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+import zmq
+
+from trustvlm.pipelines.captures import Capture, CapturedFrame, degrade
+from trustvlm.runtime.messages import (HEALTH_TOPIC, DecisionMessage, Encoding, FrameHeader, HealthMessage,
+                                       MessageError, PixelFormat, check_camera_id, decode_body, send_frame,
+                                       topic_for)
+
+log = logging.getLogger("trustvlm.pipelines.source")
+
+
+class SourceError(Exception):
+    """A stream that cannot go on: the runtime takes no frames, or never answers."""
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A frame ready for the wire: its encoding, the payload and, for raw frames, shape and pixel format."""
+
+    encoding: Encoding
+    payload: bytes
+    shape: tuple[int, ...] | None = None
+    pixel_format: PixelFormat | None = None
+
+
+class FrameEncoder:
+    """BGR or grey uint8 images -> JPEG, PNG or raw payloads."""
+
+    def __init__(self, encoding: Encoding | str = Encoding.JPEG, jpeg_quality: int = 90):
+        self.encoding = Encoding(encoding)
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality should be in [1, 100], but got {jpeg_quality}")
+        self.jpeg_quality = jpeg_quality
+
+    def encode(self, image: np.ndarray) -> EncodedFrame:
+        """Encode one frame.
+
+        Raises:
+            ValueError: Not a uint8 grey or 3-channel image, or OpenCV cannot encode it.
+        """
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise ValueError(f"expected a uint8 H x W or H x W x 3 image, but got {image.dtype} {image.shape}")
+        if self.encoding is Encoding.RAW:
+            pixel_format = PixelFormat.MONO8 if image.ndim == 2 else PixelFormat.BGR8
+            return EncodedFrame(Encoding.RAW, np.ascontiguousarray(image).tobytes(), tuple(image.shape), pixel_format)
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality] if self.encoding is Encoding.JPEG else []
+        ok, buffer = cv2.imencode(".jpg" if self.encoding is Encoding.JPEG else ".png", image, params)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {image.shape} image as {self.encoding.value}")
+        return EncodedFrame(self.encoding, buffer.tobytes())
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    """The PUSH socket to the service's ingest.
+
+    Attributes:
+        endpoint: The service's ingest address, e.g. ``tcp://127.0.0.1:5555``.
+        send_hwm: Frames ZeroMQ queues before a send waits (SNDHWM).
+        send_timeout_ms: How long one send may wait (SNDTIMEO).
+        max_send_failures: Consecutive timed-out sends before the stream gives up.
+        backoff_ms: Wait before the socket is recreated after a timed-out send (grows with each failure).
+    """
+
+    endpoint: str
+    send_hwm: int = 16
+    send_timeout_ms: int = 1000
+    max_send_failures: int = 10
+    backoff_ms: int = 200
+
+    def __post_init__(self) -> None:
+        if self.send_hwm < 1 or self.send_timeout_ms < 1 or self.max_send_failures < 1:
+            raise ValueError(f"send_hwm, send_timeout_ms and max_send_failures should be >= 1, but got "
+                             f"{self.send_hwm}, {self.send_timeout_ms} and {self.max_send_failures}")
+
+
+class FrameSender:
+    """A PUSH socket that recovers from timed-out sends by closing, backing off and reconnecting."""
+
+    def __init__(self, config: SenderConfig, context: zmq.Context):
+        self.config, self.context = config, context
+        self.failures = 0
+        self.socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        socket = self.context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        socket.setsockopt(zmq.SNDTIMEO, self.config.send_timeout_ms)
+        # Queue frames only on a live connection: frames queued for a service that is not there would reach
+        # it stale, and a recreated socket would take them and hide that nothing is listening.
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        try:
+            socket.connect(self.config.endpoint)
+        except zmq.ZMQError as error:
+            socket.close()
+            raise ValueError(f"cannot connect to {self.config.endpoint!r}: {error} "
+                             "(expected an address like tcp://127.0.0.1:5555)") from error
+        return socket
+
+    def send(self, header: FrameHeader, frame: EncodedFrame) -> bool:
+        """Send one frame; False when it timed out (the socket is then recreated).
+
+        Raises:
+            SourceError: ``max_send_failures`` timed-out sends in a row.
+        """
+        try:
+            send_frame(self.socket, header, frame.payload)
+        except zmq.Again:
+            self.failures += 1
+            if self.failures >= self.config.max_send_failures:
+                raise SourceError(f"the runtime at {self.config.endpoint} took no frame for {self.failures} "
+                                  f"sends in a row ({self.config.send_timeout_ms} ms each): is trustvlm serve "
+                                  "running there?") from None
+            log.warning("send to %s timed out after %d ms (%d in a row); reconnecting", self.config.endpoint,
+                        self.config.send_timeout_ms, self.failures)
+            self.socket.close()
+            time.sleep(self.config.backoff_ms * self.failures / 1e3)
+            self.socket = self._connect()
+            return False
+        self.failures = 0
+        return True
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "FrameSender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Pacer(Protocol):
+    """Decides when the next frame may be sent."""
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        """Block until the next frame may be sent (or `stop` is set)."""
+
+    def on_sent(self, seq: int) -> None:
+        """Note that frame `seq` was sent."""
+
+    def close(self) -> None:
+        """Release what the pacer holds."""
+
+
+class FreeRunPacer:
+    """No pacing: as fast as the PUSH socket takes frames."""
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        pass
+
+    def on_sent(self, seq: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FpsPacer:
+    """Real time: one frame every 1/fps seconds; a late frame is sent at once, without catching up."""
+
+    def __init__(self, fps: float):
+        if not fps > 0:
+            raise ValueError(f"fps should be > 0, but got {fps}")
+        self.period_s = 1.0 / fps
+        self._next = None
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        now = time.monotonic()
+        if self._next is not None and self._next > now:
+            stop.wait(self._next - now)
+        self._next = max(now, self._next or now) + self.period_s
+
+    def on_sent(self, seq: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DecisionWindowPacer:
+    """At most `max_in_flight` frames of this camera without a decision (see the module docstring).
+
+    Subscribes to ``trust/<camera_id>`` and the heartbeat. A frame whose decision has not come within
+    `answer_timeout_ms` is given up on (counted in :attr:`timeouts`) so a lost decision cannot stall the camera.
+    """
+
+    def __init__(self, endpoint: str, camera_id: str, max_in_flight: int, context: zmq.Context,
+                 answer_timeout_ms: int = 5000):
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight should be >= 1, but got {max_in_flight}")
+        self.endpoint, self.camera_id, self.max_in_flight = endpoint, camera_id, max_in_flight
+        self.answer_timeout_s = answer_timeout_ms / 1e3
+        self.in_flight: dict[int, float] = {}
+        self.timeouts = 0
+        self.socket = context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 100000)
+        for topic in (topic_for(camera_id), HEALTH_TOPIC):
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            self.socket.close()
+            raise ValueError(f"cannot connect to decisions endpoint {endpoint!r}: {error}") from error
+
+    def wait_ready(self, timeout_s: float, stop: threading.Event) -> None:
+        """Wait for one heartbeat, so the subscription is live before the first frame leaves.
+
+        Raises:
+            SourceError: No heartbeat within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SourceError(f"no heartbeat from {self.endpoint} within {timeout_s:g} s: is trustvlm serve "
+                                  "publishing there?")
+            if self._receive(min(remaining, 0.1)) == "health":
+                return
+
+    def _receive(self, timeout_s: float) -> str | None:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        _, body = self.socket.recv_multipart()
+        try:
+            message = decode_body(body)
+        except MessageError as error:
+            log.warning("ignoring a message that does not follow the schema: %s", error)
+            return None
+        if isinstance(message, HealthMessage):
+            return "health"
+        if isinstance(message, DecisionMessage) and message.camera_id == self.camera_id:  # topics match by prefix
+            self.in_flight.pop(message.seq, None)
+            return "decision"
+        return None
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        while len(self.in_flight) >= self.max_in_flight and not stop.is_set():
+            oldest = min(self.in_flight.values())
+            remaining = oldest + self.answer_timeout_s - time.monotonic()
+            if remaining <= 0:
+                self.timeouts += len(self.in_flight)
+                log.warning("no decision for %d frame(s) of %s within %.1f s; sending on", len(self.in_flight),
+                            self.camera_id, self.answer_timeout_s)
+                self.in_flight.clear()
+                return
+            self._receive(min(remaining, 0.1))
+        while self.socket.poll(0):  # read what is already there without waiting
+            self._receive(0)
+
+    def on_sent(self, seq: int) -> None:
+        self.in_flight[seq] = time.monotonic()
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class TruthWriter:
+    """Ground truth of a labelled replay, one JSON object per line, flushed per line."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, camera_id: str, seq: int, frame: CapturedFrame) -> None:
+        record = {"camera_id": camera_id, "seq": seq, "label": frame.label, "class_id": frame.class_id,
+                  "origin": frame.origin}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "TruthWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """What one stream did.
+
+    Attributes:
+        camera_id: The camera's name on the wire.
+        frames_read: Frames taken from the capture.
+        frames_sent: Frames the PUSH socket took (each has a truth row when the replay is labelled).
+        send_timeouts: Frames not sent because the send timed out.
+        labelled: Frames sent with a ground-truth label.
+        answer_timeouts: Frames the decision window gave up waiting for.
+        seconds: Wall time of the stream.
+        ended_by: ``end`` (the capture ran out), ``limit`` or ``stop`` (signal).
+    """
+
+    camera_id: str
+    frames_read: int
+    frames_sent: int
+    send_timeouts: int
+    labelled: int
+    answer_timeouts: int
+    seconds: float
+    ended_by: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rate = self.frames_sent / self.seconds if self.seconds > 0 else float("nan")
+        return (f"source {self.camera_id}: sent {self.frames_sent} of {self.frames_read} frames in "
+                f"{self.seconds:.1f} s ({rate:.1f}/s), {self.labelled} labelled, {self.send_timeouts} send timeouts, "
+                f"{self.answer_timeouts} unanswered in the window; ended by {self.ended_by}")
+
+
+def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sender: FrameSender,
+                  pacer: Pacer | None = None, truth: TruthWriter | None = None, shift: str | None = None,
+                  limit: int | None = None, stop: threading.Event | None = None) -> SourceStats:
+    """Send the capture's frames until it ends, `limit` frames were sent, or `stop` is set.
+
+    Args:
+        capture: Where the frames come from.
+        camera_id: The camera's name on the wire (decisions come back on ``trust/<camera_id>``).
+        encoder: JPEG, PNG or raw.
+        sender: The PUSH socket to the service.
+        pacer: When frames may leave (default: free run).
+        truth: Where labelled frames' ground truth goes (None: nowhere).
+        shift: A degraded camera of calibration.shifts, applied to every frame (seed: the frame's seq).
+        limit: Frames to send at most (None: until the capture ends or `stop`).
+        stop: Set from a signal handler to end the stream after the current frame.
+
+    Raises:
+        SourceError: The runtime took no frame for ``max_send_failures`` sends in a row.
+        trustvlm.pipelines.captures.CaptureError: A live capture that was lost.
+    """
+    check_camera_id(camera_id, "camera id")
+    pacer = pacer or FreeRunPacer()
+    stop = stop or threading.Event()
+    read = sent = timeouts = labelled = 0
+    ended_by = "end"
+    started = time.monotonic()
+    frames = capture.frames()
+    try:
+        while True:
+            if stop.is_set():
+                ended_by = "stop"
+                break
+            if limit is not None and sent >= limit:
+                ended_by = "limit"
+                break
+            pacer.wait_turn(stop)
+            if stop.is_set():
+                ended_by = "stop"
+                break
+            frame = next(frames, None)
+            if frame is None:
+                break
+            capture_ts_ns = time.time_ns()
+            read += 1
+            image = frame.image if shift is None else degrade(frame.image, shift, seed=sent)
+            encoded = encoder.encode(image)
+            header = FrameHeader(camera_id, sent, capture_ts_ns, encoded.encoding, encoded.shape,
+                                 "uint8" if encoded.shape else None, encoded.pixel_format)
+            if not sender.send(header, encoded):
+                timeouts += 1
+                continue
+            pacer.on_sent(sent)
+            if truth is not None and frame.label is not None:
+                truth.write(camera_id, sent, frame)
+                labelled += 1
+            sent += 1
+    finally:
+        frames.close()
+    return SourceStats(camera_id, read, sent, timeouts, labelled, getattr(pacer, "timeouts", 0),
+                       time.monotonic() - started, ended_by)

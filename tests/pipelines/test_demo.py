@@ -1,0 +1,117 @@
+"""The demo: its camera calibration set, its risk-coverage plot, and one small run of the whole orchestration."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from trustvlm.cli import build_parser
+from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split
+from trustvlm.pipelines.captures import degrade
+from trustvlm.pipelines.demo import CALIBRATION_SEED_OFFSET, write_camera_calibration_set
+from trustvlm.pipelines.report import load_scored_frames, plot_live_risk_coverage
+
+from .conftest import REPO, require_fashion_mnist, require_vtest
+
+
+def test_camera_calibration_set_is_the_calibration_split_through_the_camera(tmp_path):
+    require_fashion_mnist()
+    # When 3 shots per class and 50 held-out images are written through the blur camera
+    result = write_camera_calibration_set(tmp_path / "set", "blur", 3, seed=0, held_out_limit=50)
+    splits = json.loads(result.split_file.read_text())
+    # Then "train" has 3 shots of each class, "val" 50 other images, nothing in "test"
+    assert (result.shots, result.held_out) == (30, 50)
+    assert sorted(label for _, label, _ in splits["train"]) == sorted(list(range(10)) * 3)
+    assert len(splits["val"]) == 50 and splits["test"] == []
+    assert not {r[0] for r in splits["train"]} & {r[0] for r in splits["val"]}
+    # And class names are Fashion-MNIST's own, in label order (a folder name could not hold 'T-shirt/top')
+    assert {(label, name) for _, label, name in splits["train"]} == set(enumerate(CLASS_NAMES))
+    # And each PNG holds the calibration image through the camera, seeded by its position in the split
+    calib = load_split("calib")
+    position = {int(index): i for i, index in enumerate(calib.indices)}
+    for relpath, label, _ in splits["train"][:5] + splits["val"][:5]:
+        i = position[int(relpath.removesuffix(".png"))]
+        assert calib.labels[i] == label
+        stored = cv2.imread(str(result.image_root / relpath), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(stored, degrade(calib.images[i], "blur", CALIBRATION_SEED_OFFSET + i))
+
+
+def test_calibration_set_refuses_an_unknown_camera(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown camera shift 'fog'; expected one of"):
+        write_camera_calibration_set(tmp_path, "fog", 4)
+
+
+def write_run(tmp_path, rows):
+    """A decision log and a truth file from (seq, decision, label, truth, kappa, msp) rows."""
+    log, truth = tmp_path / "decisions.jsonl", tmp_path / "truth.jsonl"
+    with open(log, "w") as handle:
+        handle.write(json.dumps({"event": "safe_exit", "reason": "first heartbeat"}) + "\n")
+        for seq, decision, label, _, kappa, msp in rows:
+            handle.write(json.dumps({"event": "decision", "camera_id": "cam", "seq": seq, "decision": decision,
+                                     "label": label, "kappa": kappa, "msp": msp, "threshold": 0.5,
+                                     "score_name": "trustvlm"}) + "\n")
+    truth.write_text("".join(json.dumps({"camera_id": "cam", "seq": seq, "label": t}) + "\n"
+                             for seq, _, _, t, _, _ in rows))
+    return log, truth
+
+
+def test_scored_frames_join_the_log_to_the_truth_and_plot(tmp_path):
+    # Given 4 decisions: 2 accepted (1 right), 1 deferred right, 1 dropped (no label, no scores)
+    log, truth = write_run(tmp_path, [(0, "accept", "bag", "bag", 0.9, 0.8), (1, "accept", "coat", "shirt", 0.6, 0.9),
+                                      (2, "defer", "dress", "dress", 0.3, 0.4), (3, "defer", None, "bag", None, None)])
+    frames = load_scored_frames(log, truth, "cam")
+    # Then the 3 scored frames are kept, in log order
+    np.testing.assert_array_equal(frames.correct, [True, False, True])
+    np.testing.assert_array_equal(frames.accepted, [True, True, False])
+    np.testing.assert_allclose(frames.kappa, [0.9, 0.6, 0.3])
+    assert frames.threshold == 0.5 and frames.score_name == "trustvlm"
+    # And the plot is a PNG image
+    path = plot_live_risk_coverage(frames, tmp_path / "rc.png", "test", alpha=0.05)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_plot_needs_two_scored_frames(tmp_path):
+    log, truth = write_run(tmp_path, [(0, "accept", "bag", "bag", 0.9, 0.8)])
+    with pytest.raises(ValueError, match="needs at least 2 scored, labelled frames, but got 1"):
+        plot_live_risk_coverage(load_scored_frames(log, truth), tmp_path / "rc.png", "test")
+    with pytest.raises(FileNotFoundError, match="truth file .* does not exist"):
+        load_scored_frames(log, tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("command", ["source", "controller"])
+def test_pipeline_subcommands_explain_themselves(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: trustvlm {command}") and "examples:" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero(tmp_path, demo_export):
+    require_vtest()
+    # When the demo runs on 60 test images (full calibration split) with the video camera
+    result = subprocess.run([sys.executable, "-m", "trustvlm.pipelines.demo", "--artifacts", str(demo_export),
+                             "--out", str(tmp_path / "demo"), "--frames", "60"], capture_output=True, text=True,
+                            timeout=170, cwd=REPO)
+    # Then it succeeds, every process exited 0, and the summary and plot are there
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "frames 60 | accepted" in out, out[-2000:]
+    assert re.search(r"accuracy on accepted frames [\d.]+% vs [\d.]+% on all frames", out), out[-2000:]
+    assert ("processes: calibrate exit 0, source-fmnist_low_light exit 0, source-vtest exit 0, serve exit 0, "
+            "controller exit 0") in out
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["controller"]
+    assert summary["cameras"]["fmnist_low_light"]["decisions"] == 60
+    assert summary["labelled"]["unanswered"] == {} and summary["duplicates"] == 0
+    counters = summary["service"]["counters"]
+    assert counters["decisions_accept"] + counters["decisions_defer"] == summary["decisions"], counters
+    assert (tmp_path / "demo" / "risk_coverage.png").stat().st_size > 1000

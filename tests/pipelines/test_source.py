@@ -1,0 +1,140 @@
+"""The source loop against sockets of the test's own: headers, payloads, truth rows, the decision window."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from trustvlm.pipelines.captures import DatasetCapture, degrade
+from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender, SenderConfig,
+                                       TruthWriter, stream_frames)
+from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage,
+                                       HealthStatus, Reason, encode_body, topic_for)
+
+from .conftest import require_fashion_mnist
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def pull(zmq_context):
+    socket = zmq_context.socket(zmq.PULL)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, 5000)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    yield socket, f"tcp://127.0.0.1:{port}"
+    socket.close()
+
+
+def receive(socket) -> tuple[FrameHeader, bytes]:
+    header, payload = socket.recv_multipart()
+    return FrameHeader.from_dict(msgpack.unpackb(header, raw=False)), payload
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+def test_encoder_payloads_decode_to_the_frame(encoding):
+    # Given a grey and a colour frame
+    grey = np.tile(np.arange(32, dtype=np.uint8) * 8, (24, 1))
+    colour = np.dstack([grey, 255 - grey, np.full_like(grey, 128)])
+    for image in (grey, colour):
+        # When encoded
+        frame = FrameEncoder(encoding, jpeg_quality=95).encode(image)
+        # Then the payload decodes to the same pixels (JPEG: within a small error), raw with shape and format
+        if encoding == "raw":
+            assert frame.shape == image.shape
+            assert frame.pixel_format.value == ("mono8" if image.ndim == 2 else "bgr8")
+            decoded = np.frombuffer(frame.payload, np.uint8).reshape(image.shape)
+        else:
+            decoded = cv2.imdecode(np.frombuffer(frame.payload, np.uint8), cv2.IMREAD_UNCHANGED)
+        tolerance = 0 if encoding != "jpeg" else 12
+        assert np.abs(decoded.astype(int) - image).max() <= tolerance, encoding
+
+
+def test_encoder_rejects_bad_images_and_quality():
+    with pytest.raises(ValueError, match=r"expected a uint8 H x W or H x W x 3 image, but got float32 \(4, 4\)"):
+        FrameEncoder("raw").encode(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"JPEG quality should be in \[1, 100\], but got 0"):
+        FrameEncoder("jpeg", jpeg_quality=0)
+
+
+def test_labelled_replay_sends_seq_numbered_frames_through_the_camera_and_writes_their_truth(
+        tmp_path, zmq_context, pull):
+    require_fashion_mnist()
+    # Given a PULL socket of our own and the Fashion-MNIST test split as a low-light camera
+    socket, endpoint = pull
+    capture = DatasetCapture(split="test", start=10)
+    with FrameSender(SenderConfig(endpoint), zmq_context) as sender, TruthWriter(tmp_path / "truth.jsonl") as truth:
+        # When 5 raw frames are streamed
+        before = time.time_ns()
+        stats = stream_frames(capture, "cam", FrameEncoder("raw"), sender, truth=truth, shift="low_light", limit=5)
+    # Then 5 frames arrive with seq 0..4, capture times in order, pixels = the degraded test images
+    received = [receive(socket) for _ in range(5)]
+    assert [h.seq for h, _ in received] == list(range(5))
+    stamps = [h.capture_ts_ns for h, _ in received]
+    assert before <= stamps[0] and stamps == sorted(stamps)
+    for seq, (header, payload) in enumerate(received):
+        assert (header.camera_id, header.encoding, header.shape) == ("cam", Encoding.RAW, (28, 28))
+        expected = degrade(capture.images[10 + seq], "low_light", seed=seq)
+        np.testing.assert_array_equal(np.frombuffer(payload, np.uint8).reshape(28, 28), expected)
+    # And one truth row per frame sent, with the dataset's label
+    rows = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert [(r["camera_id"], r["seq"], r["label"]) for r in rows] == [
+        ("cam", s, capture.class_names[capture.labels[10 + s]]) for s in range(5)]
+    assert (stats.frames_sent, stats.labelled, stats.send_timeouts, stats.ended_by) == (5, 5, 0, "limit")
+
+
+def test_a_set_stop_event_ends_the_stream_before_the_next_frame(zmq_context, pull):
+    require_fashion_mnist()
+    socket, endpoint = pull
+    stop = threading.Event()
+    stop.set()
+    with FrameSender(SenderConfig(endpoint), zmq_context) as sender:
+        stats = stream_frames(DatasetCapture(), "cam", FrameEncoder("png"), sender, FpsPacer(1000), stop=stop)
+    assert (stats.frames_sent, stats.ended_by) == (0, "stop")
+
+
+def decision_for(camera: str, seq: int) -> bytes:
+    now = time.time_ns()
+    return encode_body(DecisionMessage(camera, seq, now, now, Decision.DEFER, Reason.BELOW_THRESHOLD, 0.5,
+                                       "trustvlm", "m", "b"))
+
+
+def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
+    # Given a PUB socket standing in for the service, and a window of 2 frames for camera 'cam'
+    pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    pacer = DecisionWindowPacer(endpoint, "cam", 2, zmq_context, answer_timeout_ms=300)
+    stop = threading.Event()
+    heartbeats = threading.Thread(target=lambda: [pub.send_multipart([HEALTH_TOPIC, encode_body(
+        HealthMessage(HealthStatus.OK, 0, 0.0, "m", "b", 0.5, 0))]) or time.sleep(0.02) for _ in range(50)])
+    heartbeats.start()
+    try:
+        pacer.wait_ready(5, stop)
+        # When 2 frames are sent: the window is full
+        pacer.wait_turn(stop)
+        pacer.on_sent(0)
+        pacer.wait_turn(stop)
+        pacer.on_sent(1)
+        assert set(pacer.in_flight) == {0, 1}
+        # And a decision of 'cam10' (same topic prefix) and of 'cam' seq 0 arrive
+        pub.send_multipart([topic_for("cam10"), decision_for("cam10", 1)])
+        pub.send_multipart([topic_for("cam"), decision_for("cam", 0)])
+        pacer.wait_turn(stop)
+        # Then only seq 0 is answered; the turn comes without a timeout
+        assert set(pacer.in_flight) == {1} and pacer.timeouts == 0
+        # When no decision comes for the next frames, the window gives up on them after the answer timeout
+        pacer.on_sent(2)
+        pacer.wait_turn(stop)
+        assert pacer.in_flight == {} and pacer.timeouts == 2
+    finally:
+        heartbeats.join()
+        pacer.close()
+        pub.close()
