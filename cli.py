@@ -38,13 +38,14 @@ class CliError(Exception):
     """A failure that is reported as one line and a non-zero exit."""
 
 
-def _formatter(prog):
+def help_formatter(prog):
+    """The help layout every subcommand shares: defaults shown, flags aligned."""
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
 
 def add_export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", formatter_class=_formatter,
+        "export", formatter_class=help_formatter,
         help="export a model's image and text encoders to ONNX (and TensorRT)",
         description="Export a registry model's image and text encoders to ONNX with dynamic batch, check them "
                     "against the torch model (parity gates) and write artifacts/<model>/manifest.json. "
@@ -84,7 +85,7 @@ def run_export(args) -> int:
 
 def add_zeroshot_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "zeroshot", formatter_class=_formatter,
+        "zeroshot", formatter_class=help_formatter,
         help="zero-shot accuracy of exported encoders on Fashion-MNIST test images",
         description="Run the exported ONNX encoders (ONNX Runtime, no torch model) on the 10,000 Fashion-MNIST "
                     "test images and report zero-shot top-1 accuracy with the template ensemble.")
@@ -109,7 +110,7 @@ def run_zeroshot(args) -> int:
 
 def add_train_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train-demo", formatter_class=_formatter,
+        "train-demo", formatter_class=help_formatter,
         help="train the small CLIP-style demo model (or one on your own image folder)",
         description="Train a small open_clip CLIP contrastively on labelled images with captions built from "
                     "class names and prompt templates. Default data: Fashion-MNIST (55,000 training images; "
@@ -132,7 +133,7 @@ def run_train(args) -> int:
 
 
 def add_models_parser(subparsers) -> None:
-    parser = subparsers.add_parser("models", help="list the model registry", formatter_class=_formatter,
+    parser = subparsers.add_parser("models", help="list the model registry", formatter_class=help_formatter,
                                    description="List the named models of models/registry.json.")
     parser.set_defaults(handler=run_models)
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trustvlm.cli import CliError
+from trustvlm.cli import CliError, help_formatter
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
-
-
-def _formatter(prog):
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
 
 def _lambda_arg(text: str) -> str | float:
@@ -54,7 +50,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def add_calibrate_parser(subparsers) -> None:
     """Add `calibrate`: build artifacts/<model>/bundle (prototypes, trust head, threshold)."""
     parser = subparsers.add_parser(
-        "calibrate", formatter_class=_formatter,
+        "calibrate", formatter_class=help_formatter,
         help="build a prototype bundle: image/text prototypes, lambda, accept threshold, trust head",
         description="Encode k labelled shots per class with the exported image encoder (image prototypes) and "
                     "the class prompts with the text encoder (text prototypes); choose lambda and an accept "
@@ -102,7 +98,7 @@ def add_eval_parser(subparsers) -> None:
     from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
 
     parser = subparsers.add_parser(
-        "eval", formatter_class=_formatter,
+        "eval", formatter_class=help_formatter,
         help="evaluate MSP, baselines, TrustVLM and TrustVLM* on clean and shifted test images",
         description="For the clean Fashion-MNIST test split and each camera shift: prototypes from the equally "
                     "shifted calibration split, then ACC, AURC, E-AURC, AUROC and FPR95 of every score; writes "
