@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ PUBLISH ?= tcp://127.0.0.1:5556
 serve: setup ## start the streaming service on artifacts/MODEL and its bundle (INGEST=, PUBLISH= addresses)
 	$(PY) -m trustvlm serve --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
 		--ingest $(INGEST) --publish $(PUBLISH)
+
+SOAK_SECONDS ?= 180
+SOAK_RATE ?= 40
+soak: setup ## bounded soak of `serve` on artifacts/MODEL: SOAK_RATE frames/s for SOAK_SECONDS; frames, outcomes, drops, RSS (not in `make test`)
+	$(PY) -m trustvlm.runtime.soak --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
+		--seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --output $(ARTIFACTS)/$(MODEL)/soak.json $(SOAK_ARGS)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)

@@ -15,6 +15,7 @@ EPILOG = """stages:
   calibrate   build a prototype bundle: text/image prototypes, lambda, guaranteed-risk accept threshold
   eval        misclassification-detection table (MSP, baselines, TrustVLM, TrustVLM*), clean and shifted
   serve       the streaming service: ZeroMQ frames in, accept/defer decisions out (no torch)
+  keys        write a CurveZMQ key pair for authenticated ingest/publish
   source      publish frames (video, camera, RTSP, image folder, labelled dataset replay) to the service
   controller  reference robot controller: decisions, heartbeat watchdog (SAFE state), live accuracy
   zeroshot    zero-shot accuracy of exported encoders on the Fashion-MNIST test images
@@ -156,10 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser  # noqa: PLC0415 - uses CliError
     from trustvlm.pipelines.cli import add_controller_parser, add_source_parser  # noqa: PLC0415
-    from trustvlm.runtime.cli import add_serve_parser  # noqa: PLC0415
+    from trustvlm.runtime.cli import add_keys_parser, add_serve_parser  # noqa: PLC0415
 
-    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_source_parser,
-                add_controller_parser, add_zeroshot_parser, add_train_parser, add_models_parser):
+    for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_keys_parser,
+                add_source_parser, add_controller_parser, add_zeroshot_parser, add_train_parser, add_models_parser):
         add(subparsers)
     return parser
 

@@ -1,8 +1,8 @@
-"""`trustvlm serve`: the long-running trust service, as a thin layer over runtime.service.
+"""`trustvlm serve` (the long-running trust service) and `trustvlm keys` (CurveZMQ key files).
 
-Wire it into the top-level parser with ``add_serve_parser(subparsers)`` (it sets ``handler`` to
-:func:`run_serve`). Until then, or on a device without the rest of the CLI, run it as
-``python -m trustvlm.runtime.cli serve ...``.
+Thin layers over runtime.service and runtime.security. Wire them into the top-level parser with
+``add_serve_parser(subparsers)`` and ``add_keys_parser(subparsers)`` (each sets ``handler``). On a
+device without the rest of the CLI, run them as ``python -m trustvlm.runtime.cli serve|keys ...``.
 
 The service prints one line saying where it listens, then runs until SIGINT or SIGTERM (graceful:
 in-flight frames are answered, final stats published, exit 0). SIGHUP reloads the bundle.
@@ -33,15 +33,24 @@ _FLAG_KEYS = {
     "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"), "max_wait_ms": ("scorer", "max_wait_ms"),
     "staleness_ms": ("buffer", "staleness_ms"), "max_cameras": ("buffer", "max_cameras"),
     "max_message_bytes": ("limits", "max_message_bytes"), "max_width": ("limits", "max_width"),
-    "max_height": ("limits", "max_height"), "watch": ("reload", "watch"), "metrics": ("metrics",),
-    "log_level": ("log_level",),
+    "max_height": ("limits", "max_height"), "max_header_bytes": ("limits", "max_header_bytes"),
+    "receive_hwm": ("ingest", "receive_hwm"), "max_notices_per_camera": ("buffer", "max_notices_per_camera"),
+    "publish_queue_size": ("publish", "queue_size"), "send_hwm": ("publish", "send_hwm"),
+    "curve_server_key": ("security", "server_key"), "curve_ingest_clients": ("security", "ingest_clients"),
+    "curve_publish_clients": ("security", "publish_clients"),
+    "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
 }
+#: Flags that name files: taken relative to the working directory, not to the --config file.
+_PATH_FLAGS = ("artifacts", "bundle", "curve_server_key", "curve_ingest_clients", "curve_publish_clients")
 EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
       --ingest tcp://*:5555 --publish tcp://*:5556
   trustvlm serve --config serve.json --ingest-socket rep          # imagezmq ImageSender() (REQ/REP)
   trustvlm serve --config serve.json --ingest tcp://rpi1:5555 --ingest-socket sub --ingest-mode connect
   kill -HUP <pid>                                                 # reload the bundle
+  trustvlm keys keys --name server && trustvlm keys keys/cameras --name cam0   # CurveZMQ key files
+  trustvlm serve --config serve.json --curve-server-key keys/server.key_secret \
+      --curve-ingest-clients keys/cameras --curve-publish-clients keys/controllers
 """
 
 
@@ -93,6 +102,25 @@ def add_serve_parser(subparsers) -> None:
         help=f"largest payload (default: {_default('limits', 'max_message_bytes')})")
     add("--max-width", type=int, help=f"largest image width (default: {_default('limits', 'max_width')})")
     add("--max-height", type=int, help=f"largest image height (default: {_default('limits', 'max_height')})")
+    add("--max-header-bytes", type=int,
+        help=f"largest frame header (default: {_default('limits', 'max_header_bytes')})")
+    add("--receive-hwm", type=int,
+        help=f"messages ZeroMQ queues per sender before it blocks (default: {_default('ingest', 'receive_hwm')})")
+    add("--max-notices-per-camera", type=int,
+        help=f"decided frames waiting per camera; more are counted, not queued "
+             f"(default: {_default('buffer', 'max_notices_per_camera')})")
+    add("--publish-queue-size", type=int,
+        help=f"decisions waiting for the publisher; more are counted as overflow "
+             f"(default: {_default('publish', 'queue_size')})")
+    add("--send-hwm", type=int, help=f"messages queued per subscriber (default: {_default('publish', 'send_hwm')})")
+    add("--curve-server-key", type=Path,
+        help="CurveZMQ: the service's secret key file (NAME.key_secret from `trustvlm keys`); needs an allow-list")
+    add("--curve-ingest-clients", type=Path,
+        help="CurveZMQ on the ingest: folder of the public keys (*.key) of the cameras allowed to send "
+             "(default: ingest open)")
+    add("--curve-publish-clients", type=Path,
+        help="CurveZMQ on the publisher: folder of the public keys (*.key) of the subscribers allowed to read "
+             "(default: publish open)")
     add("--no-watch", dest="watch", action="store_false",
         help="reload the bundle on SIGHUP only, not when its files change")
     add("--metrics", help="host:port of the Prometheus /metrics and /healthz endpoint (default: off)")
@@ -115,6 +143,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         if dest not in given:
             continue
         value = given[dest]
+        if dest in _PATH_FLAGS and dest not in ("artifacts", "bundle"):
+            value = Path(value).absolute()  # relative to the working directory, whatever --config says
         value = str(value) if isinstance(value, Path) else value
         target = data
         for key in path[:-1]:
@@ -132,7 +162,9 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of `trustvlm serve`: start, print where it listens, run until a signal."""
-    from trustvlm.calibration.bundle import BundleError  # noqa: PLC0415 - keep --help light
+    import zmq  # noqa: PLC0415 - keep --help light
+
+    from trustvlm.calibration.bundle import BundleError  # noqa: PLC0415
     from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
@@ -149,7 +181,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         service = build_service(config)
         endpoints = service.start()
-    except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError) as error:
+    except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError, zmq.ZMQError) as error:
         raise CliError(str(error)) from error
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda *_: service.request_stop())
@@ -158,8 +190,11 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     scorer = service.slot.current()
     metrics = f" metrics={endpoints.metrics}/metrics" if endpoints.metrics else ""
+    curve = {"ingest": config.security.ingest_clients is not None,
+             "publish": config.security.publish_clients is not None}
     print(f"trustvlm serve: listening ingest={endpoints.ingest} ({config.ingest.socket_type.value}, "
-          f"{config.ingest.mode.value}) publish={endpoints.publish} ({config.publish.wire_format.value}, "
+          f"{config.ingest.mode.value}{', curve' if curve['ingest'] else ''}) publish={endpoints.publish} "
+          f"({config.publish.wire_format.value}{', curve' if curve['publish'] else ''}, "
           f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms){metrics} "
           f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
           f"providers={scorer.encoder.providers}", flush=True)
@@ -169,10 +204,40 @@ def run_serve(args: argparse.Namespace) -> int:
     return 1 if service.failed else 0
 
 
+def add_keys_parser(subparsers) -> None:
+    """Add `keys` to a subparsers object: write a CurveZMQ key pair."""
+    parser = subparsers.add_parser(
+        "keys", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="write a CurveZMQ key pair (NAME.key public, NAME.key_secret private) for serve or a client",
+        description="Write a ZeroMQ certificate pair into FOLDER: NAME.key (public: copy it to the peers, or into "
+                    "the service's allow-list folder) and NAME.key_secret (private, mode 600). Existing files are "
+                    "never overwritten.",
+        epilog="setup: `trustvlm keys keys --name server`; per camera `trustvlm keys keys/cameras --name cam0` (the "
+               "camera keeps cam0.key_secret and server.key; keys/cameras is the --curve-ingest-clients folder); "
+               "per controller the same into keys/controllers (--curve-publish-clients).")
+    parser.add_argument("folder", type=Path, help="where to write the two files (created if missing)")
+    parser.add_argument("--name", default="server", help="file name stem: letters, digits, '_', '.', '-'")
+    parser.set_defaults(handler=run_keys)
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm keys`."""
+    from trustvlm.runtime.security import SecurityError, create_keypair  # noqa: PLC0415
+
+    try:
+        public, secret = create_keypair(args.folder, args.name)
+    except (SecurityError, OSError) as error:
+        raise CliError(str(error)) from error
+    print(f"wrote {public} (public) and {secret} (secret, mode 600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: ``python -m trustvlm.runtime.cli serve ...``."""
+    """Standalone entry point: ``python -m trustvlm.runtime.cli serve|keys ...``."""
     parser = argparse.ArgumentParser(prog="trustvlm")
-    add_serve_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_serve_parser(subparsers)
+    add_keys_parser(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

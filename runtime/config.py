@@ -11,7 +11,13 @@ Example::
      "ingest": {"address": "tcp://*:5555", "socket_type": "rep"},
      "publish": {"address": "tcp://*:5556", "wire_format": "json", "heartbeat_ms": 500},
      "scorer": {"providers": ["cuda"], "max_batch": 8},
-     "buffer": {"staleness_ms": 300}, "metrics": "127.0.0.1:9100"}
+     "buffer": {"staleness_ms": 300}, "metrics": "127.0.0.1:9100",
+     "security": {"server_key": "keys/server.key_secret", "ingest_clients": "keys/cameras",
+                  "publish_clients": "keys/controllers"}}
+
+Limits that bound memory (all configurable): ``limits`` (header and payload bytes, image width
+and height), ``ingest.receive_hwm`` (messages ZeroMQ queues per sender), ``buffer.max_cameras``
+and ``buffer.max_notices_per_camera``, ``publish.queue_size`` and ``publish.send_hwm``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from trustvlm.runtime.frame_buffer import BufferConfig
 from trustvlm.runtime.ingest import FrameLimits, IngestConfig
 from trustvlm.runtime.publisher import PublishConfig
 from trustvlm.runtime.scorer import ScorerConfig
+from trustvlm.runtime.security import SecurityConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -57,6 +64,7 @@ class ServiceConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics: str | None = None
     log_level: str = "info"
 
@@ -65,6 +73,11 @@ class ServiceConfig:
             raise ValueError(f"log_level should be one of {LOG_LEVELS}, but got {self.log_level!r}")
         if self.metrics is not None:
             parse_host_port(self.metrics)
+        for name, folder, mode in (("ingest", self.security.ingest_clients, self.ingest.mode),
+                                   ("publish", self.security.publish_clients, self.publish.mode)):
+            if folder is not None and mode.value != "bind":
+                raise ValueError(f"security.{name}_clients needs {name}.mode bind (CurveZMQ makes the service the "
+                                 f"server of that socket), but got {mode.value}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict; :meth:`from_dict` restores an equal object."""
@@ -106,7 +119,11 @@ def load_config_file(path: str | os.PathLike) -> dict:
 
 
 def _replace_paths(config, transform):
-    return replace(config, artifacts=transform(config.artifacts), bundle=transform(config.bundle))
+    security = config.security
+    keys = {name: transform(getattr(security, name)) for name in ("server_key", "ingest_clients", "publish_clients")
+            if getattr(security, name) is not None}
+    return replace(config, artifacts=transform(config.artifacts), bundle=transform(config.bundle),
+                   security=replace(security, **keys))
 
 
 def _to_plain(value):

@@ -14,7 +14,9 @@ else its frame is deferred ``camera_limit``). Memory is bounded by ``max_cameras
 small notices.
 
 Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
-assumes synchronized clocks (PTP or chrony) when cameras run on other hosts.
+assumes synchronized clocks (PTP or chrony) when cameras run on other hosts. A capture time more
+than ``staleness_ms`` in the *future* is deferred ``stale`` too: a clock that far off (or a forged
+timestamp) makes the frame's age unknowable, and an unknown age is a reason to defer.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class BufferConfig:
 
     Attributes:
         max_cameras: Cameras tracked at once.
-        staleness_ms: Frames older than this (since capture) when scoring picks them up are
-            deferred ``stale``; 0 disables the deadline.
+        staleness_ms: Frames older than this (since capture) when scoring picks them up, or
+            captured more than this in the future, are deferred ``stale``; 0 disables both.
         max_notices_per_camera: Notices (already decided frames) waiting per camera.
         drop_policy: Only ``latest_wins``.
     """
@@ -150,12 +152,18 @@ class FrameBuffer:
     def _supersede(self, camera: _Camera, newer: ReceivedFrame) -> None:
         for index, (arrival, item) in enumerate(camera.items):
             if isinstance(item, ReceivedFrame):
-                camera.items[index] = (arrival, Notice.for_frame(
-                    item, Reason.DROPPED, f"superseded by seq {newer.header.seq} before scoring (latest frame wins)"))
                 camera.frames -= 1
-                camera.notices += 1
                 self._pending_frames -= 1
                 self._counts["dropped"] += 1
+                if camera.notices < self.config.max_notices_per_camera:
+                    camera.items[index] = (arrival, Notice.for_frame(
+                        item, Reason.DROPPED, f"superseded by seq {newer.header.seq} before scoring "
+                                              "(latest frame wins)"))
+                    camera.notices += 1
+                else:  # the notice bound holds for dropped frames too: counted, not queued
+                    del camera.items[index]
+                    self._counts["notices_suppressed"] += 1
+                return  # latest frame wins: a camera never has more than one frame waiting
 
     def take(self, max_frames: int, max_wait_s: float = 0.0, timeout_s: float = 0.1) -> list[BufferItem] | None:
         """Take up to `max_frames` frames (at most one per camera) and the notices queued with them.
@@ -198,9 +206,13 @@ class FrameBuffer:
         if not isinstance(item, ReceivedFrame) or not self.config.staleness_ms:
             return item
         age_ms = (self._clock_ns() - item.header.capture_ts_ns) / 1e6
-        if age_ms <= self.config.staleness_ms:
+        if -self.config.staleness_ms <= age_ms <= self.config.staleness_ms:
             return item
         self._counts["stale"] += 1
+        if age_ms < 0:
+            return Notice.for_frame(item, Reason.STALE, f"capture time is {-age_ms:.0f} ms in the future, beyond the "
+                                                        f"staleness tolerance of {self.config.staleness_ms:g} ms "
+                                                        "(clocks out of sync?)")
         return Notice.for_frame(item, Reason.STALE, f"{age_ms:.0f} ms since capture exceeds the staleness "
                                                     f"deadline of {self.config.staleness_ms:g} ms")
 

@@ -17,30 +17,39 @@ to the first ``|`` (characters outside ``[A-Za-z0-9_.:-]`` become ``_``), ``seq`
 camera's frames on arrival, and the capture time is the receipt time.
 
 Limits are explicit (:class:`FrameLimits`): header and payload bytes, and image width/height,
-read from the JPEG/PNG header before anything is decoded. A frame over a limit is deferred with a
-reason (when its header names the camera) or counted as a rejection; a hard cap (``MAXMSGSIZE``,
-a multiple of the payload limit) makes ZeroMQ itself drop absurd messages before they are
-buffered.
+read from the JPEG/PNG header (or the raw shape) before anything is decoded or multiplied. A frame
+over a limit is deferred with a reason (when its header names the camera) or counted as a
+rejection; a hard cap (``MAXMSGSIZE``, a multiple of the payload limit) makes ZeroMQ itself drop
+absurd messages before they are buffered. Headers are unpacked with msgpack length limits
+(:data:`~trustvlm.runtime.messages.HEADER_UNPACK_LIMITS`); nothing received is unpickled or
+evaluated. :func:`parse_message` never raises: whatever arrives becomes a frame, a notice or a
+counted rejection.
+
+Authentication (optional): :class:`ZmqIngest` takes a
+:class:`~trustvlm.runtime.security.CurveServer`; the socket is then a CurveZMQ server whose
+clients are checked against an allow-list by the ZAP handler (see runtime/security.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import re
 import struct
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
 import cv2
-import msgpack
 import numpy as np
 import zmq
 
-from trustvlm.runtime.messages import (Encoding, FrameHeader, MessageError, Notice, PixelFormat, ReceivedFrame,
-                                       Reason, SchemaVersionError, check_camera_id)
+from trustvlm.runtime.messages import (HEADER_UNPACK_LIMITS, MAX_INT64, Encoding, FrameHeader, MessageError, Notice,
+                                       PixelFormat, ReceivedFrame, Reason, SchemaVersionError, check_camera_id,
+                                       unpack_message)
+from trustvlm.runtime.security import CurveServer
 
 log = logging.getLogger("trustvlm.runtime.ingest")
 
@@ -51,6 +60,11 @@ JPEG_EOI = b"\xff\xd9"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 _IMAGEZMQ_KEYS = frozenset({"msg", "dtype", "shape"})
+_APNG_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
+#: A camera's PNG has a handful of chunks (IHDR, a few IDAT, IEND); progressive JPEGs have about 10 scans.
+MAX_PNG_CHUNKS = 4096
+MAX_JPEG_SCANS = 64
+_IMAGEZMQ_MAX_MSG = 1024
 
 
 class SocketType(str, Enum):
@@ -103,7 +117,8 @@ class IngestConfig:
         mode: bind or connect.
         receive_timeout_ms: RCVTIMEO; the ingest loop checks for shutdown at this period.
         reply_timeout_ms: SNDTIMEO of the REP reply.
-        receive_hwm: RCVHWM, messages queued in ZeroMQ before the sender blocks or drops.
+        receive_hwm: RCVHWM, messages queued in ZeroMQ per connected sender before it blocks or
+            drops; with the hard payload cap this bounds ZeroMQ's receive memory per sender.
     """
 
     address: str = "tcp://*:5555"
@@ -112,6 +127,11 @@ class IngestConfig:
     receive_timeout_ms: int = 100
     reply_timeout_ms: int = 1000
     receive_hwm: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("receive_timeout_ms", "reply_timeout_ms", "receive_hwm"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise ValueError(f"ingest {name} should be a positive integer, but got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +189,53 @@ def probe_image_size(payload: bytes, encoding: Encoding) -> tuple[int, int]:
     raise FrameDecodeError(Reason.UNDECODABLE, "JPEG: no frame header (SOF) before the image data")
 
 
+def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
+    """Walk a PNG's chunks before anything decodes it: lengths within the payload, CRCs right, no animation.
+
+    OpenCV's PNG reader allocates what a chunk's length field says: one 3 kB PNG with a forged
+    length made it allocate 3.4 GB (found by fuzzing, OpenCV 5.0.0). A length that runs past the
+    payload, a CRC that does not match, APNG chunks or more than `max_chunks` chunks are refused.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE, saying which chunk is wrong.
+    """
+    view, pos, count = memoryview(payload), len(PNG_SIGNATURE), 0
+    while True:
+        if pos + 12 > len(payload):
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk at byte {pos} runs past the end ({len(payload)} "
+                                                       "bytes) before IEND")
+        length, kind = struct.unpack(">I4s", view[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(payload):
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk {kind!r} at byte {pos} declares {length} bytes, "
+                                                       f"but only {len(payload) - pos - 12} follow")
+        if not kind.isalpha() or kind in _APNG_CHUNKS:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk type {kind!r} at byte {pos} is not accepted "
+                                                       "(not 4 letters, or animated PNG)")
+        if zlib.crc32(view[pos + 4:pos + 8 + length]) != struct.unpack(">I", view[pos + 8 + length:end])[0]:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk {kind!r} at byte {pos} fails its CRC")
+        count += 1
+        if kind == b"IEND":
+            return
+        if count >= max_chunks:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: more than {max_chunks} chunks")
+        pos = end
+
+
+def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
+    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb).
+
+    Start-of-scan markers (ff da) cannot occur inside entropy-coded data (ff is stuffed as ff 00
+    there), so counting them counts the scans.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE.
+    """
+    scans = payload.count(b"\xff\xda")
+    if scans > max_scans:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG with {scans} scans; at most {max_scans} are accepted")
+
+
 class ImagezmqNamer:
     """Camera ids and per-camera sequence numbers for imagezmq senders (bounded LRU)."""
 
@@ -195,7 +262,10 @@ class ImagezmqNamer:
 def _imagezmq_header(data: dict, payload: bytes, receipt_ts_ns: int, namer: ImagezmqNamer) -> FrameHeader:
     if "msg" not in data or set(data) - _IMAGEZMQ_KEYS:
         raise MessageError(f"imagezmq header: expected keys {sorted(_IMAGEZMQ_KEYS)} (shape and dtype only for "
-                           f"send_image), but got {sorted(data)}")
+                           f"send_image), but got {sorted(data)[:8]}")
+    if not isinstance(data["msg"], str) or len(data["msg"]) > _IMAGEZMQ_MAX_MSG:
+        raise MessageError(f"imagezmq header: msg should be text of at most {_IMAGEZMQ_MAX_MSG} characters, but got "
+                           f"{type(data['msg']).__name__} {str(data['msg'])[:40]!r}")
     camera_id = check_camera_id(namer.camera_id(data["msg"]), "imagezmq header")
     seq = namer.next_seq(camera_id)
     if "shape" in data or "dtype" in data:
@@ -206,21 +276,31 @@ def _imagezmq_header(data: dict, payload: bytes, receipt_ts_ns: int, namer: Imag
     return FrameHeader(camera_id, seq, receipt_ts_ns, encoding)
 
 
-def _salvage_notice(data, receipt_ts_ns: int, detail: str) -> Notice | Rejection:
-    """A bad header that still names a valid camera and seq is deferred in that camera's stream."""
+def _valid_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64
+
+
+def _salvage_notice(data: dict, receipt_ts_ns: int, detail: str) -> Notice | Rejection:
+    """A bad header that still names a valid camera and seq is deferred in that camera's stream.
+
+    Only values that pass the schema's own checks are kept (camera id pattern, seq in int64); an
+    invalid capture time is replaced by the receipt time, so every published field is one the
+    schema allows.
+    """
     try:
         camera_id = check_camera_id(data.get("camera_id"))
-        seq, capture = data.get("seq"), data.get("capture_ts_ns", receipt_ts_ns)
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and isinstance(capture, int):
-            return Notice(camera_id, seq, capture, receipt_ts_ns, Reason.BAD_HEADER, detail)
-    except (AttributeError, MessageError):
-        pass
-    return Rejection(Reason.BAD_HEADER, detail, receipt_ts_ns)
+    except MessageError:
+        return Rejection(Reason.BAD_HEADER, detail, receipt_ts_ns)
+    seq, capture = data.get("seq"), data.get("capture_ts_ns")
+    if not _valid_int(seq):
+        return Rejection(Reason.BAD_HEADER, detail, receipt_ts_ns)
+    return Notice(camera_id, seq, capture if _valid_int(capture) else receipt_ts_ns, receipt_ts_ns,
+                  Reason.BAD_HEADER, detail[:1000])
 
 
 def parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
                   namer: ImagezmqNamer | None = None) -> IngestResult:
-    """Check one received multipart message.
+    """Check one received multipart message; never raises.
 
     Args:
         parts: The message parts; a frame is exactly ``[header, payload]``.
@@ -233,6 +313,16 @@ def parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
         header names its camera but that breaks a rule; or a Rejection (only counted) when no
         camera can be named.
     """
+    try:
+        return _parse_message(parts, receipt_ts_ns, limits, namer or ImagezmqNamer())
+    except Exception as error:  # a bug, not bad input: count the message and keep the stream alive
+        log.exception("checking a message failed")
+        return Rejection(Reason.BAD_HEADER, f"internal error while checking the message: {error!r}"[:500],
+                         receipt_ts_ns)
+
+
+def _parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
+                   namer: ImagezmqNamer) -> IngestResult:
     if len(parts) != 2:
         return Rejection(Reason.BAD_HEADER, f"expected 2 message parts [header, payload], got {len(parts)}",
                          receipt_ts_ns)
@@ -241,9 +331,8 @@ def parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
         return Rejection(Reason.TOO_LARGE, f"header of {len(raw_header)} bytes exceeds max_header_bytes "
                                            f"{limits.max_header_bytes}", receipt_ts_ns)
     try:
-        data = (json.loads(raw_header) if raw_header[:1] == b"{" else
-                msgpack.unpackb(raw_header, raw=False, strict_map_key=True))
-    except (ValueError, msgpack.UnpackException) as error:
+        data = unpack_message(bytes(raw_header), HEADER_UNPACK_LIMITS, "header")
+    except MessageError as error:
         return Rejection(Reason.BAD_HEADER, f"header is neither a msgpack nor an imagezmq JSON map: {error}",
                          receipt_ts_ns)
     if not isinstance(data, dict):
@@ -252,18 +341,21 @@ def parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
         if "schema_version" in data:
             header = FrameHeader.from_dict(data)
         else:
-            header = _imagezmq_header(data, payload, receipt_ts_ns, namer or ImagezmqNamer())
+            header = _imagezmq_header(data, payload, receipt_ts_ns, namer)
     except SchemaVersionError as error:
         return Rejection(Reason.BAD_HEADER, str(error), receipt_ts_ns)
     except MessageError as error:
         return _salvage_notice(data, receipt_ts_ns, str(error))
+    if len(payload) > limits.max_message_bytes:  # checked before the payload is copied
+        return Notice(header.camera_id, header.seq, header.capture_ts_ns, receipt_ts_ns, Reason.TOO_LARGE,
+                      f"payload of {len(payload)} bytes exceeds max_message_bytes {limits.max_message_bytes}")
     frame = ReceivedFrame(header, bytes(payload), receipt_ts_ns)
-    if len(payload) > limits.max_message_bytes:
-        return Notice.for_frame(frame, Reason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds "
-                                                         f"max_message_bytes {limits.max_message_bytes}")
     if header.encoding is Encoding.RAW:
         height, width = header.shape[:2]
-        expected = int(np.prod(header.shape))
+        if not (width <= limits.max_width and height <= limits.max_height):  # before multiplying them
+            return Notice.for_frame(frame, Reason.TOO_LARGE, f"raw image of {width}x{height} pixels is outside "
+                                                             f"1x1..{limits.max_width}x{limits.max_height}")
+        expected = math.prod(header.shape)
         if len(payload) != expected:
             return Notice.for_frame(frame, Reason.BAD_SHAPE, f"raw payload has {len(payload)} bytes, expected "
                                                              f"{expected} for shape {list(header.shape)} uint8")
@@ -301,6 +393,10 @@ def decode_image(frame: ReceivedFrame) -> np.ndarray:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated JPEG: no end-of-image marker (ffd9) at the end")
     if header.encoding is Encoding.PNG and b"IEND" not in payload[-16:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated PNG: no IEND chunk at the end")
+    if header.encoding is Encoding.PNG:
+        check_png_chunks(payload)
+    else:
+        check_jpeg_scans(payload)
     bgr = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FrameDecodeError(Reason.UNDECODABLE, f"OpenCV cannot decode this {header.encoding.value} payload "
@@ -316,8 +412,11 @@ class ZmqIngest:
     """
 
     def __init__(self, config: IngestConfig, limits: FrameLimits, context: zmq.Context | None = None,
-                 max_cameras: int = 1024):
-        self.config, self.limits = config, limits
+                 max_cameras: int = 1024, curve: CurveServer | None = None):
+        if curve is not None and config.mode is not ConnectMode.BIND:
+            raise ValueError(f"CurveZMQ on the ingest needs mode bind (the service is the server), but got "
+                             f"{config.mode.value}")
+        self.config, self.limits, self.curve = config, limits, curve
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._namer = ImagezmqNamer(max_cameras)
@@ -336,6 +435,8 @@ class ZmqIngest:
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.hard_limit_factor * self.limits.max_message_bytes)
         if kind == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.curve is not None:
+            self.curve.apply(sock)
         try:
             if self.config.mode is ConnectMode.BIND:
                 sock.bind(self._address)

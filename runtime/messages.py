@@ -7,6 +7,10 @@ with :func:`pack_frame_header` and sends ``[header, payload]`` with ``SNDMORE`` 
 ``trust/_health``). Nothing received is ever unpickled: headers are msgpack maps (or, for imagezmq
 senders, JSON), checked field by field.
 
+Parsing is bounded: msgpack is unpacked with explicit limits (:data:`HEADER_UNPACK_LIMITS`,
+:data:`BODY_UNPACK_LIMITS`: string, bytes, array and map lengths; ext types are refused), and JSON
+nesting beyond Python's recursion limit is a :class:`MessageError`, not a crash.
+
 Versioning: every message carries ``schema_version`` ("major.minor"). A receiver rejects another
 major version (:class:`SchemaVersionError`); within its major version it accepts keys it does
 not know only from a newer minor version, and rejects them otherwise (a typo is not a feature).
@@ -36,9 +40,10 @@ DECISION_SCHEMA_VERSION: str = DECISION_SCHEMA["version"]
 
 TOPIC_PREFIX = "trust/"
 HEALTH_TOPIC = b"trust/_health"
-CAMERA_ID_PATTERN = re.compile(FRAME_SCHEMA["properties"]["camera_id"]["pattern"])
+# Matched with fullmatch and re.ASCII: Python's `$` also matches before a final newline, and `\d` any Unicode digit.
+CAMERA_ID_PATTERN = re.compile(FRAME_SCHEMA["properties"]["camera_id"]["pattern"], re.ASCII)
 MAX_INT64 = 2**63 - 1
-_VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)$")
+_VERSION_PATTERN = re.compile(r"(\d+)\.(\d+)", re.ASCII)
 
 
 class Encoding(str, Enum):
@@ -105,6 +110,52 @@ class SchemaVersionError(MessageError):
     """A message of a schema major version this code does not read."""
 
 
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Most a msgpack message may hold, passed to ``msgpack.unpackb`` (its own defaults allow the whole buffer).
+
+    Attributes:
+        max_str_len: Longest string (bytes).
+        max_bin_len: Longest bytes value.
+        max_array_len: Most items in one array.
+        max_map_len: Most keys in one map.
+    """
+
+    max_str_len: int
+    max_bin_len: int
+    max_array_len: int
+    max_map_len: int
+
+
+#: Frame headers: a handful of short fields (a newer minor version may add a few).
+HEADER_UNPACK_LIMITS = UnpackLimits(max_str_len=1024, max_bin_len=1024, max_array_len=16, max_map_len=32)
+#: Published bodies: decision and health messages (health counters are one map of about 50 keys).
+BODY_UNPACK_LIMITS = UnpackLimits(max_str_len=1 << 16, max_bin_len=1 << 16, max_array_len=1024, max_map_len=1024)
+
+
+def _refuse_ext(code: int, data: bytes):
+    raise ValueError(f"msgpack ext type {code} is not accepted ({len(data)} bytes)")
+
+
+def unpack_message(data: bytes, limits: UnpackLimits, what: str):
+    """Decode msgpack, or JSON when `data` starts with ``{``, within `limits`; never unpickles.
+
+    Raises:
+        MessageError: Malformed data, a limit exceeded, an ext type, non-UTF-8 text, or JSON
+            nested deeper than the interpreter's recursion limit.
+    """
+    try:
+        if data[:1] == b"{":
+            return json.loads(data)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
+                               max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
+                               max_array_len=limits.max_array_len, max_map_len=limits.max_map_len, max_ext_len=0)
+    except RecursionError:
+        raise MessageError(f"{what}: nested too deeply") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise MessageError(f"{what} is neither msgpack nor JSON within limits: {error}") from error
+
+
 def topic_for(camera_id: str) -> bytes:
     """The PUB topic of a camera's decisions: ``trust/<camera_id>``."""
     return f"{TOPIC_PREFIX}{camera_id}".encode()
@@ -117,7 +168,7 @@ def check_schema_version(value, ours: str, unknown_keys: set, known_keys: set, w
         SchemaVersionError: Another major version.
         MessageError: A malformed version, or unknown keys at our minor version or older.
     """
-    match = _VERSION_PATTERN.match(value) if isinstance(value, str) else None
+    match = _VERSION_PATTERN.fullmatch(value) if isinstance(value, str) and len(value) <= 16 else None
     if match is None:
         raise MessageError(f"{what}: schema_version should be a 'major.minor' string like {ours!r}, but got {value!r}")
     major, minor = int(match.group(1)), int(match.group(2))
@@ -147,7 +198,7 @@ def _get_enum(data: dict, key: str, enum: type[Enum], what: str):
 
 def check_camera_id(value, what: str = "frame header") -> str:
     """Return `value` if it is a valid camera id, else raise MessageError."""
-    if not isinstance(value, str) or not CAMERA_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not CAMERA_ID_PATTERN.fullmatch(value):
         raise MessageError(f"{what}: camera_id should match {CAMERA_ID_PATTERN.pattern} "
                            f"(1-64 characters, no '/' or spaces), but got {value!r}")
     return value
@@ -432,11 +483,7 @@ def encode_body(message: DecisionMessage | HealthMessage, wire_format: WireForma
 
 def decode_body(body: bytes) -> DecisionMessage | HealthMessage:
     """Parse a published body (msgpack or JSON, told apart by the first byte)."""
-    try:
-        data = (json.loads(body) if body[:1] == b"{" else
-                msgpack.unpackb(body, raw=False, strict_map_key=True))
-    except (ValueError, msgpack.UnpackException) as error:
-        raise MessageError(f"body is neither msgpack nor JSON: {error}") from error
+    data = unpack_message(body, BODY_UNPACK_LIMITS, "body")
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "decision":
         return DecisionMessage.from_dict(data)

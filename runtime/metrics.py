@@ -8,12 +8,14 @@
   only when asked for) and :class:`MetricsServer` serves them on ``/metrics`` with a JSON
   ``/healthz`` beside (HTTP 200 while the status is ok, 503 otherwise).
 
-Prometheus metrics (all prefixed ``trustvlm_``): ``frames_received_total{camera}``,
+Prometheus metrics (all prefixed ``trustvlm_``): ``frames_received_total{camera}`` (the first 256
+cameras by name, later ones as ``camera="_other"``: label values are never freed),
 ``rejections_total{reason}`` (messages that named no camera), ``decisions_total{decision,reason}``
 (dropped and stale frames are decisions with those reasons), ``class_decisions_total{label,decision}``
 (per-class defer rate = defer / all of a label), ``defer_ratio`` (cumulative), histograms
 ``latency_from_capture_seconds``, ``latency_from_receipt_seconds``, ``batch_size`` and
-``batch_seconds``, ``publish_overflow_total``, ``bundle_reloads_total{result}``.
+``batch_seconds``, ``publish_overflow_total``, ``publish_errors_total``, ``bundle_reloads_total{result}``,
+``auth_denied_total{socket}`` (CurveZMQ handshakes refused by the allow-list).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class Observer:
 
     def on_publish_overflow(self, message: DecisionMessage) -> None:
         """A decision was lost because the publish queue was full; counted."""
+
+    def on_publish_error(self, detail: str) -> None:
+        """A message could not be serialized or sent; counted."""
+
+    def on_auth_denied(self, domain: str, client_key: str) -> None:
+        """A CurveZMQ client was refused (its public key is not allowed on that socket)."""
 
     def on_batch(self, size: int, seconds: float, error: str | None) -> None:
         """A batch went through encoder and trust head (error: the engine error, if any)."""
@@ -74,6 +82,14 @@ class ObserverGroup(Observer):
         for observer in self.observers:
             observer.on_publish_overflow(message)
 
+    def on_publish_error(self, detail):
+        for observer in self.observers:
+            observer.on_publish_error(detail)
+
+    def on_auth_denied(self, domain, client_key):
+        for observer in self.observers:
+            observer.on_auth_denied(domain, client_key)
+
     def on_batch(self, size, seconds, error):
         for observer in self.observers:
             observer.on_batch(size, seconds, error)
@@ -88,7 +104,7 @@ class ServiceStats(Observer):
 
     Accounting: every received message ends up in exactly one of ``decisions_accept``,
     ``decisions_defer``, ``rejected``, ``notices_suppressed`` (from the buffer),
-    ``publish_overflow``, or is still in flight.
+    ``publish_overflow``, ``publish_errors``, or is still in flight.
     """
 
     def __init__(self) -> None:
@@ -114,6 +130,14 @@ class ServiceStats(Observer):
         with self._lock:
             self._counts["publish_overflow"] += 1
 
+    def on_publish_error(self, detail):
+        with self._lock:
+            self._counts["publish_errors"] += 1
+
+    def on_auth_denied(self, domain, client_key):
+        with self._lock:
+            self._counts[f"auth_denied_{domain.rsplit('-', 1)[-1]}"] += 1
+
     def on_batch(self, size, seconds, error):
         with self._lock:
             self._counts["batches"] += 1
@@ -131,10 +155,22 @@ class ServiceStats(Observer):
             return dict(self._counts)
 
 
-class PrometheusObserver(Observer):
-    """prometheus_client metrics in their own registry (see the module docstring)."""
+#: Camera label values kept by /metrics; frames of further cameras count under OTHER_CAMERAS. Every label value
+#: is a time series held forever, so a sender inventing camera ids must not be able to grow them without end.
+MAX_CAMERA_LABELS = 256
+OTHER_CAMERAS = "_other"
 
-    def __init__(self) -> None:
+
+class PrometheusObserver(Observer):
+    """prometheus_client metrics in their own registry (see the module docstring).
+
+    At most `max_camera_labels` camera label values are created; later cameras are counted as
+    ``camera="_other"``.
+    """
+
+    def __init__(self, max_camera_labels: int = MAX_CAMERA_LABELS) -> None:
+        self.max_camera_labels = max_camera_labels
+        self._cameras: set[str] = set()
         try:
             import prometheus_client as prom  # noqa: PLC0415 - optional dependency
         except ImportError as error:
@@ -154,6 +190,9 @@ class PrometheusObserver(Observer):
                                       ("label", "decision"))
         self.defer_ratio = metric(prom.Gauge, "defer_ratio", "share of published decisions that defer (cumulative)")
         self.overflow = metric(prom.Counter, "publish_overflow", "decisions lost to a full publish queue")
+        self.publish_errors = metric(prom.Counter, "publish_errors", "messages that could not be serialized or sent")
+        self.auth_denied = metric(prom.Counter, "auth_denied", "CurveZMQ clients refused by the allow-list",
+                                  ("socket",))
         self.capture_latency = metric(prom.Histogram, "latency_from_capture_seconds", "capture to publish",
                                       buckets=latency_buckets)
         self.receipt_latency = metric(prom.Histogram, "latency_from_receipt_seconds", "receipt to publish",
@@ -168,7 +207,14 @@ class PrometheusObserver(Observer):
         self._published = self._deferred = 0
 
     def on_received(self, camera_id):
-        self.received.labels(camera=camera_id or "").inc()
+        camera = camera_id or ""
+        with self._lock:
+            if camera not in self._cameras:
+                if len(self._cameras) < self.max_camera_labels:
+                    self._cameras.add(camera)
+                else:
+                    camera = OTHER_CAMERAS
+        self.received.labels(camera=camera).inc()
 
     def on_rejected(self, reason, detail):
         self.rejections.labels(reason=reason.value).inc()
@@ -188,6 +234,12 @@ class PrometheusObserver(Observer):
 
     def on_publish_overflow(self, message):
         self.overflow.inc()
+
+    def on_publish_error(self, detail):
+        self.publish_errors.inc()
+
+    def on_auth_denied(self, domain, client_key):
+        self.auth_denied.labels(socket=domain.rsplit("-", 1)[-1]).inc()
 
     def on_batch(self, size, seconds, error):
         self.batch_size.observe(size)

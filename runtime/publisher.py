@@ -9,7 +9,10 @@ order is kept. ``publish_ts_ns`` and the latencies are stamped just before sendi
 
 PUB never blocks: a subscriber that does not keep up loses messages at its high-water mark
 (``send_hwm``), as ZeroMQ intends. Inside the service the queue is bounded (``queue_size``); a
-decision that finds it full is counted (``publish_overflow``) instead of growing memory.
+decision that finds it full is counted (``publish_overflow``) instead of growing memory. A
+message that cannot be serialized or sent is logged and counted (``publish_errors``); the thread
+goes on. With a :class:`~trustvlm.runtime.security.CurveServer` the socket is a CurveZMQ server
+and only subscribers whose keys are allowed receive anything (see runtime/security.py).
 
 ROS 2 mapping (``vision_msgs/msg/Classification``; a bridge node subscribes here and republishes)::
 
@@ -41,6 +44,7 @@ from trustvlm.runtime.ingest import ConnectMode
 from trustvlm.runtime.messages import (HEALTH_TOPIC, DecisionMessage, HealthMessage, HealthStatus, WireFormat,
                                        encode_body, topic_for)
 from trustvlm.runtime.metrics import Observer
+from trustvlm.runtime.security import CurveServer
 
 log = logging.getLogger("trustvlm.runtime.publisher")
 
@@ -74,17 +78,22 @@ class PublishConfig:
     drain_ms: int = 500
 
     def __post_init__(self) -> None:
-        if self.heartbeat_ms < 1 or self.queue_size < 1:
-            raise ValueError(f"heartbeat_ms and queue_size should be >= 1, but got {self.heartbeat_ms} and "
-                             f"{self.queue_size}")
+        for name in ("heartbeat_ms", "queue_size", "send_hwm", "send_timeout_ms"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise ValueError(f"publish {name} should be a positive integer, but got {getattr(self, name)}")
+        if self.drain_ms < 0:
+            raise ValueError(f"publish drain_ms should be >= 0, but got {self.drain_ms}")
 
 
 class Publisher:
     """Owns the PUB socket and its thread. ``open`` -> ``start`` -> ``submit``... -> ``stop``."""
 
     def __init__(self, config: PublishConfig, health: HealthSource, observer: Observer | None = None,
-                 context: zmq.Context | None = None):
-        self.config = config
+                 context: zmq.Context | None = None, curve: CurveServer | None = None):
+        if curve is not None and config.mode is not ConnectMode.BIND:
+            raise ValueError(f"CurveZMQ on the publisher needs mode bind (the service is the server), but got "
+                             f"{config.mode.value}")
+        self.config, self.curve = config, curve
         self._health = health
         self._observer = observer or Observer()
         self._context = context or zmq.Context.instance()
@@ -99,6 +108,8 @@ class Publisher:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         sock.setsockopt(zmq.SNDTIMEO, self.config.send_timeout_ms)
+        if self.curve is not None:
+            self.curve.apply(sock)
         try:
             if self.config.mode is ConnectMode.BIND:
                 sock.bind(self.config.address)
@@ -130,16 +141,25 @@ class Publisher:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
 
-    def _send(self, topic: bytes, message: DecisionMessage | HealthMessage) -> None:
+    def _send(self, topic: bytes, message: DecisionMessage | HealthMessage) -> bool:
         try:
-            self._socket.send_multipart([topic, encode_body(message, self.config.wire_format)])
+            body = encode_body(message, self.config.wire_format)
+        except (ValueError, TypeError, OverflowError) as error:  # a bug upstream; never the end of the stream
+            log.error("cannot serialize a message for %s: %s", topic.decode(errors="replace"), error)
+            self._observer.on_publish_error(str(error))
+            return False
+        try:
+            self._socket.send_multipart([topic, body])
+            return True
         except zmq.ZMQError as error:
-            log.warning("publish failed on %s: %s", topic.decode(), error)
+            log.warning("publish failed on %s: %s", topic.decode(errors="replace"), error)
+            self._observer.on_publish_error(str(error))
+            return False
 
     def _send_decision(self, message: DecisionMessage) -> None:
         message = message.stamped(time.time_ns())
-        self._send(topic_for(message.camera_id), message)
-        self._observer.on_published(message)
+        if self._send(topic_for(message.camera_id), message):
+            self._observer.on_published(message)
 
     def _run(self) -> None:
         period = self.config.heartbeat_ms / 1e3

@@ -6,10 +6,11 @@ exported image encoder and the bundle's ``trust_head.onnx``), both created throu
 that ONNX Runtime cannot give is refused unless the CPU fallback was asked for.
 
 Decision rule: accept iff the bundle's score (``kappa`` for ``trustvlm``, ``kappa_star`` for
-``trustvlm_star``) ``>= threshold``. A bundle without a feasible threshold (``inf``) defers
-everything (``no_threshold``). Failures never stop the stream: an undecodable or misshaped frame,
-a non-finite output row, or an engine error on the batch (every frame of it) becomes ``defer``
-with its reason.
+``trustvlm_star``) ``>= threshold``. A bundle without a feasible, finite threshold (``inf``, NaN,
+or ``-inf``, which would accept everything) defers everything (``no_threshold``). A predicted
+class outside the bundle's classes is an engine error for that frame. Failures never stop the
+stream: an undecodable or misshaped frame, a non-finite output row, or an engine error on the
+batch (every frame of it) becomes ``defer`` with its reason.
 
 Device residency: on a GPU provider the batch runs through IOBinding, so the embeddings go from
 the encoder to the trust head as a device-side OrtValue, and the prototypes are initializers of
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ import cv2
 import numpy as np
 
 from trustvlm.calibration.bundle import PrototypeBundle, load_bundle
-from trustvlm.runtime.artifacts import encoder_path, read_manifest
+from trustvlm.runtime.artifacts import ArtifactError, encoder_path, read_manifest
 from trustvlm.runtime.ingest import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
@@ -113,6 +115,7 @@ class BundleScorer:
         manifest = read_manifest(artifacts_dir)
         info = bundle.info
         self.bundle, self.config = bundle, config
+        self.encoder_sha256 = image_encoder_sha256(artifacts_dir, manifest, info.precision)
         self.precision = info.precision
         self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
         self.encoder = encoder or OnnxEncoder(encoder_path(Path(artifacts_dir), manifest, "image", info.precision),
@@ -126,7 +129,7 @@ class BundleScorer:
         self.class_names = info.class_names
         self.score_name = info.score
         threshold = float(info.threshold.threshold)
-        self.threshold = threshold if info.threshold.feasible and not np.isnan(threshold) else float("inf")
+        self.threshold = threshold if info.threshold.feasible and math.isfinite(threshold) else float("inf")
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
         device = _DEVICE_TYPES.get(self.encoder.providers[0])
         self._device = device if config.io_binding and device else None
@@ -213,14 +216,17 @@ class BundleScorer:
         star = self.score_name == "trustvlm_star"
         class_id = int((output.pred_star if star else output.pred)[row])
         kappa = float((output.kappa_star if star else output.kappa)[row])
+        top_ids = [int(c) for c in output.topk_ids[row]]
+        if not all(0 <= c < len(self.class_names) for c in [class_id, *top_ids]):
+            return self.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"trust head predicted class {class_id} "
+                                               f"(top-k {top_ids}); the bundle has {len(self.class_names)} classes"))
         if self.threshold == float("inf"):
             decision, reason = Decision.DEFER, Reason.NO_THRESHOLD
         elif kappa >= self.threshold:
             decision, reason = Decision.ACCEPT, Reason.MEETS_THRESHOLD
         else:
             decision, reason = Decision.DEFER, Reason.BELOW_THRESHOLD
-        top_k = tuple(TopKEntry(int(c), self.class_names[int(c)], float(p))
-                      for c, p in zip(output.topk_ids[row], output.topk_probs[row]))
+        top_k = tuple(TopKEntry(c, self.class_names[c], float(p)) for c, p in zip(top_ids, output.topk_probs[row]))
         header = frame.header
         return DecisionMessage(header.camera_id, header.seq, header.capture_ts_ns, frame.receipt_ts_ns, decision,
                                reason, self.threshold, self.score_name, self.model_id, self.bundle_id,
@@ -232,8 +238,9 @@ def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike,
                 previous: BundleScorer | None = None) -> BundleScorer:
     """Load and verify a bundle, build its sessions and self-check them.
 
-    The image encoder session of `previous` is reused when the new bundle uses the same
-    precision (load_bundle has checked that its engine hashes match the artifacts).
+    The image encoder session of `previous` is reused only when the image encoder file on disk
+    still matches the manifest and has the sha256 that session was loaded from; a swapped engine
+    gets a new session (or, if the bundle was not built for it, a BundleMismatchError).
 
     Raises:
         trustvlm.calibration.bundle.BundleError: A bundle that is unreadable or does not match.
@@ -241,10 +248,28 @@ def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike,
         EngineError: Sessions that cannot be created or fail the self-check.
     """
     bundle = load_bundle(bundle_dir, artifacts_dir)
-    encoder = previous.encoder if previous is not None and previous.precision == bundle.info.precision else None
+    encoder = None
+    if previous is not None and previous.precision == bundle.info.precision:
+        manifest = read_manifest(artifacts_dir)
+        encoder_path(artifacts_dir, manifest, "image", bundle.info.precision)  # the file on disk must still match
+        if image_encoder_sha256(artifacts_dir, manifest, bundle.info.precision) == previous.encoder_sha256:
+            encoder = previous.encoder
     scorer = BundleScorer(artifacts_dir, bundle, config, encoder)
     scorer.self_check()
     return scorer
+
+
+def image_encoder_sha256(artifacts_dir: str | os.PathLike, manifest: dict, precision: str) -> str:
+    """The image encoder's sha256 as the manifest records it.
+
+    Raises:
+        ArtifactError: The manifest has no image encoder of that precision.
+    """
+    try:
+        return str(manifest["precisions"][precision]["files"]["image_encoder"]["sha256"])
+    except (KeyError, TypeError) as error:
+        raise ArtifactError(f"{artifacts_dir}: the manifest records no {precision} image encoder "
+                            f"(missing {error})") from error
 
 
 class ScorerSlot:

@@ -15,6 +15,10 @@ Shutdown (:meth:`TrustService.request_stop`, SIGINT/SIGTERM in the CLI): the ing
 frames and closes the buffer; the scoring thread decides everything already received; the
 publisher sends those decisions and a final ``stopped`` heartbeat with the counters, then closes.
 Failures inside the loop become ``defer`` decisions with a reason; the service keeps running.
+
+With CurveZMQ (``security`` in the config), a :class:`~trustvlm.runtime.security.CurveGate` runs
+the ZAP handler; it starts before the sockets are bound, and if it ever dies the service stops
+(the sockets enforce ZAP, so no client gets in unchecked meanwhile).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, Pro
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
 from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, ScorerSlot, load_scorer
+from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
 
 log = logging.getLogger("trustvlm.runtime.service")
 
@@ -130,11 +135,11 @@ class TrustService:
     def __init__(self, ingest: ZmqIngest, buffer: FrameBuffer, slot: ScorerSlot, publisher: Publisher,
                  health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
                  reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
-                 metrics_server: MetricsServer | None = None):
+                 metrics_server: MetricsServer | None = None, gate: CurveGate | None = None):
         self.ingest, self.buffer, self.slot, self.publisher = ingest, buffer, slot, publisher
         self.health, self.observer, self.scorer_config = health, observer, scorer_config
         self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
-        self.metrics_server = metrics_server
+        self.metrics_server, self.gate = metrics_server, gate
         self.failed = False
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -144,12 +149,19 @@ class TrustService:
             self._threads.append(threading.Thread(target=self._reload_loop, name="reload", daemon=True))
 
     def start(self) -> ServiceEndpoints:
-        """Open the sockets and start the threads."""
-        ingest = self.ingest.open()
+        """Start the ZAP handler (with CurveZMQ), open the sockets and start the threads."""
+        if self.gate is not None:
+            self.gate.start()
+        try:
+            ingest = self.ingest.open()
+        except Exception:
+            self._stop_gate()
+            raise
         try:
             publish = self.publisher.open()
-        except OSError:
+        except Exception:
             self.ingest.close()
+            self._stop_gate()
             raise
         metrics = self.metrics_server.start() if self.metrics_server else None
         self.publisher.start()
@@ -176,7 +188,14 @@ class TrustService:
         if done and self.metrics_server:
             self.metrics_server.close()
             self.metrics_server = None
+        if done:
+            self._stop_gate()
         return done
+
+    def _stop_gate(self) -> None:
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
 
     def _ingest_loop(self) -> None:
         try:
@@ -212,6 +231,11 @@ class TrustService:
                 if not self.publisher.alive and not self.failed:
                     self.failed = True
                     log.error("the publisher thread has died; shutting down")
+                    self.request_stop()
+                gate = self.gate
+                if gate is not None and not gate.alive and not self.failed:
+                    self.failed = True
+                    log.error("the CurveZMQ authenticator has died; shutting down")
                     self.request_stop()
         except Exception:
             self.failed = True
@@ -263,8 +287,10 @@ def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> 
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
             used; the service refuses to start rather than run without a verified bundle.
         RuntimeError: Metrics asked for without prometheus_client.
+        trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
     slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer))
+    context = context or zmq.Context.instance()
     stats = ServiceStats()
     observers: list[Observer] = [stats]
     metrics_server = None
@@ -276,8 +302,11 @@ def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> 
         host, port = parse_host_port(config.metrics)
         metrics_server = MetricsServer(host, port, prometheus, health)
     observer = ObserverGroup(*observers)
-    ingest = ZmqIngest(config.ingest, config.limits, context, max_cameras=4 * config.buffer.max_cameras)
-    publisher = Publisher(config.publish, health, observer, context)
+    gate = CurveGate(config.security, context, observer.on_auth_denied) if config.security.enabled else None
+    ingest = ZmqIngest(config.ingest, config.limits, context, max_cameras=4 * config.buffer.max_cameras,
+                       curve=gate.server_for(INGEST_DOMAIN) if gate else None)
+    publisher = Publisher(config.publish, health, observer, context,
+                          curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
     reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer)
     return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
-                        config.reload.watch, config.reload.poll_ms, metrics_server)
+                        config.reload.watch, config.reload.poll_ms, metrics_server, gate)

@@ -6,7 +6,7 @@ import pytest
 from trustvlm.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["export", "calibrate", "eval", "serve", "zeroshot", "train-demo", "models"])
+@pytest.mark.parametrize("command", ["export", "calibrate", "eval", "serve", "keys", "source", "controller", "zeroshot", "train-demo", "models"])
 def test_every_subcommand_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])

@@ -299,6 +299,12 @@ class Subscriber:
         return self.decisions
 
 
+def outcome_total(counters: dict) -> int:
+    """Messages that got an outcome according to heartbeat counters: a decision, a counted rejection or loss."""
+    return sum(counters.get(key, 0) for key in ("decisions_accept", "decisions_defer", "rejected",
+                                                 "notices_suppressed", "publish_overflow", "publish_errors"))
+
+
 @pytest.fixture
 def zmq_context():
     context = zmq.Context()

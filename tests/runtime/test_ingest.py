@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import subprocess
+import sys
+import zlib
 
 import cv2
 import msgpack
 import numpy as np
 import pytest
 
-from trustvlm.runtime.ingest import (FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection, decode_image,
-                                     parse_message, probe_image_size)
+from trustvlm.runtime.ingest import (MAX_JPEG_SCANS, FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection,
+                                     decode_image, parse_message, probe_image_size)
 from trustvlm.runtime.messages import (Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, Reason,
                                        pack_frame_header)
 
@@ -132,3 +136,51 @@ def test_raw_pixel_format_must_fit_the_channels():
     with pytest.raises(FrameDecodeError, match="pixel_format mono8 does not fit shape") as caught:
         decode_image(frame)
     assert caught.value.reason is Reason.BAD_SHAPE
+
+
+def png_with_chunk(png: bytes, kind: bytes, data: bytes, declared: int | None = None) -> bytes:
+    """`png` with a chunk inserted after IHDR (CRC right; `declared` overrides the length field)."""
+    chunk = struct.pack(">I", len(data) if declared is None else declared) + kind + data
+    return png[:33] + chunk + struct.pack(">I", zlib.crc32(kind + data)) + png[33:]
+
+
+@pytest.mark.parametrize("kind, data, declared, message", [
+    (b"tEXt", b"x" * 8, 0x7FFFFFF0, r"chunk b'tEXt' at byte 33 declares 2147483632 bytes, but only \d+ follow"),
+    (b"acTL", bytes(8), None, "not accepted .*animated PNG"),
+    (b"t3Xt", b"x", None, "not accepted"),
+])
+def test_png_chunks_are_checked_before_opencv_allocates_anything(kind, data, declared, message):
+    png = encode(np.full((8, 8, 3), 100, np.uint8), ".png")
+    frame = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.PNG), png_with_chunk(png, kind, data, declared), 0)
+    with pytest.raises(FrameDecodeError, match=message) as caught:
+        decode_image(frame)
+    assert caught.value.reason is Reason.UNDECODABLE
+    bad_crc = bytearray(png)
+    bad_crc[30] ^= 1  # inside the IHDR CRC
+    with pytest.raises(FrameDecodeError, match="fails its CRC"):
+        decode_image(ReceivedFrame(FrameHeader("c", 0, 0, Encoding.PNG), bytes(bad_crc), 0))
+    # A PNG with an honest ancillary chunk still decodes
+    honest = ReceivedFrame(FrameHeader("c", 0, 0, Encoding.PNG), png_with_chunk(png, b"tEXt", b"Comment\0hi"), 0)
+    assert decode_image(honest).shape == (8, 8, 3)
+
+
+def test_a_162_byte_png_bomb_stays_small_in_memory():
+    # OpenCV 5.0.0 alone allocates about 2 GB for this payload; through decode_image it is refused first
+    code = ("import resource, struct, cv2, numpy as np\n"
+            "from trustvlm.runtime.ingest import decode_image, FrameDecodeError\n"
+            "from trustvlm.runtime.messages import ReceivedFrame, FrameHeader, Encoding\n"
+            "png = cv2.imencode('.png', np.full((32, 32, 3), 100, np.uint8))[1].tobytes()\n"
+            "bomb = png[:33] + struct.pack('>I', 0x7FFFFFF0) + b'tEXt' + b'x' * 8 + png[33:]\n"
+            "try:\n    decode_image(ReceivedFrame(FrameHeader('c', 0, 0, Encoding.PNG), bomb, 0))\n"
+            "except FrameDecodeError as e:\n    print('refused', len(bomb))\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    refused, peak_mb = out.split("\n")[:2]
+    assert refused == "refused 162" and int(peak_mb) < 400, out
+
+
+def test_jpegs_with_too_many_scans_are_refused():
+    jpeg = encode(np.full((16, 16, 3), 100, np.uint8), ".jpg")
+    scans = jpeg[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * MAX_JPEG_SCANS + b"\xff\xd9"
+    with pytest.raises(FrameDecodeError, match=f"JPEG with {MAX_JPEG_SCANS + 1} scans"):
+        decode_image(ReceivedFrame(FrameHeader("c", 0, 0, Encoding.JPEG), scans, 0))

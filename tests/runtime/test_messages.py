@@ -146,6 +146,11 @@ def test_other_major_versions_are_rejected_and_newer_minors_may_add_keys():
     ({"encoding": "webp"}, r"encoding should be one of \['jpeg', 'png', 'raw'\], but got 'webp'"),
     ({"encoding": "raw", "shape": [4, 4, 2], "dtype": "uint8"}, r"raw shape should be .* but got \[4, 4, 2\]"),
     ({"encoding": "raw", "shape": [4, 4], "dtype": "float32"}, r"raw dtype should be one of \['uint8'\]"),
+    # Python's `$` matches before a final newline and `\d` any Unicode digit: both are closed off
+    ({"camera_id": "cam\n"}, "camera_id should match"),
+    ({"schema_version": "1.0\n"}, "should be a 'major.minor' string"),
+    ({"schema_version": "\u0661.0"}, "should be a 'major.minor' string"),  # Arabic-Indic digit one
+    ({"seq": 2**63}, r"seq should be an integer in \[0, 9223372036854775807\]"),
 ])
 def test_bad_frame_headers_say_what_was_expected(change, message):
     with pytest.raises(MessageError, match=message):

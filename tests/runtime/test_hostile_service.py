@@ -1,0 +1,120 @@
+"""Hostile messages against `trustvlm serve` as a real process on loopback: it stays up, never accepts them,
+accounts for every one, and still answers a good frame correctly afterwards."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+import zmq
+
+from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, HealthStatus, Reason, send_frame
+
+from . import hostile
+from .conftest import fault_image, outcome_total
+
+pytestmark = pytest.mark.timeout(120)
+HOSTILE_COUNT = 400
+LIMIT_FLAGS = ("--max-message-bytes", str(hostile.LIMITS["max_message_bytes"]), "--max-width",
+               str(hostile.LIMITS["max_width"]), "--max-height", str(hostile.LIMITS["max_height"]))
+
+
+def send_good(sender, seq: int) -> None:
+    image = fault_image()
+    send_frame(sender, FrameHeader("good", seq, time.time_ns(), Encoding.RAW, image.shape, "uint8"), image.tobytes())
+
+
+def test_hostile_messages_never_kill_the_service_nor_get_accepted(serve, subscribe, push, fault_export,
+                                                                  make_fault_bundle, tmp_path):
+    # Given the service on a bundle that accepts every frame it can score (threshold -10)
+    service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")),
+                    *LIMIT_FLAGS)
+    subscriber = subscribe(service.publish)
+    sender = push(service.ingest)
+    # When a bounded stream of hostile messages arrives, every kind in the registry many times
+    messages = [m for m in hostile.hostile_messages(HOSTILE_COUNT, seed=1) if m.parts]  # ZeroMQ sends no 0-part message
+    for message in messages:
+        sender.send_multipart(message.parts)
+    # And then one good frame
+    send_good(sender, 0)
+    assert subscriber.wait_for(lambda s: any(d.camera_id == "good" for d in s.decisions), 30), \
+        f"no decision for the good frame; stderr:\n{service.stderr()[-3000:]}"
+    # Then the service is alive and accounted for every message: a decision or a counted rejection
+    assert service.process.poll() is None, service.stderr()[-3000:]
+    sent = len(messages) + 1
+    assert subscriber.wait_for(lambda s: outcome_total(s.health[-1].counters) == sent, 10), \
+        f"sent {sent}, counters {subscriber.health[-1].counters}"
+    counters = subscriber.health[-1].counters
+    assert counters["received"] == sent and subscriber.health[-1].status is HealthStatus.OK, counters
+    # And nothing but the good frame was accepted
+    good = [d for d in subscriber.decisions if d.camera_id == "good"]
+    assert [(d.seq, d.decision) for d in good] == [(0, Decision.ACCEPT)]
+    accepted = [(d.camera_id, d.seq, d.detail) for d in subscriber.decisions
+                if d.camera_id != "good" and d.decision is Decision.ACCEPT]
+    assert accepted == [], accepted
+    assert len(subscriber.decisions) == counters["decisions_accept"] + counters["decisions_defer"]
+    reasons = Counter(d.reason.value for d in subscriber.decisions)
+    print(f"\n{len(messages)} hostile messages: {counters['rejected']} rejected, {reasons}")
+    assert service.stop() == 0, service.stderr()[-3000:]
+
+
+def test_a_message_over_the_hard_size_cap_drops_only_that_connection(serve, subscribe, push, fault_export,
+                                                                    make_fault_bundle, tmp_path):
+    service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")),
+                    *LIMIT_FLAGS)
+    subscriber = subscribe(service.publish)
+    # Given a sender that sends a part over 4 x max-message-bytes (ZeroMQ's MAXMSGSIZE)
+    rogue = push(service.ingest)
+    rogue.send_multipart([hostile.pack(hostile.header()), bytes(4 * hostile.LIMITS["max_message_bytes"] + 1)])
+    # When another sender sends a good frame
+    other = push(service.ingest)  # kept referenced: a collected socket with LINGER 0 drops what it queued
+    send_good(other, 0)
+    # Then that frame is decided; the rogue message never reached the service (nothing to count)
+    assert subscriber.wait_for(lambda s: any(d.camera_id == "good" for d in s.decisions), 20), \
+        (subscriber.health[-1].counters, service.stderr()[-2000:])
+    assert subscriber.decisions[-1].decision is Decision.ACCEPT
+    assert subscriber.wait_for(lambda s: s.health[-1].counters.get("received") == 1, 5), subscriber.health[-1]
+    # And the rogue socket reconnects: a good frame from it is decided too
+    send_good(rogue, 1)
+    assert subscriber.wait_for(lambda s: [d.seq for d in s.decisions if d.camera_id == "good"] == [0, 1], 20)
+    assert service.stop() == 0
+
+
+def test_frames_from_the_future_are_deferred_stale(serve, subscribe, push, fault_export, make_fault_bundle,
+                                                    tmp_path):
+    service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")),
+                    "--staleness-ms", "500")
+    subscriber = subscribe(service.publish)
+    sender = push(service.ingest)
+    image = fault_image()
+    for seq, offset_s in enumerate([3600.0, 0.0]):  # an hour ahead (forged or unsynchronized clock), then now
+        send_frame(sender, FrameHeader("cam", seq, time.time_ns() + int(offset_s * 1e9), Encoding.RAW, image.shape,
+                                       "uint8"), image.tobytes())
+        time.sleep(0.05)
+    decisions = subscriber.collect(2)
+    assert [d.reason for d in decisions] == [Reason.STALE, Reason.MEETS_THRESHOLD]
+    assert "in the future" in decisions[0].detail
+    assert service.stop() == 0
+
+
+def test_a_rep_ingest_answers_hostile_requests_and_stays_up(serve, subscribe, fault_export, make_fault_bundle,
+                                                            tmp_path, zmq_context):
+    service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")),
+                    "--ingest-socket", "rep", *LIMIT_FLAGS)
+    subscriber = subscribe(service.publish)
+    request = zmq_context.socket(zmq.REQ)
+    request.setsockopt(zmq.LINGER, 0)
+    request.setsockopt(zmq.RCVTIMEO, 5000)
+    request.connect(service.ingest)
+    # Given REQ senders (imagezmq's default) sending hostile messages: each still gets its b'OK'
+    messages = [m for m in hostile.hostile_messages(66, seed=2) if m.parts and len(m.parts[-1]) < 400_000]
+    for message in messages:
+        request.send_multipart(message.parts)
+        assert request.recv() == b"OK", message.kind
+    request.close(0)
+    assert service.process.poll() is None
+    assert subscriber.wait_for(lambda s: outcome_total(s.health[-1].counters) == len(messages), 10), \
+        subscriber.health[-1].counters
+    assert not [d for d in subscriber.decisions if d.decision is Decision.ACCEPT]
+    assert service.stop() == 0
