@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ SOAK_RATE ?= 40
 soak: setup ## bounded soak of `serve` on artifacts/MODEL: SOAK_RATE frames/s for SOAK_SECONDS; frames, outcomes, drops, RSS (not in `make test`)
 	$(PY) -m trustvlm.runtime.soak --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
 		--seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --output $(ARTIFACTS)/$(MODEL)/soak.json $(SOAK_ARGS)
+
+bench: setup ## CPU benchmarks -> BENCHMARKS.md (first run exports clip_vitb32 random-init + demo, fp32 + int8, into ARTIFACTS/bench) [BENCH_ARGS=--quick]
+	$(PY) -m trustvlm.benchmarks --artifacts-root $(ARTIFACTS)/bench --output BENCHMARKS.md $(BENCH_ARGS)
+
+bench-gpu: setup ## GPU benchmarks on a CUDA machine (pip install -e '.[gpu,trt]'): ORT CUDA/TensorRT EPs, TensorRT engines, torch CUDA
+	$(PY) -m trustvlm.benchmarks.gpu --artifacts-root $(ARTIFACTS)/bench-gpu $(BENCH_GPU_ARGS)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)

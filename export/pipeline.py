@@ -2,7 +2,9 @@
 
 CLIP models export their image and text encoders; image encoders (registry kind "image-encoder",
 the auxiliary image-prototype encoders such as DINOv2) export the image encoder alone, gated on
-image cosines only (no prompts, no zero-shot agreement).
+image cosines only (no prompts, no zero-shot agreement). ``precision="int8"`` adds an int8 image
+encoder quantized by ONNX Runtime (:mod:`trustvlm.export.quantize`, its own gates); the text
+encoder stays fp32.
 
 Everything is written into a staging folder next to the output and moved into place only after
 every parity gate passed, manifest last: a failed export leaves no half-written artifact.
@@ -23,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from trustvlm.data.fashion_mnist import load_split, to_rgb
-from trustvlm.export import onnx_export, parity
+from trustvlm.export import onnx_export, parity, quantize
 from trustvlm.export.manifest import build_manifest
 from trustvlm.export.model_loading import LoadedModel, load_model
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
@@ -35,6 +37,8 @@ from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import preprocess_batch
 
 FORMATS = ("onnx", "engine")
+#: What an export can write: the runtime's precisions, and int8 (image encoder only, for CPUs).
+EXPORT_PRECISIONS = (*PRECISIONS, "int8")
 PARITY_IMAGES = 200
 
 
@@ -52,12 +56,16 @@ class ExportRequest:
     weights: str | None = None
     output_root: Path = Path("artifacts")
     parity_images: int = PARITY_IMAGES
+    trust_gate_images: int | None = None  # int8 trust gate: first N test images (None: all 10,000)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"precision should be one of {PRECISIONS}, but got {self.precision!r}")
+        if self.precision not in EXPORT_PRECISIONS:
+            raise ExportError(f"precision should be one of {EXPORT_PRECISIONS}, but got {self.precision!r}")
         if self.format not in FORMATS:
             raise ExportError(f"format should be one of {FORMATS}, but got {self.format!r}")
+        if self.precision == "int8" and self.format == "engine":
+            raise ExportError("precision int8 is for ONNX Runtime's CPU provider; TensorRT engines are built "
+                              "from fp32 or fp16 (use --precision fp16 --format engine)")
 
     @property
     def output_dir(self) -> Path:
@@ -93,13 +101,17 @@ def towers_of(spec: ModelSpec) -> tuple[str, ...]:
     return TOWERS if spec.has_text_encoder else ("image",)
 
 
+def parity_indices(count: int, pool_size: int) -> np.ndarray:
+    """Sorted indices (seed 0) of the calibration-split images the parity gates use."""
+    return np.sort(np.random.default_rng(0).choice(pool_size, size=min(count, pool_size), replace=False))
+
+
 def parity_inputs(loaded: LoadedModel, spec: ModelSpec, count: int) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Real images (Fashion-MNIST calibration split) and prompts of its class names (None: no text tower)."""
     if count < 1:
         raise ExportError(f"parity_images should be >= 1, but got {count}")
     calib = load_split("calib")
-    pick = np.random.default_rng(0).choice(len(calib), size=min(count, len(calib)), replace=False)
-    pixels = preprocess_batch(to_rgb(calib.images[np.sort(pick)]), spec.preprocess)
+    pixels = preprocess_batch(to_rgb(calib.images[parity_indices(count, len(calib))]), spec.preprocess)
     if not spec.has_text_encoder:
         return pixels, None, 0
     templates = get_templates("ensemble")
@@ -134,6 +146,8 @@ def _plan(request: ExportRequest, towers: tuple[str, ...]) -> list[str]:
     names = ["load weights", "parity inputs", *(f"export {tower} encoder" for tower in towers), "parity fp32"]
     if request.precision == "fp16":
         names += ["convert fp16", "parity fp16"]
+    if request.precision == "int8":
+        names += ["quantize int8", "parity int8", "trust gate int8"]
     if request.format == "engine":
         names += ["build TensorRT engines"]
     return names + ["write manifest"]
@@ -146,10 +160,15 @@ def _gate(report: parity.ParityReport) -> None:
                           "nothing was written")
 
 
-def _export_precision(towers, request, stage, reference, pixels, tokens, prompts_per_class, steps) -> dict:
+def _export_precision(towers, request, stage, reference, pixels, tokens, prompts_per_class, steps,
+                      spec: ModelSpec, loaded: LoadedModel) -> dict:
     """Write and check the encoders of every precision asked for; return manifest 'precisions'."""
     precisions, reports = {}, {}
-    for precision in ("fp32", "fp16") if request.precision == "fp16" else ("fp32",):
+    for precision in ("fp32",) if request.precision == "fp32" else ("fp32", request.precision):
+        if precision == "int8":
+            precisions["int8"], reports["int8"] = _export_int8(towers, request, stage, reference, pixels, tokens,
+                                                               prompts_per_class, steps, spec, loaded)
+            continue
         paths = {tower: stage / encoder_file_name(tower, precision) for tower in towers}
         if precision == "fp16":
             with steps.step("convert fp16"):
@@ -193,7 +212,7 @@ def export_model(request: ExportRequest) -> ExportResult:
                     onnx_export.export_text_encoder(loaded.model, torch.from_numpy(tokens),
                                                     stage / encoder_file_name("text", "fp32"))
             precisions, reports = _export_precision(towers, request, stage, reference, pixels, tokens,
-                                                    prompts_per_class, steps)
+                                                    prompts_per_class, steps, spec, loaded)
             engines = _build_engines(request, towers, stage, steps) if request.format == "engine" else {}
             with steps.step("write manifest"):
                 manifest = build_manifest(
@@ -207,6 +226,48 @@ def export_model(request: ExportRequest) -> ExportResult:
     finally:
         steps.close()
     return ExportResult(request.output_dir, manifest, reports, steps.seconds)
+
+
+def _export_int8(towers, request, stage, reference, pixels, tokens, prompts_per_class, steps, spec: ModelSpec,
+                 loaded: LoadedModel) -> tuple[dict, parity.ParityReport]:
+    """Quantize the fp32 image encoder, gate it (parity, trust); return its manifest entry and parity report."""
+    fp32_path, int8_path = stage / encoder_file_name("image", "fp32"), stage / encoder_file_name("image", "int8")
+    recipe = quantize.DEFAULT_RECIPE
+    with steps.step("quantize int8"):
+        calib = load_split("calib")
+        chosen = quantize.calibration_indices(calib.labels, parity_indices(request.parity_images, len(calib)),
+                                              recipe.shots_per_class, recipe.seed)
+        quantize.quantize_image_encoder(fp32_path, int8_path,
+                                        preprocess_batch(to_rgb(calib.images[chosen]), spec.preprocess), recipe)
+    with steps.step("parity int8"):
+        fp32_engine = OnnxEncoder(fp32_path)
+        int8_engine = OnnxEncoder(int8_path, precision="int8")
+        text_engine = OnnxEncoder(stage / encoder_file_name("text", "fp32")) if "text" in towers else None
+        gate_agreement, agreement_reason = quantize.agreement_gate_applies(loaded.weights_id)
+        report = quantize.int8_parity(reference, int8_engine, text_engine, pixels, tokens, prompts_per_class,
+                                      gate_agreement)
+    if not gate_agreement and text_engine is not None:
+        tqdm.write(f"int8 top-1 agreement not gated: {agreement_reason}")
+    _gate(report)
+    with steps.step("trust gate int8"):
+        applies, reason = quantize.trust_gate_applies(spec.name, loaded.weights_id)
+        trust = quantize.TrustGateReport(False, reason)
+        if applies:
+            text = quantize.gate_text_prototypes(text_engine, loaded.tokenizer, calib.class_names)
+            trust = quantize.check_trust_gate(fp32_engine, int8_engine, text, loaded.logit_scale, spec.preprocess,
+                                              request.trust_gate_images)
+    tqdm.write(quantize.format_trust_gate(trust))
+    if trust.failures():
+        raise ExportError(f"trust gate failed (int8): {'; '.join(trust.failures())}; nothing was written")
+    files = {"image_encoder": _file_record(int8_path)}
+    if "text" in towers:
+        files["text_encoder"] = _file_record(stage / encoder_file_name("text", "fp32"))
+    entry = {"files": files, "parity": report.to_dict(), "trust_gate": trust.to_dict(),
+             "agreement_gate": "applied" if gate_agreement else f"not applicable: {agreement_reason}",
+             "quantization": {"tool": "onnxruntime.quantization.quantize_static", **recipe.to_dict(),
+                              "calibration_images": int(len(chosen)),
+                              "calibration_data": "fashion-mnist/calib, disjoint from the parity images"}}
+    return entry, report
 
 
 def _build_engines(request: ExportRequest, towers: tuple[str, ...], stage: Path, steps: _Steps) -> dict:

@@ -1,0 +1,81 @@
+"""Tables and BENCHMARKS.md: Markdown for the report, fixed-width text for terminals.
+
+:func:`markdown_table` and :func:`text_table` take headers and rows of strings; every row must
+have one cell per header. :func:`render_benchmarks` turns the results of a CPU run (the dict the
+suite writes to ``results.json``) into BENCHMARKS.md, so a report can be re-rendered from saved
+results without measuring again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from trustvlm.benchmarks.stats import Figure
+
+ALIGNMENTS = {"l": "---", "r": "---:", "c": ":---:"}
+
+
+def _check_rows(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    for index, row in enumerate(rows):
+        if len(row) != len(headers):
+            raise ValueError(f"row {index} has {len(row)} cells, but there are {len(headers)} headers: {list(row)}")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A GitHub Markdown table; `align` has one of l, r, c per column (default: first left, others right).
+
+    Raises:
+        ValueError: A row with the wrong number of cells, or a bad `align`.
+    """
+    _check_rows(headers, rows)
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or any(a not in ALIGNMENTS for a in align):
+        raise ValueError(f"align should have one of {sorted(ALIGNMENTS)} per column ({len(headers)}), "
+                         f"but got {align!r}")
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(headers), "| " + " | ".join(ALIGNMENTS[a] for a in align) + " |",
+                      *(line(row) for row in rows)])
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A fixed-width table for a terminal (columns padded to their widest cell).
+
+    Raises:
+        ValueError: A row with the wrong number of cells.
+    """
+    _check_rows(headers, rows)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in (headers, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def fig(data: dict | Figure | None, digits: int = 1) -> str:
+    """``median (min-max)`` of a figure or its dict; ``n/a`` for None or NaN."""
+    if data is None:
+        return "n/a"
+    figure = data if isinstance(data, Figure) else Figure.from_dict(data)
+    return "n/a" if math.isnan(figure.median) else figure.format(digits)
+
+
+def num(value, digits: int = 1, suffix: str = "") -> str:
+    """A number with `digits` decimals, ``n/a`` for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def render_benchmarks(results: dict) -> str:
+    """BENCHMARKS.md from the results of a CPU run (see :mod:`trustvlm.benchmarks.suite`)."""
+    from trustvlm.benchmarks.report_sections import SECTIONS  # noqa: PLC0415 - long, kept apart
+
+    return "\n\n".join(section(results) for section in SECTIONS).rstrip() + "\n"
