@@ -13,8 +13,9 @@ import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
+
+from trustvlm.runtime.artifacts import installed_versions
 
 LIBRARIES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "open_clip_torch", "pyzmq", "opencv-python-headless",
              "tensorrt")
@@ -127,13 +128,8 @@ def load_average() -> tuple[float, float, float]:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    """Installed versions of the libraries whose speed the benchmarks measure."""
+    return installed_versions(LIBRARIES)
 
 
 def git_commit(repo: Path) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import platform
 from datetime import datetime, timezone
-from importlib import metadata
 
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
-from trustvlm.runtime.artifacts import MANIFEST_SCHEMA_VERSION
+from trustvlm.runtime.artifacts import MANIFEST_SCHEMA_VERSION, installed_versions
 
 LIBRARIES = ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "numpy", "tensorrt")
 TOKEN_MEAN_POOLING = "mean over all output tokens (timm forward_features: class + patch tokens after the final norm)"
@@ -18,13 +17,7 @@ TOKEN_MEAN_POOLING = "mean over all output tokens (timm forward_features: class 
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that shape an export."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return {"python": platform.python_version(), **installed_versions(LIBRARIES)}
 
 
 def build_manifest(*, model: str, architecture: str, weights_id: str, weights_source: str, preprocess: dict,

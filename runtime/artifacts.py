@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
@@ -20,6 +21,17 @@ class ArtifactError(ValueError):
 def encoder_file_name(tower: str, precision: str, suffix: str = ".onnx") -> str:
     """image_encoder.onnx for fp32, image_encoder.fp16.onnx otherwise."""
     return f"{tower}_encoder{'' if precision == 'fp32' else '.' + precision}{suffix}"
+
+
+def installed_versions(names) -> dict[str, str]:
+    """Installed versions of the named distributions; absent ones are left out."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
