@@ -166,14 +166,17 @@ def test_png_chunks_are_checked_before_opencv_allocates_anything(kind, data, dec
 
 def test_a_162_byte_png_bomb_stays_small_in_memory():
     # OpenCV 5.0.0 alone allocates about 2 GB for this payload; through decode_image it is refused first
-    code = ("import resource, struct, cv2, numpy as np\n"
+    # Peak memory is read from VmHWM (this process's own address space): ru_maxrss would also count a
+    # forking parent's resident memory, which a big pytest process carries over into the child.
+    code = ("import struct, cv2, numpy as np\n"
             "from trustvlm.runtime.ingest import decode_image, FrameDecodeError\n"
             "from trustvlm.runtime.messages import ReceivedFrame, FrameHeader, Encoding\n"
             "png = cv2.imencode('.png', np.full((32, 32, 3), 100, np.uint8))[1].tobytes()\n"
             "bomb = png[:33] + struct.pack('>I', 0x7FFFFFF0) + b'tEXt' + b'x' * 8 + png[33:]\n"
             "try:\n    decode_image(ReceivedFrame(FrameHeader('c', 0, 0, Encoding.PNG), bomb, 0))\n"
             "except FrameDecodeError as e:\n    print('refused', len(bomb))\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "print(int(hwm.split()[1]) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     refused, peak_mb = out.split("\n")[:2]
     assert refused == "refused 162" and int(peak_mb) < 400, out
