@@ -1,6 +1,6 @@
 """Fixtures of the runtime tests: real exports and bundles, the service as a real process, sockets.
 
-* ``demo_export`` is the real demo model's export (found, or exported once from the checkpoint);
+* ``demo_export`` is the real demo model's export (the session-wide ``demo_artifacts`` of tests/conftest.py);
   ``demo_bundle`` a real bundle for it: image prototypes from 8 Fashion-MNIST calibration shots per
   class, text prototypes from the exported text encoder, threshold at the median kappa of 200 other
   calibration images (so about half the frames accept).
@@ -36,10 +36,6 @@ from trustvlm.runtime.artifacts import MANIFEST_NAME, encoder_path, read_manifes
 from trustvlm.runtime.messages import DecisionMessage, HealthMessage, decode_body
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_CHECKPOINT = REPO / "models" / "checkpoints" / "demo_fmnist.pt"
-DEMO_CANDIDATES = [Path(os.environ["TRUSTVLM_DEMO_ARTIFACTS"])] if "TRUSTVLM_DEMO_ARTIFACTS" in os.environ else []
-DEMO_CANDIDATES += [REPO / "artifacts" / "demo_fmnist",
-                    Path("/tmp/rt_art/demo_fmnist"), Path("/tmp/art/demo_fmnist")]  # DEVTMP: dev exports
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 NAN_PIXEL, ERROR_PIXEL, FAULT_SIZE = 13, 7, 32
 FAULT_CLASSES = ("cat", "dog", "forklift")
@@ -61,15 +57,9 @@ def make_info(manifest: dict, class_names, threshold: float, feasible: bool = Tr
 
 
 @pytest.fixture(scope="session")
-def demo_export(tmp_path_factory) -> Path:
-    for candidate in DEMO_CANDIDATES:
-        if (candidate / MANIFEST_NAME).exists():
-            return candidate
-    if not DEMO_CHECKPOINT.exists():
-        pytest.skip(f"no demo export in {[str(c) for c in DEMO_CANDIDATES]} and no {DEMO_CHECKPOINT}")
-    from trustvlm.export.pipeline import ExportRequest, export_model  # noqa: PLC0415 - torch, test process only
-
-    return export_model(ExportRequest("demo_fmnist", output_root=tmp_path_factory.mktemp("export"))).output_dir
+def demo_export(demo_artifacts) -> Path:
+    """The real demo model's export (tests/conftest.py exports it once per session)."""
+    return demo_artifacts
 
 
 @pytest.fixture(scope="session")
