@@ -20,6 +20,7 @@ EPILOG = """stages:
   controller  reference robot controller: decisions, heartbeat watchdog (SAFE state), live accuracy
   zeroshot    zero-shot accuracy of exported encoders on the Fashion-MNIST test images
   train-demo  train the small demo VLM (or your own domain model) on a labelled image folder
+  bench       CPU benchmarks -> BENCHMARKS.md (`make bench`; `make bench-gpu` on a CUDA machine)
   models      list the model registry
 
 examples:
@@ -133,6 +134,20 @@ def run_train(args) -> int:
     return 0
 
 
+def add_bench_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", add_help=False,
+        help="CPU benchmarks -> BENCHMARKS.md (`trustvlm bench --help` lists the benchmark flags)")
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="flags of python -m trustvlm.benchmarks")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args) -> int:
+    from trustvlm.benchmarks.suite import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def add_models_parser(subparsers) -> None:
     parser = subparsers.add_parser("models", help="list the model registry", formatter_class=help_formatter,
                                    description="List the named models of models/registry.json.")
@@ -160,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     from trustvlm.runtime.cli import add_keys_parser, add_serve_parser  # noqa: PLC0415
 
     for add in (add_export_parser, add_calibrate_parser, add_eval_parser, add_serve_parser, add_keys_parser,
-                add_source_parser, add_controller_parser, add_zeroshot_parser, add_train_parser, add_models_parser):
+                add_source_parser, add_controller_parser, add_zeroshot_parser, add_train_parser, add_bench_parser, add_models_parser):
         add(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn expected failures into one line and exit 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every flag, --help included, belongs to the benchmark suite's parser
+        return run_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -27,3 +27,10 @@ def test_zeroshot_on_a_folder_without_artifacts_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("trustvlm zeroshot: error: no manifest.json")
     assert "Traceback" not in result.stderr
+
+
+def test_bench_passes_its_flags_to_the_benchmark_suite(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "BENCHMARKS.md" in capsys.readouterr().out
