@@ -92,7 +92,7 @@ def add_zeroshot_parser(subparsers) -> None:
         description="Run the exported ONNX encoders (ONNX Runtime, no torch model) on the 10,000 Fashion-MNIST "
                     "test images and report zero-shot top-1 accuracy with the template ensemble.")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="which encoders to run")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="which encoders to run")
     parser.add_argument("--templates", default="ensemble", choices=["ensemble", "paper"], help="prompt set")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     parser.set_defaults(handler=run_zeroshot)

@@ -135,7 +135,8 @@ class BundleInfo:
         model: Registry name of the model.
         architecture: Its open_clip architecture.
         weights_id: The manifest's ``weights.id``.
-        precision: Precision of the encoders used (``fp32`` or ``fp16``).
+        precision: Precision of the encoders used (``fp32``, ``fp16`` or ``int8``: quantized image encoder,
+            fp32 text encoder).
         engine_sha256: ``{"image_encoder": sha, "text_encoder": sha}`` of those encoders.
         preprocess: The manifest's preprocessing.
         logit_scale: The model's multiplicative logit scale.

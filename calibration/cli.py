@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from trustvlm.cli import CliError, help_formatter
+from trustvlm.runtime.artifacts import PRECISIONS
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
 
@@ -43,7 +44,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=float, default=0.1,
                         help="allowed probability that the true risk among accepted exceeds alpha")
     parser.add_argument("--templates", default="paper", choices=["paper", "ensemble"], help="prompt template set")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="which exported encoders to run")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="which exported encoders to run (int8: the quantized image encoder of a "
+                             "--precision int8 export, for the CPU provider; its text encoder is fp32)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
 
 

@@ -37,8 +37,8 @@ from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import preprocess_batch
 
 FORMATS = ("onnx", "engine")
-#: What an export can write: the runtime's precisions, and int8 (image encoder only, for CPUs).
-EXPORT_PRECISIONS = (*PRECISIONS, "int8")
+#: What an export can write: the precisions the runtime runs (int8: image encoder only, for CPUs).
+EXPORT_PRECISIONS = PRECISIONS
 PARITY_IMAGES = 200
 
 
@@ -279,7 +279,7 @@ def _build_engines(request: ExportRequest, towers: tuple[str, ...], stage: Path,
             onnx_path = stage / encoder_file_name(tower, request.precision)
             engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
             engines[f"{tower}_encoder"] = {"file": f"engines/{engine.name}", "sha256": sha256_file(engine),
-                                           "precision": request.precision}
+                                           "precision": request.precision, "onnx_sha256": sha256_file(onnx_path)}
     return engines
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
-PRECISIONS = ("fp32", "fp16")
+#: Encoder precisions an export may hold. int8 quantizes the image encoder only (ONNX Runtime, CPUs);
+#: its manifest entry lists the fp32 text encoder, which runs once per class at calibration.
+PRECISIONS = ("fp32", "fp16", "int8")
 TOWERS = ("image", "text")
 
 

@@ -25,12 +25,12 @@ from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
 _DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
 #: flag dest -> path of the config key it sets.
 _FLAG_KEYS = {
-    "artifacts": ("artifacts",), "bundle": ("bundle",),
+    "artifacts": ("artifacts",), "bundle": ("bundle",), "prototype_encoder": ("prototype_encoder",),
     "ingest": ("ingest", "address"), "ingest_socket": ("ingest", "socket_type"), "ingest_mode": ("ingest", "mode"),
     "publish": ("publish", "address"), "publish_format": ("publish", "wire_format"),
     "heartbeat_ms": ("publish", "heartbeat_ms"),
     "providers": ("scorer", "providers"), "allow_cpu_fallback": ("scorer", "allow_fallback"),
-    "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"), "max_wait_ms": ("scorer", "max_wait_ms"),
+    "backend": ("scorer", "backend"), "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"), "max_wait_ms": ("scorer", "max_wait_ms"),
     "staleness_ms": ("buffer", "staleness_ms"), "max_cameras": ("buffer", "max_cameras"),
     "max_message_bytes": ("limits", "max_message_bytes"), "max_width": ("limits", "max_width"),
     "max_height": ("limits", "max_height"), "max_header_bytes": ("limits", "max_header_bytes"),
@@ -41,12 +41,14 @@ _FLAG_KEYS = {
     "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
 }
 #: Flags that name files: taken relative to the working directory, not to the --config file.
-_PATH_FLAGS = ("artifacts", "bundle", "curve_server_key", "curve_ingest_clients", "curve_publish_clients")
+_PATH_FLAGS = ("artifacts", "bundle", "prototype_encoder", "curve_server_key", "curve_ingest_clients", "curve_publish_clients")
 EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
       --ingest tcp://*:5555 --publish tcp://*:5556
   trustvlm serve --config serve.json --ingest-socket rep          # imagezmq ImageSender() (REQ/REP)
   trustvlm serve --config serve.json --ingest tcp://rpi1:5555 --ingest-socket sub --ingest-mode connect
+  trustvlm serve --config serve.json --prototype-encoder artifacts/dinov2_vitb14   # DINOv2 prototypes
+  trustvlm serve --config serve.json --backend tensorrt-engine --providers cuda     # FORMAT=engine export
   kill -HUP <pid>                                                 # reload the bundle
   trustvlm keys keys --name server && trustvlm keys keys/cameras --name cam0   # CurveZMQ key files
   trustvlm serve --config serve.json --curve-server-key keys/server.key_secret \
@@ -78,6 +80,9 @@ def add_serve_parser(subparsers) -> None:
     add("--config", type=Path, help="JSON config file (keys as printed by --dump-config)")
     add("--artifacts", type=Path, help="export folder of the model (manifest.json + encoders)")
     add("--bundle", type=Path, help="prototype bundle folder (bundle.json, prototypes.npz, trust_head.onnx)")
+    add("--prototype-encoder", type=Path,
+        help="export folder of the auxiliary image encoder (e.g. artifacts/dinov2_vitb14) for bundles calibrated "
+             "with `--prototype-encoder`; bundles of the VLM's own prototypes ignore it")
     add("--ingest", help=f"ingest endpoint (default: {_default('ingest', 'address')}; "
                          "tcp://127.0.0.1:* binds a free port)")
     add("--ingest-socket", choices=["pull", "sub", "rep"],
@@ -89,6 +94,10 @@ def add_serve_parser(subparsers) -> None:
         help=f"body encoding (default: {_default('publish', 'wire_format')})")
     add("--heartbeat-ms", type=int, help=f"trust/_health period (default: {_default('publish', 'heartbeat_ms')})")
     add("--providers", nargs="+", help="ONNX Runtime providers in order, e.g. cuda cpu (default: cpu)")
+    add("--backend", choices=["onnxruntime", "tensorrt-engine"],
+        help="image encoders through ONNX Runtime (the .onnx files, on --providers) or as the TensorRT engines "
+             "of `make export FORMAT=engine` (needs tensorrt, a GPU and --providers cuda for the trust head) "
+             f"(default: {_default('scorer', 'backend')})")
     add("--allow-cpu-fallback", dest="allow_cpu_fallback", action="store_true",
         help="run on the CPU when a requested GPU provider is unavailable (default: refuse to start)")
     add("--threads", type=int, help="intra-op threads per session (default: ONNX Runtime's choice)")
@@ -197,7 +206,9 @@ def run_serve(args: argparse.Namespace) -> int:
           f"({config.publish.wire_format.value}{', curve' if curve['publish'] else ''}, "
           f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms){metrics} "
           f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
-          f"providers={scorer.encoder.providers}", flush=True)
+          f"providers={list(scorer.encoder.providers)}"
+          f"{' aux=' + scorer.towers['aux_embedding'].engine.path.name if 'aux_embedding' in scorer.towers else ''}",
+          flush=True)
     while not service.wait(0.5):
         pass
     logging.getLogger("trustvlm.runtime.service").info("stopped: %s", json.dumps(service.health.counters()))

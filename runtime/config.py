@@ -1,13 +1,15 @@
 """Configuration of `trustvlm serve` as typed data: one JSON file, or flags, or both.
 
 A config file holds :meth:`ServiceConfig.to_dict` (``trustvlm serve --dump-config`` prints the
-effective one); every key is optional except ``artifacts`` and ``bundle``, and unknown keys are
+effective one); every key is optional except ``artifacts`` and ``bundle`` (``prototype_encoder``: the
+auxiliary image encoder's export folder, for bundles whose image prototypes come from one), and unknown keys are
 rejected with the valid ones listed. Relative paths in a file are taken relative to the file's
 folder. Flags given on the command line override the file.
 
 Example::
 
     {"artifacts": "artifacts/demo_fmnist", "bundle": "artifacts/demo_fmnist/bundle",
+     "prototype_encoder": null,
      "ingest": {"address": "tcp://*:5555", "socket_type": "rep"},
      "publish": {"address": "tcp://*:5556", "wire_format": "json", "heartbeat_ms": 500},
      "scorer": {"providers": ["cuda"], "max_batch": 8},
@@ -58,6 +60,7 @@ class ServiceConfig:
 
     artifacts: Path
     bundle: Path
+    prototype_encoder: Path | None = None
     ingest: IngestConfig = field(default_factory=IngestConfig)
     limits: FrameLimits = field(default_factory=FrameLimits)
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -122,8 +125,9 @@ def _replace_paths(config, transform):
     security = config.security
     keys = {name: transform(getattr(security, name)) for name in ("server_key", "ingest_clients", "publish_clients")
             if getattr(security, name) is not None}
+    aux = None if config.prototype_encoder is None else transform(config.prototype_encoder)
     return replace(config, artifacts=transform(config.artifacts), bundle=transform(config.bundle),
-                   security=replace(security, **keys))
+                   prototype_encoder=aux, security=replace(security, **keys))
 
 
 def _to_plain(value):

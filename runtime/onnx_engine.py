@@ -83,6 +83,22 @@ class OnnxEncoder:
         except Exception as error:
             raise EngineError(f"{self.path.name} failed on a batch of shape {batch.shape}: {error}") from error
 
+    def encode_to_ortvalue(self, batch: np.ndarray, device_type: str = "cuda", device_id: int = 0) -> "ort.OrtValue":
+        """Run one batch and leave the output on `device_type` as an OrtValue (IOBinding).
+
+        On a GPU provider the embedding stays in device memory, so the next session (the trust
+        head) can take it with ``bind_ortvalue_input`` without a round trip through the host.
+        """
+        try:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            binding.bind_output(self.output_name, device_type, device_id)
+            self.session.run_with_iobinding(binding)
+            return binding.get_outputs()[0]
+        except Exception as error:
+            raise EngineError(f"{self.path.name} failed on a batch of shape {batch.shape} "
+                              f"(output bound to {device_type}:{device_id}): {error}") from error
+
     def encode_in_batches(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Run many inputs in fixed-size batches and stack the embeddings."""
         chunks = [self.encode(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)]

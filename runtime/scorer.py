@@ -1,9 +1,12 @@
 """Scoring: decoded frames -> image encoder -> the bundle's trust head -> one decision per frame.
 
-A :class:`BundleScorer` is one verified prototype bundle with its two ONNX Runtime sessions (the
-exported image encoder and the bundle's ``trust_head.onnx``), both created through
-:class:`~trustvlm.runtime.onnx_engine.OnnxEncoder` on the same provider list, so a GPU provider
-that ONNX Runtime cannot give is refused unless the CPU fallback was asked for.
+A :class:`BundleScorer` is one verified prototype bundle with its sessions: the model's image
+encoder (an ONNX Runtime session, or a TensorRT engine with ``backend="tensorrt-engine"``, see
+:mod:`trustvlm.runtime.engines`), the auxiliary image encoder for a bundle whose image
+prototypes come from one (TrustVLM's DINOv2 option), and the bundle's ``trust_head.onnx``. ONNX
+Runtime sessions are created through :class:`~trustvlm.runtime.onnx_engine.OnnxEncoder` on one
+provider list, so a GPU provider that ONNX Runtime cannot give is refused unless the CPU
+fallback was asked for.
 
 Decision rule: accept iff the bundle's score (``kappa`` for ``trustvlm``, ``kappa_star`` for
 ``trustvlm_star``) ``>= threshold``. A bundle without a feasible, finite threshold (``inf``, NaN,
@@ -12,11 +15,12 @@ class outside the bundle's classes is an engine error for that frame. Failures n
 stream: an undecodable or misshaped frame, a non-finite output row, or an engine error on the
 batch (every frame of it) becomes ``defer`` with its reason.
 
-Device residency: on a GPU provider the batch runs through IOBinding, so the embeddings go from
-the encoder to the trust head as a device-side OrtValue, and the prototypes are initializers of
-the head that stay on the device; only the uint8 pixels go up and the small outputs come back.
-On the CPU provider the plain ``run`` path is used (binding would only add copies). The IOBinding
-path is written for CUDA/TensorRT and has not run here: this machine has no GPU.
+Device residency: when the encoders and the head all run on the GPU, the batch runs through
+IOBinding, so the embeddings go from the encoders to the trust head as device-side OrtValues,
+and the prototypes are initializers of the head that stay on the device; only the uint8 pixels
+go up and the small outputs come back. Otherwise the plain ``run`` path is used (binding would
+only add copies). The binding logic is tested on the CPU with CPU OrtValues; on a GPU it runs
+where one exists (tests/runtime/test_gpu_scorer.py).
 
 :class:`ScorerSlot` holds the current scorer; a reload builds and self-checks a new one first and
 then swaps the reference (atomic for the scoring thread, which reads it once per batch).
@@ -35,20 +39,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trustvlm.calibration.bundle import PrototypeBundle, load_bundle
-from trustvlm.runtime.artifacts import ArtifactError, encoder_path, read_manifest
+from trustvlm.calibration.bundle import BundleError, PrototypeBundle, load_bundle, read_bundle_info
+from trustvlm.runtime.artifacts import encoder_path, read_manifest
+from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of, onnx_sha256,
+                                      open_image_engine)
 from trustvlm.runtime.ingest import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
-__all__ = ["ScorerConfig", "TrustHeadOutput", "BundleScorer", "ScorerSlot", "load_scorer", "bundle_id_of",
-           "model_id_of"]
+__all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
+           "bundle_id_of", "model_id_of"]
 
 HEAD_INPUT = "embedding"
+AUX_HEAD_INPUT = "aux_embedding"
 HEAD_OUTPUTS = ("pred", "kappa", "msp", "s_ii", "pred_star", "kappa_star", "topk_ids", "topk_probs")
 _FLOAT_OUTPUTS = ("kappa", "msp", "s_ii", "kappa_star", "topk_probs")
-_DEVICE_TYPES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,10 @@ class ScorerConfig:
     """How the sessions run.
 
     Attributes:
-        providers: ONNX Runtime providers, short (cpu, cuda, tensorrt) or full names, in order.
+        providers: ONNX Runtime providers, short (cpu, cuda, tensorrt) or full names, in order
+            (the trust head's, and the encoders' with the onnxruntime backend).
+        backend: ``onnxruntime`` (the exported ONNX encoders) or ``tensorrt-engine`` (the engines
+            of ``make export FORMAT=engine``; needs tensorrt, a GPU and ``providers`` cuda).
         allow_fallback: Accept a session that did not get a requested GPU provider.
         threads: Intra-op threads per session (None: ONNX Runtime's choice).
         io_binding: Use IOBinding on GPU providers (ignored on the CPU).
@@ -70,8 +79,11 @@ class ScorerConfig:
     io_binding: bool = True
     max_batch: int = 8
     max_wait_ms: float = 2.0
+    backend: str = ONNXRUNTIME
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend should be one of {BACKENDS}, but got {self.backend!r}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch should be >= 1, but got {self.max_batch}")
         if not self.max_wait_ms >= 0:
@@ -107,71 +119,114 @@ def model_id_of(manifest: dict) -> str:
     return f"{manifest['model']}@{str(manifest.get('weights', {}).get('id', 'unknown'))[:19]}"
 
 
+@dataclass(frozen=True)
+class ImageTower:
+    """One image encoder the trust head takes an input from, with its own preprocessing.
+
+    Attributes:
+        head_input: The trust head input it feeds (``embedding`` or ``aux_embedding``).
+        engine: The encoder (ONNX Runtime session or TensorRT engine).
+        preprocess: Resize and crop of that encoder (normalization is inside the graph).
+        source: (artifacts folder, precision, backend, ONNX sha256): what a reload may reuse.
+    """
+
+    head_input: str
+    engine: ImageEngine
+    preprocess: PreprocessConfig
+    source: tuple
+
+
+def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str, config: ScorerConfig,
+               previous: "BundleScorer | None" = None) -> ImageTower:
+    """Open (or reuse from `previous`, when the same file would be opened) one image encoder."""
+    manifest = read_manifest(artifacts_dir)
+    encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must match its manifest
+    source = (str(Path(artifacts_dir).resolve()), precision, config.backend, onnx_sha256(manifest, precision))
+    reusable = previous.towers.get(head_input) if previous is not None else None
+    if reusable is not None and reusable.source == source:
+        return reusable
+    engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
+                               config.allow_fallback, config.threads)
+    return ImageTower(head_input, engine, PreprocessConfig.from_dict(manifest["preprocess"]), source)
+
+
 class BundleScorer:
-    """One verified bundle and its sessions; :meth:`decide` turns frames into decisions."""
+    """One verified bundle and its sessions; :meth:`decide` turns frames into decisions.
+
+    A bundle whose image prototypes come from an auxiliary encoder (TrustVLM's DINOv2 option)
+    has a second image tower: every frame is decoded once, resized for each encoder, and the
+    trust head takes both embeddings.
+    """
 
     def __init__(self, artifacts_dir: str | os.PathLike, bundle: PrototypeBundle, config: ScorerConfig,
-                 encoder: OnnxEncoder | None = None):
+                 aux_artifacts_dir: str | os.PathLike | None = None, previous: "BundleScorer | None" = None):
         manifest = read_manifest(artifacts_dir)
         info = bundle.info
-        self.bundle, self.config = bundle, config
-        self.encoder_sha256 = image_encoder_sha256(artifacts_dir, manifest, info.precision)
-        self.precision = info.precision
-        self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
-        self.encoder = encoder or OnnxEncoder(encoder_path(Path(artifacts_dir), manifest, "image", info.precision),
-                                              config.providers, config.allow_fallback, config.threads,
-                                              info.precision)
+        self.bundle, self.config, self.precision = bundle, config, info.precision
+        towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, previous)]
+        if info.aux_encoder is not None:
+            if aux_artifacts_dir is None:
+                raise EngineError(f"{bundle.bundle_dir} needs the auxiliary encoder {info.aux_encoder.model}: "
+                                  "pass its artifacts folder with --prototype-encoder")
+            towers.append(open_tower(AUX_HEAD_INPUT, aux_artifacts_dir, info.aux_encoder.precision, config,
+                                     previous))
+        self.towers = {tower.head_input: tower for tower in towers}
+        self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
         self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, config.threads)
+        inputs = [item.name for item in self.head.session.get_inputs()]
         names = [output.name for output in self.head.session.get_outputs()]
-        if self.head.input_name != HEAD_INPUT or names != list(HEAD_OUTPUTS):
-            raise EngineError(f"{bundle.trust_head_path}: expected input {HEAD_INPUT!r} and outputs "
-                              f"{list(HEAD_OUTPUTS)}, got {self.head.input_name!r} and {names}")
+        if inputs != list(self.towers) or names != list(HEAD_OUTPUTS):
+            raise EngineError(f"{bundle.trust_head_path}: expected inputs {list(self.towers)} and outputs "
+                              f"{list(HEAD_OUTPUTS)}, got {inputs} and {names}")
         self.class_names = info.class_names
         self.score_name = info.score
         threshold = float(info.threshold.threshold)
         self.threshold = threshold if info.threshold.feasible and math.isfinite(threshold) else float("inf")
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
-        device = _DEVICE_TYPES.get(self.encoder.providers[0])
-        self._device = device if config.io_binding and device else None
+        devices = {device_of(tower.engine) for tower in towers} | {device_of(self.head)}
+        self._device = devices.pop() if config.io_binding and len(devices) == 1 else None
+        if config.backend == TENSORRT_ENGINE and self._device is None:
+            raise EngineError("the tensorrt-engine backend keeps embeddings on the GPU: run the trust head there "
+                              f"too (--providers cuda), not on {self.head.providers[0]}")
 
-    def run(self, pixels: np.ndarray) -> TrustHeadOutput:
-        """Encoder then trust head on one uint8 batch (N x size x size x 3).
+    def run(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
+        """Encoders then trust head on one batch: `batches` maps each head input to its uint8 N x S x S x 3 pixels.
 
         Raises:
-            EngineError: When either session fails.
+            EngineError: When a session fails.
         """
         if self._device is None:
-            embedding = self.encoder.encode(pixels)
+            feed = {name: self.towers[name].engine.encode(pixels) for name, pixels in batches.items()}
             try:
-                values = self.head.session.run(list(HEAD_OUTPUTS), {HEAD_INPUT: embedding})
+                values = self.head.session.run(list(HEAD_OUTPUTS), feed)
             except Exception as error:  # onnxruntime raises its own exception types
-                raise EngineError(f"trust head failed on embeddings of shape {embedding.shape}: {error}") from error
+                shapes = {name: value.shape for name, value in feed.items()}
+                raise EngineError(f"trust head failed on embeddings of shapes {shapes}: {error}") from error
         else:
-            values = self._run_bound(pixels)
+            values = self._run_bound(batches)
         return TrustHeadOutput(*values)
 
-    def _run_bound(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """IOBinding path (GPU providers): the embedding stays on the device between the sessions."""
+    def _run_bound(self, batches: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """IOBinding path (GPU): the embeddings stay on the device between the encoders and the head."""
+        embeddings = {name: self.towers[name].engine.encode_to_ortvalue(pixels, self._device)
+                      for name, pixels in batches.items()}
         try:
-            encoder_binding = self.encoder.session.io_binding()
-            encoder_binding.bind_cpu_input(self.encoder.input_name, np.ascontiguousarray(pixels))
-            encoder_binding.bind_output(self.encoder.output_name, self._device, 0)
-            self.encoder.session.run_with_iobinding(encoder_binding)
-            embedding = encoder_binding.get_outputs()[0]
             head_binding = self.head.session.io_binding()
-            head_binding.bind_ortvalue_input(HEAD_INPUT, embedding)
+            for name, embedding in embeddings.items():
+                head_binding.bind_ortvalue_input(name, embedding)
             for name in HEAD_OUTPUTS:
                 head_binding.bind_output(name, "cpu")
             self.head.session.run_with_iobinding(head_binding)
             return head_binding.copy_outputs_to_cpu()
         except Exception as error:
-            raise EngineError(f"IOBinding run on {self._device} failed for a batch of shape {pixels.shape}: "
+            shapes = {name: pixels.shape for name, pixels in batches.items()}
+            raise EngineError(f"trust head (IOBinding on {self._device}) failed for batches of shapes {shapes}: "
                               f"{error}") from error
 
     def self_check(self) -> None:
-        """Run one grey image through both sessions; raise EngineError unless the outputs are sane."""
-        size = self.preprocess.size
-        output = self.run(np.full((1, size, size, 3), 128, dtype=np.uint8))
+        """Run one grey image through every session; raise EngineError unless the outputs are sane."""
+        output = self.run({name: np.full((1, tower.preprocess.size, tower.preprocess.size, 3), 128, np.uint8)
+                           for name, tower in self.towers.items()})
         if output.kappa.shape != (1,) or not 0 <= int(output.pred[0]) < len(self.class_names):
             raise EngineError(f"trust head self-check: kappa shape {output.kappa.shape}, pred {output.pred}; "
                               f"expected (1,) and a class index below {len(self.class_names)}")
@@ -182,6 +237,16 @@ class BundleScorer:
                                Decision.DEFER, notice.reason, self.threshold, self.score_name, self.model_id,
                                self.bundle_id, detail=notice.detail)
 
+    def preprocess_frame(self, frame: ReceivedFrame) -> dict[str, np.ndarray]:
+        """Decode `frame` once and resize it for every image tower.
+
+        Raises:
+            FrameDecodeError: An undecodable or misshaped frame.
+            ValueError, cv2.error: An image the preprocessing cannot take.
+        """
+        image = decode_image(frame)
+        return {name: resize_and_crop(image, tower.preprocess) for name, tower in self.towers.items()}
+
     def decide(self, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
         """Decode, preprocess and score `frames` as one batch; one decision per frame, in order.
 
@@ -191,7 +256,7 @@ class BundleScorer:
         pixels, rows = [], []
         for index, frame in enumerate(frames):
             try:
-                pixels.append(resize_and_crop(decode_image(frame), self.preprocess))
+                pixels.append(self.preprocess_frame(frame))
                 rows.append(index)
             except FrameDecodeError as error:
                 decisions[index] = self.defer(Notice.for_frame(frame, error.reason, str(error)))
@@ -199,7 +264,7 @@ class BundleScorer:
                 decisions[index] = self.defer(Notice.for_frame(frame, Reason.BAD_SHAPE, f"preprocess: {error}"))
         if rows:
             try:
-                output = self.run(np.stack(pixels))
+                output = self.run({name: np.stack([item[name] for item in pixels]) for name in self.towers})
             except EngineError as error:
                 for index in rows:
                     decisions[index] = self.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR,
@@ -235,41 +300,31 @@ class BundleScorer:
 
 
 def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike, config: ScorerConfig,
-                previous: BundleScorer | None = None) -> BundleScorer:
+                previous: BundleScorer | None = None,
+                aux_artifacts_dir: str | os.PathLike | None = None) -> BundleScorer:
     """Load and verify a bundle, build its sessions and self-check them.
 
-    The image encoder session of `previous` is reused only when the image encoder file on disk
-    still matches the manifest and has the sha256 that session was loaded from; a swapped engine
-    gets a new session (or, if the bundle was not built for it, a BundleMismatchError).
+    `aux_artifacts_dir` (the auxiliary encoder's export folder) is used only for a bundle whose
+    image prototypes come from that encoder; a bundle of the VLM's own prototypes ignores it, so
+    a reload may move between the two kinds. An encoder of `previous` is reused only when the
+    same file (same folder, precision, backend and sha256) would be opened; a swapped engine gets
+    a new session, or, if the bundle was not built for it, a BundleMismatchError.
 
     Raises:
         trustvlm.calibration.bundle.BundleError: A bundle that is unreadable or does not match.
         trustvlm.runtime.artifacts.ArtifactError: Missing or corrupt artifacts.
         EngineError: Sessions that cannot be created or fail the self-check.
     """
-    bundle = load_bundle(bundle_dir, artifacts_dir)
-    encoder = None
-    if previous is not None and previous.precision == bundle.info.precision:
-        manifest = read_manifest(artifacts_dir)
-        encoder_path(artifacts_dir, manifest, "image", bundle.info.precision)  # the file on disk must still match
-        if image_encoder_sha256(artifacts_dir, manifest, bundle.info.precision) == previous.encoder_sha256:
-            encoder = previous.encoder
-    scorer = BundleScorer(artifacts_dir, bundle, config, encoder)
+    needs_aux = read_bundle_info(bundle_dir).aux_encoder is not None
+    if needs_aux and aux_artifacts_dir is None:
+        info = read_bundle_info(bundle_dir).aux_encoder
+        raise BundleError(f"{bundle_dir} takes its image prototypes from the auxiliary encoder {info.model}: "
+                          f"pass that encoder's export folder with --prototype-encoder "
+                          f"(e.g. artifacts/{info.model})")
+    bundle = load_bundle(bundle_dir, artifacts_dir, aux_artifacts_dir if needs_aux else None)
+    scorer = BundleScorer(artifacts_dir, bundle, config, aux_artifacts_dir if needs_aux else None, previous)
     scorer.self_check()
     return scorer
-
-
-def image_encoder_sha256(artifacts_dir: str | os.PathLike, manifest: dict, precision: str) -> str:
-    """The image encoder's sha256 as the manifest records it.
-
-    Raises:
-        ArtifactError: The manifest has no image encoder of that precision.
-    """
-    try:
-        return str(manifest["precisions"][precision]["files"]["image_encoder"]["sha256"])
-    except (KeyError, TypeError) as error:
-        raise ArtifactError(f"{artifacts_dir}: the manifest records no {precision} image encoder "
-                            f"(missing {error})") from error
 
 
 class ScorerSlot:

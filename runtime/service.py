@@ -90,8 +90,8 @@ class BundleReloader:
     """Loads, checks and swaps in a new bundle; refuses a bad one and keeps the old."""
 
     def __init__(self, slot: ScorerSlot, artifacts: Path, bundle_dir: Path, config: ScorerConfig,
-                 observer: Observer):
-        self.slot, self.artifacts, self.bundle_dir = slot, artifacts, bundle_dir
+                 observer: Observer, aux_artifacts: Path | None = None):
+        self.slot, self.artifacts, self.bundle_dir, self.aux_artifacts = slot, artifacts, bundle_dir, aux_artifacts
         self.config, self.observer = config, observer
         self._loaded = self._last_seen = self.signature()
 
@@ -117,7 +117,8 @@ class BundleReloader:
         self._loaded = self._last_seen = self.signature()
         old = self.slot.current()
         try:
-            new = load_scorer(self.artifacts, self.bundle_dir, self.config, previous=old)
+            new = load_scorer(self.artifacts, self.bundle_dir, self.config, previous=old,
+                              aux_artifacts_dir=self.aux_artifacts)
         except RELOAD_ERRORS as error:
             log.error("bundle reload refused (%s): %s; keeping %s", trigger, error, old.bundle_id)
             self.observer.on_reload(False, str(error))
@@ -289,7 +290,8 @@ def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> 
         RuntimeError: Metrics asked for without prometheus_client.
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
-    slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer))
+    slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer,
+                                  aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
     stats = ServiceStats()
     observers: list[Observer] = [stats]
@@ -307,6 +309,7 @@ def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> 
                        curve=gate.server_for(INGEST_DOMAIN) if gate else None)
     publisher = Publisher(config.publish, health, observer, context,
                           curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
-    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer)
+    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer,
+                              config.prototype_encoder)
     return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
                         config.reload.watch, config.reload.poll_ms, metrics_server, gate)

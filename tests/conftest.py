@@ -31,6 +31,22 @@ def demo_artifacts(tmp_path_factory) -> Path:
     return root / "demo_fmnist"
 
 
+#: Test images of the int8 trust gate in tests (the real gate uses all 10,000; enough to check the machinery).
+INT8_TRUST_GATE_TEST_IMAGES = 2000
+
+
+@pytest.fixture(scope="session")
+def int8_demo_artifacts(tmp_path_factory) -> Path:
+    """The embedded demo model exported with an int8 image encoder (beside fp32) once for the session."""
+    require_fashion_mnist()
+    from trustvlm.export.pipeline import ExportRequest, export_model
+
+    root = tmp_path_factory.mktemp("int8")
+    export_model(ExportRequest("demo_fmnist", precision="int8", output_root=root,
+                               trust_gate_images=INT8_TRUST_GATE_TEST_IMAGES))
+    return root / "demo_fmnist"
+
+
 @pytest.fixture()
 def fresh_copy(tmp_path):
     """Copy a folder into tmp_path (for tests that damage artifacts)."""

@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from tests.conftest import require_fashion_mnist
+from tests.conftest import INT8_TRUST_GATE_TEST_IMAGES, require_fashion_mnist
 from trustvlm.export import quantize
 from trustvlm.export.pipeline import ExportError, ExportRequest, export_model
 from trustvlm.runtime.artifacts import encoder_path, read_manifest, sha256_file
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 
-TRUST_GATE_TEST_IMAGES = 2000  # the real gate uses all 10,000; enough here to check the machinery
 
 
 def test_calibration_indices_are_k_per_class_and_avoid_the_excluded():
@@ -75,13 +74,9 @@ def test_quantize_image_encoder_refuses_non_uint8_pixels(tmp_path):
                                         np.zeros((2, 8, 8, 3), np.float32))
 
 
-@pytest.fixture(scope="module")
-def int8_demo(tmp_path_factory):
-    require_fashion_mnist()
-    root = tmp_path_factory.mktemp("int8")
-    export_model(ExportRequest("demo_fmnist", precision="int8", output_root=root,
-                               trust_gate_images=TRUST_GATE_TEST_IMAGES))
-    return root / "demo_fmnist"
+@pytest.fixture
+def int8_demo(int8_demo_artifacts):
+    return int8_demo_artifacts
 
 
 @pytest.mark.slow
@@ -106,7 +101,7 @@ def test_int8_export_records_passed_gates_including_the_trust_gate(int8_demo):
     assert parity["min_cosine_required"] == 0.99 and parity["image_min_cosine"] >= 0.99
     assert parity["min_agreement_required"] == 0.99 and parity["top1_agreement"] >= 0.99
     assert int8["agreement_gate"] == "applied"
-    assert trust["applicable"] and trust["test_images"] == TRUST_GATE_TEST_IMAGES
+    assert trust["applicable"] and trust["test_images"] == INT8_TRUST_GATE_TEST_IMAGES
     assert trust["fp32_auroc"] - trust["int8_auroc"] <= 0.005, f"trust gate figures {trust}"
 
 

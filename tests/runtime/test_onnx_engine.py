@@ -52,3 +52,13 @@ def test_missing_or_corrupt_files_and_unknown_providers(tmp_path):
         OnnxEncoder(corrupt)
     with pytest.raises(EngineError, match="unknown execution providers"):
         resolve_providers(["QuantumExecutionProvider"])
+
+
+def test_encode_to_ortvalue_leaves_the_output_in_an_ortvalue(doubling_model):
+    engine = OnnxEncoder(doubling_model)
+    inputs = np.arange(8, dtype=np.float32).reshape(2, 4)
+    value = engine.encode_to_ortvalue(inputs, "cpu")
+    assert value.device_name().lower() == "cpu" and value.shape() == [2, 4]
+    assert np.array_equal(value.numpy(), 2 * inputs)
+    with pytest.raises(EngineError, match=r"double.onnx failed on a batch of shape \(2, 3\)"):
+        engine.encode_to_ortvalue(np.zeros((2, 3), np.float32), "cpu")

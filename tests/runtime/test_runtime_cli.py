@@ -73,7 +73,9 @@ def test_missing_paths_and_bad_bundles_fail_at_start_with_one_line(tmp_path, fau
 
 
 def test_the_runtime_imports_neither_torch_nor_export_code():
-    code = ("import sys, trustvlm.runtime.service, trustvlm.runtime.cli, trustvlm.runtime.metrics; "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('trustvlm.export')))")
+    code = ("import sys, trustvlm.runtime.service, trustvlm.runtime.cli, trustvlm.runtime.metrics, "
+            "trustvlm.runtime.engines, trustvlm.runtime.tensorrt_engine; "
+            "print(sorted(m for m in sys.modules if m in ('torch', 'onnx', 'tensorrt') "
+            "or m.startswith('trustvlm.export')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", f"the runtime imported {result.stdout.strip()}"

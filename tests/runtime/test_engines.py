@@ -1,0 +1,103 @@
+"""Backend choice of the image encoder: ONNX Runtime files, or TensorRT engines checked against them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trustvlm.runtime.artifacts import ArtifactError, sha256_file
+from trustvlm.runtime.cli import main
+from trustvlm.runtime.config import ServiceConfig
+from trustvlm.runtime.engines import (TENSORRT_ENGINE, device_of, onnx_sha256, open_image_engine,
+                                      tensorrt_engine_path)
+from trustvlm.runtime.onnx_engine import EngineError
+from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+
+
+def manifest_with_engine(folder, **record) -> dict:
+    """A manifest whose fp16 image encoder has sha256 'aaa' and an engine record built from it."""
+    (folder / "engines").mkdir(exist_ok=True)
+    (folder / "engines" / "image.engine").write_bytes(b"serialized engine")
+    entry = {"file": "engines/image.engine", "sha256": sha256_file(folder / "engines" / "image.engine"),
+             "precision": "fp16", "onnx_sha256": "aaa", **record}
+    return {"model": "demo_fmnist", "engines": {"image_encoder": entry},
+            "precisions": {"fp16": {"files": {"image_encoder": {"file": "image_encoder.fp16.onnx", "sha256": "aaa"}}}}}
+
+
+def test_an_engine_built_from_the_bundles_onnx_file_is_found(tmp_path):
+    path, sha256 = tensorrt_engine_path(tmp_path, manifest_with_engine(tmp_path), "fp16")
+    assert path == tmp_path / "engines" / "image.engine" and sha256 == sha256_file(path)
+    assert onnx_sha256(manifest_with_engine(tmp_path), "fp16") == "aaa"
+
+
+@pytest.mark.parametrize("record, precision, message", [
+    ({"precision": "fp32"}, "fp16", "the TensorRT engine is fp32 but the bundle was calibrated with the fp16"),
+    ({"onnx_sha256": "bbb"}, "fp16", "not built from the fp16 image encoder the manifest lists"),
+    ({"onnx_sha256": None}, "fp16", "sha256 differs or is not recorded"),
+    ({"file": "engines/gone.engine"}, "fp16", "gone.engine is listed in the manifest but missing"),
+])
+def test_an_engine_that_does_not_match_the_bundle_is_refused(tmp_path, record, precision, message):
+    with pytest.raises(ArtifactError, match=message) as caught:
+        tensorrt_engine_path(tmp_path, manifest_with_engine(tmp_path, **record), precision)
+    assert "make export MODEL=demo_fmnist FORMAT=engine PRECISION=fp16" in str(caught.value)
+
+
+def test_artifacts_without_an_engine_point_to_the_export_and_to_onnxruntime(tmp_path):
+    manifest = manifest_with_engine(tmp_path)
+    del manifest["engines"]
+    with pytest.raises(ArtifactError, match="has no TensorRT engine: build one with `make export MODEL=demo_fmnist "
+                                            "FORMAT=engine PRECISION=fp16` on this device, or serve with "
+                                            "--backend onnxruntime"):
+        tensorrt_engine_path(tmp_path, manifest, "fp16")
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match=r"backend should be one of \('onnxruntime', 'tensorrt-engine'\), "
+                                         r"but got 'openvino'"):
+        ScorerConfig(backend="openvino")
+    with pytest.raises(ValueError, match="backend should be one of"):
+        open_image_engine(".", {}, "fp32", "openvino", ("cpu",), False, None)
+
+
+def test_the_device_follows_the_first_provider():
+    class Engine:
+        def __init__(self, providers):
+            self.providers = providers
+
+    assert device_of(Engine(["CUDAExecutionProvider", "CPUExecutionProvider"])) == "cuda"
+    assert device_of(Engine(("TensorRTEngine",))) == "cuda"
+    assert device_of(Engine(["CPUExecutionProvider"])) is None
+
+
+def test_backend_and_prototype_encoder_flags_reach_the_config(tmp_path, capsys):
+    assert main(["serve", "--artifacts", "a", "--bundle", "b", "--backend", "tensorrt-engine", "--providers", "cuda",
+                 "--prototype-encoder", "aux", "--dump-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["scorer"]["backend"] == TENSORRT_ENGINE and printed["scorer"]["providers"] == ["cuda"]
+    assert printed["prototype_encoder"].endswith("/aux")
+    config = ServiceConfig.from_dict({"artifacts": "a", "bundle": "b", "prototype_encoder": "aux"}, base_dir=tmp_path)
+    assert config.prototype_encoder == tmp_path / "aux", "relative paths in a config file follow the file"
+
+
+def test_serving_the_tensorrt_backend_without_an_engine_fails_in_one_line(demo_export, demo_bundle, capsys):
+    assert main(["serve", "--artifacts", str(demo_export), "--bundle", str(demo_bundle), "--backend",
+                 "tensorrt-engine", "--ingest", "tcp://127.0.0.1:*", "--publish", "tcp://127.0.0.1:*"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "has no TensorRT engine: build one with `make export MODEL=demo_fmnist FORMAT=engine" \
+        in err, err
+
+
+def test_the_tensorrt_backend_without_tensorrt_is_an_engine_error(demo_export, demo_bundle, monkeypatch, tmp_path):
+    """With an engine listed (as on a device), a machine without tensorrt says so in one line."""
+    import sys  # noqa: PLC0415
+
+    from trustvlm.runtime import engines  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    engine_file = tmp_path / "image.engine"
+    engine_file.write_bytes(b"serialized engine")
+    monkeypatch.setattr(engines, "tensorrt_engine_path", lambda *_: (engine_file, sha256_file(engine_file)))
+    with pytest.raises(EngineError, match="tensorrt") as caught:
+        load_scorer(demo_export, demo_bundle, ScorerConfig(backend=TENSORRT_ENGINE, providers=("cuda",)))
+    assert "\n" not in str(caught.value)
