@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from trustvlm.calibration.scores import l2_normalize
 from trustvlm.runtime.onnx_engine import OnnxEncoder
@@ -122,9 +123,11 @@ def encode_images(engine: OnnxEncoder, images, config: PreprocessConfig, batch_s
         EmbeddingError: If any embedding holds NaN or inf.
     """
     chunks = []
-    for start in range(0, len(images), batch_size):
-        pixels = preprocess_batch(images[start:start + batch_size], config)
-        chunks.append(engine.encode(pixels))
+    with tqdm(total=len(images), desc=f"encode {engine.path.name}", unit="img", leave=False, disable=None) as bar:
+        for start in range(0, len(images), batch_size):
+            pixels = preprocess_batch(images[start:start + batch_size], config)
+            chunks.append(engine.encode(pixels))
+            bar.update(len(pixels))
     if not chunks:
         raise ValueError("no images to encode")
     embeddings = np.concatenate(chunks).astype(np.float64)

@@ -1,10 +1,10 @@
 """Configuration of `trustvlm serve` as typed data: one JSON file, or flags, or both.
 
 A config file holds :meth:`ServiceConfig.to_dict` (``trustvlm serve --dump-config`` prints the
-effective one); every key is optional except ``artifacts`` and ``bundle`` (``prototype_encoder``: the
-auxiliary image encoder's export folder, for bundles whose image prototypes come from one), and unknown keys are
-rejected with the valid ones listed. Relative paths in a file are taken relative to the file's
-folder. Flags given on the command line override the file.
+effective one); every key is optional except ``artifacts`` and ``bundle``, and unknown keys are
+rejected with the valid ones listed. ``prototype_encoder`` is the auxiliary image encoder's export
+folder, for bundles whose image prototypes come from one. Relative paths in a file are taken
+relative to the file's folder. Flags given on the command line override the file.
 
 Example::
 
