@@ -149,7 +149,7 @@ def _plan(request: ExportRequest, towers: tuple[str, ...]) -> list[str]:
     if request.precision == "int8":
         names += ["quantize int8", "parity int8", "trust gate int8"]
     if request.format == "engine":
-        names += ["build TensorRT engines"]
+        names += ["build TensorRT engine", "parity engine"]
     return names + ["write manifest"]
 
 
@@ -213,7 +213,8 @@ def export_model(request: ExportRequest) -> ExportResult:
                                                     stage / encoder_file_name("text", "fp32"))
             precisions, reports = _export_precision(towers, request, stage, reference, pixels, tokens,
                                                     prompts_per_class, steps, spec, loaded)
-            engines = _build_engines(request, towers, stage, steps) if request.format == "engine" else {}
+            engines = (_build_engine(request, stage, steps, reference, pixels) if request.format == "engine"
+                       else {})
             with steps.step("write manifest"):
                 manifest = build_manifest(
                     model=spec.name, architecture=spec.architecture, weights_id=loaded.weights_id,
@@ -270,17 +271,28 @@ def _export_int8(towers, request, stage, reference, pixels, tokens, prompts_per_
     return entry, report
 
 
-def _build_engines(request: ExportRequest, towers: tuple[str, ...], stage: Path, steps: _Steps) -> dict:
-    from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415 - needs tensorrt
+def _build_engine(request: ExportRequest, stage: Path, steps: _Steps, reference, pixels: np.ndarray) -> dict:
+    """Build the image encoder's TensorRT engine and gate it on parity; return the manifest's 'engines'.
 
-    engines = {}
-    with steps.step("build TensorRT engines"):
-        for tower in towers:
-            onnx_path = stage / encoder_file_name(tower, request.precision)
-            engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
-            engines[f"{tower}_encoder"] = {"file": f"engines/{engine.name}", "sha256": sha256_file(engine),
-                                           "precision": request.precision, "onnx_sha256": sha256_file(onnx_path)}
-    return engines
+    Only the image encoder gets an engine: it runs per frame, while the text encoder runs once per
+    class at calibration (ONNX Runtime). The engine must meet the ONNX file's parity gate of its
+    precision against the torch reference, so a bundle calibrated on the ONNX file keeps its meaning.
+    """
+    from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415 - needs tensorrt
+    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415
+
+    onnx_path = stage / encoder_file_name("image", request.precision)
+    with steps.step("build TensorRT engine"):
+        engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
+    with steps.step("parity engine"):
+        report = parity.check_parity(reference, TensorRTEncoder(engine), None, pixels, None, request.precision, 0)
+    tqdm.write(f"TensorRT engine {parity.format_report(report)}")
+    if report.failures():
+        raise ExportError(f"parity gate failed (TensorRT engine, {request.precision}): "
+                          f"{'; '.join(report.failures())}; nothing was written")
+    return {"image_encoder": {"file": f"engines/{engine.name}", "sha256": sha256_file(engine),
+                              "precision": request.precision, "onnx_sha256": sha256_file(onnx_path),
+                              "parity": report.to_dict()}}
 
 
 def _publish(stage: Path, output_dir: Path, manifest: dict) -> None:

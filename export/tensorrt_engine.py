@@ -97,6 +97,8 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", prof
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; fp32 means fp32 (parity gate 0.9999)
     config.add_optimization_profile(_profile(builder, network, profile))
     timing_path = cache_dir / f"timing_trt-{trt.__version__}_{capability}.cache"
     timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.exists() else b"")

@@ -9,8 +9,10 @@ Backends (``ScorerConfig.backend`` / ``trustvlm serve --backend``):
   (needs tensorrt and an NVIDIA GPU; the trust head still runs in ONNX Runtime, on the CUDA EP).
 
 An engine is used only when it provably comes from the encoder the bundle was calibrated with:
-its manifest record names the precision and the sha256 of the ONNX file it was built from, and
-both must equal the bundle's; the engine file's own sha256 is checked when it is opened.
+its manifest record names the precision and the sha256 of the ONNX file it was built from, both
+must equal the bundle's, and it must have passed the export's parity gate against the torch
+model (the same cosine gate as the ONNX file of its precision); the engine file's own sha256 is
+checked when it is opened.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
     folder = Path(artifacts_dir)
     record = manifest.get("engines", {}).get("image_encoder")
     rebuild = f"`make export MODEL={manifest.get('model')} FORMAT=engine PRECISION={precision}` on this device"
+    if precision == "int8":
+        raise ArtifactError(f"{folder}: int8 bundles run their int8 ONNX image encoder with --backend onnxruntime "
+                            "(TensorRT engines are built for fp32 or fp16 bundles)")
     if not record:
         raise ArtifactError(f"{folder} has no TensorRT engine: build one with {rebuild}, "
                             "or serve with --backend onnxruntime")
@@ -68,6 +73,11 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
     if record.get("onnx_sha256") != onnx_sha256(manifest, precision):
         raise ArtifactError(f"{folder}: the TensorRT engine was not built from the {precision} image encoder the "
                             f"manifest lists (sha256 differs or is not recorded); rebuild it with {rebuild}")
+    parity = record.get("parity") or {}
+    if not parity.get("image_min_cosine", 0.0) >= parity.get("min_cosine_required", 1.0):
+        raise ArtifactError(f"{folder}: the TensorRT engine has no passed parity check against the {precision} "
+                            f"image encoder (cosine {parity.get('image_min_cosine')} < required "
+                            f"{parity.get('min_cosine_required')}); rebuild it with {rebuild}")
     path = folder / record["file"]
     if not path.exists():
         raise ArtifactError(f"{path} is listed in the manifest but missing; rebuild it with {rebuild}")

@@ -33,13 +33,14 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from trustvlm.calibration.bundle import BundleError, PrototypeBundle, load_bundle, read_bundle_info
+from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, PrototypeBundle, load_bundle,
+                                         read_bundle_info)
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of, onnx_sha256,
                                       open_image_engine)
@@ -137,17 +138,42 @@ class ImageTower:
 
 
 def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str, config: ScorerConfig,
-               previous: "BundleScorer | None" = None) -> ImageTower:
-    """Open (or reuse from `previous`, when the same file would be opened) one image encoder."""
+               recorded_preprocess: dict, previous: "BundleScorer | None" = None) -> ImageTower:
+    """Open (or reuse from `previous`, when the same file would be opened) one image encoder.
+
+    Raises:
+        BundleMismatchError: The manifest's preprocessing is not the one the bundle recorded.
+    """
     manifest = read_manifest(artifacts_dir)
     encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must match its manifest
-    source = (str(Path(artifacts_dir).resolve()), precision, config.backend, onnx_sha256(manifest, precision))
+    if dict(manifest["preprocess"]) != dict(recorded_preprocess):
+        raise BundleMismatchError(f"{artifacts_dir}: its preprocessing {manifest['preprocess']} is not the one the "
+                                  f"bundle was calibrated with ({recorded_preprocess}); recalibrate")
+    source = (str(Path(artifacts_dir).resolve()), precision, config.backend, onnx_sha256(manifest, precision),
+              json.dumps(manifest["preprocess"], sort_keys=True))
     reusable = previous.towers.get(head_input) if previous is not None else None
     if reusable is not None and reusable.source == source:
         return reusable
     engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
                                config.allow_fallback, config.threads)
     return ImageTower(head_input, engine, PreprocessConfig.from_dict(manifest["preprocess"]), source)
+
+
+def check_batch_limits(towers: list[ImageTower], max_batch: int) -> int | float:
+    """The most rows one engine run takes (inf for ONNX Runtime); refuse engines the config cannot feed.
+
+    Raises:
+        EngineError: An engine whose batch profile starts above 1 (one camera sends batches of 1),
+            or ends below the configured max_batch.
+    """
+    limit = math.inf
+    for tower in towers:
+        low, high = getattr(tower.engine, "min_batch", 1), getattr(tower.engine, "max_batch", math.inf)
+        if low > 1 or high < max_batch:
+            raise EngineError(f"{tower.engine.path.name} takes batches of {low}..{high}, but the service batches "
+                              f"1..{max_batch} frames: lower --max-batch, or rebuild the engine with that profile")
+        limit = min(limit, high)
+    return limit
 
 
 class BundleScorer:
@@ -163,13 +189,13 @@ class BundleScorer:
         manifest = read_manifest(artifacts_dir)
         info = bundle.info
         self.bundle, self.config, self.precision = bundle, config, info.precision
-        towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, previous)]
+        towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, info.preprocess, previous)]
         if info.aux_encoder is not None:
             if aux_artifacts_dir is None:
                 raise EngineError(f"{bundle.bundle_dir} needs the auxiliary encoder {info.aux_encoder.model}: "
                                   "pass its artifacts folder with --prototype-encoder")
             towers.append(open_tower(AUX_HEAD_INPUT, aux_artifacts_dir, info.aux_encoder.precision, config,
-                                     previous))
+                                     info.aux_encoder.preprocess, previous))
         self.towers = {tower.head_input: tower for tower in towers}
         self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
         self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, config.threads)
@@ -185,16 +211,28 @@ class BundleScorer:
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
         devices = {device_of(tower.engine) for tower in towers} | {device_of(self.head)}
         self._device = devices.pop() if config.io_binding and len(devices) == 1 else None
-        if config.backend == TENSORRT_ENGINE and self._device is None:
-            raise EngineError("the tensorrt-engine backend keeps embeddings on the GPU: run the trust head there "
-                              f"too (--providers cuda), not on {self.head.providers[0]}")
+        if config.backend == TENSORRT_ENGINE and device_of(self.head) is None:
+            raise EngineError("the tensorrt-engine backend runs on the GPU: run the trust head there too "
+                              f"(--providers cuda), not on {self.head.providers[0]}")
+        self.batch_limit = check_batch_limits(towers, config.max_batch)
 
     def run(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
-        """Encoders then trust head on one batch: `batches` maps each head input to its uint8 N x S x S x 3 pixels.
+        """Encoders then trust head: `batches` maps each head input to its uint8 N x S x S x 3 pixels.
+
+        Batches larger than the smallest engine batch limit run in chunks.
 
         Raises:
             EngineError: When a session fails.
         """
+        rows = len(next(iter(batches.values())))
+        if rows <= self.batch_limit:
+            return self._run_chunk(batches)
+        chunks = [self._run_chunk({name: pixels[start:start + self.batch_limit] for name, pixels in batches.items()})
+                  for start in range(0, rows, self.batch_limit)]
+        return TrustHeadOutput(*(np.concatenate([getattr(chunk, field.name) for chunk in chunks])
+                                 for field in fields(TrustHeadOutput)))
+
+    def _run_chunk(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
         if self._device is None:
             feed = {name: self.towers[name].engine.encode(pixels) for name, pixels in batches.items()}
             try:

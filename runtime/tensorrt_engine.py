@@ -15,8 +15,11 @@ embedding is complete when the head reads it. TensorRT runs on the current CUDA 
 module cannot select without a CUDA binding: on CUDA only device 0 is accepted (pick the GPU with
 CUDA_VISIBLE_DEVICES).
 
-An engine whose output is fp16 is served too: `encode` converts to float32 on the host, while
-`encode_to_ortvalue` hands over the fp16 OrtValue as it is (the head must then take fp16).
+The engine's output must be float32 (the trust head takes float32 embeddings; the export keeps
+float32 inputs and outputs on fp16 graphs, so fp16 engines have float32 I/O). Each run writes a
+newly allocated output OrtValue (ONNX Runtime's arena makes that cheap), so an embedding handed
+to the trust head can never be overwritten by a concurrent run, such as the self-check of a
+bundle being reloaded beside the scoring thread; only the input buffers are reused, under the lock.
 
 Written against the TensorRT 10 Python API (name-based I/O tensors, `set_input_shape`,
 `get_tensor_profile_shape`, `execute_v2`).
@@ -35,6 +38,7 @@ from trustvlm.runtime.artifacts import sha256_file
 from trustvlm.runtime.onnx_engine import EngineError
 
 PROVIDER_NAME = "TensorRTEngine"
+_LOGGER: tuple | None = None  # (tensorrt module, its logger): TensorRT keeps the first logger it is given
 REBUILD = "rebuild it with `make export FORMAT=engine` on this machine"
 
 
@@ -90,7 +94,7 @@ class TensorRTEncoder:
         # execute_v2 takes one device pointer per I/O tensor, in I/O tensor index order
         self._io_order = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self.input_name, self.output_name = self._io_names()
-        self._output_dtype = self._check_dtypes()
+        self._check_dtypes()
         pixel_shape = tuple(int(d) for d in self._engine.get_tensor_shape(self.input_name))
         self._pixel_shape = pixel_shape[1:]
         self.input_shape = ["batch", *self._pixel_shape]
@@ -101,14 +105,14 @@ class TensorRTEncoder:
         if self._context is None:
             raise EngineError(f"TensorRT could not create an execution context for {self.path.name} "
                               "(out of GPU memory? see its log above)")
-        self._buffers: dict[int, tuple[ort.OrtValue, ort.OrtValue]] = {}
+        self._inputs: dict[int, ort.OrtValue] = {}
         self._lock = threading.Lock()
         self._prepare(self.min_batch)
 
     def _deserialize(self):
         trt = self._trt
         try:
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._runtime = trt.Runtime(_logger(trt))
             engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         except Exception as error:  # TensorRT raises plain RuntimeError/TypeError without a GPU
             raise EngineError(f"TensorRT cannot load {self.path.name} (no usable CUDA GPU?): {error}") from error
@@ -125,29 +129,26 @@ class TensorRTEncoder:
                               "engine has exactly one of each (pixels -> embedding)")
         return inputs[0], outputs[0]
 
-    def _check_dtypes(self) -> type:
+    def _check_dtypes(self) -> None:
         DataType = self._trt.DataType  # noqa: N806 - TensorRT's enum
         input_dtype = self._engine.get_tensor_dtype(self.input_name)
         if input_dtype != DataType.UINT8:
             raise EngineError(f"{self.path.name} takes {input_dtype} for '{self.input_name}', but the image encoder "
                               f"takes uint8 pixels: {REBUILD} from the image encoder ONNX")
         output_dtype = self._engine.get_tensor_dtype(self.output_name)
-        numpy_dtypes = {DataType.FLOAT: np.float32, DataType.HALF: np.float16}
-        if output_dtype not in numpy_dtypes:
-            raise EngineError(f"{self.path.name} gives {output_dtype} for '{self.output_name}'; "
-                              "expected a float or half embedding")
-        return numpy_dtypes[output_dtype]
+        if output_dtype != DataType.FLOAT:
+            raise EngineError(f"{self.path.name} gives {output_dtype} for '{self.output_name}', but the trust head "
+                              f"takes float32 embeddings: {REBUILD} (the export keeps float32 I/O)")
 
     def _prepare(self, n: int) -> tuple[ort.OrtValue, ort.OrtValue]:
-        """Set the batch size on the context; return that size's (input, output) device buffers."""
+        """Set the batch size on the context; return its (reused input, new output) device buffers."""
         if not self._context.set_input_shape(self.input_name, (n, *self._pixel_shape)):
             raise EngineError(f"{self.path.name} refused batch size {n}; its profile takes "
                               f"{self.min_batch}..{self.max_batch}")
-        if n not in self._buffers:
-            output_shape = [int(d) for d in self._context.get_tensor_shape(self.output_name)]
-            self._buffers[n] = (self._allocate([n, *self._pixel_shape], np.uint8),
-                                self._allocate(output_shape, self._output_dtype))
-        return self._buffers[n]
+        if n not in self._inputs:
+            self._inputs[n] = self._allocate([n, *self._pixel_shape], np.uint8)
+        output_shape = [int(d) for d in self._context.get_tensor_shape(self.output_name)]
+        return self._inputs[n], self._allocate(output_shape, np.float32)
 
     def _allocate(self, shape: list[int], dtype: type) -> ort.OrtValue:
         try:
@@ -187,17 +188,20 @@ class TensorRTEncoder:
         chunks = []
         with self._lock:
             for start in range(0, len(batch), self.max_batch):
-                # astype copies: the next run overwrites the buffer that numpy() may view
-                chunks.append(self._run(batch[start:start + self.max_batch]).numpy().astype(np.float32))
+                chunks.append(self._run(batch[start:start + self.max_batch]).numpy().copy())
         if not chunks:
             return np.zeros((0, self._dim), np.float32)
         return np.concatenate(chunks)
+
+    def encode_in_batches(self, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """As `OnnxEncoder.encode_in_batches`: here `encode` already splits by the engine's max batch."""
+        return self.encode(inputs)
 
     def encode_to_ortvalue(self, batch: np.ndarray, device_type: str | None = None,
                            device_id: int | None = None) -> ort.OrtValue:
         """Embed up to max_batch images, leaving the N x D embedding on the device.
 
-        The OrtValue is a reused buffer: it is valid until the next call.
+        The OrtValue is this call's own: later runs never write into it.
 
         Args:
             batch: uint8 pixels, N x S x S x 3 with 1 <= N <= max_batch.
@@ -217,3 +221,11 @@ class TensorRTEncoder:
                               f"but got {len(batch)}; use encode() to split larger batches")
         with self._lock:
             return self._run(batch)
+
+
+def _logger(trt):
+    """The process's one TensorRT logger (warnings and errors)."""
+    global _LOGGER  # noqa: PLW0603 - TensorRT keeps the first logger a process gives it
+    if _LOGGER is None or _LOGGER[0] is not trt:
+        _LOGGER = (trt, trt.Logger(trt.Logger.WARNING))
+    return _LOGGER[1]

@@ -151,7 +151,12 @@ class Runtime:
 
     def deserialize_cuda_engine(self, serialized: bytes) -> ICudaEngine | None:
         try:
-            session = ort.InferenceSession(bytes(serialized), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if _has_fp16_weights(bytes(serialized)):
+                # fp16 graphs crash onnxruntime's CPU layout optimizations (see runtime/onnx_engine.py)
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            session = ort.InferenceSession(bytes(serialized), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
         except Exception:  # TensorRT logs the reason and returns None
             return None
         return ICudaEngine(session, self.options)
@@ -164,3 +169,13 @@ def make_module(options: FakeOptions) -> types.ModuleType:
     module.Logger, module.TensorIOMode, module.DataType = Logger, TensorIOMode, DataType
     module.Runtime = lambda logger: Runtime(logger, options)
     return module
+
+
+def _has_fp16_weights(serialized: bytes) -> bool:
+    import onnx  # noqa: PLC0415 - tests only
+
+    try:
+        model = onnx.load_from_string(serialized)
+    except Exception:  # not an ONNX file: deserialization fails later, as TensorRT's would
+        return False
+    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)

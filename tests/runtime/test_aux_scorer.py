@@ -7,6 +7,7 @@ figures are checked against the float64 reference of calibration/scores.py.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -163,3 +164,27 @@ def test_the_service_scores_with_the_aux_encoder_and_reloads_to_a_vlm_bundle(
     assert all(d.reason in (Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD, Reason.DROPPED) for d in decisions)
     assert service.stop() == 0, service.stderr()
     assert "bundle reloaded (SIGHUP)" in service.stderr()
+
+
+def test_a_reload_reuses_the_encoders_it_can_and_reopens_a_moved_aux_folder(demo_export, aux_export, aux_bundle,
+                                                                            tmp_path):
+    first = load_scorer(demo_export, aux_bundle, CONFIG, aux_artifacts_dir=aux_export)
+    again = load_scorer(demo_export, aux_bundle, CONFIG, previous=first, aux_artifacts_dir=aux_export)
+    for name in (HEAD_INPUT, AUX_HEAD_INPUT):
+        assert again.towers[name].engine is first.towers[name].engine, f"{name}: the same files, the same session"
+    moved = tmp_path / "moved_aux"
+    shutil.copytree(aux_export, moved)
+    after_move = load_scorer(demo_export, aux_bundle, CONFIG, previous=first, aux_artifacts_dir=moved)
+    assert after_move.towers[HEAD_INPUT].engine is first.towers[HEAD_INPUT].engine
+    assert after_move.towers[AUX_HEAD_INPUT].engine is not first.towers[AUX_HEAD_INPUT].engine
+    assert after_move.towers[AUX_HEAD_INPUT].engine.path == moved / "image_encoder.onnx"
+
+
+def test_an_aux_folder_whose_preprocessing_changed_is_refused(demo_export, aux_export, aux_bundle, tmp_path):
+    changed = tmp_path / "changed_aux"
+    shutil.copytree(aux_export, changed)
+    manifest = json.loads((changed / MANIFEST_NAME).read_text())
+    manifest["preprocess"]["interpolation"] = "bilinear"  # same weights, other pixels in
+    write_json_atomic(changed / MANIFEST_NAME, manifest)
+    with pytest.raises(BundleMismatchError, match="preprocessing .* is not the one the bundle was calibrated with"):
+        load_scorer(demo_export, aux_bundle, CONFIG, aux_artifacts_dir=changed)

@@ -20,7 +20,8 @@ def manifest_with_engine(folder, **record) -> dict:
     (folder / "engines").mkdir(exist_ok=True)
     (folder / "engines" / "image.engine").write_bytes(b"serialized engine")
     entry = {"file": "engines/image.engine", "sha256": sha256_file(folder / "engines" / "image.engine"),
-             "precision": "fp16", "onnx_sha256": "aaa", **record}
+             "precision": "fp16", "onnx_sha256": "aaa",
+             "parity": {"image_min_cosine": 0.99993, "min_cosine_required": 0.999}, **record}
     return {"model": "demo_fmnist", "engines": {"image_encoder": entry},
             "precisions": {"fp16": {"files": {"image_encoder": {"file": "image_encoder.fp16.onnx", "sha256": "aaa"}}}}}
 
@@ -36,11 +37,20 @@ def test_an_engine_built_from_the_bundles_onnx_file_is_found(tmp_path):
     ({"onnx_sha256": "bbb"}, "fp16", "not built from the fp16 image encoder the manifest lists"),
     ({"onnx_sha256": None}, "fp16", "sha256 differs or is not recorded"),
     ({"file": "engines/gone.engine"}, "fp16", "gone.engine is listed in the manifest but missing"),
+    ({"parity": None}, "fp16", "has no passed parity check against the fp16 image encoder"),
+    ({"parity": {"image_min_cosine": 0.9981, "min_cosine_required": 0.999}}, "fp16",
+     r"no passed parity check .*cosine 0.9981 < required 0.999"),
 ])
 def test_an_engine_that_does_not_match_the_bundle_is_refused(tmp_path, record, precision, message):
     with pytest.raises(ArtifactError, match=message) as caught:
         tensorrt_engine_path(tmp_path, manifest_with_engine(tmp_path, **record), precision)
     assert "make export MODEL=demo_fmnist FORMAT=engine PRECISION=fp16" in str(caught.value)
+
+
+def test_an_int8_bundle_is_pointed_to_onnxruntime(tmp_path):
+    with pytest.raises(ArtifactError, match="int8 bundles run their int8 ONNX image encoder with --backend "
+                                            "onnxruntime"):
+        tensorrt_engine_path(tmp_path, manifest_with_engine(tmp_path), "int8")
 
 
 def test_artifacts_without_an_engine_point_to_the_export_and_to_onnxruntime(tmp_path):

@@ -28,10 +28,15 @@ def frames_of(images: np.ndarray) -> list[ReceivedFrame]:
 
 
 def assert_close_decisions(got, expected, kappa_atol: float, min_agreement: float) -> None:
+    """Same classes (mostly), kappa within `kappa_atol`, and the same decision wherever kappa is not that close
+    to the threshold."""
+    assert len(got) == len(expected) and all(d.kappa is not None for d in got), [d.reason for d in got]
     agreement = np.mean([g.class_id == e.class_id for g, e in zip(got, expected)])
     assert agreement >= min_agreement, f"class agreement {agreement:.3f} < {min_agreement}"
-    same = [(g.kappa, e.kappa) for g, e in zip(got, expected) if g.class_id == e.class_id]
-    np.testing.assert_allclose(*zip(*same), atol=kappa_atol)
+    same = [(g, e) for g, e in zip(got, expected) if g.class_id == e.class_id]
+    np.testing.assert_allclose([g.kappa for g, _ in same], [e.kappa for _, e in same], atol=kappa_atol)
+    clear = [(g, e) for g, e in same if abs(e.kappa - e.threshold) > kappa_atol]
+    assert clear and all(g.decision is e.decision for g, e in clear)
 
 
 def test_cuda_scorer_keeps_embeddings_on_the_device_and_matches_the_cpu(demo_export, demo_bundle, fmnist_images):

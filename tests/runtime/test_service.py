@@ -229,7 +229,9 @@ def test_every_frame_received_before_sigterm_is_answered(serve, subscribe, push,
     assert subscriber.wait_for(lambda s: s.health[-1].counters.get("received") == 40, 10), "not all received"
     service.process.send_signal(signal.SIGTERM)
     assert subscriber.wait_for(lambda s: s.health[-1].status is HealthStatus.STOPPED, 20)
-    assert service.stop() == 0
+    # The process exits by itself after its final heartbeat (a second SIGTERM during interpreter
+    # shutdown would meet the default handler and kill it, which is not what is tested here)
+    assert service.process.wait(20) == 0, service.stderr()
     assert len(subscriber.decisions) == 40
     assert_camera_order(subscriber.decisions, {f"c{c}": list(range(10)) for c in range(4)})
     assert all(d.decision is Decision.ACCEPT or d.reason is Reason.DROPPED for d in subscriber.decisions)
