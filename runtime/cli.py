@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trustvlm.cli import CliError
 from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
+from trustvlm.runtime.engines import BACKENDS
 
 _DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
 #: flag dest -> path of the config key it sets.
@@ -30,7 +31,8 @@ _FLAG_KEYS = {
     "publish": ("publish", "address"), "publish_format": ("publish", "wire_format"),
     "heartbeat_ms": ("publish", "heartbeat_ms"),
     "providers": ("scorer", "providers"), "allow_cpu_fallback": ("scorer", "allow_fallback"),
-    "backend": ("scorer", "backend"), "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"), "max_wait_ms": ("scorer", "max_wait_ms"),
+    "backend": ("scorer", "backend"), "threads": ("scorer", "threads"), "max_batch": ("scorer", "max_batch"),
+    "max_wait_ms": ("scorer", "max_wait_ms"),
     "staleness_ms": ("buffer", "staleness_ms"), "max_cameras": ("buffer", "max_cameras"),
     "max_message_bytes": ("limits", "max_message_bytes"), "max_width": ("limits", "max_width"),
     "max_height": ("limits", "max_height"), "max_header_bytes": ("limits", "max_header_bytes"),
@@ -41,7 +43,8 @@ _FLAG_KEYS = {
     "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
 }
 #: Flags that name files: taken relative to the working directory, not to the --config file.
-_PATH_FLAGS = ("artifacts", "bundle", "prototype_encoder", "curve_server_key", "curve_ingest_clients", "curve_publish_clients")
+_PATH_FLAGS = ("artifacts", "bundle", "prototype_encoder", "curve_server_key", "curve_ingest_clients",
+               "curve_publish_clients")
 EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
       --ingest tcp://*:5555 --publish tcp://*:5556
@@ -94,7 +97,7 @@ def add_serve_parser(subparsers) -> None:
         help=f"body encoding (default: {_default('publish', 'wire_format')})")
     add("--heartbeat-ms", type=int, help=f"trust/_health period (default: {_default('publish', 'heartbeat_ms')})")
     add("--providers", nargs="+", help="ONNX Runtime providers in order, e.g. cuda cpu (default: cpu)")
-    add("--backend", choices=["onnxruntime", "tensorrt-engine"],
+    add("--backend", choices=list(BACKENDS),
         help="image encoders through ONNX Runtime (the .onnx files, on --providers) or as the TensorRT engines "
              "of `make export FORMAT=engine` (needs tensorrt, a GPU and --providers cuda for the trust head) "
              f"(default: {_default('scorer', 'backend')})")
@@ -176,6 +179,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from trustvlm.calibration.bundle import BundleError  # noqa: PLC0415
     from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
+    from trustvlm.runtime.scorer import AUX_HEAD_INPUT  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
 
     try:
@@ -207,7 +211,7 @@ def run_serve(args: argparse.Namespace) -> int:
           f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms){metrics} "
           f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
           f"providers={list(scorer.encoder.providers)}"
-          f"{' aux=' + scorer.towers['aux_embedding'].engine.path.name if 'aux_embedding' in scorer.towers else ''}",
+          f"{' aux=' + scorer.towers[AUX_HEAD_INPUT].engine.path.name if AUX_HEAD_INPUT in scorer.towers else ''}",
           flush=True)
     while not service.wait(0.5):
         pass

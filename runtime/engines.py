@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from trustvlm.calibration.bundle import engine_sha256
 from trustvlm.runtime.artifacts import ArtifactError, encoder_path
 
 ONNXRUNTIME, TENSORRT_ENGINE = "onnxruntime", "tensorrt-engine"
@@ -46,12 +47,6 @@ def device_of(engine: ImageEngine) -> str | None:
     return "cuda" if engine.providers and engine.providers[0] in CUDA_PROVIDERS else None
 
 
-def onnx_sha256(manifest: dict, precision: str) -> str:
-    """sha256 of the manifest's image encoder ONNX file of `precision` ("" when it lists none)."""
-    entry = manifest.get("precisions", {}).get(precision, {})
-    return str(entry.get("files", {}).get("image_encoder", {}).get("sha256", ""))
-
-
 def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: str) -> tuple[Path, str]:
     """(path, sha256) of the manifest's image encoder engine, checked against the ONNX file of `precision`.
 
@@ -70,7 +65,7 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
     if record.get("precision") != precision:
         raise ArtifactError(f"{folder}: the TensorRT engine is {record.get('precision')} but the bundle was "
                             f"calibrated with the {precision} encoder; build one with {rebuild}")
-    if record.get("onnx_sha256") != onnx_sha256(manifest, precision):
+    if record.get("onnx_sha256") != engine_sha256(manifest, precision, towers=("image",))["image_encoder"]:
         raise ArtifactError(f"{folder}: the TensorRT engine was not built from the {precision} image encoder the "
                             f"manifest lists (sha256 differs or is not recorded); rebuild it with {rebuild}")
     parity = record.get("parity") or {}
@@ -88,18 +83,21 @@ def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str,
                       providers: tuple[str, ...], allow_fallback: bool, threads: int | None) -> ImageEngine:
     """Open the image encoder of `precision` with `backend` (see the module docstring).
 
+    The ONNX file is checked against the manifest's sha256 for both backends: it is what the
+    bundle was calibrated with, and what an engine must have been built from.
+
     Raises:
         ArtifactError: Missing, corrupt or mismatched encoder files.
         trustvlm.runtime.onnx_engine.EngineError: A session or engine that cannot be created.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r}")
+    onnx_file = encoder_path(Path(artifacts_dir), manifest, "image", precision)
     if backend == ONNXRUNTIME:
         from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
 
-        return OnnxEncoder(encoder_path(Path(artifacts_dir), manifest, "image", precision), providers,
-                           allow_fallback, threads, precision)
-    if backend == TENSORRT_ENGINE:
-        from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
+        return OnnxEncoder(onnx_file, providers, allow_fallback, threads, precision)
+    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
 
-        path, sha256 = tensorrt_engine_path(artifacts_dir, manifest, precision)
-        return TensorRTEncoder(path, expected_sha256=sha256)
-    raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r}")
+    path, sha256 = tensorrt_engine_path(artifacts_dir, manifest, precision)
+    return TensorRTEncoder(path, expected_sha256=sha256)

@@ -39,10 +39,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, PrototypeBundle, load_bundle,
-                                         read_bundle_info)
+from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256,
+                                         load_bundle, read_bundle_info)
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
-from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of, onnx_sha256,
+from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of,
                                       open_image_engine)
 from trustvlm.runtime.ingest import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, Reason, TopKEntry
@@ -145,14 +145,15 @@ def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str
         BundleMismatchError: The manifest's preprocessing is not the one the bundle recorded.
     """
     manifest = read_manifest(artifacts_dir)
-    encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must match its manifest
     if dict(manifest["preprocess"]) != dict(recorded_preprocess):
         raise BundleMismatchError(f"{artifacts_dir}: its preprocessing {manifest['preprocess']} is not the one the "
                                   f"bundle was calibrated with ({recorded_preprocess}); recalibrate")
-    source = (str(Path(artifacts_dir).resolve()), precision, config.backend, onnx_sha256(manifest, precision),
+    source = (str(Path(artifacts_dir).resolve()), precision, config.backend,
+              engine_sha256(manifest, precision, towers=("image",))["image_encoder"],
               json.dumps(manifest["preprocess"], sort_keys=True))
     reusable = previous.towers.get(head_input) if previous is not None else None
     if reusable is not None and reusable.source == source:
+        encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must still match
         return reusable
     engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
                                config.allow_fallback, config.threads)
@@ -181,7 +182,8 @@ class BundleScorer:
 
     A bundle whose image prototypes come from an auxiliary encoder (TrustVLM's DINOv2 option)
     has a second image tower: every frame is decoded once, resized for each encoder, and the
-    trust head takes both embeddings.
+    trust head takes both embeddings. Such a bundle needs `aux_artifacts_dir`; build scorers with
+    :func:`load_scorer`, which verifies the bundle and says so in one line when it is missing.
     """
 
     def __init__(self, artifacts_dir: str | os.PathLike, bundle: PrototypeBundle, config: ScorerConfig,
@@ -191,9 +193,6 @@ class BundleScorer:
         self.bundle, self.config, self.precision = bundle, config, info.precision
         towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, info.preprocess, previous)]
         if info.aux_encoder is not None:
-            if aux_artifacts_dir is None:
-                raise EngineError(f"{bundle.bundle_dir} needs the auxiliary encoder {info.aux_encoder.model}: "
-                                  "pass its artifacts folder with --prototype-encoder")
             towers.append(open_tower(AUX_HEAD_INPUT, aux_artifacts_dir, info.aux_encoder.precision, config,
                                      info.aux_encoder.preprocess, previous))
         self.towers = {tower.head_input: tower for tower in towers}
@@ -353,14 +352,14 @@ def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike,
         trustvlm.runtime.artifacts.ArtifactError: Missing or corrupt artifacts.
         EngineError: Sessions that cannot be created or fail the self-check.
     """
-    needs_aux = read_bundle_info(bundle_dir).aux_encoder is not None
-    if needs_aux and aux_artifacts_dir is None:
-        info = read_bundle_info(bundle_dir).aux_encoder
-        raise BundleError(f"{bundle_dir} takes its image prototypes from the auxiliary encoder {info.model}: "
+    aux = read_bundle_info(bundle_dir).aux_encoder
+    if aux is not None and aux_artifacts_dir is None:
+        raise BundleError(f"{bundle_dir} takes its image prototypes from the auxiliary encoder {aux.model}: "
                           f"pass that encoder's export folder with --prototype-encoder "
-                          f"(e.g. artifacts/{info.model})")
-    bundle = load_bundle(bundle_dir, artifacts_dir, aux_artifacts_dir if needs_aux else None)
-    scorer = BundleScorer(artifacts_dir, bundle, config, aux_artifacts_dir if needs_aux else None, previous)
+                          f"(e.g. artifacts/{aux.model})")
+    aux_dir = aux_artifacts_dir if aux is not None else None
+    bundle = load_bundle(bundle_dir, artifacts_dir, aux_dir)
+    scorer = BundleScorer(artifacts_dir, bundle, config, aux_dir, previous)
     scorer.self_check()
     return scorer
 
