@@ -131,8 +131,9 @@ def run_source(args: argparse.Namespace) -> int:
     import zmq  # noqa: PLC0415
 
     from trustvlm.pipelines.captures import CaptureError, DatasetCapture, ImageFolderCapture  # noqa: PLC0415
-    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender,  # noqa: PLC0415
-                                           FreeRunPacer, SenderConfig, SourceError, TruthWriter, stream_frames)
+    from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig, SourceError  # noqa: PLC0415
+    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FreeRunPacer, TruthWriter,  # noqa: PLC0415
+                                           stream_frames)
     from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
 
     if args.max_in_flight < 0 or (args.max_in_flight and not args.decisions):

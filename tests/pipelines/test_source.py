@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from trustvlm.pipelines.captures import DatasetCapture, degrade
-from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender, SenderConfig,
-                                       TruthWriter, stream_frames)
+from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig
+from trustvlm.pipelines.source import DecisionWindowPacer, FpsPacer, TruthWriter, stream_frames
 from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage,
                                        HealthStatus, Reason, encode_body, topic_for)
 
