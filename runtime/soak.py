@@ -5,7 +5,8 @@ Run it on the device the service will run on (``make soak``, or)::
     python -m trustvlm.runtime.soak --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
         --seconds 180 --rate 40 --cameras 4 --output soak.json
 
-It starts ``serve`` as a child process on free loopback ports, sends frames from ``--cameras``
+It starts ``serve`` as a child process on free loopback ports
+(:class:`~trustvlm.pipelines.serve_process.ServeProcess`), sends frames from ``--cameras``
 cameras at ``--rate`` frames/s in total (Fashion-MNIST test images when Debian's
 dataset-fashion-mnist is installed, else synthetic images; JPEG, PNG and raw in turn), restarts
 its sender socket every ``--sender-restart-s``, reads every decision and heartbeat, samples the
@@ -26,10 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import select
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +39,7 @@ import cv2
 import numpy as np
 import zmq
 
+from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.messages import (DecisionMessage, Encoding, FrameHeader, HealthMessage, HealthStatus,
                                        decode_body, send_frame)
 
@@ -68,6 +66,10 @@ class SoakReport:
     final_counters: dict = field(default_factory=dict)
     service_log_tail: str = ""
     passed: bool = False
+
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready."""
+        return asdict(self)
 
     def summary(self) -> str:
         losses = ", ".join(f"{k} {v}" for k, v in self.counted_losses.items()) or "none"
@@ -143,23 +145,6 @@ class Collector:
         self.socket.close(0)
 
 
-def start_service(artifacts: Path, bundle: Path, serve_args: list[str],
-                  log) -> tuple[subprocess.Popen, str, str]:
-    """Start serve on free loopback ports (its log goes to the file `log`); return it and its endpoints."""
-    command = [sys.executable, "-m", "trustvlm.runtime.cli", "serve", "--artifacts", str(artifacts), "--bundle",
-               str(bundle), "--ingest", "tcp://127.0.0.1:*", "--publish", "tcp://127.0.0.1:*", "--heartbeat-ms", "200",
-               *serve_args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    ready, _, _ = select.select([process.stdout], [], [], 120)
-    line = process.stdout.readline() if ready else ""
-    found = re.search(r"ingest=(\S+) .* publish=(\S+) ", line)
-    if found is None:
-        process.kill()
-        log.seek(0)
-        raise RuntimeError(f"serve did not start: {line!r} {log.read()[-2000:]}")
-    return process, found.group(1), found.group(2)
-
-
 def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras: int,
              sender_restart_s: float, max_rss_growth_mb: float, serve_args: list[str]) -> SoakReport:
     """Run one soak (see the module docstring) and return its report."""
@@ -169,25 +154,25 @@ def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras
     payloads = {enc: [cv2.imencode(".jpg" if enc is Encoding.JPEG else ".png", image)[1].tobytes()
                       if enc is not Encoding.RAW else np.ascontiguousarray(image).tobytes() for image in images]
                 for enc in encodings}
-    log = tempfile.TemporaryFile("w+")  # a pipe could fill up and stall the service
-    process, ingest, publish = start_service(artifacts, bundle, serve_args, log)
     samples: list[tuple[float, float]] = []
-    with log, zmq.Context() as context:
-        collector = Collector(context, publish)
+    # The service's stderr goes to a file: a pipe could fill up and stall the service.
+    with tempfile.TemporaryDirectory(prefix="soak-") as log_dir, zmq.Context() as context:
+        serve = ServeProcess(artifacts, bundle, Path(log_dir), ("--heartbeat-ms", "200", *serve_args)).start()
+        collector = Collector(context, serve.publish)
         try:
             collector.start()
-            sender = _push(context, ingest)
+            sender = _push(context, serve.ingest)
             started = next_restart = time.monotonic()
             next_restart += sender_restart_s
             seqs = [0] * cameras
             next_sample = started
             while (now := time.monotonic()) - started < seconds:
                 if now >= next_sample:
-                    samples.append((now - started, rss_mb(process.pid) or float("nan")))
+                    samples.append((now - started, rss_mb(serve.pid) or float("nan")))
                     next_sample += 1.0
                 if sender_restart_s and now >= next_restart:  # a camera process restarting
                     sender.close(linger=1000)
-                    sender = _push(context, ingest)
+                    sender = _push(context, serve.ingest)
                     next_restart += sender_restart_s
                 due = int((now - started) * rate)
                 while report.sent < due:
@@ -205,21 +190,16 @@ def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras
             while time.monotonic() < deadline and _outcomes(collector) < report.sent:
                 time.sleep(0.2)
             sender.close(linger=0)
-            samples.append((time.monotonic() - started, rss_mb(process.pid) or float("nan")))
-            process.send_signal(signal.SIGTERM)
+            samples.append((time.monotonic() - started, rss_mb(serve.pid) or float("nan")))
+            serve.request_stop()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and (collector.health is None
                                                    or collector.health.status is not HealthStatus.STOPPED):
                 time.sleep(0.1)
         finally:
-            try:
-                report.service_exit = process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                report.service_exit = process.wait(5)
+            report.service_exit = serve.stop(30)
             collector.stop()
-            log.seek(0)
-            report.service_log_tail = log.read()[-2000:]
+            report.service_log_tail = serve.child.stderr_path.read_text(errors="replace")[-2000:]
     _account(report, collector, samples, max_rss_growth_mb)
     return report
 

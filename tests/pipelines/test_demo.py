@@ -14,7 +14,7 @@ import pytest
 from trustvlm.cli import build_parser
 from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split
 from trustvlm.pipelines.captures import degrade
-from trustvlm.pipelines.demo import CALIBRATION_SEED_OFFSET, write_camera_calibration_set
+from trustvlm.pipelines.calibration_set import CALIBRATION_SEED_OFFSET, write_camera_calibration_set
 from trustvlm.pipelines.report import load_scored_frames, plot_live_risk_coverage
 
 from .conftest import REPO, require_fashion_mnist, require_vtest
