@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trustvlm.benchmarks.cli import add_bench_parser, run_bench
+from trustvlm.benchmarks.cli import add_bench_parser, add_soak_parser, run_bench
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
 from trustvlm.cli_common import CliError, run_handler
 from trustvlm.export.cli import add_export_parser
 from trustvlm.models.cli import add_models_parser
-from trustvlm.pipelines.cli import add_controller_parser, add_source_parser, add_zeroshot_parser
+from trustvlm.pipelines.cli import add_controller_parser, add_demo_parser, add_source_parser, add_zeroshot_parser
 from trustvlm.runtime.cli import add_keys_parser, add_serve_parser
 from trustvlm.training.cli import add_train_parser
 
@@ -24,8 +24,8 @@ __all__ = ["CliError", "SUBCOMMANDS", "build_parser", "main"]
 
 #: The subcommands in the order `trustvlm --help` lists them: the pipeline's stages, then the tools.
 SUBCOMMANDS = (add_export_parser, add_zeroshot_parser, add_calibrate_parser, add_eval_parser, add_serve_parser,
-               add_keys_parser, add_source_parser, add_controller_parser, add_bench_parser, add_train_parser,
-               add_models_parser)
+               add_keys_parser, add_source_parser, add_controller_parser, add_demo_parser, add_soak_parser,
+               add_bench_parser, add_train_parser, add_models_parser)
 
 EPILOG = """examples:
   trustvlm export --model demo_fmnist
@@ -36,7 +36,7 @@ EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle
   trustvlm source --video /usr/share/doc/opencv-doc/examples/data/vtest.avi --fps native
   trustvlm controller --connect tcp://127.0.0.1:5556
-  python -m trustvlm.pipelines.demo    # the end-to-end streaming demo (`make demo`)
+  trustvlm demo --artifacts artifacts/demo_fmnist      # the end-to-end streaming demo (`make demo`)
 
 `trustvlm COMMAND --help` explains each command and its flags.
 """

@@ -1,7 +1,8 @@
-"""`trustvlm source`, `controller` and `zeroshot`: thin argparse layers over the pipelines library.
+"""`trustvlm source`, `controller`, `zeroshot` and `demo`: thin argparse layers over the pipelines library.
 
 Wire them into the top-level parser with ``add_source_parser(subparsers)``,
-``add_controller_parser(subparsers)`` and ``add_zeroshot_parser(subparsers)``; each sets ``handler``. Expected failures (a missing video, a
+``add_controller_parser(subparsers)``, ``add_zeroshot_parser(subparsers)`` and
+``add_demo_parser(subparsers)``; each sets ``handler``. Expected failures (a missing video, a
 camera that cannot be opened, a runtime that takes no frames) become one
 :class:`trustvlm.cli_common.CliError` line. SIGINT/SIGTERM end `source` and `controller` cleanly,
 with their summary, exit status 0.
@@ -30,6 +31,11 @@ CONTROLLER_EPILOG = """examples:
   trustvlm controller --connect tcp://127.0.0.1:5556
   trustvlm controller --truth truth.jsonl --log decisions.jsonl --summary summary.json --print events \\
       --progress-s 5 --exit-on-stop
+"""
+
+DEMO_EPILOG = """examples:
+  trustvlm demo --artifacts artifacts/demo_fmnist                  # `make demo-stream`
+  trustvlm demo --artifacts artifacts/demo_fmnist --frames 500 --shift blur --no-video
 """
 
 
@@ -258,6 +264,16 @@ def run_controller(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_zeroshot_parser(subparsers) -> None:
     """Add `zeroshot`: zero-shot accuracy of an export on the Fashion-MNIST test images."""
     parser = subparsers.add_parser(
@@ -282,4 +298,47 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     except ArtifactError as error:
         raise CliError(str(error)) from error
     print(result.summary())
+    return 0
+
+
+def add_demo_parser(subparsers) -> None:
+    """Add `demo`: the end-to-end streaming demo (`make demo-stream`)."""
+    from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
+    from trustvlm.pipelines.demo import VTEST  # noqa: PLC0415
+
+    parser = subparsers.add_parser(
+        "demo", formatter_class=ExamplesHelpFormatter, epilog=DEMO_EPILOG,
+        help="the end-to-end streaming demo: calibrate on a degraded camera, serve, two cameras, controller, "
+             "summary",
+        description=wrap("End-to-end streaming demo: calibrate on a degraded camera, serve, replay Fashion-MNIST "
+                         "test images through that camera with labels plus a real video clip, score live with "
+                         "the controller, summarize and plot risk-coverage. Every step is a real trustvlm "
+                         "process; everything lands in the --out folder."))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <artifacts>/demo_stream)")
+    parser.add_argument("--shift", default="low_light", choices=list(SHIFTS), help="the degraded camera")
+    parser.add_argument("--shots", type=int, default=16, help="shots per class for the image prototypes")
+    parser.add_argument("--alpha", type=float, default=0.05, help="target risk among accepted frames")
+    parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
+    parser.add_argument("--lam", default="auto", help="lambda of the trust score: 'auto' or a number (1: the paper's)")
+    parser.add_argument("--frames", type=_at_least_one, default=None,
+                        help="test images to replay (default: all 10,000)")
+    parser.add_argument("--video", type=Path, default=VTEST, help="video file of the second camera")
+    parser.add_argument("--no-video", dest="use_video", action="store_false", help="run without the video camera")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the service")
+    parser.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm demo`."""
+    from trustvlm.pipelines.demo import DemoConfig, DemoError, run_demo  # noqa: PLC0415
+    from trustvlm.pipelines.processes import ProcessError  # noqa: PLC0415
+
+    config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream", shift=args.shift,
+                        shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
+                        video=args.video if args.use_video else None, threads=args.threads)
+    try:
+        run_demo(config)
+    except (DemoError, ProcessError) as error:
+        raise CliError(str(error)) from error
     return 0

@@ -1,6 +1,6 @@
 """The end-to-end streaming demo: calibrate on your camera, then trust it; real processes, real sockets.
 
-    python -m trustvlm.pipelines.demo --artifacts artifacts/demo_fmnist      # `make demo` runs this
+    trustvlm demo --artifacts artifacts/demo_fmnist      # `make demo` runs this
 
 Steps (each a real ``trustvlm`` process, exit codes checked):
 
@@ -30,9 +30,7 @@ The jobs it builds on: :mod:`~trustvlm.pipelines.calibration_set` (step 1),
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from trustvlm.calibration.shifts import SHIFTS
 from trustvlm.data.fashion_mnist import DatasetMissingError
 from trustvlm.pipelines.calibration_set import write_camera_calibration_set
 from trustvlm.pipelines.demo_summary import format_demo_summary, plot_demo_risk_coverage
-from trustvlm.pipelines.processes import ChildProcess, ProcessError
+from trustvlm.pipelines.processes import ChildProcess
 from trustvlm.pipelines.serve_process import ServeProcess
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -196,46 +194,3 @@ def run_demo(config: DemoConfig) -> dict:
     paths["demo"].write_text(json.dumps({"config": {k: str(v) for k, v in vars(config).items()},
                                          "controller": summary, "processes": statuses}, indent=2) + "\n")
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m trustvlm.pipelines.demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="End-to-end streaming demo: calibrate on a degraded camera, serve, replay Fashion-MNIST test "
-                    "images through that camera with labels plus a real video clip, score live with the "
-                    "controller, summarize and plot risk-coverage.")
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <artifacts>/demo_stream)")
-    parser.add_argument("--shift", default="low_light", choices=list(SHIFTS), help="the degraded camera")
-    parser.add_argument("--shots", type=int, default=16, help="shots per class for the image prototypes")
-    parser.add_argument("--alpha", type=float, default=0.05, help="target risk among accepted frames")
-    parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
-    parser.add_argument("--lam", default="auto", help="lambda of the trust score: 'auto' or a number (1: the paper's)")
-    parser.add_argument("--frames", type=int, default=None, help="test images to replay (default: all 10,000)")
-    parser.add_argument("--video", type=Path, default=VTEST, help="video file of the second camera")
-    parser.add_argument("--no-video", dest="use_video", action="store_false", help="run without the video camera")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the service")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.frames is not None and args.frames < 1:
-        print(f"demo: error: --frames should be >= 1, but got {args.frames}", file=sys.stderr)
-        return 2
-    config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream", shift=args.shift,
-                        shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
-                        video=args.video if args.use_video else None, threads=args.threads)
-    try:
-        run_demo(config)
-    except (DemoError, ProcessError) as error:
-        print(f"demo: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("demo: interrupted; every process it started has been stopped", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Run it on the device the service will run on (``make soak``, or)::
 
-    python -m trustvlm.runtime.soak --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
+    trustvlm soak --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
         --seconds 180 --rate 40 --cameras 4 --output soak.json
 
 It starts ``serve`` as a child process on free loopback ports
@@ -25,9 +25,6 @@ less than ``--max-rss-growth-mb`` after warm-up; 1 otherwise. It is not part of 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 import threading
 import time
@@ -240,38 +237,3 @@ def _account(report: SoakReport, collector: Collector, samples: list[tuple[float
                          "growth_after_warmup": values[-1] - after[0]}
     rss_ok = not values or report.rss_mb["growth_after_warmup"] < max_rss_growth_mb
     report.passed = report.unaccounted == 0 and report.order_ok and report.service_exit == 0 and rss_ok
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trustvlm.runtime.soak", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, required=True, help="export folder of the model")
-    parser.add_argument("--bundle", type=Path, required=True, help="prototype bundle folder")
-    parser.add_argument("--seconds", type=float, default=180.0, help="how long frames are sent")
-    parser.add_argument("--rate", type=float, default=40.0, help="frames per second, all cameras together")
-    parser.add_argument("--cameras", type=int, default=4, help="cameras sending in turn")
-    parser.add_argument("--sender-restart-s", type=float, default=60.0,
-                        help="re-create the sender socket this often (0: never)")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,
-                        help="fail when the service's RSS grows more than this after warm-up")
-    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for serve, e.g. --serve-arg=--threads=1 (repeatable)")
-    parser.add_argument("--output", type=Path, default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.rate <= 0 or args.cameras < 1:
-        parser.error(f"--seconds and --rate should be > 0 and --cameras >= 1, but got {args.seconds}, {args.rate}, "
-                     f"{args.cameras}")
-    try:
-        report = run_soak(args.artifacts, args.bundle, args.seconds, args.rate, args.cameras, args.sender_restart_s,
-                          args.max_rss_growth_mb, args.serve_arg)
-    except RuntimeError as error:
-        print(f"soak: error: {error}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    if args.output is not None:
-        args.output.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
