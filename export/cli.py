@@ -37,7 +37,7 @@ def add_export_parser(subparsers) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `trustvlm export`."""
-    from trustvlm.export.model_loading import WeightsUnavailableError  # noqa: PLC0415 - torch, only here
+    from trustvlm.export.loaded_model import WeightsUnavailableError  # noqa: PLC0415 - torch, only here
     from trustvlm.export.pipeline import ExportError, ExportRequest, export_model  # noqa: PLC0415
     from trustvlm.export.tensorrt_engine import TensorRTUnavailableError  # noqa: PLC0415
     from trustvlm.models.registry import UnknownModelError  # noqa: PLC0415
