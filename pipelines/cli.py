@@ -133,7 +133,8 @@ def run_source(args: argparse.Namespace) -> int:
     from trustvlm.pipelines.captures import CaptureError, DatasetCapture, ImageFolderCapture  # noqa: PLC0415
     from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender,  # noqa: PLC0415
                                            FreeRunPacer, SenderConfig, SourceError, TruthWriter, stream_frames)
-    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
     if args.max_in_flight < 0 or (args.max_in_flight and not args.decisions):
         raise CliError(f"--max-in-flight {args.max_in_flight} needs a value >= 1 and --decisions <publish endpoint>")
@@ -232,7 +233,8 @@ def run_controller(args: argparse.Namespace) -> int:
     from trustvlm.pipelines.controller import Controller, ControllerConfig  # noqa: PLC0415
     from trustvlm.pipelines.controller_output import ConsolePrinter, JsonlLogger, ObserverGroup  # noqa: PLC0415
     from trustvlm.pipelines.scoreboard import json_safe  # noqa: PLC0415
-    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
     try:
         for camera in args.cameras:

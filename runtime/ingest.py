@@ -21,7 +21,7 @@ read from the JPEG/PNG header (or the raw shape) before anything is decoded or m
 over a limit is deferred with a reason (when its header names the camera) or counted as a
 rejection; a hard cap (``MAXMSGSIZE``, a multiple of the payload limit) makes ZeroMQ itself drop
 absurd messages before they are buffered. Headers are unpacked with msgpack length limits
-(:data:`~trustvlm.runtime.messages.HEADER_UNPACK_LIMITS`); nothing received is unpickled or
+(:data:`~trustvlm.runtime.schema.HEADER_UNPACK_LIMITS`); nothing received is unpickled or
 evaluated. :func:`parse_message` never raises: whatever arrives becomes a frame, a notice or a
 counted rejection.
 
@@ -46,9 +46,9 @@ import cv2
 import numpy as np
 import zmq
 
-from trustvlm.runtime.messages import (HEADER_UNPACK_LIMITS, MAX_INT64, Encoding, FrameHeader, MessageError, Notice,
-                                       PixelFormat, ReceivedFrame, Reason, SchemaVersionError, check_camera_id,
-                                       unpack_message)
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, check_camera_id
+from trustvlm.runtime.messages import Reason
+from trustvlm.runtime.schema import HEADER_UNPACK_LIMITS, MAX_INT64, MessageError, SchemaVersionError, unpack_message
 from trustvlm.runtime.security import CurveServer
 
 log = logging.getLogger("trustvlm.runtime.ingest")

@@ -37,7 +37,8 @@ from trustvlm.runtime.artifacts import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.frame_buffer import FrameBuffer
 from trustvlm.runtime.ingest import Rejection, ZmqIngest
-from trustvlm.runtime.messages import HealthMessage, HealthStatus, Notice, ReceivedFrame, Reason
+from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.messages import HealthMessage, HealthStatus, Reason
 from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher

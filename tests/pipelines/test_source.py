@@ -15,8 +15,9 @@ import zmq
 from trustvlm.pipelines.captures import DatasetCapture, degrade
 from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender, SenderConfig,
                                        TruthWriter, stream_frames)
-from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage,
-                                       HealthStatus, Reason, encode_body, topic_for)
+from trustvlm.runtime.frames import Encoding, FrameHeader
+from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, HealthMessage, HealthStatus, Reason,
+                                       encode_body, topic_for)
 
 from .conftest import require_fashion_mnist
 

@@ -41,7 +41,8 @@ import hostile  # noqa: E402 - a sibling helper module, found through sys.path
 with atheris.instrument_imports():
     from trustvlm.runtime.ingest import FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection, decode_image, \
         parse_message
-    from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, WireFormat, encode_body
+    from trustvlm.runtime.frames import Notice, ReceivedFrame
+    from trustvlm.runtime.messages import Decision, DecisionMessage, WireFormat, encode_body
     from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
 LIMITS = FrameLimits(**hostile.LIMITS)
