@@ -181,6 +181,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
     from trustvlm.runtime.scorer import AUX_HEAD_INPUT  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
+    from trustvlm.runtime.transport import zmq_ingest_for  # noqa: PLC0415
 
     try:
         config = config_from_args(args)
@@ -192,7 +193,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        service = build_service(config)
+        service = build_service(config, zmq_ingest_for(config))
         endpoints = service.start()
     except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError, zmq.ZMQError) as error:
         raise CliError(str(error)) from error

@@ -64,7 +64,6 @@ class WireFormat(str, Enum):
     JSON = "json"
 
 
-
 def topic_for(camera_id: str) -> bytes:
     """The PUB topic of a camera's decisions: ``trust/<camera_id>``."""
     return f"{TOPIC_PREFIX}{camera_id}".encode()

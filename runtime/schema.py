@@ -88,7 +88,6 @@ def unpack_message(data: bytes, limits: UnpackLimits, what: str):
         raise MessageError(f"{what} is neither msgpack nor JSON within limits: {error}") from error
 
 
-
 def check_schema_version(value, ours: str, unknown_keys: set, known_keys: set, what: str) -> None:
     """Accept `value` if it has our major version, and unknown keys only from a newer minor.
 

@@ -44,7 +44,7 @@ from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, Proto
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of,
                                       open_image_engine)
-from trustvlm.runtime.ingest import FrameDecodeError, decode_image
+from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder

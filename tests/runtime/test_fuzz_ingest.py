@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.runtime.artifacts import read_manifest
-from trustvlm.runtime.ingest import FrameLimits, ImagezmqNamer, Rejection, parse_message
+from trustvlm.runtime.ingest import FrameLimits, Rejection
+from trustvlm.runtime.wire import ImagezmqNamer, parse_message
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
 from trustvlm.runtime.messages import Decision, Reason, WireFormat, decode_body, encode_body
 from trustvlm.runtime.schema import BODY_UNPACK_LIMITS, MessageError

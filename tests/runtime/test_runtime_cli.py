@@ -11,7 +11,7 @@ import pytest
 
 from trustvlm.runtime.cli import add_serve_parser, config_from_args, main, run_serve
 from trustvlm.runtime.config import ServiceConfig
-from trustvlm.runtime.ingest import SocketType
+from trustvlm.runtime.transport import SocketType
 from trustvlm.runtime.messages import WireFormat
 
 pytestmark = pytest.mark.timeout(60)
