@@ -98,9 +98,8 @@ def add_serve_parser(subparsers) -> None:
     add("--heartbeat-ms", type=int, help=f"trust/_health period (default: {_default('publish', 'heartbeat_ms')})")
     add("--providers", nargs="+", help="ONNX Runtime providers in order, e.g. cuda cpu (default: cpu)")
     add("--backend", choices=list(BACKENDS),
-        help="image encoders through ONNX Runtime (the .onnx files, on --providers) or as the TensorRT engines "
-             "of `make export FORMAT=engine` (needs tensorrt, a GPU and --providers cuda for the trust head) "
-             f"(default: {_default('scorer', 'backend')})")
+        help="how the image encoder runs; " + "; ".join(f"{name}: {spec.summary}" for name, spec in BACKENDS.items())
+             + f" (default: {_default('scorer', 'backend')})")
     add("--allow-cpu-fallback", dest="allow_cpu_fallback", action="store_true",
         help="run on the CPU when a requested GPU provider is unavailable (default: refuse to start)")
     add("--threads", type=int, help="intra-op threads per session (default: ONNX Runtime's choice)")
