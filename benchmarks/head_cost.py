@@ -82,8 +82,8 @@ def sample_jpeg(width: int = 768, height: int = 576) -> tuple[bytes, str]:
 
 def measure_preprocessing(preprocess, repeats: int = 5) -> dict[str, tuple[Figure, str]]:
     """µs per frame of decode + resize/crop, through the service's functions, per input kind."""
-    from trustvlm.runtime.image_codec import decode_image  # noqa: PLC0415
     from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, ReceivedFrame  # noqa: PLC0415
+    from trustvlm.runtime.image_codec import decode_image  # noqa: PLC0415
     from trustvlm.runtime.preprocess import resize_and_crop  # noqa: PLC0415
 
     size = preprocess.size

@@ -43,8 +43,8 @@ from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, Proto
                                          load_bundle, read_bundle_info)
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.engines import ONNXRUNTIME, ImageEngine, backend_spec, device_of, open_image_engine
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop

@@ -2,8 +2,8 @@
 
 :func:`build_service` wires the parts from a :class:`~trustvlm.runtime.config.ServiceConfig` and
 an ingest factory (any :class:`~trustvlm.runtime.ingest.Ingest`; ``trustvlm serve`` passes the
-ZeroMQ one); :class:`TrustService` only runs them, on three threads (ingest, scoring, bundle reload) beside
-the publisher's own:
+ZeroMQ one); :class:`TrustService` only runs them, on three threads (ingest, scoring, bundle
+reload) beside the publisher's own:
 
 * ingest: receive, check, put into the latest-frame-wins buffer (or count a rejection);
 * scoring: take a micro-batch across cameras, decide every item (scored frames, and notices of
@@ -37,8 +37,8 @@ from trustvlm.calibration.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD
 from trustvlm.runtime.artifacts import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.frame_buffer import FrameBuffer
-from trustvlm.runtime.ingest import Ingest, IngestFactory, Rejection
 from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.ingest import Ingest, IngestFactory, Rejection
 from trustvlm.runtime.messages import HealthMessage, HealthStatus, Reason
 from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
 from trustvlm.runtime.onnx_engine import EngineError

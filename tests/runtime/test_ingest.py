@@ -14,11 +14,11 @@ import msgpack
 import numpy as np
 import pytest
 
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, pack_frame_header
 from trustvlm.runtime.image_codec import MAX_JPEG_SCANS, FrameDecodeError, decode_image, probe_image_size
 from trustvlm.runtime.ingest import FrameLimits, Rejection
-from trustvlm.runtime.wire import ImagezmqNamer, parse_message
-from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, pack_frame_header
 from trustvlm.runtime.messages import Reason
+from trustvlm.runtime.wire import ImagezmqNamer, parse_message
 
 pytestmark = pytest.mark.timeout(30)
 LIMITS = FrameLimits(max_message_bytes=1 << 20, max_width=1000, max_height=1000)
