@@ -41,7 +41,7 @@ demo: setup ## the main job on the embedded demo model: export, check zero-shot,
 	$(MAKE) --no-print-directory demo-stream
 
 demo-stream: setup ## streaming demo on artifacts/demo_fmnist: calibrate on a degraded camera, serve, 2 cameras, controller [DEMO_ARGS=]
-	$(PY) -m trustvlm.pipelines.demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
+	$(PY) -m trustvlm demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
 export: setup ## export MODEL [PRECISION=fp32|fp16] [FORMAT=onnx|engine] [WEIGHTS=random|/path]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
@@ -62,7 +62,7 @@ serve: setup ## start the streaming service on artifacts/MODEL and its bundle (I
 SOAK_SECONDS ?= 180
 SOAK_RATE ?= 40
 soak: setup ## bounded soak of `serve` on artifacts/MODEL: SOAK_RATE frames/s for SOAK_SECONDS; frames, outcomes, drops, RSS (not in `make test`)
-	$(PY) -m trustvlm.runtime.soak --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
+	$(PY) -m trustvlm soak --artifacts $(ARTIFACTS)/$(MODEL) --bundle $(ARTIFACTS)/$(MODEL)/bundle \
 		--seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --output $(ARTIFACTS)/$(MODEL)/soak.json $(SOAK_ARGS)
 
 bench: setup ## CPU benchmarks -> BENCHMARKS.md (first run exports clip_vitb32 random-init + demo, fp32 + int8, into ARTIFACTS/bench) [BENCH_ARGS=--quick]

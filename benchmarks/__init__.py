@@ -9,9 +9,11 @@ providers are missing and exits 0 where there are none.
 Modules, one concept each: :mod:`stats` (repeated timings), :mod:`machine` (what ran them),
 :mod:`flops` (FLOP counting and measured peak), :mod:`encoder` (image encoder throughput),
 :mod:`head_cost` (trust head and per-frame costs against the encoder), :mod:`e2e` (through the
-real ``trustvlm serve``), :mod:`build_times` (text prototypes, calibration),
-:mod:`bench_artifacts` (exports and bundle the benchmarks run on), :mod:`report` (tables and
-BENCHMARKS.md), :mod:`suite` (the CPU run), :mod:`gpu` (the GPU run).
+real ``trustvlm serve``; its cameras and subscriber in :mod:`e2e_link`), :mod:`build_times` (text
+prototypes, calibration), :mod:`bench_artifacts` (exports and bundle the benchmarks run on),
+:mod:`report` (tables and BENCHMARKS.md), :mod:`suite` (the CPU run), :mod:`gpu` (the GPU run),
+:mod:`soak` (a bounded soak of ``serve``: ``trustvlm soak``, ``make soak``), :mod:`cli` (the
+``bench`` and ``soak`` subcommands).
 
 Figures are medians with min-max over repeated runs; speed is measured, never asserted.
 """

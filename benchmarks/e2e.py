@@ -1,9 +1,10 @@
 """End to end through the real service: source -> ZeroMQ -> ``trustvlm serve`` -> publisher -> subscriber.
 
-One ``serve`` process (``python -m trustvlm.runtime.cli serve``, random loopback ports, as the
-runtime tests start it) runs three phases; this process is the cameras (one PUSH socket, 8 camera
-ids, raw bgr8 frames at the model's input size: Fashion-MNIST test images, upscaled) and the
-subscriber (SUB on ``trust/``), on the same machine:
+One ``serve`` process (``python -m trustvlm serve`` on random loopback ports, started by
+:class:`~trustvlm.pipelines.serve_process.ServeProcess`) runs three phases; this process is the
+cameras and the subscriber (:class:`~trustvlm.benchmarks.e2e_link.Link`: one PUSH socket, 8 camera
+ids, raw bgr8 frames at the model's input size, Fashion-MNIST test images upscaled; SUB on
+``trust/``), on the same machine:
 
 1. **Saturation** (closed loop): 16 cameras (2 x the batch of 8), each with one frame in flight,
    sending its next frame when the decision for the last one arrives. While one group of 8 is
@@ -28,19 +29,16 @@ than the default 1 s behind a batch, and would then be deferred ``stale`` instea
 from __future__ import annotations
 
 import os
-import re
-import select
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trustvlm.benchmarks.e2e_link import Link, make_frames
 from trustvlm.benchmarks.stats import Figure, percentile
+from trustvlm.pipelines.serve_process import ServeProcess, ServiceStartError
 
 CAMERAS = 8
 MAX_BATCH = 8
@@ -52,58 +50,17 @@ SCORED_REASONS = ("meets_threshold", "below_threshold", "no_threshold")
 STALENESS_MS = 5000
 
 
-class ServiceStartError(RuntimeError):
-    """`trustvlm serve` did not start (its stderr ends the message)."""
-
-
-@dataclass
-class ServeProcess:
-    """A running `trustvlm serve` and where it listens."""
-
-    process: subprocess.Popen
-    ingest: str
-    publish: str
-    stderr_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (graceful: in-flight frames answered), wait, kill after `timeout_s`; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
-
-
 def start_serve(artifacts: Path, bundle: Path, workdir: Path, extra_args: tuple[str, ...] = (),
                 timeout_s: float = 120.0) -> ServeProcess:
-    """Start `trustvlm serve` on random loopback ports and wait for its 'listening' line.
+    """Start `trustvlm serve` in `workdir` on random loopback ports and wait until it listens.
 
     Raises:
         ServiceStartError: It exited or said nothing within `timeout_s`.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
     artifacts, bundle = Path(artifacts).resolve(), Path(bundle).resolve()  # serve runs in `workdir`
-    stderr_path = workdir / "serve.stderr"
-    command = [sys.executable, "-m", "trustvlm.runtime.cli", "serve", "--artifacts", str(artifacts), "--bundle",
-               str(bundle), "--ingest", "tcp://127.0.0.1:*", "--publish", "tcp://127.0.0.1:*", "--heartbeat-ms", "500",
-               "--staleness-ms", str(STALENESS_MS), "--no-watch", "--log-level", "warning", *extra_args]
-    with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=workdir)
-    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
-    line = process.stdout.readline() if ready else ""
-    if "listening" not in line:
-        process.kill()
-        process.wait(5)
-        raise ServiceStartError(f"serve did not start within {timeout_s:.0f} s: {line!r}; stderr: "
-                                f"{stderr_path.read_text()[-800:]}")
-    ingest, publish = re.search(r"ingest=(\S+)", line).group(1), re.search(r"publish=(\S+)", line).group(1)
-    return ServeProcess(process, ingest, publish, stderr_path)
+    return ServeProcess(artifacts, bundle, workdir, ("--heartbeat-ms", "500", "--staleness-ms", str(STALENESS_MS),
+                                                     "--no-watch", "--log-level", "warning", *extra_args),
+                        cwd=workdir, start_timeout_s=timeout_s).start()
 
 
 def read_rss_mib(pid: int) -> tuple[float, float]:
@@ -117,21 +74,6 @@ def read_rss_mib(pid: int) -> tuple[float, float]:
     except (OSError, ValueError, IndexError):
         pass
     return values["VmRSS"], values["VmHWM"]
-
-
-def make_frames(size: int, count: int = 64) -> list[bytes]:
-    """Raw bgr8 frames at `size` x `size`: Fashion-MNIST test images upscaled (random pixels without the dataset)."""
-    import cv2  # noqa: PLC0415
-
-    try:
-        from trustvlm.data.fashion_mnist import load_split  # noqa: PLC0415
-
-        images = load_split("test").images[:count]
-        return [cv2.cvtColor(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
-                .tobytes() for image in images]
-    except FileNotFoundError:
-        rng = np.random.default_rng(0)
-        return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8).tobytes() for _ in range(count)]
 
 
 def bursts_of(times: list[float], gap_s: float = BURST_GAP_S) -> list[tuple[float, int]]:
@@ -162,50 +104,6 @@ def burst_rate(times: list[float], gap_s: float = BURST_GAP_S) -> float:
     if len(bursts) < 2 or bursts[-1][0] <= bursts[0][0]:
         return float("nan")
     return sum(count for _, count in bursts[1:]) / (bursts[-1][0] - bursts[0][0])
-
-
-@dataclass
-class _Link:
-    """The cameras' PUSH socket and the subscriber's SUB socket, with what the subscriber saw."""
-
-    push: object
-    sub: object
-    frames: list[bytes]
-    size: int
-    seq: dict[str, int] = field(default_factory=dict)
-    health: list = field(default_factory=list)
-
-    def send(self, camera: str, block: bool = True) -> bool:
-        """Send the camera's next frame (capture time = now); False when ZeroMQ refused it (non-blocking)."""
-        import zmq  # noqa: PLC0415
-
-        from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, send_frame  # noqa: PLC0415
-
-        seq = self.seq.get(camera, 0)
-        header = FrameHeader(camera, seq, time.time_ns(), Encoding.RAW, (self.size, self.size, 3), "uint8",
-                             PixelFormat.BGR8)
-        try:
-            send_frame(self.push, header, self.frames[seq % len(self.frames)], 0 if block else zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        self.seq[camera] = seq + 1
-        return True
-
-    def receive(self, timeout_s: float):
-        """The next decision (with its receive time, ns), None on timeout; heartbeats are kept aside."""
-        from trustvlm.runtime.messages import DecisionMessage, decode_body  # noqa: PLC0415
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining < 0 or not self.sub.poll(max(0, int(remaining * 1000))):
-                return None
-            _, body = self.sub.recv_multipart()
-            received_ns = time.time_ns()
-            message = decode_body(body)
-            if isinstance(message, DecisionMessage):
-                return message, received_ns
-            self.health.append(message)
 
 
 @dataclass(frozen=True)
@@ -266,7 +164,7 @@ def _cameras(count: int = CAMERAS) -> list[str]:
     return [f"cam{index}" for index in range(count)]
 
 
-def measure_saturation(link: _Link, warmup_s: float, windows: int, window_s: float) -> SaturationResult:
+def measure_saturation(link: Link, warmup_s: float, windows: int, window_s: float) -> SaturationResult:
     """Closed loop, one frame in flight for each of 2 x batch cameras (see the module docstring)."""
     for camera in _cameras(SATURATION_CAMERAS):
         link.send(camera)
@@ -295,7 +193,7 @@ def measure_saturation(link: _Link, warmup_s: float, windows: int, window_s: flo
                             scored / bursts if bursts else float("nan"))
 
 
-def _drain(link: _Link, timeout_s: float, quiet_s: float = 1.5) -> int:
+def _drain(link: Link, timeout_s: float, quiet_s: float = 1.5) -> int:
     """Read decisions until none came for `quiet_s` (or `timeout_s` passed); how many were read."""
     count, deadline = 0, time.monotonic() + timeout_s
     while time.monotonic() < deadline and link.receive(quiet_s) is not None:
@@ -303,7 +201,7 @@ def _drain(link: _Link, timeout_s: float, quiet_s: float = 1.5) -> int:
     return count
 
 
-def measure_latency(link: _Link, rate_per_s: float, warmup_s: float, windows: int, window_s: float) -> LatencyResult:
+def measure_latency(link: Link, rate_per_s: float, warmup_s: float, windows: int, window_s: float) -> LatencyResult:
     """Open loop at `rate_per_s`, evenly spaced, round-robin cameras (see the module docstring)."""
     cameras = _cameras()
     interval = 1.0 / rate_per_s
@@ -349,7 +247,7 @@ def measure_latency(link: _Link, rate_per_s: float, warmup_s: float, windows: in
                          percentile([v for v in publish_latencies if v is not None], 50))
 
 
-def measure_flood(link: _Link, pid: int, rate_per_s: float, duration_s: float,
+def measure_flood(link: Link, pid: int, rate_per_s: float, duration_s: float,
                   rss_period_s: float = 0.5) -> FloodResult:
     """Non-blocking sends at `rate_per_s` for `duration_s`, RSS sampled (see the module docstring)."""
     cameras = _cameras()
@@ -414,7 +312,7 @@ def run_service_benchmark(artifacts: Path, bundle: Path, workdir: Path, size: in
             sub.setsockopt(zmq.SUBSCRIBE, b"trust/")
             push.connect(service.ingest)
             sub.connect(service.publish)
-            link = _Link(push, sub, make_frames(size), size)
+            link = Link(push, sub, make_frames(size), size)
             deadline = time.monotonic() + 30
             while not link.health and time.monotonic() < deadline:
                 link.receive(0.5)

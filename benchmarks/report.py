@@ -1,9 +1,8 @@
-"""Tables and BENCHMARKS.md: Markdown for the report, fixed-width text for terminals.
+"""Tables: Markdown for the report, fixed-width text for terminals.
 
 :func:`markdown_table` and :func:`text_table` take headers and rows of strings; every row must
-have one cell per header. :func:`render_benchmarks` turns the results of a CPU run (the dict the
-suite writes to ``results.json``) into BENCHMARKS.md, so a report can be re-rendered from saved
-results without measuring again.
+have one cell per header; :func:`fig`, :func:`num` and :func:`verdict` format one cell. The
+sections of BENCHMARKS.md are in :mod:`trustvlm.benchmarks.report_sections`.
 """
 
 from __future__ import annotations
@@ -72,10 +71,3 @@ def num(value, digits: int = 1, suffix: str = "") -> str:
 
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
-
-
-def render_benchmarks(results: dict) -> str:
-    """BENCHMARKS.md from the results of a CPU run (see :mod:`trustvlm.benchmarks.suite`)."""
-    from trustvlm.benchmarks.report_sections import SECTIONS  # noqa: PLC0415 - long, kept apart
-
-    return "\n\n".join(section(results) for section in SECTIONS).rstrip() + "\n"

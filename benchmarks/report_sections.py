@@ -1,4 +1,9 @@
-"""The sections of BENCHMARKS.md, one function each, from the results dict of a CPU run."""
+"""The sections of BENCHMARKS.md, one function each, from the results dict of a CPU run.
+
+:func:`render_benchmarks` turns the results of a CPU run (the dict the suite writes to
+``results.json``) into BENCHMARKS.md, so a report can be re-rendered from saved results without
+measuring again.
+"""
 
 from __future__ import annotations
 
@@ -330,3 +335,8 @@ GAPS_TEXT = """
 """
 
 SECTIONS = (header, targets, throughput, limit, head_cost, service, memory, build, int8, gaps)
+
+
+def render_benchmarks(results: dict) -> str:
+    """BENCHMARKS.md from the results of a CPU run (see :mod:`trustvlm.benchmarks.suite`)."""
+    return "\n\n".join(section(results) for section in SECTIONS).rstrip() + "\n"

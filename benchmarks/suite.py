@@ -29,7 +29,7 @@ from pathlib import Path
 
 from trustvlm.benchmarks import bench_artifacts, build_times, e2e, encoder, flops, head_cost
 from trustvlm.benchmarks.machine import cpu_share_of_others, describe_machine, read_cpu_times
-from trustvlm.benchmarks.report import render_benchmarks
+from trustvlm.benchmarks.report_sections import render_benchmarks
 from trustvlm.benchmarks.stats import Figure, time_calls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def run_suite(config: SuiteConfig) -> dict:
                      for name, (figure, detail) in head_cost.measure_preprocessing(
                          PreprocessConfig.from_dict(manifest["preprocess"]), config.repeats).items()}
     results["trust_head"], results["preprocessing"] = heads, preprocessing
-    log(f"trust head: " + ", ".join(f"{h['classes']} classes b{h['batch']} {h['percent_of_encoder']:.3f}%"
+    log("trust head: " + ", ".join(f"{h['classes']} classes b{h['batch']} {h['percent_of_encoder']:.3f}%"
                                     for h in heads) + " of the encoder per frame")
     log.step("trust head and preprocessing", tick)
 

@@ -2,7 +2,7 @@
 
 Wire them into the top-level parser with ``add_calibrate_parser(subparsers)`` and
 ``add_eval_parser(subparsers)``; each sets ``handler`` (``run_calibrate`` / ``run_eval``). Expected
-failures (bad input, missing data, mismatched artifacts) become one :class:`trustvlm.cli.CliError`
+failures (bad input, missing data, mismatched artifacts) become one :class:`trustvlm.cli_common.CliError`
 line.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trustvlm.cli import CliError, help_formatter
+from trustvlm.cli_common import CliError, help_formatter
 from trustvlm.runtime.artifacts import PRECISIONS
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
@@ -54,7 +54,8 @@ def add_calibrate_parser(subparsers) -> None:
     """Add `calibrate`: build artifacts/<model>/bundle (prototypes, trust head, threshold)."""
     parser = subparsers.add_parser(
         "calibrate", formatter_class=help_formatter,
-        help="build a prototype bundle: image/text prototypes, lambda, accept threshold, trust head",
+        help="learn when to trust the model on your images: prototypes and an accept threshold with a risk "
+             "guarantee (the bundle `serve` loads)",
         description="Encode k labelled shots per class with the exported image encoder (image prototypes) and "
                     "the class prompts with the text encoder (text prototypes); choose lambda and an accept "
                     "threshold with a risk guarantee on the held-out rest of the data; write "
@@ -102,7 +103,8 @@ def add_eval_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "eval", formatter_class=help_formatter,
-        help="evaluate MSP, baselines, TrustVLM and TrustVLM* on clean and shifted test images",
+        help="measure how well each trust score (MSP, baselines, TrustVLM) tells right from wrong predictions, "
+             "on clean and degraded-camera test images",
         description="For the clean Fashion-MNIST test split and each camera shift: prototypes from the equally "
                     "shifted calibration split, then ACC, AURC, E-AURC, AUROC and FPR95 of every score; writes "
                     "results.md, results.json, per-sample npz files and risk-coverage plots.")

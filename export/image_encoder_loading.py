@@ -21,8 +21,8 @@ import timm
 import torch
 from torch import nn
 
-from trustvlm.export.model_loading import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, LoadedModel, WeightsUnavailableError,
-                                           quiet_logging)
+from trustvlm.export.loaded_model import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, LoadedModel, WeightsUnavailableError,
+                                          quiet_logging)
 from trustvlm.export.torch_wrappers import TokenMeanEncoder
 from trustvlm.models.registry import ModelSpec
 from trustvlm.runtime.artifacts import sha256_file

@@ -15,46 +15,18 @@ dispatches on the entry's kind.
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import open_clip
 import torch
 from torch import nn
 
-from trustvlm.runtime.artifacts import sha256_file
+from trustvlm.export.image_encoder_loading import load_image_encoder
+from trustvlm.export.loaded_model import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, LoadedModel, WeightsUnavailableError,
+                                          quiet_logging)
+from trustvlm.models.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from trustvlm.models.registry import IMAGE_ENCODER, MODEL_CONFIG_DIR, ModelSpec
-from trustvlm.training.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
-
-RANDOM_INIT = "random-init"
-RANDOM_WEIGHTS_SEED = 0
-
-
-class WeightsUnavailableError(RuntimeError):
-    """No weights for a model can be had (offline, missing or corrupt file)."""
-
-
-@dataclass
-class LoadedModel:
-    """A torch model ready for export, with what identifies its weights.
-
-    Image encoders (no text tower) have no tokenizer, logit scale or context length (None); their
-    ``model`` has an ``encode_image`` like the CLIP models.
-    """
-
-    model: nn.Module
-    tokenizer: Callable[[list[str]], torch.Tensor] | None
-    weights_id: str          # "sha256:<hex>", "open_clip:<arch>/<tag>", "timm:<name>" or "random-init"
-    weights_source: str      # human-readable origin
-    logit_scale: float | None
-    context_length: int | None
-
-    @property
-    def is_random_init(self) -> bool:
-        return self.weights_id == RANDOM_INIT
+from trustvlm.runtime.artifacts import sha256_file
 
 
 def _register_local_configs() -> None:
@@ -125,16 +97,6 @@ def _load_embedded(spec: ModelSpec) -> LoadedModel:
     return _load_file(spec, path)
 
 
-@contextmanager
-def quiet_logging():
-    """open_clip logs its own multi-line error on a failed download; ours is the one line."""
-    logging.disable(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _load_pretrained(spec: ModelSpec) -> LoadedModel:
     _register_local_configs()
     try:
@@ -153,8 +115,6 @@ def _load_pretrained(spec: ModelSpec) -> LoadedModel:
 def load_model(spec: ModelSpec, weights: str | None = None) -> LoadedModel:
     """Load the torch model of a registry entry (see the module docstring for `weights`)."""
     if spec.kind == IMAGE_ENCODER:
-        from trustvlm.export.image_encoder_loading import load_image_encoder  # noqa: PLC0415 - imports us
-
         return load_image_encoder(spec, weights)
     if weights == "random":
         return _load_random(spec)

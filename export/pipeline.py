@@ -27,7 +27,8 @@ from tqdm import tqdm
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.export import onnx_export, parity, quantize
 from trustvlm.export.manifest import build_manifest
-from trustvlm.export.model_loading import LoadedModel, load_model
+from trustvlm.export.loaded_model import LoadedModel
+from trustvlm.export.model_loading import load_model
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import ModelSpec, get_model_spec

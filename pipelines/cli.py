@@ -1,10 +1,11 @@
-"""`trustvlm source` and `trustvlm controller`: thin argparse layers over the pipelines library.
+"""`trustvlm source`, `controller`, `zeroshot` and `demo`: thin argparse layers over the pipelines library.
 
-Wire them into the top-level parser with ``add_source_parser(subparsers)`` and
-``add_controller_parser(subparsers)``; each sets ``handler``. Expected failures (a missing video, a
+Wire them into the top-level parser with ``add_source_parser(subparsers)``,
+``add_controller_parser(subparsers)``, ``add_zeroshot_parser(subparsers)`` and
+``add_demo_parser(subparsers)``; each sets ``handler``. Expected failures (a missing video, a
 camera that cannot be opened, a runtime that takes no frames) become one
-:class:`trustvlm.cli.CliError` line. SIGINT/SIGTERM end either command cleanly, with its summary,
-exit status 0.
+:class:`trustvlm.cli_common.CliError` line. SIGINT/SIGTERM end `source` and `controller` cleanly,
+with their summary, exit status 0.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import argparse
 import json
 import os
 import signal
-import textwrap
 import threading
 from pathlib import Path
 
-from trustvlm.cli import CliError
+from trustvlm.cli_common import CliError, ExamplesHelpFormatter, help_formatter, wrap
 
 SOURCE_EPILOG = """examples:
   trustvlm source --video /usr/share/doc/opencv-doc/examples/data/vtest.avi --fps native --camera-id street
@@ -33,14 +33,10 @@ CONTROLLER_EPILOG = """examples:
       --progress-s 5 --exit-on-stop
 """
 
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog):
-        super().__init__(prog, max_help_position=32)
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=100)
+DEMO_EPILOG = """examples:
+  trustvlm demo --artifacts artifacts/demo_fmnist                  # `make demo-stream`
+  trustvlm demo --artifacts artifacts/demo_fmnist --frames 500 --shift blur --no-video
+"""
 
 
 def _fps(text: str) -> float | str:
@@ -62,9 +58,10 @@ def add_source_parser(subparsers) -> None:
     from trustvlm.pipelines.captures import DATASETS  # noqa: PLC0415
 
     parser = subparsers.add_parser(
-        "source", formatter_class=_Formatter, epilog=SOURCE_EPILOG,
-        help="publish frames from a video, camera, RTSP stream, image folder or labelled dataset to the service",
-        description=_wrap("Read frames (OpenCV capture, image files, or a labelled dataset replayed as a camera, "
+        "source", formatter_class=ExamplesHelpFormatter, epilog=SOURCE_EPILOG,
+        help="camera side: send frames from a video, camera, RTSP stream, image folder or labelled dataset to "
+             "the service",
+        description=wrap("Read frames (OpenCV capture, image files, or a labelled dataset replayed as a camera, "
                     "optionally through a degraded camera), encode them (JPEG, PNG or raw) and PUSH them to "
                     "`trustvlm serve` with a seq number and capture timestamp per frame (wire schema 1). A "
                     "labelled replay writes its ground truth (camera_id, seq, label) as JSONL for "
@@ -131,8 +128,9 @@ def run_source(args: argparse.Namespace) -> int:
     import zmq  # noqa: PLC0415
 
     from trustvlm.pipelines.captures import CaptureError, DatasetCapture, ImageFolderCapture  # noqa: PLC0415
-    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender,  # noqa: PLC0415
-                                           FreeRunPacer, SenderConfig, SourceError, TruthWriter, stream_frames)
+    from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig, SourceError  # noqa: PLC0415
+    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FreeRunPacer, TruthWriter,  # noqa: PLC0415
+                                           stream_frames)
     from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
     from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
@@ -200,9 +198,10 @@ def run_source(args: argparse.Namespace) -> int:
 def add_controller_parser(subparsers) -> None:
     """Add `controller`: the reference robot-side subscriber."""
     parser = subparsers.add_parser(
-        "controller", formatter_class=_Formatter, epilog=CONTROLLER_EPILOG,
-        help="reference robot controller: follow decisions, watch the heartbeat, score against ground truth",
-        description=_wrap("Subscribe to the service's decisions and heartbeat; act on a label only when it is accepted "
+        "controller", formatter_class=ExamplesHelpFormatter, epilog=CONTROLLER_EPILOG,
+        help="robot side: follow the service's accept/defer decisions, go SAFE when its heartbeat stops, "
+             "score against ground truth",
+        description=wrap("Subscribe to the service's decisions and heartbeat; act on a label only when it is accepted "
                     "and the service is alive; enter a SAFE state (every camera deferred) when the heartbeat goes "
                     "missing and leave it when heartbeats resume. With --truth, report accuracy of accepted vs "
                     "all frames, coverage and latency from capture. Ends after --max-decisions, --duration-s, "
@@ -264,4 +263,84 @@ def run_controller(args: argparse.Namespace) -> int:
             logger.close()
     if args.summary is not None:
         args.summary.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    return 0
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_zeroshot_parser(subparsers) -> None:
+    """Add `zeroshot`: zero-shot accuracy of an export on the Fashion-MNIST test images."""
+    parser = subparsers.add_parser(
+        "zeroshot", formatter_class=help_formatter,
+        help="check an export: zero-shot accuracy of its ONNX encoders on the Fashion-MNIST test images",
+        description="Run the exported ONNX encoders (ONNX Runtime, no torch model) on the 10,000 Fashion-MNIST "
+                    "test images and report zero-shot top-1 accuracy with the template ensemble.")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="which encoders to run")
+    parser.add_argument("--templates", default="ensemble", choices=["ensemble", "paper"], help="prompt set")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    parser.set_defaults(handler=run_zeroshot)
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm zeroshot`."""
+    from trustvlm.pipelines.zero_shot_check import zero_shot_check  # noqa: PLC0415
+    from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
+
+    try:
+        result = zero_shot_check(args.artifacts, args.precision, args.templates, args.limit)
+    except ArtifactError as error:
+        raise CliError(str(error)) from error
+    print(result.summary())
+    return 0
+
+
+def add_demo_parser(subparsers) -> None:
+    """Add `demo`: the end-to-end streaming demo (`make demo-stream`)."""
+    from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
+    from trustvlm.pipelines.demo import VTEST  # noqa: PLC0415
+
+    parser = subparsers.add_parser(
+        "demo", formatter_class=ExamplesHelpFormatter, epilog=DEMO_EPILOG,
+        help="the end-to-end streaming demo: calibrate on a degraded camera, serve, two cameras, controller, "
+             "summary",
+        description=wrap("End-to-end streaming demo: calibrate on a degraded camera, serve, replay Fashion-MNIST "
+                         "test images through that camera with labels plus a real video clip, score live with "
+                         "the controller, summarize and plot risk-coverage. Every step is a real trustvlm "
+                         "process; everything lands in the --out folder."))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <artifacts>/demo_stream)")
+    parser.add_argument("--shift", default="low_light", choices=list(SHIFTS), help="the degraded camera")
+    parser.add_argument("--shots", type=int, default=16, help="shots per class for the image prototypes")
+    parser.add_argument("--alpha", type=float, default=0.05, help="target risk among accepted frames")
+    parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
+    parser.add_argument("--lam", default="auto", help="lambda of the trust score: 'auto' or a number (1: the paper's)")
+    parser.add_argument("--frames", type=_at_least_one, default=None,
+                        help="test images to replay (default: all 10,000)")
+    parser.add_argument("--video", type=Path, default=VTEST, help="video file of the second camera")
+    parser.add_argument("--no-video", dest="use_video", action="store_false", help="run without the video camera")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the service")
+    parser.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Handler of `trustvlm demo`."""
+    from trustvlm.pipelines.demo import DemoConfig, DemoError, run_demo  # noqa: PLC0415
+    from trustvlm.pipelines.processes import ProcessError  # noqa: PLC0415
+
+    config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream", shift=args.shift,
+                        shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
+                        video=args.video if args.use_video else None, threads=args.threads)
+    try:
+        run_demo(config)
+    except (DemoError, ProcessError) as error:
+        raise CliError(str(error)) from error
     return 0

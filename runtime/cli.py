@@ -19,7 +19,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from trustvlm.cli import CliError
+from trustvlm.cli_common import CliError, help_formatter, run_handler
 from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
 from trustvlm.runtime.engines import BACKENDS
 
@@ -222,7 +222,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_keys_parser(subparsers) -> None:
     """Add `keys` to a subparsers object: write a CurveZMQ key pair."""
     parser = subparsers.add_parser(
-        "keys", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "keys", formatter_class=help_formatter,
         help="write a CurveZMQ key pair (NAME.key public, NAME.key_secret private) for serve or a client",
         description="Write a ZeroMQ certificate pair into FOLDER: NAME.key (public: copy it to the peers, or into "
                     "the service's allow-list folder) and NAME.key_secret (private, mode 600). Existing files are "
@@ -253,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve_parser(subparsers)
     add_keys_parser(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except CliError as error:
-        print(f"trustvlm {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    return run_handler(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

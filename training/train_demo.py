@@ -24,7 +24,7 @@ from trustvlm.data.fashion_mnist import LabelledImages, to_rgb
 from trustvlm.export.torch_wrappers import normalize_uint8_nhwc
 from trustvlm.models.prompts import build_prompts
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
-from trustvlm.training.compact_clip import CompactVocabCLIP, compact_vocabulary, save_checkpoint
+from trustvlm.models.compact_clip import CompactVocabCLIP, compact_vocabulary, save_checkpoint
 
 
 @dataclass(frozen=True)

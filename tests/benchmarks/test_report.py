@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from trustvlm.benchmarks.report import markdown_table, render_benchmarks, text_table
+from trustvlm.benchmarks.report import markdown_table, text_table
+from trustvlm.benchmarks.report_sections import render_benchmarks
 from trustvlm.benchmarks.stats import Figure
 
 pytestmark = pytest.mark.timeout(30)

@@ -4,7 +4,7 @@ import torch
 
 from trustvlm.export.torch_wrappers import (EOT_TOKEN_ID, ImageEncoderForExport, TextEncoderForExport,
                                             first_eot_mask, normalize_uint8_nhwc)
-from trustvlm.training.compact_clip import CompactVocabCLIP, UNKNOWN_ID, compact_vocabulary
+from trustvlm.models.compact_clip import CompactVocabCLIP, UNKNOWN_ID, compact_vocabulary
 
 TINY_CLIP = {"embed_dim": 32,
              "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},

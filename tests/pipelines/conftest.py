@@ -54,7 +54,7 @@ def camera_bundle(demo_export, tmp_path_factory) -> Path:
     4 shots per class and 400 held-out images, lambda 1 and alpha 0.3 so the threshold is feasible and
     some low-light frames are accepted, some deferred.
     """
-    from trustvlm.pipelines.demo import write_camera_calibration_set  # noqa: PLC0415
+    from trustvlm.pipelines.calibration_set import write_camera_calibration_set  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("camera_bundle")
     calibration = write_camera_calibration_set(root / "calibration", SHIFT, 4, held_out_limit=400)

@@ -96,7 +96,8 @@ class Running:
         while not recorder.events and time.monotonic() < deadline:
             socket.send_multipart([HEALTH_TOPIC, encode_body(health())])
             time.sleep(0.05)
-        assert recorder.events == [EVENT_SAFE_EXIT], "the controller never saw a heartbeat"
+        # (with a short heartbeat timeout, SAFE may already have been entered again by the time this is read)
+        assert recorder.events[:1] == [EVENT_SAFE_EXIT], "the controller never saw a heartbeat"
 
     def _run(self, controller: Controller) -> None:
         self.summary = controller.run()
@@ -136,17 +137,21 @@ def test_controller_holds_accepted_decisions_while_safe_and_ends_on_the_stopped_
     with Controller(config, zmq_context, recorder) as controller:
         running = Running(controller, recorder, socket)
         # When the heartbeat stops for longer than the timeout and an accepted decision then arrives
+        # (no heartbeat is sent from here on, so once SAFE is entered it stays so until the 'stopped' heartbeat)
         deadline = time.monotonic() + 5
-        while len(recorder.events) < 2 and time.monotonic() < deadline:
+        while recorder.events[-1:] != [EVENT_SAFE_ENTER] and time.monotonic() < deadline:
             time.sleep(0.05)
         socket.send_multipart([topic_for("cam"), encode_body(decision("cam", 0, True))])
         socket.send_multipart([HEALTH_TOPIC, encode_body(health(HealthStatus.STOPPED, {"decisions_accept": 1}))])
         summary = running.join()
     # Then SAFE was entered on the silence, the accepted decision is held, and the run ends on the service's stop
-    assert recorder.events == [EVENT_SAFE_EXIT, EVENT_SAFE_ENTER]
+    # (a heartbeat of the start-up that the controller read over 300 ms after the one before is a silence too:
+    # each adds one SAFE episode, which the summary must count)
+    episodes = len(recorder.events) // 2
+    assert episodes >= 1 and recorder.events == [EVENT_SAFE_EXIT, EVENT_SAFE_ENTER] * episodes, recorder.events
     assert recorder.decisions == [("cam", 0, "hold", "safe")]
     assert summary["ended_by"] == "service_stopped" and summary["state"] == "safe"
-    assert summary["safe"]["entries"] == 1 and summary["service"]["counters"] == {"decisions_accept": 1}
+    assert summary["safe"]["entries"] == episodes and summary["service"]["counters"] == {"decisions_accept": 1}
     assert any(line.startswith("  SAFE entered 1 time(s)") for line in format_summary(summary))
 
 

@@ -14,10 +14,10 @@ import pytest
 from trustvlm.cli import build_parser
 from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split
 from trustvlm.pipelines.captures import degrade
-from trustvlm.pipelines.demo import CALIBRATION_SEED_OFFSET, write_camera_calibration_set
+from trustvlm.pipelines.calibration_set import CALIBRATION_SEED_OFFSET, write_camera_calibration_set
 from trustvlm.pipelines.report import load_scored_frames, plot_live_risk_coverage
 
-from .conftest import REPO, require_fashion_mnist, require_vtest
+from .conftest import REPO, require_fashion_mnist, require_vtest, trustvlm
 
 
 def test_camera_calibration_set_is_the_calibration_split_through_the_camera(tmp_path):
@@ -85,7 +85,7 @@ def test_plot_needs_two_scored_frames(tmp_path):
         load_scored_frames(log, tmp_path / "missing.jsonl")
 
 
-@pytest.mark.parametrize("command", ["source", "controller"])
+@pytest.mark.parametrize("command", ["source", "controller", "demo"])
 def test_pipeline_subcommands_explain_themselves(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -94,12 +94,19 @@ def test_pipeline_subcommands_explain_themselves(command, capsys):
     assert out.startswith(f"usage: trustvlm {command}") and "examples:" in out
 
 
+def test_demo_without_an_export_says_what_to_run_in_one_line(tmp_path):
+    result = trustvlm("demo", "--artifacts", str(tmp_path), "--no-video")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"trustvlm demo: error: no export in {tmp_path} (manifest.json missing): run "
+                                     "`trustvlm export --model demo_fmnist` (or `make demo`) first")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero(tmp_path, demo_export):
     require_vtest()
     # When the demo runs on 60 test images (full calibration split) with the video camera
-    result = subprocess.run([sys.executable, "-m", "trustvlm.pipelines.demo", "--artifacts", str(demo_export),
+    result = subprocess.run([sys.executable, "-m", "trustvlm", "demo", "--artifacts", str(demo_export),
                              "--out", str(tmp_path / "demo"), "--frames", "60"], capture_output=True, text=True,
                             timeout=170, cwd=REPO)
     # Then it succeeds, every process exited 0, and the summary and plot are there

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from collections import Counter
 
 import pytest
 
-from trustvlm.pipelines.demo import ChildProcess
+from trustvlm.pipelines.controller import REASON_HEARTBEAT_MISSING, REASON_SERVICE_STOPPED
+from trustvlm.pipelines.processes import ChildProcess
+from trustvlm.pipelines.serve_process import ServeProcess
 
 from .conftest import SHIFT, VTEST, require_vtest, trustvlm
 
@@ -20,11 +21,10 @@ LABELLED_FRAMES, VIDEO_FRAMES, AFTER_RESTART_FRAMES = 200, 20, 30
 
 
 def start_serve(demo_export, camera_bundle, log_dir, name: str, publish: str = "tcp://127.0.0.1:*"):
-    serve = ChildProcess(name, ["serve", "--artifacts", str(demo_export), "--bundle", str(camera_bundle),
-                                "--ingest", "tcp://127.0.0.1:*", "--publish", publish, "--heartbeat-ms", "100",
-                                "--threads", "1", "--no-watch"], log_dir, echo=False)
-    found = serve.wait_for_line(r"ingest=(\S+) .*publish=(\S+)", 90)
-    return serve, found.group(1), found.group(2)
+    serve = ServeProcess(demo_export, camera_bundle, log_dir,
+                         ("--heartbeat-ms", "100", "--threads", "1", "--no-watch", "--staleness-ms", "0"),
+                         publish=publish, name=name, start_timeout_s=90).start()
+    return serve, serve.ingest, serve.publish
 
 
 def wait_for_decisions(controller: ChildProcess, count: int, timeout_s: float = 30.0) -> int:
@@ -73,8 +73,7 @@ def test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_
         assert wait_for_decisions(controller, total) == total, f"controller lines: {controller.lines[-3:]}"
 
         # When the service is killed without a goodbye
-        serve.process.send_signal(signal.SIGKILL)
-        serve.wait(10)
+        serve.kill()
         # Then the controller says it entered SAFE because the heartbeat went missing
         safe = controller.wait_for_line(r"^SAFE: no heartbeat for (\d+) ms \(timeout 600 ms\)", 15)
         assert int(safe.group(1)) >= 600, safe.group(0)
@@ -120,10 +119,16 @@ def test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_
     assert labelled_summary["unanswered"] == {}
     assert 0 < labelled_summary["accepted"] < LABELLED_FRAMES, labelled_summary
     assert labelled_summary["accuracy_accepted"] >= labelled_summary["accuracy_all"], labelled_summary
-    # And the SAFE episodes were counted: the kill and the final stop
-    assert summary["safe"]["entries"] == 2 and summary["ended_by"] == "service_stopped", summary["safe"]
-    events = [r["event"] for r in map(json.loads, log.read_text().splitlines()) if r["event"] != "decision"]
-    assert events == ["safe_exit", "safe_enter", "safe_exit", "safe_enter"], events
+    # And the SAFE episodes were counted: the kill, the final stop, and any other silence the controller measured
+    # over its timeout (a heartbeat late on a busy machine is one, correctly)
+    records = [r for r in map(json.loads, log.read_text().splitlines()) if r["event"] != "decision"]
+    events = [r["event"] for r in records]
+    episodes = len(events) // 2
+    assert events == ["safe_exit", "safe_enter"] * episodes and episodes >= 2, events
+    enters = [r for r in records if r["event"] == "safe_enter"]
+    assert enters[-1]["reason"] == REASON_SERVICE_STOPPED, enters[-1]
+    assert all(r["reason"] == REASON_HEARTBEAT_MISSING and r["silent_ms"] >= 600 for r in enters[:-1]), enters
+    assert summary["safe"]["entries"] == episodes and summary["ended_by"] == "service_stopped", summary["safe"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

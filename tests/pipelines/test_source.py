@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from trustvlm.pipelines.captures import DatasetCapture, degrade
-from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FrameEncoder, FrameSender, SenderConfig,
-                                       TruthWriter, stream_frames)
+from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig
+from trustvlm.pipelines.source import DecisionWindowPacer, FpsPacer, TruthWriter, stream_frames
 from trustvlm.runtime.frames import Encoding, FrameHeader
 from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, HealthMessage, HealthStatus, Reason,
                                        encode_body, topic_for)
@@ -112,10 +112,15 @@ def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
     pub = zmq_context.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
-    pacer = DecisionWindowPacer(endpoint, "cam", 2, zmq_context, answer_timeout_ms=300)
-    stop = threading.Event()
-    heartbeats = threading.Thread(target=lambda: [pub.send_multipart([HEALTH_TOPIC, encode_body(
-        HealthMessage(HealthStatus.OK, 0, 0.0, "m", "b", 0.5, 0))]) or time.sleep(0.02) for _ in range(50)])
+    # (the answer timeout is long while decisions are expected, so a busy machine cannot turn one into a timeout)
+    pacer = DecisionWindowPacer(endpoint, "cam", 2, zmq_context, answer_timeout_ms=60_000)
+    stop, beating = threading.Event(), threading.Event()
+
+    def beat():  # heartbeats until the test is over, however long the subscription takes to reach the PUB socket
+        while not beating.wait(0.02):
+            pub.send_multipart([HEALTH_TOPIC, encode_body(HealthMessage(HealthStatus.OK, 0, 0.0, "m", "b", 0.5, 0))])
+
+    heartbeats = threading.Thread(target=beat)
     heartbeats.start()
     try:
         pacer.wait_ready(5, stop)
@@ -132,10 +137,12 @@ def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
         # Then only seq 0 is answered; the turn comes without a timeout
         assert set(pacer.in_flight) == {1} and pacer.timeouts == 0
         # When no decision comes for the next frames, the window gives up on them after the answer timeout
+        pacer.answer_timeout_s = 0.3
         pacer.on_sent(2)
         pacer.wait_turn(stop)
         assert pacer.in_flight == {} and pacer.timeouts == 2
     finally:
+        beating.set()
         heartbeats.join()
         pacer.close()
         pub.close()

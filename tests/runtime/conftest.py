@@ -9,7 +9,10 @@
   error for the whole batch; any other value gives a finite embedding. ``make_fault_bundle`` writes
   bundles for it (threshold -10: every finite frame is accepted; +10: none is).
 * ``serve`` starts ``python -m trustvlm.runtime.cli serve`` on random loopback ports and parses the
-  line that says where it listens; ``Subscriber`` reads decisions and heartbeats.
+  line that says where it listens; ``Subscriber`` reads decisions and heartbeats. Unless a test passes
+  ``--staleness-ms`` itself, the service runs without a staleness deadline: whether a frame is stale
+  depends on how busy the machine is, so only the tests about staleness may have one, and they
+  check each frame's outcome against its measured age.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trustvlm.calibration.bundle import BundleInfo, engine_sha256, write_bundle
 from trustvlm.calibration.risk_control import ThresholdChoice
 from trustvlm.runtime.artifacts import MANIFEST_NAME, encoder_path, read_manifest, sha256_file, write_json_atomic
-from trustvlm.runtime.messages import DecisionMessage, HealthMessage, decode_body
+from trustvlm.runtime.messages import DecisionMessage, HealthMessage, Reason, decode_body
 
 REPO = Path(__file__).resolve().parents[2]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -223,13 +226,15 @@ class RunningService:
 
 @pytest.fixture
 def serve(tmp_path):
-    """serve(*args) -> RunningService, on random loopback ports, heartbeat 100 ms, 1 thread."""
+    """serve(*args) -> RunningService, on random loopback ports, heartbeat 100 ms, 1 thread, no staleness deadline."""
     running: list[RunningService] = []
 
     def start(*args: str, ports: bool = True) -> RunningService:
         command = [sys.executable, "-m", "trustvlm.runtime.cli", "serve", "--heartbeat-ms", "100", "--threads", "1"]
         if ports:
             command += ["--ingest", "tcp://127.0.0.1:*", "--publish", "tcp://127.0.0.1:*"]
+        if "--staleness-ms" not in args:
+            command += ["--staleness-ms", "0"]
         stderr_path = tmp_path / f"serve{len(running)}.stderr"
         env = dict(os.environ, OMP_NUM_THREADS="1")
         with open(stderr_path, "w") as stderr:
@@ -287,6 +292,44 @@ class Subscriber:
     def collect(self, count: int, timeout_s: float = 20.0) -> list[DecisionMessage]:
         self.wait_for(lambda s: len(s.decisions) >= count, timeout_s)
         return self.decisions
+
+
+def check_outcome_against_age(decision: DecisionMessage, staleness_ms: float) -> str:
+    """Check a frame's outcome against its age, measured by the service; return a description.
+
+    The staleness deadline is applied when scoring picks a frame up, a moment that lies between the
+    frame's receipt and the decision's publication. So a frame deferred ``stale`` must have been
+    older than the deadline when its decision was published, and a scored frame must have been
+    younger than the deadline when it was received. Which of the two a frame gets depends on how
+    busy the machine was; that it is consistent with the frame's measured age does not.
+    """
+    received_ms = (decision.receipt_ts_ns - decision.capture_ts_ns) / 1e6
+    published_ms = (decision.publish_ts_ns - decision.capture_ts_ns) / 1e6
+    described = (f"seq {decision.seq}: {decision.reason.value}, {received_ms:.0f} ms old when received, "
+                 f"{published_ms:.0f} ms when decided (deadline {staleness_ms:g} ms)")
+    if decision.reason is Reason.STALE:
+        assert abs(published_ms) > staleness_ms, described
+    elif decision.reason in (Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD):
+        assert abs(received_ms) <= staleness_ms, described
+    return described
+
+
+def decide_until_scored(subscriber: "Subscriber", send, camera: str, first_seq: int, staleness_ms: float,
+                        tries: int = 10) -> tuple[DecisionMessage, list[str]]:
+    """Send fresh frames (``send(seq)``) one at a time until one is scored; each outcome checked against its age.
+
+    Returns the scored decision and a description of every outcome on the way.
+    """
+    seen = []
+    for seq in range(first_seq, first_seq + tries):
+        send(seq)
+        mine = lambda s: [d for d in s.decisions if d.camera_id == camera and d.seq == seq]  # noqa: E731
+        assert subscriber.wait_for(lambda s: mine(s), 20), f"no decision for {camera} seq {seq}; saw {seen}"
+        (decision,) = mine(subscriber)
+        seen.append(check_outcome_against_age(decision, staleness_ms))
+        if decision.reason in (Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD):
+            return decision, seen
+    raise AssertionError(f"none of {tries} fresh frames was scored: {seen}")
 
 
 def outcome_total(counters: dict) -> int:

@@ -23,7 +23,8 @@ from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_f
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
-from .conftest import FAULT_CLASSES, Subscriber, _fault_encoder, fault_image, make_info
+from .conftest import (FAULT_CLASSES, Subscriber, _fault_encoder, check_outcome_against_age, decide_until_scored,
+                       fault_image, make_info)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,18 +74,18 @@ def test_a_restarted_sender_and_a_restarted_subscriber_carry_on(serve, subscribe
     service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")))
     subscriber = subscribe(service.publish)
     # Given a sender that sends 3 frames, then restarts (new socket, its seq starts again at 0)
+    # (each frame waits for its decision, so none is superseded by the next however slow the machine is)
     sender = push(service.ingest)
     for seq in range(3):
         send(sender, "cam", seq)
-        time.sleep(0.05)
-    assert subscriber.wait_for(lambda s: seqs(s, "cam") == [0, 1, 2], 10)
+        assert subscriber.wait_for(lambda s: seqs(s, "cam") == list(range(seq + 1)), 10), seqs(subscriber, "cam")
     sender.close(0)
     restarted = push(service.ingest)
     for seq in range(3):
         send(restarted, "cam", seq)
-        time.sleep(0.05)
+        assert subscriber.wait_for(lambda s: seqs(s, "cam") == [0, 1, 2] + list(range(seq + 1)), 10), \
+            seqs(subscriber, "cam")
     # Then its new frames are decided like the first ones
-    assert subscriber.wait_for(lambda s: seqs(s, "cam") == [0, 1, 2, 0, 1, 2], 10), seqs(subscriber, "cam")
     assert all(d.decision is Decision.ACCEPT for d in subscriber.decisions)
     # When the subscriber restarts (closes, and a new one connects)
     subscriber.socket.close(0)
@@ -99,7 +100,8 @@ def test_a_killed_and_restarted_service_shows_as_a_heartbeat_gap_then_resumes(se
                                                                              make_fault_bundle, tmp_path,
                                                                              zmq_context):
     bundle = make_fault_bundle(tmp_path / "bundle")
-    args = ("--artifacts", str(fault_export), "--bundle", str(bundle), "--staleness-ms", "500")
+    staleness_ms = 500
+    args = ("--artifacts", str(fault_export), "--bundle", str(bundle), "--staleness-ms", str(staleness_ms))
     first = serve(*args)
     # Given a subscriber and a sender connected (not bound) to the service's ports, as a robot's would be
     sub = zmq_context.socket(zmq.SUB)
@@ -114,31 +116,34 @@ def test_a_killed_and_restarted_service_shows_as_a_heartbeat_gap_then_resumes(se
     # When the service is killed (no goodbye heartbeat) and frames keep coming during the outage
     first.process.kill()
     first.process.wait(10)
-    killed_at, killed_ns = time.monotonic(), time.time_ns()
+    killed_ns = time.time_ns()
     for seq in range(1, 6):
         send(sender, "cam", seq)
-        time.sleep(0.1)
+        time.sleep(0.1)  # a camera's pace; nothing below depends on how long this takes
     # And it is restarted on the same ports; the subscriber resumes when it hears the heartbeat again (decisions
     # published before its SUB socket has reconnected are lost to it: PUB/SUB keeps nothing for absent subscribers)
+    restart_ns = time.time_ns()
     second = serve(*args, "--ingest", first.ingest, "--publish", first.publish, ports=False)
-    restarted_at = time.monotonic()
     assert subscriber.wait_for(lambda s: s.health[-1].ts_ns > killed_ns, 20), "no heartbeat after the restart"
-    send(sender, "cam", 6)
-    assert subscriber.wait_for(lambda s: 6 in seqs(s, "cam"), 20), (seqs(subscriber, "cam"),
-                                                                     subscriber.health[-1].counters)
-    # Then the subscriber saw a heartbeat gap as long as the outage, without a 'stopped' message
+    # Then the first fresh frame after the restart is scored (one sent while the restarted service is busy may
+    # be older than the deadline when it is picked up: its outcome is checked against its age and another sent)
+    decision, after = decide_until_scored(subscriber, lambda seq: send(sender, "cam", seq), "cam", 6, staleness_ms)
+    assert decision.decision is Decision.ACCEPT, after
+    # And the subscriber saw a heartbeat gap covering the outage: the last heartbeat before it was sent before
+    # the kill, the next one after the new process was started; no 'stopped' message in between
     stamps = [h.ts_ns for h in subscriber.health]
-    gap_s = max(b - a for a, b in zip(stamps, stamps[1:])) / 1e9
-    assert gap_s >= restarted_at - killed_at - 0.5, (gap_s, restarted_at - killed_at)
+    gaps = [(a, b) for a, b in zip(stamps, stamps[1:]) if a <= killed_ns and b > restart_ns]
+    assert len(gaps) == 1, "no heartbeat gap spans the outage"
+    gap_s = (gaps[0][1] - gaps[0][0]) / 1e9
     assert HealthStatus.STOPPED not in [h.status for h in subscriber.health]
-    # And frames sent during the outage were never accepted: lost with the process, or deferred when they came in
+    # And frames sent during the outage were lost with the process, superseded, or decided by their age when
+    # the restarted service received them
     late = [d for d in subscriber.decisions if d.camera_id == "cam" and 1 <= d.seq <= 5]
-    assert all(d.decision is Decision.DEFER and d.reason in (Reason.STALE, Reason.DROPPED) for d in late), \
+    assert all(d.reason in (Reason.STALE, Reason.DROPPED, Reason.MEETS_THRESHOLD) for d in late), \
         [(d.seq, d.reason.value) for d in late]
-    # And the first frame after the restart was accepted
-    assert [d.decision for d in subscriber.decisions if d.seq == 6] == [Decision.ACCEPT]
-    print(f"\nheartbeat gap {gap_s:.2f} s (outage {restarted_at - killed_at:.2f} s); outage frames decided: "
-          f"{[(d.seq, d.reason.value) for d in late]}")
+    outage = [check_outcome_against_age(d, staleness_ms) for d in late]
+    print(f"\nheartbeat gap {gap_s:.2f} s (outage from the kill to the restart {(restart_ns - killed_ns) / 1e9:.2f} s)"
+          f"; outage frames decided: {outage}; after the restart: {after}")
     assert second.stop() == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -65,10 +66,13 @@ def test_a_changed_bundle_is_swapped_in_under_traffic_and_a_bad_one_is_refused(
     assert subscriber.wait_for(lambda s: s.decisions[-1].bundle_id != bundle_a, 10), "B was never loaded"
     bundle_b = subscriber.decisions[-1].bundle_id
     # And then B's prototypes are damaged (sha256 no longer matches bundle.json)
+    # (written aside and renamed, so the watcher sees one change, not a half-written file and then the whole one)
     rng = np.random.default_rng(5)
-    np.savez(tmp_path / "bundle" / "prototypes.npz", text_prototypes=rng.normal(size=(3, 8)).astype(np.float32),
+    np.savez(tmp_path / "damaged.npz", text_prototypes=rng.normal(size=(3, 8)).astype(np.float32),
              image_prototypes=rng.normal(size=(3, 8)).astype(np.float32))
-    time.sleep(0.8)  # several polls
+    os.replace(tmp_path / "damaged.npz", tmp_path / "bundle" / "prototypes.npz")
+    assert subscriber.wait_for(lambda s: s.health[-1].counters.get("reloads_refused") == 1, 20), \
+        subscriber.health[-1].counters
     count_after_damage = len(subscriber.decisions)
     assert subscriber.wait_for(lambda s: len(s.decisions) >= count_after_damage + 5, 10)
     sent = traffic.stop()

@@ -5,7 +5,7 @@ import torch
 
 from tests.conftest import require_fashion_mnist
 from trustvlm.data.fashion_mnist import load_split
-from trustvlm.training.compact_clip import CheckpointError, load_checkpoint
+from trustvlm.models.compact_clip import CheckpointError, load_checkpoint
 from trustvlm.training.train_demo import augment, contrastive_loss
 
 

@@ -2,10 +2,11 @@
 
 Run it on the device the service will run on (``make soak``, or)::
 
-    python -m trustvlm.runtime.soak --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
+    trustvlm soak --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
         --seconds 180 --rate 40 --cameras 4 --output soak.json
 
-It starts ``serve`` as a child process on free loopback ports, sends frames from ``--cameras``
+It starts ``serve`` as a child process on free loopback ports
+(:class:`~trustvlm.pipelines.serve_process.ServeProcess`), sends frames from ``--cameras``
 cameras at ``--rate`` frames/s in total (Fashion-MNIST test images when Debian's
 dataset-fashion-mnist is installed, else synthetic images; JPEG, PNG and raw in turn), restarts
 its sender socket every ``--sender-restart-s``, reads every decision and heartbeat, samples the
@@ -24,13 +25,6 @@ less than ``--max-rss-growth-mb`` after warm-up; 1 otherwise. It is not part of 
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
-import select
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +36,7 @@ import cv2
 import numpy as np
 import zmq
 
+from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
 from trustvlm.runtime.messages import DecisionMessage, HealthMessage, HealthStatus, decode_body
 
@@ -68,6 +63,10 @@ class SoakReport:
     final_counters: dict = field(default_factory=dict)
     service_log_tail: str = ""
     passed: bool = False
+
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready."""
+        return asdict(self)
 
     def summary(self) -> str:
         losses = ", ".join(f"{k} {v}" for k, v in self.counted_losses.items()) or "none"
@@ -143,23 +142,6 @@ class Collector:
         self.socket.close(0)
 
 
-def start_service(artifacts: Path, bundle: Path, serve_args: list[str],
-                  log) -> tuple[subprocess.Popen, str, str]:
-    """Start serve on free loopback ports (its log goes to the file `log`); return it and its endpoints."""
-    command = [sys.executable, "-m", "trustvlm.runtime.cli", "serve", "--artifacts", str(artifacts), "--bundle",
-               str(bundle), "--ingest", "tcp://127.0.0.1:*", "--publish", "tcp://127.0.0.1:*", "--heartbeat-ms", "200",
-               *serve_args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    ready, _, _ = select.select([process.stdout], [], [], 120)
-    line = process.stdout.readline() if ready else ""
-    found = re.search(r"ingest=(\S+) .* publish=(\S+) ", line)
-    if found is None:
-        process.kill()
-        log.seek(0)
-        raise RuntimeError(f"serve did not start: {line!r} {log.read()[-2000:]}")
-    return process, found.group(1), found.group(2)
-
-
 def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras: int,
              sender_restart_s: float, max_rss_growth_mb: float, serve_args: list[str]) -> SoakReport:
     """Run one soak (see the module docstring) and return its report."""
@@ -169,25 +151,25 @@ def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras
     payloads = {enc: [cv2.imencode(".jpg" if enc is Encoding.JPEG else ".png", image)[1].tobytes()
                       if enc is not Encoding.RAW else np.ascontiguousarray(image).tobytes() for image in images]
                 for enc in encodings}
-    log = tempfile.TemporaryFile("w+")  # a pipe could fill up and stall the service
-    process, ingest, publish = start_service(artifacts, bundle, serve_args, log)
     samples: list[tuple[float, float]] = []
-    with log, zmq.Context() as context:
-        collector = Collector(context, publish)
+    # The service's stderr goes to a file: a pipe could fill up and stall the service.
+    with tempfile.TemporaryDirectory(prefix="soak-") as log_dir, zmq.Context() as context:
+        serve = ServeProcess(artifacts, bundle, Path(log_dir), ("--heartbeat-ms", "200", *serve_args)).start()
+        collector = Collector(context, serve.publish)
         try:
             collector.start()
-            sender = _push(context, ingest)
+            sender = _push(context, serve.ingest)
             started = next_restart = time.monotonic()
             next_restart += sender_restart_s
             seqs = [0] * cameras
             next_sample = started
             while (now := time.monotonic()) - started < seconds:
                 if now >= next_sample:
-                    samples.append((now - started, rss_mb(process.pid) or float("nan")))
+                    samples.append((now - started, rss_mb(serve.pid) or float("nan")))
                     next_sample += 1.0
                 if sender_restart_s and now >= next_restart:  # a camera process restarting
                     sender.close(linger=1000)
-                    sender = _push(context, ingest)
+                    sender = _push(context, serve.ingest)
                     next_restart += sender_restart_s
                 due = int((now - started) * rate)
                 while report.sent < due:
@@ -205,21 +187,16 @@ def run_soak(artifacts: Path, bundle: Path, seconds: float, rate: float, cameras
             while time.monotonic() < deadline and _outcomes(collector) < report.sent:
                 time.sleep(0.2)
             sender.close(linger=0)
-            samples.append((time.monotonic() - started, rss_mb(process.pid) or float("nan")))
-            process.send_signal(signal.SIGTERM)
+            samples.append((time.monotonic() - started, rss_mb(serve.pid) or float("nan")))
+            serve.request_stop()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and (collector.health is None
                                                    or collector.health.status is not HealthStatus.STOPPED):
                 time.sleep(0.1)
         finally:
-            try:
-                report.service_exit = process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                report.service_exit = process.wait(5)
+            report.service_exit = serve.stop(30)
             collector.stop()
-            log.seek(0)
-            report.service_log_tail = log.read()[-2000:]
+            report.service_log_tail = serve.child.stderr_path.read_text(errors="replace")[-2000:]
     _account(report, collector, samples, max_rss_growth_mb)
     return report
 
@@ -260,38 +237,3 @@ def _account(report: SoakReport, collector: Collector, samples: list[tuple[float
                          "growth_after_warmup": values[-1] - after[0]}
     rss_ok = not values or report.rss_mb["growth_after_warmup"] < max_rss_growth_mb
     report.passed = report.unaccounted == 0 and report.order_ok and report.service_exit == 0 and rss_ok
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trustvlm.runtime.soak", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, required=True, help="export folder of the model")
-    parser.add_argument("--bundle", type=Path, required=True, help="prototype bundle folder")
-    parser.add_argument("--seconds", type=float, default=180.0, help="how long frames are sent")
-    parser.add_argument("--rate", type=float, default=40.0, help="frames per second, all cameras together")
-    parser.add_argument("--cameras", type=int, default=4, help="cameras sending in turn")
-    parser.add_argument("--sender-restart-s", type=float, default=60.0,
-                        help="re-create the sender socket this often (0: never)")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,
-                        help="fail when the service's RSS grows more than this after warm-up")
-    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for serve, e.g. --serve-arg=--threads=1 (repeatable)")
-    parser.add_argument("--output", type=Path, default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.rate <= 0 or args.cameras < 1:
-        parser.error(f"--seconds and --rate should be > 0 and --cameras >= 1, but got {args.seconds}, {args.rate}, "
-                     f"{args.cameras}")
-    try:
-        report = run_soak(args.artifacts, args.bundle, args.seconds, args.rate, args.cameras, args.sender_restart_s,
-                          args.max_rss_growth_mb, args.serve_arg)
-    except RuntimeError as error:
-        print(f"soak: error: {error}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    if args.output is not None:
-        args.output.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
