@@ -37,7 +37,7 @@ class Link:
         """Send the camera's next frame (capture time = now); False when ZeroMQ refused it (non-blocking)."""
         import zmq  # noqa: PLC0415
 
-        from trustvlm.runtime.messages import Encoding, FrameHeader, PixelFormat, send_frame  # noqa: PLC0415
+        from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, send_frame  # noqa: PLC0415
 
         seq = self.seq.get(camera, 0)
         header = FrameHeader(camera, seq, time.time_ns(), Encoding.RAW, (self.size, self.size, 3), "uint8",

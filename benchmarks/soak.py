@@ -37,8 +37,8 @@ import numpy as np
 import zmq
 
 from trustvlm.pipelines.serve_process import ServeProcess
-from trustvlm.runtime.messages import (DecisionMessage, Encoding, FrameHeader, HealthMessage, HealthStatus,
-                                       decode_body, send_frame)
+from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.messages import DecisionMessage, HealthMessage, HealthStatus, decode_body
 
 WARMUP_S = 10.0
 COUNTED_LOSSES = ("rejected", "notices_suppressed", "publish_overflow", "publish_errors")

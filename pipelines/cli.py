@@ -131,7 +131,8 @@ def run_source(args: argparse.Namespace) -> int:
     from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig, SourceError  # noqa: PLC0415
     from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FreeRunPacer, TruthWriter,  # noqa: PLC0415
                                            stream_frames)
-    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
     if args.max_in_flight < 0 or (args.max_in_flight and not args.decisions):
         raise CliError(f"--max-in-flight {args.max_in_flight} needs a value >= 1 and --decisions <publish endpoint>")
@@ -231,7 +232,8 @@ def run_controller(args: argparse.Namespace) -> int:
     from trustvlm.pipelines.controller import Controller, ControllerConfig  # noqa: PLC0415
     from trustvlm.pipelines.controller_output import ConsolePrinter, JsonlLogger, ObserverGroup  # noqa: PLC0415
     from trustvlm.pipelines.scoreboard import json_safe  # noqa: PLC0415
-    from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
     try:
         for camera in args.cameras:

@@ -31,7 +31,8 @@ import zmq
 
 from trustvlm.pipelines.scoreboard import DecisionRecord, Scoreboard, TruthTail
 from trustvlm.runtime.messages import (HEALTH_TOPIC, TOPIC_PREFIX, Decision, DecisionMessage, HealthMessage,
-                                       HealthStatus, MessageError, decode_body, topic_for)
+                                       HealthStatus, decode_body, topic_for)
+from trustvlm.runtime.schema import MessageError
 
 log = logging.getLogger("trustvlm.pipelines.controller")
 

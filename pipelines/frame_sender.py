@@ -1,7 +1,7 @@
 """The wire side of `trustvlm source`: encode a frame (JPEG, PNG or raw) and PUSH it to `trustvlm serve`.
 
 :class:`FrameEncoder` turns an image into a payload; :class:`FrameSender` sends ``[header, payload]`` with
-:func:`trustvlm.runtime.messages.send_frame` on a PUSH socket whose queue and send wait are bounded, and
+:func:`trustvlm.runtime.frames.send_frame` on a PUSH socket whose queue and send wait are bounded, and
 recovers from a timed-out send by closing, backing off and reconnecting, up to a limit.
 """
 
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import zmq
 
-from trustvlm.runtime.messages import Encoding, FrameHeader, PixelFormat, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, send_frame
 
 log = logging.getLogger("trustvlm.pipelines.source")
 

@@ -4,7 +4,7 @@ The loop (:func:`stream_frames`) is handed its collaborators: a capture (:mod:`t
 an optional degraded camera, a :class:`~trustvlm.pipelines.frame_sender.FrameEncoder`, a
 :class:`~trustvlm.pipelines.frame_sender.FrameSender` (PUSH socket), a pacer and an optional :class:`TruthWriter`. Each frame gets the next ``seq`` of its camera and a capture timestamp (Unix
 epoch ns, taken when the frame is read, after the pacer let it go), and is sent as ``[header, payload]`` by
-:func:`trustvlm.runtime.messages.send_frame`.
+:func:`trustvlm.runtime.frames.send_frame`.
 
 Pacing, when to use which:
 
@@ -36,8 +36,9 @@ import zmq
 
 from trustvlm.pipelines.captures import Capture, CapturedFrame, degrade
 from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SourceError
-from trustvlm.runtime.messages import (HEALTH_TOPIC, DecisionMessage, FrameHeader, HealthMessage, MessageError,
-                                       check_camera_id, decode_body, topic_for)
+from trustvlm.runtime.frames import FrameHeader, check_camera_id
+from trustvlm.runtime.messages import HEALTH_TOPIC, DecisionMessage, HealthMessage, decode_body, topic_for
+from trustvlm.runtime.schema import MessageError
 
 log = logging.getLogger("trustvlm.pipelines.source")
 

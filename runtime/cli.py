@@ -98,9 +98,8 @@ def add_serve_parser(subparsers) -> None:
     add("--heartbeat-ms", type=int, help=f"trust/_health period (default: {_default('publish', 'heartbeat_ms')})")
     add("--providers", nargs="+", help="ONNX Runtime providers in order, e.g. cuda cpu (default: cpu)")
     add("--backend", choices=list(BACKENDS),
-        help="image encoders through ONNX Runtime (the .onnx files, on --providers) or as the TensorRT engines "
-             "of `make export FORMAT=engine` (needs tensorrt, a GPU and --providers cuda for the trust head) "
-             f"(default: {_default('scorer', 'backend')})")
+        help="how the image encoder runs; " + "; ".join(f"{name}: {spec.summary}" for name, spec in BACKENDS.items())
+             + f" (default: {_default('scorer', 'backend')})")
     add("--allow-cpu-fallback", dest="allow_cpu_fallback", action="store_true",
         help="run on the CPU when a requested GPU provider is unavailable (default: refuse to start)")
     add("--threads", type=int, help="intra-op threads per session (default: ONNX Runtime's choice)")
@@ -181,6 +180,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
     from trustvlm.runtime.scorer import AUX_HEAD_INPUT  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
+    from trustvlm.runtime.transport import zmq_ingest_for  # noqa: PLC0415
 
     try:
         config = config_from_args(args)
@@ -192,7 +192,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        service = build_service(config)
+        service = build_service(config, zmq_ingest_for(config))
         endpoints = service.start()
     except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError, zmq.ZMQError) as error:
         raise CliError(str(error)) from error

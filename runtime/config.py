@@ -33,10 +33,11 @@ from enum import Enum
 from pathlib import Path
 
 from trustvlm.runtime.frame_buffer import BufferConfig
-from trustvlm.runtime.ingest import FrameLimits, IngestConfig
+from trustvlm.runtime.ingest import FrameLimits
 from trustvlm.runtime.publisher import PublishConfig
 from trustvlm.runtime.scorer import ScorerConfig
 from trustvlm.runtime.security import SecurityConfig
+from trustvlm.runtime.transport import IngestConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -1,6 +1,9 @@
-"""Which backend runs an exported image encoder: ONNX Runtime, or a serialized TensorRT engine.
+"""Execution backends of the image encoder, chosen from one table (:data:`BACKENDS`).
 
-Backends (``ScorerConfig.backend`` / ``trustvlm serve --backend``):
+Each :class:`BackendSpec` says how to open the image encoder from the bundle's export, where its
+embeddings live, and what the trust head then needs; ``trustvlm serve --backend`` offers the
+table's keys and the scorer opens whichever is configured without knowing which it is. Adding a
+backend is one table entry and its module (an engine that fits :class:`ImageEngine`).
 
 * ``onnxruntime`` (default): the manifest's ONNX file of the bundle's precision, in an ONNX
   Runtime session on the configured providers (TensorRT EP, CUDA EP, CPU EP).
@@ -17,8 +20,9 @@ checked when it is opened.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -26,9 +30,8 @@ from trustvlm.calibration.bundle import engine_sha256
 from trustvlm.runtime.artifacts import ArtifactError, encoder_path
 
 ONNXRUNTIME, TENSORRT_ENGINE = "onnxruntime", "tensorrt-engine"
-BACKENDS = (ONNXRUNTIME, TENSORRT_ENGINE)
-#: Providers (or backend names) whose outputs live on a CUDA device.
-CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "TensorRTEngine")
+#: ONNX Runtime providers whose outputs live on a CUDA device.
+ORT_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class ImageEngine(Protocol):
@@ -42,9 +45,61 @@ class ImageEngine(Protocol):
     def encode_to_ortvalue(self, batch: np.ndarray, device_type: str = "cuda", device_id: int = 0): ...
 
 
+@dataclass(frozen=True)
+class EncoderRequest:
+    """What a backend gets to open the image encoder of one bundle.
+
+    Attributes:
+        artifacts_dir: The export folder (manifest.json and the encoder files).
+        manifest: Its manifest.
+        precision: The precision the bundle was calibrated with.
+        onnx_file: The ONNX image encoder of that precision, already checked against the
+            manifest's sha256 (what the bundle was calibrated with, and what an engine must have
+            been built from).
+        providers: ONNX Runtime providers of the configuration (short or full names, in order).
+        allow_fallback: Accept a session that did not get a requested GPU provider.
+        threads: Intra-op threads per session (None: the runtime's choice).
+    """
+
+    artifacts_dir: Path
+    manifest: dict
+    precision: str
+    onnx_file: Path
+    providers: tuple[str, ...]
+    allow_fallback: bool
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One execution backend of the image encoder.
+
+    Attributes:
+        name: The key in :data:`BACKENDS` (``ScorerConfig.backend``, ``serve --backend``).
+        summary: One line for ``serve --help``.
+        open_encoder: Opens the image encoder; raises ArtifactError or EngineError in one line.
+        engine_provider: The name its engines report as their first provider, when it is not an
+            ONNX Runtime provider (None: the engine reports ONNX Runtime's own).
+        embedding_device: Where its embeddings stay (``"cuda"``: on the GPU, handed to the trust
+            head there through IOBinding), or None when that follows the providers.
+        head_providers: ONNX Runtime providers the trust head must run on to take those
+            embeddings (empty: any).
+    """
+
+    name: str
+    summary: str
+    open_encoder: Callable[[EncoderRequest], ImageEngine]
+    engine_provider: str | None = None
+    embedding_device: str | None = None
+    head_providers: tuple[str, ...] = ()
+
+
 def device_of(engine: ImageEngine) -> str | None:
     """``"cuda"`` when the engine's first provider leaves its outputs on a CUDA device, else None."""
-    return "cuda" if engine.providers and engine.providers[0] in CUDA_PROVIDERS else None
+    first = engine.providers[0] if engine.providers else None
+    if first in ORT_CUDA_PROVIDERS:
+        return "cuda"
+    return next((spec.embedding_device for spec in BACKENDS.values() if spec.engine_provider == first), None)
 
 
 def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: str) -> tuple[Path, str]:
@@ -79,25 +134,53 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
     return path, str(record["sha256"])
 
 
+def _open_onnxruntime(request: EncoderRequest) -> ImageEngine:
+    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
+
+    return OnnxEncoder(request.onnx_file, request.providers, request.allow_fallback, request.threads,
+                       request.precision)
+
+
+def _open_tensorrt_engine(request: EncoderRequest) -> ImageEngine:
+    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
+
+    path, sha256 = tensorrt_engine_path(request.artifacts_dir, request.manifest, request.precision)
+    return TensorRTEncoder(path, expected_sha256=sha256)
+
+
+#: Every execution backend, by name; the first is the default.
+BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
+    BackendSpec(ONNXRUNTIME, "the exported .onnx image encoder in ONNX Runtime, on --providers", _open_onnxruntime),
+    BackendSpec(TENSORRT_ENGINE, "the TensorRT engine of `make export FORMAT=engine` (needs tensorrt, a GPU and "
+                                 "--providers cuda for the trust head)", _open_tensorrt_engine,
+                engine_provider="TensorRTEngine", embedding_device="cuda", head_providers=("cuda",)),
+)}
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The table entry of backend `name`.
+
+    Raises:
+        ValueError: A name that is not in :data:`BACKENDS`.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend should be one of {tuple(BACKENDS)}, but got {name!r}")
+    return BACKENDS[name]
+
+
 def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str, backend: str,
                       providers: tuple[str, ...], allow_fallback: bool, threads: int | None) -> ImageEngine:
     """Open the image encoder of `precision` with `backend` (see the module docstring).
 
-    The ONNX file is checked against the manifest's sha256 for both backends: it is what the
+    The ONNX file is checked against the manifest's sha256 for every backend: it is what the
     bundle was calibrated with, and what an engine must have been built from.
 
     Raises:
+        ValueError: An unknown backend.
         ArtifactError: Missing, corrupt or mismatched encoder files.
         trustvlm.runtime.onnx_engine.EngineError: A session or engine that cannot be created.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r}")
+    spec = backend_spec(backend)
     onnx_file = encoder_path(Path(artifacts_dir), manifest, "image", precision)
-    if backend == ONNXRUNTIME:
-        from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
-
-        return OnnxEncoder(onnx_file, providers, allow_fallback, threads, precision)
-    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
-
-    path, sha256 = tensorrt_engine_path(artifacts_dir, manifest, precision)
-    return TensorRTEncoder(path, expected_sha256=sha256)
+    return spec.open_encoder(EncoderRequest(Path(artifacts_dir), manifest, precision, onnx_file, tuple(providers),
+                                            allow_fallback, threads))

@@ -29,7 +29,8 @@ from enum import Enum
 from itertools import count
 from typing import Callable
 
-from trustvlm.runtime.messages import Notice, ReceivedFrame, Reason
+from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.messages import Reason
 
 BufferItem = ReceivedFrame | Notice
 

@@ -1,65 +1,27 @@
-"""Wire messages of the streaming service, schema 1 (see schemas/frame_v1.json, schemas/decision_v1.json).
+"""Messages out: what `trustvlm serve` publishes (schemas/decision_v1.json).
 
-Use this module to talk to `trustvlm serve` from Python: a camera packs a :class:`FrameHeader`
-with :func:`pack_frame_header` and sends ``[header, payload]`` with ``SNDMORE`` (or calls
-:func:`send_frame`); a robot subscribes to ``trust/<camera_id>`` and reads each body with
+A robot subscribes to ``trust/<camera_id>`` (:func:`topic_for`) and reads each body with
 :func:`decode_body`, which returns a :class:`DecisionMessage` (or a :class:`HealthMessage` on
-``trust/_health``). Nothing received is ever unpickled: headers are msgpack maps (or, for imagezmq
-senders, JSON), checked field by field.
-
-Parsing is bounded: msgpack is unpacked with explicit limits (:data:`HEADER_UNPACK_LIMITS`,
-:data:`BODY_UNPACK_LIMITS`: string, bytes, array and map lengths; ext types are refused), and JSON
-nesting beyond Python's recursion limit is a :class:`MessageError`, not a crash.
-
-Versioning: every message carries ``schema_version`` ("major.minor"). A receiver rejects another
-major version (:class:`SchemaVersionError`); within its major version it accepts keys it does
-not know only from a newer minor version, and rejects them otherwise (a typo is not a feature).
-
-The frozen dataclasses here also cross thread boundaries inside the service:
-:class:`ReceivedFrame` (a frame that passed the ingest checks) and :class:`Notice` (a frame that
-already has its outcome: defer with a reason, published in the camera's order).
+``trust/_health``). Bodies are msgpack or JSON (:class:`WireFormat`), unpacked within
+:data:`~trustvlm.runtime.schema.BODY_UNPACK_LIMITS` and checked field by field; the version rule
+is :func:`~trustvlm.runtime.schema.check_schema_version`. Frames going in are
+:mod:`trustvlm.runtime.frames`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
-from pathlib import Path
 
 import msgpack
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-FRAME_SCHEMA = json.loads((SCHEMA_DIR / "frame_v1.json").read_text())
-DECISION_SCHEMA = json.loads((SCHEMA_DIR / "decision_v1.json").read_text())
-#: Versions this code writes; read from the schema documents so code and data cannot drift apart.
-FRAME_SCHEMA_VERSION: str = FRAME_SCHEMA["version"]
-DECISION_SCHEMA_VERSION: str = DECISION_SCHEMA["version"]
+from trustvlm.runtime.schema import (BODY_UNPACK_LIMITS, DECISION_SCHEMA_VERSION, MessageError, check_schema_version,
+                                     enum_field, unpack_message)
 
 TOPIC_PREFIX = "trust/"
 HEALTH_TOPIC = b"trust/_health"
-# Matched with fullmatch and re.ASCII: Python's `$` also matches before a final newline, and `\d` any Unicode digit.
-CAMERA_ID_PATTERN = re.compile(FRAME_SCHEMA["properties"]["camera_id"]["pattern"], re.ASCII)
-MAX_INT64 = 2**63 - 1
-_VERSION_PATTERN = re.compile(r"(\d+)\.(\d+)", re.ASCII)
-
-
-class Encoding(str, Enum):
-    """How the payload of a frame is encoded."""
-
-    JPEG = "jpeg"
-    PNG = "png"
-    RAW = "raw"
-
-
-class PixelFormat(str, Enum):
-    """Channel order of a raw payload (ROS sensor_msgs/Image encoding names)."""
-
-    BGR8 = "bgr8"
-    RGB8 = "rgb8"
-    MONO8 = "mono8"
 
 
 class Decision(str, Enum):
@@ -102,222 +64,9 @@ class WireFormat(str, Enum):
     JSON = "json"
 
 
-class MessageError(ValueError):
-    """A message that does not follow its schema."""
-
-
-class SchemaVersionError(MessageError):
-    """A message of a schema major version this code does not read."""
-
-
-@dataclass(frozen=True)
-class UnpackLimits:
-    """Most a msgpack message may hold, passed to ``msgpack.unpackb`` (its own defaults allow the whole buffer).
-
-    Attributes:
-        max_str_len: Longest string (bytes).
-        max_bin_len: Longest bytes value.
-        max_array_len: Most items in one array.
-        max_map_len: Most keys in one map.
-    """
-
-    max_str_len: int
-    max_bin_len: int
-    max_array_len: int
-    max_map_len: int
-
-
-#: Frame headers: a handful of short fields (a newer minor version may add a few).
-HEADER_UNPACK_LIMITS = UnpackLimits(max_str_len=1024, max_bin_len=1024, max_array_len=16, max_map_len=32)
-#: Published bodies: decision and health messages (health counters are one map of about 50 keys).
-BODY_UNPACK_LIMITS = UnpackLimits(max_str_len=1 << 16, max_bin_len=1 << 16, max_array_len=1024, max_map_len=1024)
-
-
-def _refuse_ext(code: int, data: bytes):
-    raise ValueError(f"msgpack ext type {code} is not accepted ({len(data)} bytes)")
-
-
-def unpack_message(data: bytes, limits: UnpackLimits, what: str):
-    """Decode msgpack, or JSON when `data` starts with ``{``, within `limits`; never unpickles.
-
-    Raises:
-        MessageError: Malformed data, a limit exceeded, an ext type, non-UTF-8 text, or JSON
-            nested deeper than the interpreter's recursion limit.
-    """
-    try:
-        if data[:1] == b"{":
-            return json.loads(data)
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
-                               max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
-                               max_array_len=limits.max_array_len, max_map_len=limits.max_map_len, max_ext_len=0)
-    except RecursionError:
-        raise MessageError(f"{what}: nested too deeply") from None
-    except (ValueError, TypeError, msgpack.UnpackException) as error:
-        raise MessageError(f"{what} is neither msgpack nor JSON within limits: {error}") from error
-
-
 def topic_for(camera_id: str) -> bytes:
     """The PUB topic of a camera's decisions: ``trust/<camera_id>``."""
     return f"{TOPIC_PREFIX}{camera_id}".encode()
-
-
-def check_schema_version(value, ours: str, unknown_keys: set, known_keys: set, what: str) -> None:
-    """Accept `value` if it has our major version, and unknown keys only from a newer minor.
-
-    Raises:
-        SchemaVersionError: Another major version.
-        MessageError: A malformed version, or unknown keys at our minor version or older.
-    """
-    match = _VERSION_PATTERN.fullmatch(value) if isinstance(value, str) and len(value) <= 16 else None
-    if match is None:
-        raise MessageError(f"{what}: schema_version should be a 'major.minor' string like {ours!r}, but got {value!r}")
-    major, minor = int(match.group(1)), int(match.group(2))
-    our_major, our_minor = (int(part) for part in ours.split("."))
-    if major != our_major:
-        raise SchemaVersionError(f"{what}: schema_version {value} is not supported; this service reads "
-                                 f"{our_major}.x (newest {ours})")
-    if unknown_keys and minor <= our_minor:
-        raise MessageError(f"{what}: unknown keys {sorted(unknown_keys)} in schema {value}; "
-                           f"expected only {sorted(known_keys)}")
-
-
-def _get_int(data: dict, key: str, what: str, minimum: int = 0, maximum: int = MAX_INT64) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise MessageError(f"{what}: {key} should be an integer in [{minimum}, {maximum}], but got {value!r}")
-    return value
-
-
-def _get_enum(data: dict, key: str, enum: type[Enum], what: str):
-    value = data.get(key)
-    try:
-        return enum(value)
-    except ValueError:
-        raise MessageError(f"{what}: {key} should be one of {[e.value for e in enum]}, but got {value!r}") from None
-
-
-def check_camera_id(value, what: str = "frame header") -> str:
-    """Return `value` if it is a valid camera id, else raise MessageError."""
-    if not isinstance(value, str) or not CAMERA_ID_PATTERN.fullmatch(value):
-        raise MessageError(f"{what}: camera_id should match {CAMERA_ID_PATTERN.pattern} "
-                           f"(1-64 characters, no '/' or spaces), but got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class FrameHeader:
-    """Header of a frame (schemas/frame_v1.json).
-
-    Attributes:
-        camera_id: Stable camera name; decisions go to topic ``trust/<camera_id>``.
-        seq: Frame counter of this camera.
-        capture_ts_ns: Capture time, ns since the Unix epoch.
-        encoding: Payload encoding.
-        shape: Raw only: (height, width) or (height, width, channels).
-        dtype: Raw only: "uint8".
-        pixel_format: Raw only: channel order (default bgr8).
-        schema_version: The header's schema version.
-    """
-
-    camera_id: str
-    seq: int
-    capture_ts_ns: int
-    encoding: Encoding
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    pixel_format: PixelFormat | None = None
-    schema_version: str = FRAME_SCHEMA_VERSION
-
-    def to_dict(self) -> dict:
-        """Wire map; optional raw-only keys are left out when unset."""
-        data = {"schema_version": self.schema_version, "camera_id": self.camera_id, "seq": self.seq,
-                "capture_ts_ns": self.capture_ts_ns, "encoding": self.encoding.value}
-        if self.shape is not None:
-            data["shape"] = list(self.shape)
-        if self.dtype is not None:
-            data["dtype"] = self.dtype
-        if self.pixel_format is not None:
-            data["pixel_format"] = self.pixel_format.value
-        return data
-
-    @classmethod
-    def from_dict(cls, data) -> "FrameHeader":
-        """Validate a received map (see the module docstring for the version rule)."""
-        what = "frame header"
-        if not isinstance(data, dict):
-            raise MessageError(f"{what}: expected a map, but got {type(data).__name__}")
-        known = set(FRAME_SCHEMA["properties"])
-        check_schema_version(data.get("schema_version"), FRAME_SCHEMA_VERSION, set(data) - known, known, what)
-        encoding = _get_enum(data, "encoding", Encoding, what)
-        shape = dtype = pixel_format = None
-        if encoding is Encoding.RAW:
-            raw_shape = data.get("shape")
-            if (not isinstance(raw_shape, (list, tuple)) or len(raw_shape) not in (2, 3)
-                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in raw_shape)
-                    or (len(raw_shape) == 3 and raw_shape[2] not in (1, 3))):
-                raise MessageError(f"{what}: raw shape should be [height, width] or [height, width, 1|3] "
-                                   f"with positive integers, but got {raw_shape!r}")
-            shape = tuple(raw_shape)
-            if data.get("dtype") != "uint8":
-                raise MessageError(f"{what}: raw dtype should be one of ['uint8'], but got {data.get('dtype')!r}")
-            dtype = "uint8"
-            pixel_format = (_get_enum(data, "pixel_format", PixelFormat, what)
-                            if "pixel_format" in data else None)
-        return cls(camera_id=check_camera_id(data.get("camera_id"), what), seq=_get_int(data, "seq", what),
-                   capture_ts_ns=_get_int(data, "capture_ts_ns", what), encoding=encoding, shape=shape,
-                   dtype=dtype, pixel_format=pixel_format, schema_version=data["schema_version"])
-
-
-def pack_frame_header(header: FrameHeader) -> bytes:
-    """The msgpack header frame of a frame message."""
-    return msgpack.packb(header.to_dict(), use_bin_type=True)
-
-
-def send_frame(socket, header: FrameHeader, payload, flags: int = 0) -> None:
-    """Send ``[header, payload]`` on a ZeroMQ socket (header with SNDMORE, payload without a copy)."""
-    import zmq  # noqa: PLC0415 - keep this module importable without pyzmq for pure message work
-
-    socket.send(pack_frame_header(header), flags | zmq.SNDMORE)
-    socket.send(payload, flags, copy=False)
-
-
-@dataclass(frozen=True)
-class ReceivedFrame:
-    """A frame that passed the ingest checks, waiting to be scored.
-
-    Attributes:
-        header: Its validated header.
-        payload: The encoded image bytes.
-        receipt_ts_ns: When the service received it (Unix epoch ns).
-    """
-
-    header: FrameHeader
-    payload: bytes
-    receipt_ts_ns: int
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A frame whose outcome is already known: defer, for `reason`.
-
-    Attributes:
-        camera_id, seq, capture_ts_ns: From the frame's header.
-        receipt_ts_ns: When the service received the frame.
-        reason: Why it is deferred.
-        detail: Human-readable detail.
-    """
-
-    camera_id: str
-    seq: int
-    capture_ts_ns: int
-    receipt_ts_ns: int
-    reason: Reason
-    detail: str = ""
-
-    @classmethod
-    def for_frame(cls, frame: ReceivedFrame, reason: Reason, detail: str = "") -> "Notice":
-        header = frame.header
-        return cls(header.camera_id, header.seq, header.capture_ts_ns, frame.receipt_ts_ns, reason, detail)
 
 
 def _float_to_wire(value: float | None):
@@ -414,7 +163,7 @@ class DecisionMessage:
                                f"but got {data['top_k']!r}") from error
         values = {name: data[name] for name in known - {"kind"}}
         values.update(
-            decision=_get_enum(data, "decision", Decision, what), reason=_get_enum(data, "reason", Reason, what),
+            decision=enum_field(data, "decision", Decision, what), reason=enum_field(data, "reason", Reason, what),
             top_k=top_k, threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
             **{key: _float_from_wire(data[key], key, what)
                for key in ("kappa", "msp", "s_ii", "latency_from_capture_ms", "latency_from_receipt_ms")})
@@ -457,7 +206,7 @@ class HealthMessage:
         if missing:
             raise MessageError(f"{what}: missing keys {missing}")
         values = {name: data[name] for name in known - {"kind"}}
-        values.update(status=_get_enum(data, "status", HealthStatus, what),
+        values.update(status=enum_field(data, "status", HealthStatus, what),
                       threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
                       uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]))
         return cls(**values)

@@ -40,11 +40,11 @@ from typing import Callable
 
 import zmq
 
-from trustvlm.runtime.ingest import ConnectMode
 from trustvlm.runtime.messages import (HEALTH_TOPIC, DecisionMessage, HealthMessage, HealthStatus, WireFormat,
                                        encode_body, topic_for)
 from trustvlm.runtime.metrics import Observer
 from trustvlm.runtime.security import CurveServer
+from trustvlm.runtime.transport import ConnectMode
 
 log = logging.getLogger("trustvlm.runtime.publisher")
 

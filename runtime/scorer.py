@@ -42,10 +42,10 @@ import numpy as np
 from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256,
                                          load_bundle, read_bundle_info)
 from trustvlm.runtime.artifacts import encoder_path, read_manifest
-from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, ImageEngine, device_of,
-                                      open_image_engine)
-from trustvlm.runtime.ingest import FrameDecodeError, decode_image
-from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, Reason, TopKEntry
+from trustvlm.runtime.engines import ONNXRUNTIME, ImageEngine, backend_spec, device_of, open_image_engine
+from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
@@ -65,8 +65,9 @@ class ScorerConfig:
     Attributes:
         providers: ONNX Runtime providers, short (cpu, cuda, tensorrt) or full names, in order
             (the trust head's, and the encoders' with the onnxruntime backend).
-        backend: ``onnxruntime`` (the exported ONNX encoders) or ``tensorrt-engine`` (the engines
-            of ``make export FORMAT=engine``; needs tensorrt, a GPU and ``providers`` cuda).
+        backend: A key of :data:`~trustvlm.runtime.engines.BACKENDS`: ``onnxruntime`` (the exported
+            ONNX encoders) or ``tensorrt-engine`` (the engines of ``make export FORMAT=engine``;
+            needs tensorrt, a GPU and ``providers`` cuda).
         allow_fallback: Accept a session that did not get a requested GPU provider.
         threads: Intra-op threads per session (None: ONNX Runtime's choice).
         io_binding: Use IOBinding on GPU providers (ignored on the CPU).
@@ -83,8 +84,7 @@ class ScorerConfig:
     backend: str = ONNXRUNTIME
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend should be one of {BACKENDS}, but got {self.backend!r}")
+        backend_spec(self.backend)  # an unknown name is refused here, before any file is read
         if self.max_batch < 1:
             raise ValueError(f"max_batch should be >= 1, but got {self.max_batch}")
         if not self.max_wait_ms >= 0:
@@ -210,9 +210,11 @@ class BundleScorer:
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
         devices = {device_of(tower.engine) for tower in towers} | {device_of(self.head)}
         self._device = devices.pop() if config.io_binding and len(devices) == 1 else None
-        if config.backend == TENSORRT_ENGINE and device_of(self.head) is None:
-            raise EngineError("the tensorrt-engine backend runs on the GPU: run the trust head there too "
-                              f"(--providers cuda), not on {self.head.providers[0]}")
+        backend = backend_spec(config.backend)
+        if backend.head_providers and device_of(self.head) != backend.embedding_device:  # embeddings stay there
+            where = "the GPU" if backend.embedding_device == "cuda" else backend.embedding_device
+            raise EngineError(f"the {backend.name} backend runs on {where}: run the trust head there too "
+                              f"(--providers {' '.join(backend.head_providers)}), not on {self.head.providers[0]}")
         self.batch_limit = check_batch_limits(towers, config.max_batch)
 
     def run(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:

@@ -1,8 +1,9 @@
 """The streaming trust service: ingest -> frame buffer -> scorer -> publisher, each passed in.
 
-:func:`build_service` wires the parts from a :class:`~trustvlm.runtime.config.ServiceConfig`;
-:class:`TrustService` only runs them, on three threads (ingest, scoring, bundle reload) beside
-the publisher's own:
+:func:`build_service` wires the parts from a :class:`~trustvlm.runtime.config.ServiceConfig` and
+an ingest factory (any :class:`~trustvlm.runtime.ingest.Ingest`; ``trustvlm serve`` passes the
+ZeroMQ one); :class:`TrustService` only runs them, on three threads (ingest, scoring, bundle
+reload) beside the publisher's own:
 
 * ingest: receive, check, put into the latest-frame-wins buffer (or count a rejection);
 * scoring: take a micro-batch across cameras, decide every item (scored frames, and notices of
@@ -36,8 +37,9 @@ from trustvlm.calibration.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD
 from trustvlm.runtime.artifacts import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.frame_buffer import FrameBuffer
-from trustvlm.runtime.ingest import Rejection, ZmqIngest
-from trustvlm.runtime.messages import HealthMessage, HealthStatus, Notice, ReceivedFrame, Reason
+from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.ingest import Ingest, IngestFactory, Rejection
+from trustvlm.runtime.messages import HealthMessage, HealthStatus, Reason
 from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
@@ -133,7 +135,7 @@ class BundleReloader:
 class TrustService:
     """Runs the threads of the service over parts built elsewhere (see :func:`build_service`)."""
 
-    def __init__(self, ingest: ZmqIngest, buffer: FrameBuffer, slot: ScorerSlot, publisher: Publisher,
+    def __init__(self, ingest: Ingest, buffer: FrameBuffer, slot: ScorerSlot, publisher: Publisher,
                  health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
                  reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
                  metrics_server: MetricsServer | None = None, gate: CurveGate | None = None):
@@ -150,7 +152,7 @@ class TrustService:
             self._threads.append(threading.Thread(target=self._reload_loop, name="reload", daemon=True))
 
     def start(self) -> ServiceEndpoints:
-        """Start the ZAP handler (with CurveZMQ), open the sockets and start the threads."""
+        """Start the ZAP handler (with CurveZMQ), open the ingest and the publisher, and start the threads."""
         if self.gate is not None:
             self.gate.start()
         try:
@@ -281,8 +283,15 @@ class TrustService:
                 log.exception("bundle reload crashed; keeping the current bundle")
 
 
-def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> TrustService:
+def build_service(config: ServiceConfig, make_ingest: IngestFactory,
+                  context: zmq.Context | None = None) -> TrustService:
     """Load the bundle and build every part of the service (sockets are opened by start()).
+
+    Args:
+        config: The service's configuration.
+        make_ingest: Builds the ingest on `context`, with the ingest's CurveZMQ server when the
+            config asks for one (e.g. :func:`trustvlm.runtime.transport.zmq_ingest_for`).
+        context: ZeroMQ context of the publisher, the ZAP handler and a ZeroMQ ingest.
 
     Raises:
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
@@ -305,8 +314,7 @@ def build_service(config: ServiceConfig, context: zmq.Context | None = None) -> 
         metrics_server = MetricsServer(host, port, prometheus, health)
     observer = ObserverGroup(*observers)
     gate = CurveGate(config.security, context, observer.on_auth_denied) if config.security.enabled else None
-    ingest = ZmqIngest(config.ingest, config.limits, context, max_cameras=4 * config.buffer.max_cameras,
-                       curve=gate.server_for(INGEST_DOMAIN) if gate else None)
+    ingest = make_ingest(context, gate.server_for(INGEST_DOMAIN) if gate else None)
     publisher = Publisher(config.publish, health, observer, context,
                           curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
     reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer,

@@ -15,8 +15,9 @@ import zmq
 from trustvlm.pipelines.captures import DatasetCapture, degrade
 from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig
 from trustvlm.pipelines.source import DecisionWindowPacer, FpsPacer, TruthWriter, stream_frames
-from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage,
-                                       HealthStatus, Reason, encode_body, topic_for)
+from trustvlm.runtime.frames import Encoding, FrameHeader
+from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, HealthMessage, HealthStatus, Reason,
+                                       encode_body, topic_for)
 
 from .conftest import require_fashion_mnist
 

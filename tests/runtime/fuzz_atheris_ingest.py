@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile  # noqa: E402 - a sibling helper module, found through sys.path
 
 with atheris.instrument_imports():
-    from trustvlm.runtime.ingest import FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection, decode_image, \
-        parse_message
-    from trustvlm.runtime.messages import Decision, DecisionMessage, Notice, ReceivedFrame, WireFormat, encode_body
+    from trustvlm.runtime.frames import Notice, ReceivedFrame
+    from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+    from trustvlm.runtime.ingest import FrameLimits, Rejection
+    from trustvlm.runtime.messages import Decision, DecisionMessage, WireFormat, encode_body
     from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
+    from trustvlm.runtime.wire import ImagezmqNamer, parse_message
 
 LIMITS = FrameLimits(**hostile.LIMITS)
 PREPROCESS = PreprocessConfig(size=32, mean=(0.5,) * 3, std=(0.5,) * 3)

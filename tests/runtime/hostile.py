@@ -26,7 +26,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from trustvlm.runtime.messages import FRAME_SCHEMA
+from trustvlm.runtime.schema import FRAME_SCHEMA
 
 CAMERA = "evil"
 LIMITS = dict(max_message_bytes=200_000, max_header_bytes=4096, max_width=640, max_height=640)

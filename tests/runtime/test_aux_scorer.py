@@ -22,7 +22,8 @@ from onnx import TensorProto
 from tests.calibration.conftest import _linear_encoder
 from trustvlm.calibration.bundle import BundleError, BundleMismatchError
 from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
-from trustvlm.runtime.messages import Encoding, FrameHeader, ReceivedFrame, Reason, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
+from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.preprocess import preprocess_batch
 from trustvlm.runtime.scorer import AUX_HEAD_INPUT, HEAD_INPUT, ScorerConfig, load_scorer
 

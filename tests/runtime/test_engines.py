@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import replace
 
 import pytest
 
 from trustvlm.runtime.artifacts import ArtifactError, sha256_file
-from trustvlm.runtime.cli import main
+from trustvlm.runtime.cli import add_serve_parser, main
 from trustvlm.runtime.config import ServiceConfig
-from trustvlm.runtime.engines import TENSORRT_ENGINE, device_of, open_image_engine, tensorrt_engine_path
+from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, device_of, open_image_engine,
+                                      tensorrt_engine_path)
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
@@ -109,3 +112,48 @@ def test_the_tensorrt_backend_without_tensorrt_is_an_engine_error(demo_export, d
     with pytest.raises(EngineError, match="tensorrt") as caught:
         load_scorer(demo_export, demo_bundle, ScorerConfig(backend=TENSORRT_ENGINE, providers=("cuda",)))
     assert "\n" not in str(caught.value)
+
+
+def serve_backend_choices() -> list[str]:
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    add_serve_parser(subparsers)
+    return next(action.choices for action in subparsers.choices["serve"]._actions if action.dest == "backend")
+
+
+def test_serve_offers_exactly_the_backends_of_the_table(monkeypatch):
+    assert serve_backend_choices() == list(BACKENDS) == [ONNXRUNTIME, TENSORRT_ENGINE]
+    monkeypatch.setitem(BACKENDS, "onnx-copy", replace(BACKENDS[ONNXRUNTIME], name="onnx-copy"))
+    assert serve_backend_choices() == [ONNXRUNTIME, TENSORRT_ENGINE, "onnx-copy"]
+
+
+def test_a_new_table_entry_is_opened_by_the_scorer_without_knowing_it(demo_export, demo_bundle, monkeypatch):
+    opened = []
+
+    def open_encoder(request):
+        opened.append((request.precision, request.onnx_file.name))
+        return BACKENDS[ONNXRUNTIME].open_encoder(request)
+
+    monkeypatch.setitem(BACKENDS, "onnx-copy", replace(BACKENDS[ONNXRUNTIME], name="onnx-copy",
+                                                       open_encoder=open_encoder))
+    scorer = load_scorer(demo_export, demo_bundle, ScorerConfig(backend="onnx-copy", threads=1))
+    assert opened and opened[0][1].endswith(".onnx") and scorer.encoder.providers[0] == "CPUExecutionProvider"
+
+
+def test_a_backend_that_keeps_embeddings_on_the_gpu_refuses_a_cpu_trust_head(demo_export, demo_bundle, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "gpu-only", replace(BACKENDS[ONNXRUNTIME], name="gpu-only",
+                                                      embedding_device="cuda", head_providers=("cuda",)))
+    with pytest.raises(EngineError, match=r"^the gpu-only backend runs on the GPU: run the trust head there too "
+                                          r"\(--providers cuda\), not on CPUExecutionProvider$"):
+        load_scorer(demo_export, demo_bundle, ScorerConfig(backend="gpu-only", threads=1))
+
+
+def test_an_unknown_backend_gets_one_clear_line(tmp_path, capsys):
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"artifacts": "a", "bundle": "b", "scorer": {"backend": "openvino"}}))
+    assert main(["serve", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == ("trustvlm serve: error: backend should be one of ('onnxruntime', "
+                                       "'tensorrt-engine'), but got 'openvino'\n")
+    with pytest.raises(SystemExit):
+        main(["serve", "--artifacts", "a", "--bundle", "b", "--backend", "openvino"])
+    assert capsys.readouterr().err.splitlines()[-1] == ("trustvlm serve: error: argument --backend: invalid choice: "
+                                                        "'openvino' (choose from 'onnxruntime', 'tensorrt-engine')")

@@ -19,8 +19,8 @@ import zmq
 
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.runtime.artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
-from trustvlm.runtime.messages import (Decision, Encoding, FrameHeader, HealthStatus, ReceivedFrame, Reason,
-                                       send_frame)
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
+from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
 from .conftest import (FAULT_CLASSES, Subscriber, _fault_encoder, check_outcome_against_age, decide_until_scored,

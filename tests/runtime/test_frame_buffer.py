@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
-from trustvlm.runtime.messages import Encoding, FrameHeader, Notice, ReceivedFrame, Reason
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
+from trustvlm.runtime.messages import Reason
 
 pytestmark = pytest.mark.timeout(30)
 NOW_NS = 1_000_000_000_000

@@ -31,11 +31,12 @@ from hypothesis import strategies as st
 
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.runtime.artifacts import read_manifest
-from trustvlm.runtime.ingest import FrameLimits, ImagezmqNamer, Rejection, parse_message
-from trustvlm.runtime.messages import (BODY_UNPACK_LIMITS, Decision, Encoding, FrameHeader,
-                                       MessageError, Notice, ReceivedFrame, Reason, WireFormat, decode_body,
-                                       encode_body)
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
+from trustvlm.runtime.ingest import FrameLimits, Rejection
+from trustvlm.runtime.messages import Decision, Reason, WireFormat, decode_body, encode_body
+from trustvlm.runtime.schema import BODY_UNPACK_LIMITS, MessageError
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.wire import ImagezmqNamer, parse_message
 
 from . import hostile
 from .conftest import FAULT_CLASSES, make_info

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trustvlm.runtime.messages import Encoding, FrameHeader, ReceivedFrame
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
 pytestmark = [

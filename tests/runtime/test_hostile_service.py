@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 import zmq
 
-from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, HealthStatus, Reason, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 
 from . import hostile
 from .conftest import decide_until_scored, fault_image, outcome_total

@@ -14,10 +14,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from trustvlm.runtime.ingest import (MAX_JPEG_SCANS, FrameDecodeError, FrameLimits, ImagezmqNamer, Rejection,
-                                     decode_image, parse_message, probe_image_size)
-from trustvlm.runtime.messages import (Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, Reason,
-                                       pack_frame_header)
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, pack_frame_header
+from trustvlm.runtime.image_codec import MAX_JPEG_SCANS, FrameDecodeError, decode_image, probe_image_size
+from trustvlm.runtime.ingest import FrameLimits, Rejection
+from trustvlm.runtime.messages import Reason
+from trustvlm.runtime.wire import ImagezmqNamer, parse_message
 
 pytestmark = pytest.mark.timeout(30)
 LIMITS = FrameLimits(max_message_bytes=1 << 20, max_width=1000, max_height=1000)
@@ -169,8 +170,8 @@ def test_a_162_byte_png_bomb_stays_small_in_memory():
     # Peak memory is read from VmHWM (this process's own address space): ru_maxrss would also count a
     # forking parent's resident memory, which a big pytest process carries over into the child.
     code = ("import struct, cv2, numpy as np\n"
-            "from trustvlm.runtime.ingest import decode_image, FrameDecodeError\n"
-            "from trustvlm.runtime.messages import ReceivedFrame, FrameHeader, Encoding\n"
+            "from trustvlm.runtime.image_codec import decode_image, FrameDecodeError\n"
+            "from trustvlm.runtime.frames import ReceivedFrame, FrameHeader, Encoding\n"
             "png = cv2.imencode('.png', np.full((32, 32, 3), 100, np.uint8))[1].tobytes()\n"
             "bomb = png[:33] + struct.pack('>I', 0x7FFFFFF0) + b'tEXt' + b'x' * 8 + png[33:]\n"
             "try:\n    decode_image(ReceivedFrame(FrameHeader('c', 0, 0, Encoding.PNG), bomb, 0))\n"

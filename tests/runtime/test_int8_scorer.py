@@ -15,7 +15,8 @@ import pytest
 
 from trustvlm.calibration.bundle import BundleMismatchError
 from trustvlm.runtime.artifacts import read_manifest
-from trustvlm.runtime.messages import Encoding, FrameHeader, ReceivedFrame, Reason, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
+from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.preprocess import preprocess_batch
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 

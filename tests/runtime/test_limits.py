@@ -14,8 +14,8 @@ import zmq
 
 from trustvlm.runtime.cli import main
 from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
-from trustvlm.runtime.messages import (Encoding, FrameHeader, HealthMessage, Notice, ReceivedFrame, Reason,
-                                       decode_body, send_frame)
+from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
+from trustvlm.runtime.messages import HealthMessage, Reason, decode_body
 from trustvlm.runtime.metrics import ServiceStats
 from trustvlm.runtime.publisher import Publisher, PublishConfig
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer

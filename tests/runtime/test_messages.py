@@ -10,10 +10,11 @@ from dataclasses import fields, replace
 import msgpack
 import pytest
 
-from trustvlm.runtime.messages import (DECISION_SCHEMA, DECISION_SCHEMA_VERSION, FRAME_SCHEMA, FRAME_SCHEMA_VERSION,
-                                       Decision, DecisionMessage, Encoding, FrameHeader, HealthMessage, HealthStatus,
-                                       MessageError, PixelFormat, Reason, SchemaVersionError, TopKEntry, WireFormat,
-                                       decode_body, encode_body, pack_frame_header, topic_for)
+from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, pack_frame_header
+from trustvlm.runtime.messages import (Decision, DecisionMessage, HealthMessage, HealthStatus, Reason, TopKEntry,
+                                       WireFormat, decode_body, encode_body, topic_for)
+from trustvlm.runtime.schema import (DECISION_SCHEMA, DECISION_SCHEMA_VERSION, FRAME_SCHEMA, FRAME_SCHEMA_VERSION,
+                                     MessageError, SchemaVersionError)
 
 pytestmark = pytest.mark.timeout(30)
 

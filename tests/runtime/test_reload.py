@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from trustvlm.runtime.messages import Encoding, FrameHeader, Reason, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.messages import Reason
 
 from .conftest import fault_image
 

@@ -11,8 +11,8 @@ import pytest
 
 from trustvlm.runtime.cli import add_serve_parser, config_from_args, main, run_serve
 from trustvlm.runtime.config import ServiceConfig
-from trustvlm.runtime.ingest import SocketType
 from trustvlm.runtime.messages import WireFormat
+from trustvlm.runtime.transport import SocketType
 
 pytestmark = pytest.mark.timeout(60)
 

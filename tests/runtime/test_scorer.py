@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from trustvlm.calibration.bundle import BundleMismatchError
-from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, ReceivedFrame, Reason
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
+from trustvlm.runtime.messages import Decision, Reason
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.preprocess import preprocess_batch
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer

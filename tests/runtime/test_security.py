@@ -14,7 +14,8 @@ import zmq
 
 from trustvlm.runtime.cli import main
 from trustvlm.runtime.config import ServiceConfig
-from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.messages import Decision
 from trustvlm.runtime.security import (AllowList, SecurityConfig, SecurityError, configure_curve_client,
                                        create_keypair, load_keypair)
 

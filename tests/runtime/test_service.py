@@ -14,8 +14,8 @@ import msgpack
 import pytest
 import zmq
 
-from trustvlm.runtime.messages import (Decision, Encoding, FrameHeader, HealthStatus, PixelFormat, Reason,
-                                       pack_frame_header, send_frame)
+from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, pack_frame_header, send_frame
+from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 
 from .conftest import ERROR_PIXEL, NAN_PIXEL, decide_until_scored, fault_image
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, ReceivedFrame
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
+from trustvlm.runtime.messages import Decision
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.scorer import HEAD_INPUT, ScorerConfig, check_batch_limits, load_scorer
 from trustvlm.runtime.tensorrt_engine import TensorRTEncoder

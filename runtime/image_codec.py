@@ -1,0 +1,231 @@
+"""Image payloads: format guards (size probes, chunk and scan checks) and decoding, one table entry per encoding.
+
+:data:`DECODERS` maps each :class:`~trustvlm.runtime.frames.Encoding` to a :class:`Decoder`: how
+its width and height are read from the payload's own header before anything is decoded (the
+ingest checks them against :class:`~trustvlm.runtime.ingest.FrameLimits`), and how the payload
+becomes uint8 RGB pixels behind that format's guards. Another decoder (a strict libjpeg-turbo
+one, reduced-resolution decoding, a GPU decoder) is one entry: replace the encoding's
+:class:`Decoder`, keeping its :class:`FrameDecodeError` reasons.
+
+The guards exist because decoders trust their input: OpenCV's PNG reader allocates what a chunk
+length says, libjpeg fills a truncated image with grey and only warns, and a progressive JPEG
+can carry thousands of scans. Each guard refuses such payloads with ``undecodable`` before the
+decoder sees them.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, ReceivedFrame
+from trustvlm.runtime.messages import Reason
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
+_APNG_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
+#: A camera's PNG has a handful of chunks (IHDR, a few IDAT, IEND); progressive JPEGs have about 10 scans.
+MAX_PNG_CHUNKS = 4096
+MAX_JPEG_SCANS = 64
+
+
+class FrameDecodeError(ValueError):
+    """A payload that cannot become an RGB image; `reason` says which defer reason applies."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def probe_png_size(payload: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, without decoding the image.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE when the header cannot be read.
+    """
+    if payload[:8] != PNG_SIGNATURE or payload[12:16] != b"IHDR" or len(payload) < 24:
+        raise FrameDecodeError(Reason.UNDECODABLE, "not a PNG: missing signature or IHDR chunk")
+    return struct.unpack(">II", payload[16:24])
+
+
+def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header (SOF), without decoding the image.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE when the header cannot be read.
+    """
+    if payload[:2] != JPEG_SOI:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"not a JPEG: starts with {payload[:4].hex()}, expected ffd8")
+    pos = 2
+    while pos + 4 <= len(payload):
+        if payload[pos] != 0xFF:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG: expected a marker at byte {pos}")
+        marker = payload[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            pos += 2
+            continue
+        length = struct.unpack(">H", payload[pos + 2:pos + 4])[0]
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(payload):
+                break
+            height, width = struct.unpack(">HH", payload[pos + 5:pos + 9])
+            return width, height
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            break
+        pos += 2 + length
+    raise FrameDecodeError(Reason.UNDECODABLE, "JPEG: no frame header (SOF) before the image data")
+
+
+def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
+    """Walk a PNG's chunks before anything decodes it: lengths within the payload, CRCs right, no animation.
+
+    OpenCV's PNG reader allocates what a chunk's length field says: one 3 kB PNG with a forged
+    length made it allocate 3.4 GB (found by fuzzing, OpenCV 5.0.0). A length that runs past the
+    payload, a CRC that does not match, APNG chunks or more than `max_chunks` chunks are refused.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE, saying which chunk is wrong.
+    """
+    view, pos, count = memoryview(payload), len(PNG_SIGNATURE), 0
+    while True:
+        if pos + 12 > len(payload):
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk at byte {pos} runs past the end ({len(payload)} "
+                                                       "bytes) before IEND")
+        length, kind = struct.unpack(">I4s", view[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(payload):
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk {kind!r} at byte {pos} declares {length} bytes, "
+                                                       f"but only {len(payload) - pos - 12} follow")
+        if not kind.isalpha() or kind in _APNG_CHUNKS:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk type {kind!r} at byte {pos} is not accepted "
+                                                       "(not 4 letters, or animated PNG)")
+        if zlib.crc32(view[pos + 4:pos + 8 + length]) != struct.unpack(">I", view[pos + 8 + length:end])[0]:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: chunk {kind!r} at byte {pos} fails its CRC")
+        count += 1
+        if kind == b"IEND":
+            return
+        if count >= max_chunks:
+            raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: more than {max_chunks} chunks")
+        pos = end
+
+
+def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
+    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb).
+
+    Start-of-scan markers (ff da) cannot occur inside entropy-coded data (ff is stuffed as ff 00
+    there), so counting them counts the scans.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE.
+    """
+    scans = payload.count(b"\xff\xda")
+    if scans > max_scans:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG with {scans} scans; at most {max_scans} are accepted")
+
+
+def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:
+    """Raw pixels of `header.shape` in `header.pixel_format` (default bgr8, or mono8 for one channel) to RGB.
+
+    Raises:
+        FrameDecodeError: BAD_SHAPE for pixels that do not fit their pixel format.
+    """
+    pixels = np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    pixel_format = header.pixel_format or (PixelFormat.MONO8 if channels == 1 else PixelFormat.BGR8)
+    if (pixel_format is PixelFormat.MONO8) != (channels == 1):
+        raise FrameDecodeError(Reason.BAD_SHAPE, f"pixel_format {pixel_format.value} does not fit shape "
+                                                 f"{list(header.shape)}")
+    if channels == 1:
+        return cv2.cvtColor(pixels.reshape(pixels.shape[:2]), cv2.COLOR_GRAY2RGB)
+    return pixels.copy() if pixel_format is PixelFormat.RGB8 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def decode_jpeg(header: FrameHeader, payload: bytes) -> np.ndarray:
+    """A complete JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with OpenCV.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload.
+    """
+    # libjpeg fills a truncated image with grey and only warns; demand the end-of-image marker.
+    if JPEG_EOI not in payload[-64:]:
+        raise FrameDecodeError(Reason.UNDECODABLE, "truncated JPEG: no end-of-image marker (ffd9) at the end")
+    check_jpeg_scans(payload)
+    return _opencv_decode(header, payload)
+
+
+def decode_png(header: FrameHeader, payload: bytes) -> np.ndarray:
+    """A complete, well-formed PNG (chunks checked first) to RGB, with OpenCV.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE for a truncated, malformed or corrupt payload.
+    """
+    if b"IEND" not in payload[-16:]:
+        raise FrameDecodeError(Reason.UNDECODABLE, "truncated PNG: no IEND chunk at the end")
+    check_png_chunks(payload)
+    return _opencv_decode(header, payload)
+
+
+def _opencv_decode(header: FrameHeader, payload: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"OpenCV cannot decode this {header.encoding.value} payload "
+                                                   f"({len(payload)} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How one encoding becomes pixels.
+
+    Attributes:
+        probe: (width, height) from the payload's own header, without decoding; None when the
+            frame header carries the size (raw). Raises FrameDecodeError.
+        decode: The payload, behind its guards, as uint8 RGB (H x W x 3). Raises FrameDecodeError.
+    """
+
+    probe: Callable[[bytes], tuple[int, int]] | None
+    decode: Callable[[FrameHeader, bytes], np.ndarray]
+
+
+#: One entry per encoding; a new decoder replaces its encoding's entry.
+DECODERS: dict[Encoding, Decoder] = {
+    Encoding.JPEG: Decoder(probe_jpeg_size, decode_jpeg),
+    Encoding.PNG: Decoder(probe_png_size, decode_png),
+    Encoding.RAW: Decoder(None, decode_raw),
+}
+
+
+def probe_image_size(payload: bytes, encoding: Encoding) -> tuple[int, int]:
+    """(width, height) of an encoded payload from its own header, without decoding the image.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE when the header cannot be read.
+        ValueError: An encoding whose size is in the frame header (raw).
+    """
+    probe = DECODERS[encoding].probe
+    if probe is None:
+        raise ValueError(f"{encoding.value} payloads have no header of their own; their size is the frame "
+                         "header's shape")
+    return probe(payload)
+
+
+def decode_image(frame: ReceivedFrame) -> np.ndarray:
+    """Decode a checked frame to uint8 RGB (H x W x 3) with its encoding's decoder.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE (corrupt or truncated JPEG/PNG) or BAD_SHAPE (raw pixels
+            that do not fit their pixel format).
+    """
+    return DECODERS[frame.header.encoding].decode(frame.header, frame.payload)
