@@ -100,7 +100,7 @@ def add_zeroshot_parser(subparsers) -> None:
 
 def run_zeroshot(args) -> int:
     from trustvlm.pipelines.zero_shot_check import zero_shot_check
-    from trustvlm.runtime.artifacts import ArtifactError
+    from trustvlm.contract.manifest import ArtifactError
 
     try:
         result = zero_shot_check(args.artifacts, args.precision, args.templates, args.limit)

@@ -25,7 +25,7 @@ import open_clip
 import torch
 from torch import nn
 
-from trustvlm.runtime.artifacts import sha256_file
+from trustvlm.contract.files import sha256_file
 from trustvlm.models.registry import IMAGE_ENCODER, MODEL_CONFIG_DIR, ModelSpec
 from trustvlm.training.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 

@@ -231,7 +231,7 @@ def run_controller(args: argparse.Namespace) -> int:
 
     from trustvlm.pipelines.controller import Controller, ControllerConfig  # noqa: PLC0415
     from trustvlm.pipelines.controller_output import ConsolePrinter, JsonlLogger, ObserverGroup  # noqa: PLC0415
-    from trustvlm.pipelines.scoreboard import json_safe  # noqa: PLC0415
+    from trustvlm.contract.files import json_safe  # noqa: PLC0415
     from trustvlm.runtime.messages import MessageError, check_camera_id  # noqa: PLC0415
 
     try:
@@ -261,5 +261,5 @@ def run_controller(args: argparse.Namespace) -> int:
         if logger:
             logger.close()
     if args.summary is not None:
-        args.summary.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        args.summary.write_text(json.dumps(json_safe(summary, non_finite="null"), indent=2) + "\n")
     return 0

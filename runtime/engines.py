@@ -22,8 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from trustvlm.calibration.bundle import engine_sha256
-from trustvlm.runtime.artifacts import ArtifactError, encoder_path
+from trustvlm.contract.bundle import engine_sha256
+from trustvlm.contract.manifest import ArtifactError, encoder_path
 
 ONNXRUNTIME, TENSORRT_ENGINE = "onnxruntime", "tensorrt-engine"
 BACKENDS = (ONNXRUNTIME, TENSORRT_ENGINE)

@@ -23,13 +23,14 @@ already has its outcome: defer with a reason, published in the camera's order).
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
 import msgpack
+
+from trustvlm.contract.files import json_safe as _json_safe
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 FRAME_SCHEMA = json.loads((SCHEMA_DIR / "frame_v1.json").read_text())
@@ -461,16 +462,6 @@ class HealthMessage:
                       threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
                       uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]))
         return cls(**values)
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
 
 
 def encode_body(message: DecisionMessage | HealthMessage, wire_format: WireFormat = WireFormat.MSGPACK) -> bytes:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from trustvlm.runtime.artifacts import ArtifactError, sha256_file
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.cli import main
 from trustvlm.runtime.config import ServiceConfig
 from trustvlm.runtime.engines import TENSORRT_ENGINE, device_of, open_image_engine, tensorrt_engine_path

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trustvlm.calibration.bundle import write_bundle
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.ingest import FrameLimits, ImagezmqNamer, Rejection, parse_message
 from trustvlm.runtime.messages import (BODY_UNPACK_LIMITS, Decision, Encoding, FrameHeader,
                                        MessageError, Notice, ReceivedFrame, Reason, WireFormat, decode_body,

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trustvlm.calibration.bundle import BundleMismatchError
+from trustvlm.contract.bundle import BundleMismatchError
 from trustvlm.runtime.messages import Decision, Encoding, FrameHeader, ReceivedFrame, Reason
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.preprocess import preprocess_batch
