@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trustvlm.runtime.artifacts import ArtifactError, encoder_path, read_manifest
+from trustvlm.contract.manifest import ArtifactError, encoder_path, read_manifest
 
 BENCH_MODEL = "clip_vitb32"
 DEMO_MODEL = "demo_fmnist"
@@ -68,7 +68,7 @@ def ensure_export(root: Path, model: str, weights: str | None, precision: str = 
 
 def ensure_bundle(artifacts_dir: Path, bundle_dir: Path | None = None, threads: int | None = None) -> Path:
     """A prototype bundle for `artifacts_dir` (see the module docstring), built when absent or stale."""
-    from trustvlm.calibration.bundle import BundleError, load_bundle  # noqa: PLC0415
+    from trustvlm.contract.bundle import BundleError, load_bundle  # noqa: PLC0415
 
     bundle_dir = bundle_dir or artifacts_dir / "bundle"
     try:
@@ -81,10 +81,12 @@ def ensure_bundle(artifacts_dir: Path, bundle_dir: Path | None = None, threads: 
 
 def build_hand_set_bundle(artifacts_dir: Path, bundle_dir: Path, threads: int | None = None) -> Path:
     """Write the benchmark bundle of `artifacts_dir` (text prototypes, 2-shot image prototypes, median threshold)."""
-    from trustvlm.calibration.bundle import BundleInfo, engine_sha256, write_bundle  # noqa: PLC0415
+    from trustvlm.calibration.bundle import write_bundle  # noqa: PLC0415
+    from trustvlm.contract.bundle import BundleInfo, engine_sha256  # noqa: PLC0415
     from trustvlm.calibration.image_prototypes import encode_images, sample_shots  # noqa: PLC0415
-    from trustvlm.calibration.risk_control import ThresholdChoice  # noqa: PLC0415
-    from trustvlm.calibration.scores import compute_scores, l2_normalize  # noqa: PLC0415
+    from trustvlm.contract.threshold import ThresholdChoice  # noqa: PLC0415
+    from trustvlm.calibration.numerics import l2_normalize  # noqa: PLC0415
+    from trustvlm.calibration.scores import compute_scores  # noqa: PLC0415
     from trustvlm.calibration.text_prototypes import build_text_prototypes  # noqa: PLC0415
     from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split, to_rgb  # noqa: PLC0415
     from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415

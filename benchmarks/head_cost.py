@@ -39,8 +39,9 @@ def measure_trust_head(dim: int, batch: int, classes_list=CLASS_COUNTS, repeats:
     """µs per frame of the fused trust head for each class count, at `batch` embeddings per call."""
     import onnxruntime as ort  # noqa: PLC0415
 
-    from trustvlm.calibration.scores import l2_normalize  # noqa: PLC0415
-    from trustvlm.calibration.trust_head import INPUT_NAME, build_trust_head  # noqa: PLC0415
+    from trustvlm.calibration.numerics import l2_normalize  # noqa: PLC0415
+    from trustvlm.calibration.trust_head import build_trust_head  # noqa: PLC0415
+    from trustvlm.contract.scores import HEAD_INPUT  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(batch, dim)).astype(np.float32)
@@ -53,7 +54,7 @@ def measure_trust_head(dim: int, batch: int, classes_list=CLASS_COUNTS, repeats:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(build_trust_head(text, image, logit_scale).SerializeToString(),
                                        sess_options=options, providers=["CPUExecutionProvider"])
-        seconds = time_calls(lambda: session.run(None, {INPUT_NAME: embeddings}), repeats, CALLS_PER_SAMPLE,
+        seconds = time_calls(lambda: session.run(None, {HEAD_INPUT: embeddings}), repeats, CALLS_PER_SAMPLE,
                              warmup=3)
         results.append(HeadCost(classes, batch, seconds.scaled(1e6 / (CALLS_PER_SAMPLE * batch), "µs/frame")))
     return results

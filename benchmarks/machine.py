@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trustvlm.runtime.artifacts import installed_versions
+from trustvlm.contract.manifest import installed_versions
 
 LIBRARIES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "open_clip_torch", "pyzmq", "opencv-python-headless",
              "tensorrt")

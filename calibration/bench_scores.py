@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from trustvlm.calibration.scores import compute_scores, l2_normalize
-from trustvlm.calibration.trust_head import INPUT_NAME, build_trust_head
+from trustvlm.calibration.numerics import l2_normalize
+from trustvlm.calibration.scores import compute_scores
+from trustvlm.calibration.trust_head import build_trust_head
+from trustvlm.contract.scores import HEAD_INPUT
 
 LOGIT_SCALE = 100.0
 LAMBDA = 1.0
@@ -101,7 +103,7 @@ def run_benchmark(n: int = 10_000, classes: int = 1_000, dim: int = 512, repeats
     reference, scores = time_runs("compute_scores (numpy float64)",
                                   lambda: compute_scores(embeddings64, text, image, LOGIT_SCALE, LAMBDA), repeats)
     fused, outputs = time_runs("trust head (ONNX Runtime CPU, float32)",
-                               lambda: session.run(["pred", "kappa"], {INPUT_NAME: embeddings}), repeats)
+                               lambda: session.run(["pred", "kappa"], {HEAD_INPUT: embeddings}), repeats)
     pred, kappa = outputs
     return BenchResult(reference, fused, setup_s, float(np.mean(pred == scores.pred)),
                        float(np.max(np.abs(kappa - scores.trustvlm))))

@@ -27,18 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from trustvlm.calibration.bundle import (AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256, json_safe,
-                                         write_bundle)
+from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
+from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
+from trustvlm.calibration.numerics import l2_normalize, softmax
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
-from trustvlm.calibration.risk_control import (ThresholdChoice, choose_lambda, choose_lambda_temperature,
-                                               select_threshold)
-from trustvlm.calibration.scores import (DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores, l2_normalize,
-                                         softmax)
+from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
+from trustvlm.calibration.threshold_selection import select_threshold
+from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
+from trustvlm.contract.files import json_safe
+from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.scores import DEFAULT_SCORE, SCORES, STAR_PREDICTION
+from trustvlm.contract.threshold import ThresholdChoice
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
-from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig
 
@@ -83,7 +86,7 @@ def open_encoders(artifacts_dir: str | os.PathLike, precision: str = "fp32", thr
 
     Raises:
         ValueError: An image-encoder export where a VLM is needed.
-        trustvlm.runtime.artifacts.ArtifactError: Missing, unsupported or corrupt artifacts.
+        trustvlm.contract.manifest.ArtifactError: Missing, unsupported or corrupt artifacts.
     """
     folder = Path(artifacts_dir)
     manifest = read_manifest(folder)
@@ -145,8 +148,8 @@ def probs_and_similarities(embeddings: np.ndarray, text: np.ndarray, image: np.n
 def choose_score_lambda(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
                         image: np.ndarray, logit_scale: float,
                         aux_embeddings: np.ndarray | None = None) -> LambdaChoice:
-    """Lambda by calibration AURC (and T too for TrustVLM*), from the risk_control grids."""
-    if score == "trustvlm_star":
+    """Lambda by calibration AURC (and T too for TrustVLM*), from the lambda_choice grids."""
+    if SCORES[score].prediction == STAR_PREDICTION:  # its prediction, so correctness, moves with (lambda, T)
         probs, sims = probs_and_similarities(embeddings, text, image, logit_scale, aux_embeddings)
         lam, temperature, table = choose_lambda_temperature(probs, sims, labels, LAMBDA_GRID, TEMPERATURE_GRID)
         return LambdaChoice(lam, temperature, "auto", table)
@@ -191,7 +194,7 @@ def _check_risk_targets(alpha: float, delta: float) -> None:
 
 def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
               k: int = 16, seed: int = 0, lam: str | float = "auto", alpha: float = 0.05, delta: float = 0.1,
-              templates: str = "paper", score: str = "trustvlm", precision: str = "fp32",
+              templates: str = "paper", score: str = DEFAULT_SCORE, precision: str = "fp32",
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
               image_root: str | os.PathLike | None = None) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
@@ -207,7 +210,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         alpha: Target risk among accepted predictions, in (0, 1).
         delta: Allowed probability that the true risk exceeds alpha, in (0, 1).
         templates: Prompt template set, ``"paper"`` or ``"ensemble"``.
-        score: ``"trustvlm"`` or ``"trustvlm_star"``: the score the threshold applies to.
+        score: The score the threshold applies to, a name in ``trustvlm.contract.scores.SCORES``
+            (``"trustvlm"`` or ``"trustvlm_star"``).
         precision: Which exported encoders to use (the VLM's and the auxiliary one's).
         threads: ONNX Runtime intra-op threads (None: its default).
         prototype_encoder: ``"vlm"`` (image prototypes from the VLM's own image encoder) or
@@ -226,8 +230,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     """
     lam = _parse_lambda(lam)
     _check_risk_targets(alpha, delta)
-    if score not in ("trustvlm", "trustvlm_star"):
-        raise ValueError(f"score should be 'trustvlm' or 'trustvlm_star', but got {score!r}")
+    if score not in SCORES:
+        raise ValueError(f"score should be {' or '.join(map(repr, SCORES))}, but got {score!r}")
     template_list = get_templates(templates)
     encoders = open_encoders(artifacts_dir, precision, threads)
     aux = open_prototype_encoder(prototype_encoder, precision, threads)

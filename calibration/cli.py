@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from trustvlm.cli_common import CliError, help_formatter
-from trustvlm.runtime.artifacts import PRECISIONS
+from trustvlm.contract.manifest import PRECISIONS
+from trustvlm.contract.scores import DEFAULT_SCORE, SCORES
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
 
@@ -75,14 +76,14 @@ def add_calibrate_parser(subparsers) -> None:
     parser.add_argument("--lam", type=_lambda_arg, default="auto",
                         help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
                              "(1 is the paper's)")
-    parser.add_argument("--score", default="trustvlm", choices=["trustvlm", "trustvlm_star"],
+    parser.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
                         help="score the accept threshold applies to")
     parser.set_defaults(handler=run_calibrate)
 
 
 def run_calibrate(args) -> int:
     """Handler of `trustvlm calibrate`."""
-    from trustvlm.calibration.bundle import describe_bundle  # noqa: PLC0415 - heavy imports per command
+    from trustvlm.contract.bundle import describe_bundle  # noqa: PLC0415 - heavy imports per command
     from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
 
     out = args.out or args.artifacts / "bundle"

@@ -6,7 +6,7 @@
         <dataset>_scores.npz           labels, predictions and every score per test image
         <dataset>_risk_coverage.png    MSP vs TrustVLM vs TrustVLM*
 
-The folder is published atomically (:mod:`staging`). Plots use matplotlib's ``Figure`` directly
+The folder is published atomically (:func:`trustvlm.contract.files.staged_folder`). Plots use matplotlib's ``Figure`` directly
 (Agg canvas), never pyplot, so nothing depends on a display or global backend state.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trustvlm.calibration.bundle import json_safe
 from trustvlm.calibration.evaluate import STAR_PREDICTIONS, DatasetResult, EvalReport, methods_of
 from trustvlm.calibration.metrics import risk_coverage_curve
-from trustvlm.calibration.staging import staged_folder
-from trustvlm.runtime.artifacts import write_json_atomic
+from trustvlm.contract.files import json_safe
+from trustvlm.contract.files import staged_folder
+from trustvlm.contract.files import write_json_atomic
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"

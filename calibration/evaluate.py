@@ -33,11 +33,12 @@ from trustvlm.calibration.calibrate import (LAMBDA_GRID, PAPER_LAMBDA, VLM_PROTO
                                             open_prototype_encoder, split_held_out)
 from trustvlm.calibration.image_prototypes import (encode_images, prototypes_from_embeddings, remaining_indices,
                                                    sample_shots)
+from trustvlm.calibration.lambda_choice import choose_lambda
 from trustvlm.calibration.metrics import evaluate_selective
-from trustvlm.calibration.risk_control import choose_lambda, select_threshold
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
+from trustvlm.calibration.threshold_selection import select_threshold
 from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
 

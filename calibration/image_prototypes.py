@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from trustvlm.calibration.scores import l2_normalize
+from trustvlm.calibration.numerics import l2_normalize
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 

@@ -61,9 +61,10 @@ import math
 
 import numpy as np
 
+from trustvlm.calibration.ranking import aurc_fraction, tie_blocks, validate_scores
+
 __all__ = [
     "AURC_SCALE",
-    "validate_scores",
     "risk_coverage_curve",
     "aurc",
     "e_aurc",
@@ -79,82 +80,6 @@ __all__ = [
 AURC_SCALE = 1000.0
 
 _NAN = float("nan")
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate_scores(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
-    """Checks and converts a (confidence, correct) pair.
-
-    Args:
-        confidence: 1-D array-like of scores, higher = more confident. NaN is rejected;
-            +-inf is allowed.
-        correct: 1-D array-like of the same length; bool, or numbers equal to 0 or 1.
-
-    Returns:
-        ``(confidence as float64, correct as bool)``, both 1-D (fresh arrays).
-
-    Raises:
-        ValueError: on NaN confidence, non-binary ``correct``, wrong shapes or lengths.
-    """
-    try:
-        conf = np.array(confidence, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"confidence must be numeric, got {type(confidence).__name__}") from exc
-    if conf.ndim != 1:
-        raise ValueError(f"confidence must be 1-D, got shape {conf.shape}")
-    nan_mask = np.isnan(conf)
-    if nan_mask.any():
-        first = int(np.flatnonzero(nan_mask)[0])
-        raise ValueError(
-            f"confidence contains {int(nan_mask.sum())} NaN value(s) (first at index {first}); "
-            "every prediction needs a numeric confidence score"
-        )
-
-    corr_raw = np.asarray(correct)
-    if corr_raw.ndim != 1:
-        raise ValueError(f"correct must be 1-D, got shape {corr_raw.shape}")
-    if corr_raw.dtype == np.bool_:
-        corr = corr_raw.copy()
-    else:
-        try:
-            corr_f = corr_raw.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"correct must hold 0/1 or booleans, got dtype {corr_raw.dtype}") from exc
-        bad = ~((corr_f == 0.0) | (corr_f == 1.0))
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"correct must hold only 0/1 or booleans, got {corr_raw[first]!r} at index {first}"
-            )
-        corr = corr_f == 1.0
-    if conf.shape[0] != corr.shape[0]:
-        raise ValueError(
-            f"confidence and correct must have the same length, got {conf.shape[0]} and {corr.shape[0]}"
-        )
-    return conf, corr
-
-
-# --------------------------------------------------------------------------- tie blocks
-
-
-def _tie_blocks(conf: np.ndarray, positive: np.ndarray):
-    """Sorts by decreasing score and groups equal scores into blocks.
-
-    Returns:
-        ``(thresholds, counts, tps)``: for each block b in decreasing score order, its
-        score, the number of samples with score >= it, and how many of those are positive
-        (float64 cumulative counts, like scikit-learn's ``_binary_clf_curve``).
-    """
-    order = np.argsort(-conf, kind="mergesort")
-    s = conf[order]
-    pos = positive[order].astype(np.float64)
-    # s[1:] != s[:-1] (not np.diff) so that runs of +inf or -inf stay one block.
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1]
-    tps = np.cumsum(pos)[ends]
-    counts = (ends + 1).astype(np.float64)
-    return s[ends], counts, tps
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
@@ -185,24 +110,8 @@ def risk_coverage_curve(confidence, correct) -> tuple[np.ndarray, np.ndarray, np
     if n == 0:
         empty = np.zeros(0, dtype=np.float64)
         return empty, empty.copy(), empty.copy()
-    thresholds, counts, tps = _tie_blocks(conf, corr)
+    thresholds, counts, tps = tie_blocks(conf, corr)
     return counts / n, (counts - tps) / counts, thresholds
-
-
-def _aurc_fraction(conf: np.ndarray, corr: np.ndarray) -> float:
-    """Unscaled AURC; ties averaged over their orders (see module docstring)."""
-    n = conf.shape[0]
-    _, counts, tps = _tie_blocks(conf, corr)
-    cum_err = counts - tps  # errors accepted once block b is in
-    sizes = np.diff(np.r_[0.0, counts])
-    block_err = np.diff(np.r_[0.0, cum_err])
-    err_before = cum_err - block_err
-    start = counts - sizes  # samples accepted before block b
-    block_of = np.repeat(np.arange(sizes.shape[0]), sizes.astype(np.int64))
-    k = np.arange(1, n + 1, dtype=np.float64)  # position in the ranking, 1-based
-    within = k - start[block_of]  # 1..size inside the block
-    expected_err = err_before[block_of] + within * (block_err[block_of] / sizes[block_of])
-    return float(np.sum(expected_err / k) / n)
 
 
 def aurc(confidence, correct, *, scale: float = AURC_SCALE) -> float:
@@ -225,15 +134,21 @@ def aurc(confidence, correct, *, scale: float = AURC_SCALE) -> float:
     conf, corr = validate_scores(confidence, correct)
     if conf.shape[0] < 2:
         return _NAN
-    return float(scale) * _aurc_fraction(conf, corr)
+    return float(scale) * aurc_fraction(conf, corr)
 
 
 def e_aurc(confidence, correct, *, scale: float = AURC_SCALE) -> float:
     """Excess AURC: ``AURC - (r + (1 - r) * ln(1 - r))``, times ``scale`` (default x1000).
 
     ``r`` is the overall error rate; the subtracted term is the official continuous
-    approximation of the AURC of a perfect ranking (so for small n the result can be
-    slightly negative). At ``r = 1`` the term is its limit, 1.
+    approximation of the AURC of a perfect ranking, ``integral over coverage c from 1 - r
+    to 1 of (c - (1 - r)) / c``. At ``r = 1`` the term is its limit, 1.
+
+    The result is never negative (up to float rounding, about 1e-12 at the x1000 scale):
+    any ranking, tie-averaged or not, accepts at least ``max(0, k - n_correct)`` errors
+    among its top k, so its AURC is at least the perfect ranking's discrete AURC
+    ``(1/n) * sum_k g(k/n)`` with ``g(c) = max(0, c - (1 - r)) / c``. That sum is a
+    right-endpoint Riemann sum of the increasing ``g``, so it is at least the integral.
 
     Returns:
         ``scale * E-AURC``, or NaN for fewer than 2 samples.
@@ -244,7 +159,7 @@ def e_aurc(confidence, correct, *, scale: float = AURC_SCALE) -> float:
         return _NAN
     r = float(n - np.count_nonzero(corr)) / n
     optimal = 1.0 if r >= 1.0 else r + (1.0 - r) * math.log(1.0 - r)
-    return float(scale) * (_aurc_fraction(conf, corr) - optimal)
+    return float(scale) * (aurc_fraction(conf, corr) - optimal)
 
 
 # --------------------------------------------------------------------------- ROC / PR
@@ -257,7 +172,7 @@ def _two_classes(corr: np.ndarray) -> bool:
 
 def _roc_points(conf: np.ndarray, corr: np.ndarray, drop_intermediate: bool):
     """(fpr, tpr) exactly as ``sklearn.metrics.roc_curve`` builds them (with (0, 0) first)."""
-    _, counts, tps = _tie_blocks(conf, corr)
+    _, counts, tps = tie_blocks(conf, corr)
     fps = counts - tps
     if drop_intermediate and fps.shape[0] > 2:
         keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
@@ -328,7 +243,7 @@ def fpr_at_95_tpr(
 
 
 def _pr_blocks(score: np.ndarray, positive: np.ndarray):
-    _, counts, tps = _tie_blocks(score, positive)
+    _, counts, tps = tie_blocks(score, positive)
     return tps / counts, tps / tps[-1]  # precision, recall per block (decreasing score)
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.calibration.image_prototypes import remaining_indices
+from trustvlm.contract.files import sha256_file
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.data.image_folder import list_image_folder, read_rgb
-from trustvlm.runtime.artifacts import sha256_file
 
 FASHION_MNIST = "fashion-mnist"
 SPLIT_SUFFIX = ".json"

@@ -47,21 +47,25 @@ samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
 
+from trustvlm.calibration.numerics import (as_float64, check_finite, check_scalar, l2_normalize, log_softmax,
+                                           logsumexp, softmax)
+from trustvlm.contract.scores import SCORES, VLM_PREDICTION
+
 __all__ = [
     "SCORE_NAMES",
-    "PRED_STAR_SCORES",
     "DEFAULT_TEMPERATURE",
     "NamedScore",
     "TrustScores",
-    "softmax",
-    "log_softmax",
-    "logsumexp",
-    "l2_normalize",
+    "SCORE_FUNCTIONS",
+    "trustvlm_confidence",
+    "trustvlm",
+    "trustvlm_star",
     "check_prototypes",
     "check_prototype_shapes",
     "compute_scores",
@@ -75,135 +79,11 @@ SCORE_NAMES: tuple[str, ...] = (
     "neg_entropy",
     "doctor",
     "s_ii",
-    "trustvlm",
-    "trustvlm_star",
+    *SCORES,
 )
-
-#: Scores that go with ``pred_star`` instead of ``pred``.
-PRED_STAR_SCORES: frozenset[str] = frozenset({"trustvlm_star"})
 
 #: Temperature of the image-prototype softmax in TrustVLM* (paper default).
 DEFAULT_TEMPERATURE = 0.01
-
-
-def _check_finite(x: np.ndarray, name: str) -> None:
-    """Raises ValueError if ``x`` holds NaN or infinite values."""
-    if not np.all(np.isfinite(x)):
-        n_bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise ValueError(f"{name} contains {n_bad} NaN/inf value(s); expected finite values")
-
-
-def _as_float64(x: object, name: str) -> np.ndarray:
-    """Converts ``x`` to a float64 array, raising ValueError on non-numeric input."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric, got {type(x).__name__}") from exc
-    return arr
-
-
-def _check_scalar(value: object, name: str, *, positive: bool = False) -> float:
-    """Returns ``value`` as a finite float, optionally requiring it to be > 0 or >= 0."""
-    arr = _as_float64(value, name)
-    if arr.ndim != 0 and arr.size != 1:
-        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
-    v = float(arr.reshape(()))
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if positive and v <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {v}")
-    if not positive and v < 0.0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
-
-
-def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable ``log(sum(exp(x)))`` along ``axis`` (reduced away).
-
-    Args:
-        x: Finite values.
-        axis: Axis to reduce.
-
-    Returns:
-        float64 array with ``axis`` removed.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    m = np.max(x, axis=axis, keepdims=True)
-    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis)
-
-
-def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable log-softmax in float64.
-
-    Args:
-        logits: Finite scores.
-        axis: Class axis.
-
-    Returns:
-        float64 array of ``logits``' shape; every entry is finite.
-
-    Raises:
-        ValueError: If ``logits`` holds NaN or inf.
-    """
-    x = _as_float64(logits, "logits")
-    _check_finite(x, "logits")
-    # Stay in the shifted frame: adding the max back and subtracting it again
-    # would round the small log-normalizer to the max's ulp.
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (max-subtracted).
-
-    Args:
-        logits: Finite scores.
-        axis: Class axis.
-
-    Returns:
-        float64 probabilities of ``logits``' shape, summing to 1 along ``axis``.
-
-    Raises:
-        ValueError: If ``logits`` holds NaN or inf.
-    """
-    x = _as_float64(logits, "logits")
-    _check_finite(x, "logits")
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1, *, name: str = "x") -> np.ndarray:
-    """Scales vectors along ``axis`` to unit L2 norm, in float64.
-
-    Each vector is first divided by its largest absolute entry, so neither huge
-    (1e200) nor tiny (1e-300) inputs overflow or underflow when squared.
-
-    Args:
-        x: Finite input with at least one non-zero entry per vector.
-        axis: Axis holding the vector components.
-        name: Name used in error messages.
-
-    Returns:
-        float64 array of ``x``'s shape with unit-norm vectors.
-
-    Raises:
-        ValueError: On NaN/inf input or an all-zero vector.
-    """
-    arr = _as_float64(x, name)
-    _check_finite(arr, name)
-    if arr.size == 0:
-        return arr.copy()
-    peak = np.max(np.abs(arr), axis=axis, keepdims=True)
-    zero = peak == 0.0
-    if np.any(zero):
-        idx = np.flatnonzero(zero.reshape(-1))[:5].tolist()
-        raise ValueError(
-            f"{name} has {int(np.count_nonzero(zero))} zero-norm vector(s) along axis {axis} "
-            f"(first flat indices {idx}); cannot L2-normalize"
-        )
-    scaled = arr / peak
-    return scaled / np.sqrt(np.sum(scaled * scaled, axis=axis, keepdims=True))
 
 
 class NamedScore(NamedTuple):
@@ -252,12 +132,16 @@ class TrustScores:
     def prediction_for(self, score_name: str) -> np.ndarray:
         """Returns the prediction that ``score_name`` rates (``pred`` or ``pred_star``).
 
+        A score of the bundle score table rates the prediction its ``ScoreSpec`` names; the
+        baselines rate the VLM's own prediction.
+
         Raises:
             KeyError: If ``score_name`` is not in ``SCORE_NAMES``.
         """
         if score_name not in SCORE_NAMES:
             raise KeyError(f"unknown score {score_name!r}; expected one of {list(SCORE_NAMES)}")
-        return self.pred_star if score_name in PRED_STAR_SCORES else self.pred
+        spec = SCORES.get(score_name)
+        return getattr(self, VLM_PREDICTION if spec is None else spec.prediction)
 
     def named(self) -> dict[str, NamedScore]:
         """Returns ``{score_name: NamedScore(confidence, pred)}`` in ``SCORE_NAMES`` order.
@@ -269,7 +153,7 @@ class TrustScores:
 
 def _check_matrix(x: object, name: str) -> np.ndarray:
     """Returns ``x`` as a 2-D float64 array with at least one column."""
-    arr = _as_float64(x, name)
+    arr = as_float64(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got {arr.ndim}-D array of shape {arr.shape}")
     if arr.shape[1] == 0:
@@ -356,6 +240,45 @@ def _take_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.take_along_axis(values, idx[:, None], axis=1)[:, 0]
 
 
+def trustvlm_confidence(msp: np.ndarray, s_ii: np.ndarray, lam: float) -> np.ndarray:
+    """The TrustVLM confidence ``msp + lam * s_ii`` from its two terms."""
+    return msp + lam * s_ii
+
+
+def trustvlm(probs: np.ndarray, sims: np.ndarray, pred: np.ndarray, lam: float, temperature: float) -> NamedScore:
+    """TrustVLM: ``max p + lam * cos(f, P[pred])``, rating the VLM's prediction ``pred``.
+
+    Args:
+        probs: ``B x C`` VLM class probabilities ``softmax(logits)``.
+        sims: ``B x C`` cosines of each image to each class's image prototype.
+        pred: ``B`` VLM predictions ``argmax(logits)``.
+        lam: Weight ``lambda`` >= 0 of the image-prototype term.
+        temperature: Unused (TrustVLM has no prototype softmax); kept so every score
+            function has one signature.
+    """
+    return NamedScore(trustvlm_confidence(np.max(probs, axis=1), _take_rows(sims, pred), lam), pred)
+
+
+def trustvlm_star(probs: np.ndarray, sims: np.ndarray, pred: np.ndarray, lam: float,
+                  temperature: float) -> NamedScore:
+    """TrustVLM*: ``q = p + lam * softmax(sims / T)``, ``pred_star = argmax q``, confidence
+    ``max q + lam * cos(f, P[pred_star])`` (the official ``--use_trustvlm_v2`` path).
+
+    Ties in ``argmax q`` go to the lowest class index. Arguments as :func:`trustvlm`; ``pred``
+    is unused (TrustVLM* makes its own prediction) and ``temperature`` must be > 0.
+    """
+    q = probs + lam * softmax(sims / temperature, axis=1)
+    pred_star = np.argmax(q, axis=1).astype(np.int64)
+    return NamedScore(np.max(q, axis=1) + lam * _take_rows(sims, pred_star), pred_star)
+
+
+#: The float64 reference of every score in ``trustvlm.contract.scores.SCORES``, by name.
+SCORE_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float, float], NamedScore]] = {
+    "trustvlm": trustvlm,
+    "trustvlm_star": trustvlm_star,
+}
+
+
 def compute_scores(
     image_embeddings: np.ndarray,
     text_prototypes: np.ndarray,
@@ -400,36 +323,32 @@ def compute_scores(
             f"expected D={text.shape[1]} (the prototypes' embedding size)"
         )
     g = None if aux_embeddings is None else _check_aux(aux_embeddings, f.shape[0], proto.shape[1])
-    s = _check_scalar(logit_scale, "logit_scale", positive=True)
-    lam = _check_scalar(lam, "lam")
-    temp = _check_scalar(temperature, "temperature", positive=True)
+    s = check_scalar(logit_scale, "logit_scale", positive=True)
+    lam = check_scalar(lam, "lam")
+    temp = check_scalar(temperature, "temperature", positive=True)
     f = l2_normalize(f, axis=1, name="image_embeddings")
 
     logits = s * (f @ text.T)
     sims = (f if g is None else g) @ proto.T  # cosines to the image prototypes, B x C
-    _check_finite(logits, "logits (logit_scale too large?)")
+    check_finite(logits, "logits (logit_scale too large?)")
 
     p = softmax(logits, axis=1)
     logp = log_softmax(logits, axis=1)  # finite where p underflows to 0
     pred = np.argmax(logits, axis=1).astype(np.int64)
-    msp = np.max(p, axis=1)
     s_ii = _take_rows(sims, pred)
-
-    q = p + lam * softmax(sims / temp, axis=1)
-    pred_star = np.argmax(q, axis=1).astype(np.int64)
-    trustvlm_star = np.max(q, axis=1) + lam * _take_rows(sims, pred_star)
-
-    return TrustScores(
-        pred=pred,
-        msp=msp,
-        max_logit=np.max(logits, axis=1),
-        energy=logsumexp(logits, axis=1),
-        neg_entropy=np.sum(p * logp, axis=1),
-        doctor=np.sum(p * p, axis=1),
-        s_ii=s_ii,
-        trustvlm=msp + lam * s_ii,
-        pred_star=pred_star,
-        trustvlm_star=trustvlm_star,
-        proto_pred=np.argmax(sims, axis=1).astype(np.int64),
-        proto_sim=s_ii.copy(),
-    )
+    values = {
+        "pred": pred,
+        "msp": np.max(p, axis=1),
+        "max_logit": np.max(logits, axis=1),
+        "energy": logsumexp(logits, axis=1),
+        "neg_entropy": np.sum(p * logp, axis=1),
+        "doctor": np.sum(p * p, axis=1),
+        "s_ii": s_ii,
+        "proto_pred": np.argmax(sims, axis=1).astype(np.int64),
+        "proto_sim": s_ii.copy(),
+    }
+    for name, spec in SCORES.items():
+        confidence, rated = SCORE_FUNCTIONS[name](p, sims, pred, lam, temp)
+        values[name] = confidence
+        values.setdefault(spec.prediction, rated)
+    return TrustScores(**values)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.calibration.tokenizer import get_tokenizer
+from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.models.prompts import build_prompts
-from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 
 

@@ -62,19 +62,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trustvlm.calibration.scores import (
-    DEFAULT_TEMPERATURE,
-    _check_scalar,
-    check_prototype_shapes,
-    check_prototypes,
-)
+from trustvlm.calibration.numerics import check_scalar
+from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, check_prototypes
+from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS, IMAGE_PROTOTYPES_INPUT,
+                                      SCORES, STAR_PREDICTION, TEXT_PROTOTYPES_INPUT, VLM_PREDICTION)
 
 __all__ = [
     "OPSET",
     "IR_VERSION",
-    "INPUT_NAME",
-    "AUX_INPUT_NAME",
-    "OUTPUT_NAMES",
     "build_trust_head",
     "save_trust_head",
 ]
@@ -83,25 +78,6 @@ __all__ = [
 OPSET = 17
 #: IR version pinned so older onnxruntime builds load the model (IR 8 carries opset 17).
 IR_VERSION = 8
-#: Name of the embedding input.
-INPUT_NAME = "embedding"
-#: Name of the auxiliary encoder's embedding input (``aux_embedding=True`` only).
-AUX_INPUT_NAME = "aux_embedding"
-#: Prototype input names used when ``prototypes_as_inputs=True``.
-TEXT_PROTOTYPES_NAME = "text_prototypes"
-IMAGE_PROTOTYPES_NAME = "image_prototypes"
-#: Output names, in graph order.
-OUTPUT_NAMES: tuple[str, ...] = (
-    "pred",
-    "kappa",
-    "msp",
-    "s_ii",
-    "pred_star",
-    "kappa_star",
-    "topk_ids",
-    "topk_probs",
-)
-
 _F32 = TensorProto.FLOAT
 _I64 = TensorProto.INT64
 _TINY = float(np.finfo(np.float32).tiny)
@@ -165,9 +141,9 @@ def _check_build_args(
         t64, p64 = check_prototypes(text_prototypes, image_prototypes, same_dim=not aux_embedding)
         c, d = t64.shape
         text, image = t64.astype(np.float32), p64.astype(np.float32)
-    s = _check_scalar(logit_scale, "logit_scale", positive=True)
-    lam = _check_scalar(lam, "lam")
-    temp = _check_scalar(temperature, "temperature", positive=True)
+    s = check_scalar(logit_scale, "logit_scale", positive=True)
+    lam = check_scalar(lam, "lam")
+    temp = check_scalar(temperature, "temperature", positive=True)
     for name, v in (("logit_scale", s), ("lam", lam), ("1 / temperature", 1.0 / temp)):
         if v > _F32_MAX:
             raise ValueError(f"{name} = {v} overflows float32 (max {_F32_MAX:.3e})")
@@ -209,7 +185,7 @@ def build_trust_head(
     Returns:
         The checked ``onnx.ModelProto`` with input ``embedding`` float32
         ``[batch, D]`` (then ``aux_embedding``, if asked for) and the outputs
-        in ``OUTPUT_NAMES``.
+        in ``HEAD_OUTPUTS``.
 
     Raises:
         ValueError: On prototype shape mismatches, NaN/inf or zero-norm
@@ -228,50 +204,49 @@ def build_trust_head(
     g.const("temperature", np.array(temp, dtype=np.float32))
     g.const("k", np.array([k], dtype=np.int64))
 
-    inputs = [helper.make_tensor_value_info(INPUT_NAME, _F32, ["batch", d])]
+    inputs = [helper.make_tensor_value_info(HEAD_INPUT, _F32, ["batch", d])]
     if aux_embedding:
-        inputs.append(helper.make_tensor_value_info(AUX_INPUT_NAME, _F32, ["batch", d_image]))
+        inputs.append(helper.make_tensor_value_info(AUX_HEAD_INPUT, _F32, ["batch", d_image]))
     if prototypes_as_inputs:
         inputs += [
-            helper.make_tensor_value_info(TEXT_PROTOTYPES_NAME, _F32, [c, d]),
-            helper.make_tensor_value_info(IMAGE_PROTOTYPES_NAME, _F32, [c, d_image]),
+            helper.make_tensor_value_info(TEXT_PROTOTYPES_INPUT, _F32, [c, d]),
+            helper.make_tensor_value_info(IMAGE_PROTOTYPES_INPUT, _F32, [c, d_image]),
         ]
-        text_t = g.normalize_rows(TEXT_PROTOTYPES_NAME, "text_proto")
-        image_t = g.normalize_rows(IMAGE_PROTOTYPES_NAME, "image_proto")
+        text_t = g.normalize_rows(TEXT_PROTOTYPES_INPUT, "text_proto")
+        image_t = g.normalize_rows(IMAGE_PROTOTYPES_INPUT, "image_proto")
     else:
-        text_t = g.const(TEXT_PROTOTYPES_NAME, text)
-        image_t = g.const(IMAGE_PROTOTYPES_NAME, image)
+        text_t = g.const(TEXT_PROTOTYPES_INPUT, text)
+        image_t = g.const(IMAGE_PROTOTYPES_INPUT, image)
 
-    f = g.normalize_rows(INPUT_NAME, "f")
+    f = g.normalize_rows(HEAD_INPUT, "f")
     # Zero-shot branch: logits, softmax, prediction, MSP, top-k.
     cos_text = g.op("Gemm", [f, text_t], "cos_text", transB=1)
     logits = g.op("Mul", [cos_text, "logit_scale"], "logits")
     probs = g.op("Softmax", [logits], "probs", axis=1)
-    pred = g.op("ArgMax", [logits], "pred", axis=1, keepdims=0)
+    pred = g.op("ArgMax", [logits], VLM_PREDICTION, axis=1, keepdims=0)
     msp = g.op("ReduceMax", [probs], "msp", axes=[1], keepdims=0)
     g.nodes.append(helper.make_node("TopK", [logits, "k"], ["topk_logits", "topk_ids"],
                                     name="topk", axis=1, largest=1, sorted=1))
     g.op("GatherElements", [probs, "topk_ids"], "topk_probs", axis=1)
     # Image-prototype branch: TrustVLM (in the auxiliary encoder's space when it has one).
-    f_image = g.normalize_rows(AUX_INPUT_NAME, "g") if aux_embedding else f
+    f_image = g.normalize_rows(AUX_HEAD_INPUT, "g") if aux_embedding else f
     sims = g.op("Gemm", [f_image, image_t], "cos_image", transB=1)
     s_ii = g.gather_rows(sims, pred, "s_ii")
-    g.op("Add", [msp, g.op("Mul", [s_ii, "lam"], "lam_s_ii")], "kappa")
+    g.op("Add", [msp, g.op("Mul", [s_ii, "lam"], "lam_s_ii")], SCORES["trustvlm"].output)
     # TrustVLM*: fuse the prototype classifier's softmax into the probabilities.
     proto_probs = g.op("Softmax", [g.op("Div", [sims, "temperature"], "proto_logits")],
                        "proto_probs", axis=1)
     q = g.op("Add", [probs, g.op("Mul", [proto_probs, "lam"], "lam_proto_probs")], "q")
-    pred_star = g.op("ArgMax", [q], "pred_star", axis=1, keepdims=0)
+    pred_star = g.op("ArgMax", [q], STAR_PREDICTION, axis=1, keepdims=0)
     q_max = g.op("ReduceMax", [q], "q_max", axes=[1], keepdims=0)
     s_star = g.gather_rows(sims, pred_star, "s_star")
-    g.op("Add", [q_max, g.op("Mul", [s_star, "lam"], "lam_s_star")], "kappa_star")
+    g.op("Add", [q_max, g.op("Mul", [s_star, "lam"], "lam_s_star")], SCORES["trustvlm_star"].output)
 
-    out_types = {"pred": _I64, "pred_star": _I64, "topk_ids": _I64}
     outputs = [
         helper.make_tensor_value_info(
-            name, out_types.get(name, _F32), ["batch", k] if name.startswith("topk") else ["batch"]
+            name, _F32 if name in FLOAT_OUTPUTS else _I64, ["batch", k] if name.startswith("topk") else ["batch"]
         )
-        for name in OUTPUT_NAMES
+        for name in HEAD_OUTPUTS
     ]
     graph = helper.make_graph(g.nodes, "trustvlm_trust_head", inputs, outputs, g.initializers)
     model = helper.make_model(

@@ -21,11 +21,11 @@ import timm
 import torch
 from torch import nn
 
+from trustvlm.contract.files import sha256_file
 from trustvlm.export.loaded_model import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, LoadedModel, WeightsUnavailableError,
                                           quiet_logging)
 from trustvlm.export.torch_wrappers import TokenMeanEncoder
 from trustvlm.models.registry import ModelSpec
-from trustvlm.runtime.artifacts import sha256_file
 
 
 def _finish(backbone: nn.Module, weights_id: str, source: str) -> LoadedModel:

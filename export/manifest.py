@@ -8,8 +8,8 @@ from __future__ import annotations
 import platform
 from datetime import datetime, timezone
 
+from trustvlm.contract.manifest import MANIFEST_SCHEMA_VERSION, installed_versions
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
-from trustvlm.runtime.artifacts import MANIFEST_SCHEMA_VERSION, installed_versions
 
 LIBRARIES = ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "numpy", "tensorrt")
 TOKEN_MEAN_POOLING = "mean over all output tokens (timm forward_features: class + patch tokens after the final norm)"

@@ -21,12 +21,12 @@ import open_clip
 import torch
 from torch import nn
 
+from trustvlm.contract.files import sha256_file
 from trustvlm.export.image_encoder_loading import load_image_encoder
 from trustvlm.export.loaded_model import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, LoadedModel, WeightsUnavailableError,
                                           quiet_logging)
 from trustvlm.models.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from trustvlm.models.registry import IMAGE_ENCODER, MODEL_CONFIG_DIR, ModelSpec
-from trustvlm.runtime.artifacts import sha256_file
 
 
 def _register_local_configs() -> None:

@@ -13,10 +13,8 @@ every parity gate passed, manifest last: a failed export leaves no half-written 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trustvlm.contract.files import sha256_file, stage_beside, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME, PRECISIONS, TOWERS, encoder_file_name
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.export import onnx_export, parity, quantize
 from trustvlm.export.manifest import build_manifest
@@ -32,8 +32,6 @@ from trustvlm.export.model_loading import load_model
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import ModelSpec, get_model_spec
-from trustvlm.runtime.artifacts import (MANIFEST_NAME, PRECISIONS, TOWERS, encoder_file_name, sha256_file,
-                                        write_json_atomic)
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import preprocess_batch
 
@@ -85,16 +83,18 @@ class ExportResult:
 
 @contextmanager
 def staging_folder(output_dir: Path):
-    """A temporary folder beside `output_dir`, removed whatever happens."""
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    except OSError as error:
-        raise ExportError(f"cannot write to {output_dir.parent}: {error.strerror}") from error
-    try:
+    """A temporary folder beside `output_dir`, removed whatever happens.
+
+    The export is staged like a bundle but published file by file (:func:`_publish`), not by
+    swapping the folder: `output_dir` also holds what later stages wrote there (the bundle, the
+    evaluation report, engine caches), which a swap would delete.
+    """
+    with ExitStack() as stack:
+        try:
+            stage = stack.enter_context(stage_beside(output_dir))
+        except OSError as error:
+            raise ExportError(f"cannot write to {output_dir.parent}: {error.strerror}") from error
         yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def towers_of(spec: ModelSpec) -> tuple[str, ...]:

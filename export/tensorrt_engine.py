@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from trustvlm.runtime.artifacts import sha256_file
+from trustvlm.contract.files import sha256_file
 
 
 class TensorRTUnavailableError(RuntimeError):

@@ -231,7 +231,7 @@ def run_controller(args: argparse.Namespace) -> int:
 
     from trustvlm.pipelines.controller import Controller, ControllerConfig  # noqa: PLC0415
     from trustvlm.pipelines.controller_output import ConsolePrinter, JsonlLogger, ObserverGroup  # noqa: PLC0415
-    from trustvlm.pipelines.scoreboard import json_safe  # noqa: PLC0415
+    from trustvlm.contract.files import json_safe  # noqa: PLC0415
     from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
     from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
@@ -262,7 +262,7 @@ def run_controller(args: argparse.Namespace) -> int:
         if logger:
             logger.close()
     if args.summary is not None:
-        args.summary.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        args.summary.write_text(json.dumps(json_safe(summary, non_finite="null"), indent=2) + "\n")
     return 0
 
 
@@ -293,7 +293,7 @@ def add_zeroshot_parser(subparsers) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     """Handler of `trustvlm zeroshot`."""
     from trustvlm.pipelines.zero_shot_check import zero_shot_check  # noqa: PLC0415
-    from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
+    from trustvlm.contract.manifest import ArtifactError  # noqa: PLC0415
 
     try:
         result = zero_shot_check(args.artifacts, args.precision, args.templates, args.limit)

@@ -15,9 +15,10 @@ import sys
 from enum import Enum
 from typing import TextIO
 
+from trustvlm.contract.files import json_safe
 from trustvlm.pipelines.controller import (EVENT_DEGRADED, EVENT_SAFE_ENTER, Action, ControllerObserver,
                                            ControllerState, StateEvent)
-from trustvlm.pipelines.scoreboard import DecisionRecord, json_safe
+from trustvlm.pipelines.scoreboard import DecisionRecord
 from trustvlm.runtime.messages import DecisionMessage
 
 
@@ -131,7 +132,7 @@ class JsonlLogger(ControllerObserver):
         self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(json_safe(record), separators=(",", ":")) + "\n")
+        self._file.write(json.dumps(json_safe(record, non_finite="null"), separators=(",", ":")) + "\n")
 
     def on_decision(self, message: DecisionMessage, record: DecisionRecord, action: Action,
                     state: ControllerState) -> None:

@@ -219,14 +219,3 @@ class Scoreboard:
                 "publish_from_capture": {f"p{q}": percentile(self.publish_ms, q) for q in PERCENTILES},
             },
         }
-
-
-def json_safe(value):
-    """NaN/inf -> None, recursively, for strict JSON."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

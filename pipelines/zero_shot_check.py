@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.calibration.text_prototypes import build_text_prototypes, normalize_rows
+from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.models.prompts import get_templates
-from trustvlm.runtime.artifacts import encoder_path, read_manifest
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 

@@ -175,10 +175,10 @@ def run_serve(args: argparse.Namespace) -> int:
     """Handler of `trustvlm serve`: start, print where it listens, run until a signal."""
     import zmq  # noqa: PLC0415 - keep --help light
 
-    from trustvlm.calibration.bundle import BundleError  # noqa: PLC0415
-    from trustvlm.runtime.artifacts import ArtifactError  # noqa: PLC0415
+    from trustvlm.contract.bundle import BundleError  # noqa: PLC0415
+    from trustvlm.contract.manifest import ArtifactError  # noqa: PLC0415
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
-    from trustvlm.runtime.scorer import AUX_HEAD_INPUT  # noqa: PLC0415
+    from trustvlm.contract.scores import AUX_HEAD_INPUT  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
     from trustvlm.runtime.transport import zmq_ingest_for  # noqa: PLC0415
 

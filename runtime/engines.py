@@ -26,8 +26,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from trustvlm.calibration.bundle import engine_sha256
-from trustvlm.runtime.artifacts import ArtifactError, encoder_path
+from trustvlm.contract.bundle import engine_sha256
+from trustvlm.contract.manifest import ArtifactError, encoder_path
 
 ONNXRUNTIME, TENSORRT_ENGINE = "onnxruntime", "tensorrt-engine"
 #: ONNX Runtime providers whose outputs live on a CUDA device.

@@ -11,12 +11,12 @@ is :func:`~trustvlm.runtime.schema.check_schema_version`. Frames going in are
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 
 import msgpack
 
+from trustvlm.contract.files import json_safe as _json_safe
 from trustvlm.runtime.schema import (BODY_UNPACK_LIMITS, DECISION_SCHEMA_VERSION, MessageError, check_schema_version,
                                      enum_field, unpack_message)
 
@@ -210,16 +210,6 @@ class HealthMessage:
                       threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
                       uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]))
         return cls(**values)
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
 
 
 def encode_body(message: DecisionMessage | HealthMessage, wire_format: WireFormat = WireFormat.MSGPACK) -> bytes:

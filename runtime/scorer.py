@@ -8,7 +8,8 @@ Runtime sessions are created through :class:`~trustvlm.runtime.onnx_engine.OnnxE
 provider list, so a GPU provider that ONNX Runtime cannot give is refused unless the CPU
 fallback was asked for.
 
-Decision rule: accept iff the bundle's score (``kappa`` for ``trustvlm``, ``kappa_star`` for
+Decision rule: accept iff the bundle's score (the trust head output its entry of
+:data:`trustvlm.contract.scores.SCORES` names: ``kappa`` for ``trustvlm``, ``kappa_star`` for
 ``trustvlm_star``) ``>= threshold``. A bundle without a feasible, finite threshold (``inf``, NaN,
 or ``-inf``, which would accept everything) defers everything (``no_threshold``). A predicted
 class outside the bundle's classes is an engine error for that frame. Failures never stop the
@@ -39,9 +40,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trustvlm.calibration.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256,
-                                         load_bundle, read_bundle_info)
-from trustvlm.runtime.artifacts import encoder_path, read_manifest
+from trustvlm.contract.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256, load_bundle,
+                                      read_bundle_info)
+from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.scores import AUX_HEAD_INPUT, FLOAT_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS, score_spec
 from trustvlm.runtime.engines import ONNXRUNTIME, ImageEngine, backend_spec, device_of, open_image_engine
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
@@ -51,12 +53,6 @@ from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
 __all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
            "bundle_id_of", "model_id_of"]
-
-HEAD_INPUT = "embedding"
-AUX_HEAD_INPUT = "aux_embedding"
-HEAD_OUTPUTS = ("pred", "kappa", "msp", "s_ii", "pred_star", "kappa_star", "topk_ids", "topk_probs")
-_FLOAT_OUTPUTS = ("kappa", "msp", "s_ii", "kappa_star", "topk_probs")
-
 
 @dataclass(frozen=True)
 class ScorerConfig:
@@ -93,7 +89,7 @@ class ScorerConfig:
 
 @dataclass(frozen=True)
 class TrustHeadOutput:
-    """The trust head's outputs for one batch (names as in calibration/trust_head.py)."""
+    """The trust head's outputs for one batch (the fields are ``trustvlm.contract.scores.HEAD_OUTPUTS``)."""
 
     pred: np.ndarray
     kappa: np.ndarray
@@ -106,7 +102,7 @@ class TrustHeadOutput:
 
     def non_finite_fields(self, row: int) -> list[str]:
         """Names of the float outputs that are NaN or inf in `row`."""
-        return [name for name in _FLOAT_OUTPUTS if not np.all(np.isfinite(getattr(self, name)[row]))]
+        return [name for name in FLOAT_OUTPUTS if not np.all(np.isfinite(getattr(self, name)[row]))]
 
 
 def bundle_id_of(bundle: PrototypeBundle) -> str:
@@ -205,6 +201,7 @@ class BundleScorer:
                               f"{list(HEAD_OUTPUTS)}, got {inputs} and {names}")
         self.class_names = info.class_names
         self.score_name = info.score
+        self.score = score_spec(info.score)
         threshold = float(info.threshold.threshold)
         self.threshold = threshold if info.threshold.feasible and math.isfinite(threshold) else float("inf")
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
@@ -317,9 +314,8 @@ class BundleScorer:
         bad = output.non_finite_fields(row)
         if bad:
             return self.defer(Notice.for_frame(frame, Reason.NON_FINITE, f"non-finite trust head outputs: {bad}"))
-        star = self.score_name == "trustvlm_star"
-        class_id = int((output.pred_star if star else output.pred)[row])
-        kappa = float((output.kappa_star if star else output.kappa)[row])
+        class_id = int(getattr(output, self.score.prediction)[row])
+        kappa = float(getattr(output, self.score.output)[row])
         top_ids = [int(c) for c in output.topk_ids[row]]
         if not all(0 <= c < len(self.class_names) for c in [class_id, *top_ids]):
             return self.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"trust head predicted class {class_id} "
@@ -350,8 +346,8 @@ def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike,
     a new session, or, if the bundle was not built for it, a BundleMismatchError.
 
     Raises:
-        trustvlm.calibration.bundle.BundleError: A bundle that is unreadable or does not match.
-        trustvlm.runtime.artifacts.ArtifactError: Missing or corrupt artifacts.
+        trustvlm.contract.bundle.BundleError: A bundle that is unreadable or does not match.
+        trustvlm.contract.manifest.ArtifactError: Missing or corrupt artifacts.
         EngineError: Sessions that cannot be created or fail the self-check.
     """
     aux = read_bundle_info(bundle_dir).aux_encoder

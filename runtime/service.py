@@ -33,8 +33,8 @@ from pathlib import Path
 
 import zmq
 
-from trustvlm.calibration.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE, BundleError
-from trustvlm.runtime.artifacts import ArtifactError
+from trustvlm.contract.bundle import BUNDLE_JSON, BundleError, PROTOTYPES_FILE, TRUST_HEAD_FILE
+from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.frame_buffer import FrameBuffer
 from trustvlm.runtime.frames import Notice, ReceivedFrame

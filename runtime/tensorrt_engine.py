@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from trustvlm.runtime.artifacts import sha256_file
+from trustvlm.contract.files import sha256_file
 from trustvlm.runtime.onnx_engine import EngineError
 
 PROVIDER_NAME = "TensorRTEngine"

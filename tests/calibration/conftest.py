@@ -16,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
+from trustvlm.contract.files import sha256_file, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME
 
 SIZE = 32
 CONTEXT = 16

@@ -18,18 +18,21 @@ import pytest
 
 from tests.calibration.conftest import write_tiny_artifacts
 from tests.calibration.split_files import write_fmnist_split
-from trustvlm.calibration.bundle import (AuxEncoderInfo, BundleError, BundleInfo, BundleMismatchError,
-                                         describe_bundle, load_bundle, read_bundle_info)
 from trustvlm.calibration.calibrate import calibrate, open_encoders
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
 from trustvlm.calibration.eval_report import RESULTS_MD, write_report
 from trustvlm.calibration.evaluate import AUX_METHODS, METHODS, EvalConfig, run_evaluation
 from trustvlm.calibration.image_prototypes import encode_images
 from trustvlm.calibration.metrics import evaluate_selective
+from trustvlm.calibration.numerics import l2_normalize
 from trustvlm.calibration.pools import load_pool
-from trustvlm.calibration.scores import compute_scores, l2_normalize
-from trustvlm.calibration.trust_head import AUX_INPUT_NAME, INPUT_NAME, build_trust_head
-from trustvlm.runtime.artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
+from trustvlm.calibration.scores import compute_scores
+from trustvlm.calibration.trust_head import build_trust_head
+from trustvlm.contract.bundle import (AuxEncoderInfo, BundleError, BundleInfo, BundleMismatchError, describe_bundle,
+                                      load_bundle, read_bundle_info)
+from trustvlm.contract.files import sha256_file, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
+from trustvlm.contract.scores import AUX_HEAD_INPUT, HEAD_INPUT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,9 +60,9 @@ def tiny_aux(tmp_path) -> Path:
 def run_head(path_or_model, emb: np.ndarray, aux: np.ndarray | None) -> dict[str, np.ndarray]:
     data = path_or_model if isinstance(path_or_model, bytes) else Path(path_or_model).read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    feed = {INPUT_NAME: emb.astype(np.float32)}
+    feed = {HEAD_INPUT: emb.astype(np.float32)}
     if aux is not None:
-        feed[AUX_INPUT_NAME] = aux.astype(np.float32)
+        feed[AUX_HEAD_INPUT] = aux.astype(np.float32)
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
 
@@ -103,7 +106,7 @@ def test_aux_head_matches_the_float64_reference_on_random_data():
 def test_default_head_keeps_its_single_input():
     rng = np.random.default_rng(0)
     head = build_trust_head(rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), 10.0)
-    assert [i.name for i in head.graph.input] == [INPUT_NAME]
+    assert [i.name for i in head.graph.input] == [HEAD_INPUT]
     assert {p.key: p.value for p in head.metadata_props}["aux_embedding"] == "false"
 
 

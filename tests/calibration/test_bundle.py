@@ -10,12 +10,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trustvlm.calibration.bundle import (BUNDLE_JSON, PROTOTYPES_FILE, BundleError, BundleInfo, BundleMismatchError,
-                                         engine_sha256, load_bundle, write_bundle)
+from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.image_prototypes import prototypes_from_embeddings, sample_shots
-from trustvlm.calibration.risk_control import ThresholdChoice
-from trustvlm.calibration.scores import compute_scores, l2_normalize, softmax
-from trustvlm.runtime.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic
+from trustvlm.calibration.numerics import l2_normalize, softmax
+from trustvlm.calibration.scores import compute_scores
+from trustvlm.contract.bundle import (BUNDLE_JSON, BundleError, BundleInfo, BundleMismatchError, PROTOTYPES_FILE,
+                                      engine_sha256, load_bundle)
+from trustvlm.contract.files import write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
+from trustvlm.contract.threshold import ThresholdChoice
 
 pytestmark = pytest.mark.timeout(120)
 

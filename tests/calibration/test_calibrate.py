@@ -10,16 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from trustvlm.calibration.bundle import load_bundle
 from trustvlm.calibration.calibrate import calibrate, check_labels, split_held_out
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
 from trustvlm.calibration.image_prototypes import EmbeddingError, prototypes_from_embeddings, sample_shots
-from trustvlm.calibration.risk_control import select_threshold
 from trustvlm.calibration.scores import compute_scores
+from trustvlm.calibration.threshold_selection import select_threshold
 from trustvlm.cli import CliError
+from trustvlm.contract.bundle import load_bundle
+from trustvlm.contract.files import sha256_file
 from trustvlm.data.fashion_mnist import load_split
 from trustvlm.data.image_folder import UnreadableImageError
-from trustvlm.runtime.artifacts import sha256_file
 
 pytestmark = pytest.mark.timeout(120)
 

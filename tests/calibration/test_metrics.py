@@ -326,3 +326,21 @@ def test_evaluate_selective_matches_individual_functions():
     }
     assert all(isinstance(v, float) for k, v in out.items() if k != "n")
     assert M.aurc(conf, corr, scale=1.0) * 1000 == pytest.approx(out["aurc_x1000"], rel=1e-12)
+
+
+def test_e_aurc_is_never_negative():
+    # Any ranking's AURC is at least the perfect ranking's discrete AURC, a right-endpoint Riemann
+    # sum of an increasing function, hence at least the continuous optimum subtracted by e_aurc.
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(2, 60))
+        correct = rng.random(n) < rng.random()
+        if trial % 3 == 0:
+            confidence = np.where(correct, 1.0, 0.0) + rng.random(n) * 0.1  # near-perfect rankings
+        elif trial % 3 == 1:
+            confidence = rng.integers(0, 3, size=n).astype(float)  # heavy ties
+        else:
+            confidence = rng.normal(size=n)
+        assert M.e_aurc(confidence, correct) >= -1e-9, (n, correct.tolist(), confidence.tolist())
+    perfect = np.r_[np.ones(3), np.zeros(1)]
+    assert M.e_aurc(perfect, perfect.astype(bool)) > 0  # small n: the discrete optimum sits above the integral

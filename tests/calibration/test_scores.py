@@ -8,16 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from trustvlm.calibration.scores import (
-    DEFAULT_TEMPERATURE,
-    SCORE_NAMES,
-    TrustScores,
-    compute_scores,
-    l2_normalize,
-    log_softmax,
-    logsumexp,
-    softmax,
-)
+from trustvlm.calibration.numerics import l2_normalize, log_softmax, logsumexp, softmax
+from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, SCORE_NAMES, TrustScores, compute_scores
 
 LN3 = math.log(3.0)
 LN9 = math.log(9.0)

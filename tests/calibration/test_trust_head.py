@@ -11,14 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from trustvlm.calibration.scores import compute_scores, l2_normalize, softmax
-from trustvlm.calibration.trust_head import (
-    IR_VERSION,
-    OPSET,
-    OUTPUT_NAMES,
-    build_trust_head,
-    save_trust_head,
-)
+from trustvlm.calibration.numerics import l2_normalize, softmax
+from trustvlm.calibration.scores import compute_scores
+from trustvlm.calibration.trust_head import IR_VERSION, OPSET, build_trust_head, save_trust_head
+from trustvlm.contract.scores import HEAD_OUTPUTS
 
 LN3 = math.log(3.0)
 LN9 = math.log(9.0)
@@ -180,8 +176,8 @@ def test_graph_structure(as_inputs: bool) -> None:
         assert inits.issuperset(protos)
     emb_dims = model.graph.input[0].type.tensor_type.shape.dim
     assert (emb_dims[0].dim_param, emb_dims[1].dim_value) == ("batch", 6)
-    assert tuple(o.name for o in model.graph.output) == OUTPUT_NAMES
-    topk_dims = model.graph.output[OUTPUT_NAMES.index("topk_ids")].type.tensor_type.shape.dim
+    assert tuple(o.name for o in model.graph.output) == HEAD_OUTPUTS
+    topk_dims = model.graph.output[HEAD_OUTPUTS.index("topk_ids")].type.tensor_type.shape.dim
     assert topk_dims[1].dim_value == 3  # top_k = 5 clipped to C = 3
     props = {p.key: p.value for p in model.metadata_props}
     assert props["num_classes"] == "3" and props["top_k"] == "3"

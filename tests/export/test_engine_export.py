@@ -18,10 +18,11 @@ from onnx import TensorProto
 from tests.calibration.conftest import _linear_encoder
 from tests.conftest import require_fashion_mnist
 from tests.runtime import fake_tensorrt
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.export import tensorrt_engine as builder
 from trustvlm.export.pipeline import ExportError, ExportRequest, export_model
 from trustvlm.runtime import tensorrt_engine as runner
-from trustvlm.runtime.artifacts import read_manifest, sha256_file
 from trustvlm.runtime.engines import tensorrt_engine_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.pipelines.zero_shot_check import zero_shot_check
-from trustvlm.runtime.artifacts import encoder_path, read_manifest, sha256_file
 
 pytestmark = pytest.mark.slow
 

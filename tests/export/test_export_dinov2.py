@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import require_fashion_mnist
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.manifest import read_manifest
 
 
 def run_cli(*args, env=None, timeout=600):
@@ -71,7 +71,7 @@ def test_dinov2_from_a_local_checkpoint_file(tmp_path):
     from safetensors.torch import save_file  # noqa: PLC0415
 
     from trustvlm.export.pipeline import ExportRequest, export_model  # noqa: PLC0415
-    from trustvlm.runtime.artifacts import sha256_file  # noqa: PLC0415
+    from trustvlm.contract.files import sha256_file  # noqa: PLC0415
 
     torch.manual_seed(1)
     checkpoint = tmp_path / "model.safetensors"

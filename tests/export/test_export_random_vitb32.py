@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tests.conftest import require_fashion_mnist
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import INT8_TRUST_GATE_TEST_IMAGES, require_fashion_mnist
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.export import quantize
 from trustvlm.export.pipeline import ExportError, ExportRequest, export_model
-from trustvlm.runtime.artifacts import encoder_path, read_manifest, sha256_file
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 
 

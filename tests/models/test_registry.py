@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from trustvlm.contract.files import sha256_file
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import REGISTRY_PATH, UnknownModelError, get_model_spec, list_models
-from trustvlm.runtime.artifacts import sha256_file
 
 REQUIRED = {"clip_vitb32", "clip_vitb16", "clip_vitl14", "clip_rn50", "siglip_vitb16", "demo_fmnist"}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from trustvlm.contract.manifest import MANIFEST_NAME
 from trustvlm.data.fashion_mnist import DEFAULT_ROOT
-from trustvlm.runtime.artifacts import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

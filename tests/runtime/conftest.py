@@ -33,9 +33,11 @@ import pytest
 import zmq
 from onnx import TensorProto, helper, numpy_helper
 
-from trustvlm.calibration.bundle import BundleInfo, engine_sha256, write_bundle
-from trustvlm.calibration.risk_control import ThresholdChoice
-from trustvlm.runtime.artifacts import MANIFEST_NAME, encoder_path, read_manifest, sha256_file, write_json_atomic
+from trustvlm.calibration.bundle import write_bundle
+from trustvlm.contract.bundle import BundleInfo, engine_sha256
+from trustvlm.contract.files import sha256_file, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME, encoder_path, read_manifest
+from trustvlm.contract.threshold import ThresholdChoice
 from trustvlm.runtime.messages import DecisionMessage, HealthMessage, Reason, decode_body
 
 REPO = Path(__file__).resolve().parents[2]

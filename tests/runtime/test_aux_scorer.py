@@ -20,12 +20,14 @@ import pytest
 from onnx import TensorProto
 
 from tests.calibration.conftest import _linear_encoder
-from trustvlm.calibration.bundle import BundleError, BundleMismatchError
-from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
+from trustvlm.contract.bundle import BundleError, BundleMismatchError
+from trustvlm.contract.files import sha256_file, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME
+from trustvlm.contract.scores import AUX_HEAD_INPUT, HEAD_INPUT
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.preprocess import preprocess_batch
-from trustvlm.runtime.scorer import AUX_HEAD_INPUT, HEAD_INPUT, ScorerConfig, load_scorer
+from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
 pytestmark = pytest.mark.timeout(180)
 CONFIG = ScorerConfig(threads=1)

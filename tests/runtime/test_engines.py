@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from trustvlm.runtime.artifacts import ArtifactError, sha256_file
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.cli import add_serve_parser, main
 from trustvlm.runtime.config import ServiceConfig
 from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, device_of, open_image_engine,

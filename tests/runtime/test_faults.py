@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 from trustvlm.calibration.bundle import write_bundle
-from trustvlm.runtime.artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
+from trustvlm.contract.files import sha256_file, write_json_atomic
+from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer

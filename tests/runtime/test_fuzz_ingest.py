@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trustvlm.calibration.bundle import write_bundle
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
 from trustvlm.runtime.ingest import FrameLimits, Rejection
 from trustvlm.runtime.messages import Decision, Reason, WireFormat, decode_body, encode_body

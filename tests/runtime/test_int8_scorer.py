@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trustvlm.calibration.bundle import BundleMismatchError
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.bundle import BundleMismatchError
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.preprocess import preprocess_batch
@@ -38,7 +38,7 @@ def raw_frame(image: np.ndarray, seq: int) -> ReceivedFrame:
 
 
 def test_an_int8_bundle_records_the_int8_image_encoder_and_the_fp32_text_encoder(int8_demo_artifacts, int8_bundle):
-    from trustvlm.calibration.bundle import read_bundle_info  # noqa: PLC0415
+    from trustvlm.contract.bundle import read_bundle_info  # noqa: PLC0415
 
     info = read_bundle_info(int8_bundle)
     files = read_manifest(int8_demo_artifacts)["precisions"]
@@ -75,7 +75,8 @@ def test_an_fp32_bundle_loads_from_an_int8_export_of_the_same_weights(int8_demo_
 
 
 def test_an_int8_bundle_refuses_a_replaced_int8_encoder(int8_demo_artifacts, int8_bundle, fresh_copy):
-    from trustvlm.runtime.artifacts import MANIFEST_NAME, sha256_file, write_json_atomic  # noqa: PLC0415
+    from trustvlm.contract.files import sha256_file, write_json_atomic  # noqa: PLC0415
+    from trustvlm.contract.manifest import MANIFEST_NAME  # noqa: PLC0415
 
     artifacts = fresh_copy(int8_demo_artifacts)
     manifest = read_manifest(artifacts)

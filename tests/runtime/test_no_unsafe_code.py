@@ -1,7 +1,7 @@
 """Static rules of the runtime source: nothing received is unpickled or evaluated, and msgpack has explicit limits.
 
-The rules read the syntax tree of every runtime/*.py (and calibration/bundle.py, which the service
-uses to load bundles), so docstrings that *mention* pickle do not count, and an alias
+The rules read the syntax tree of every runtime/*.py and contract/*.py (which the service uses to
+read manifests and load bundles), so docstrings that *mention* pickle do not count, and an alias
 (``import pickle as p``) does not hide a use.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(30)
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = sorted((REPO / "runtime").glob("*.py")) + [REPO / "calibration" / "bundle.py"]
+SOURCES = sorted((REPO / "runtime").glob("*.py")) + sorted((REPO / "contract").glob("*.py"))
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib", "yaml"}
 UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
 UNSAFE_ATTRIBUTES = {"recv_pyobj", "recv_serialized", "send_pyobj", "send_serialized", "loads_pickle"}

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trustvlm.calibration.bundle import BundleMismatchError
+from trustvlm.contract.bundle import BundleMismatchError
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.messages import Decision, Reason
 from trustvlm.runtime.onnx_engine import EngineError

@@ -17,7 +17,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trustvlm.runtime.artifacts import read_manifest, sha256_file
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.tensorrt_engine import TensorRTEncoder
 

@@ -14,10 +14,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from trustvlm.contract.scores import HEAD_INPUT
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.messages import Decision
 from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.scorer import HEAD_INPUT, ScorerConfig, check_batch_limits, load_scorer
+from trustvlm.runtime.scorer import ScorerConfig, check_batch_limits, load_scorer
 from trustvlm.runtime.tensorrt_engine import TensorRTEncoder
 
 from . import fake_tensorrt

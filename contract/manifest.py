@@ -1,12 +1,16 @@
-"""Reading export artifacts (manifest + encoder files) without torch, and small file helpers."""
+"""The export manifest (``manifest.json``) of an artifacts folder, and its readers (no torch needed)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib import metadata
 from pathlib import Path
+
+from trustvlm.contract.files import sha256_file
+
+__all__ = ["MANIFEST_NAME", "MANIFEST_SCHEMA_VERSION", "PRECISIONS", "TOWERS", "ArtifactError", "encoder_file_name",
+           "installed_versions", "read_manifest", "encoder_path"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
@@ -36,24 +40,12 @@ def installed_versions(names) -> dict[str, str]:
     return versions
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary name in the same folder, then rename over `path`."""
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
 def read_manifest(artifacts_dir: str | os.PathLike) -> dict:
-    """Read and version-check the manifest of an artifacts folder."""
+    """Read and version-check the manifest of an artifacts folder.
+
+    Raises:
+        ArtifactError: No manifest, or one of another schema major version.
+    """
     path = Path(artifacts_dir) / MANIFEST_NAME
     if not path.exists():
         raise ArtifactError(f"no {MANIFEST_NAME} in {artifacts_dir}: run `make export MODEL=<name>` first")
@@ -67,7 +59,12 @@ def read_manifest(artifacts_dir: str | os.PathLike) -> dict:
 
 def encoder_path(artifacts_dir: str | os.PathLike, manifest: dict, tower: str, precision: str = "fp32",
                  verify: bool = True) -> Path:
-    """Path of one encoder file, checked against the manifest's sha256 when `verify`."""
+    """Path of one encoder file, checked against the manifest's sha256 when `verify`.
+
+    Raises:
+        ArtifactError: No such precision, a listed file that is missing, or (with `verify`) one
+            whose sha256 differs from the manifest's.
+    """
     entry = manifest.get("precisions", {}).get(precision)
     if entry is None:
         raise ArtifactError(f"{artifacts_dir}: no {precision} export (have {sorted(manifest.get('precisions', {}))})")

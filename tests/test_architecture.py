@@ -1,0 +1,161 @@
+"""The shape of the code: who may import whom, no import cycles, small modules.
+
+The import graph is read from the source (every ``import``, at module level or inside a function,
+but not those under ``if TYPE_CHECKING:``) of each module outside tests/. A "package" is a top-level folder (``runtime``, ``calibration``, ...)
+or a top-level module (``cli``, ``cli_common``).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_SOURCE = {"tests", "build", "artifacts"}
+MAX_MODULE_LINES = 400
+#: What the device runtime must never import: build-time code, demos, benchmarks and the top-level CLI.
+RUNTIME_MAY_NOT_IMPORT = {"calibration", "export", "pipelines", "benchmarks", "training", "cli"}
+
+
+def source_modules(root: Path = ROOT) -> dict[str, Path]:
+    """Dotted module name (``trustvlm.runtime.scorer``) -> file, for the project's own source."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[0] in NOT_SOURCE or any(part.startswith(".") for part in parts):
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(("trustvlm",) + parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules that `name` imports (the nearest enclosing module for a name inside one)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    # imports under `if TYPE_CHECKING:` serve annotations only and never run
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for statement in node.body for inner in ast.walk(statement)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from package import module` imports that module; `from module import name` the module itself
+            found.update(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                         for alias in node.names)
+    resolved = set()
+    for target in found:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target not in (name, "trustvlm"):
+            resolved.add(target)
+    return resolved
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "trustvlm"
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan, iterative)."""
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], 0
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, ()))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = source_modules()
+    return {name: imported_modules(name, path, modules) for name, path in modules.items()}
+
+
+def test_the_graph_reader_sees_relative_lazy_and_from_imports(tmp_path):
+    # Given a small package with a relative import, a lazy import inside a function and a plain one
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "__init__.py").write_text("")
+    (tmp_path / "a" / "x.py").write_text("from . import y\n")
+    (tmp_path / "a" / "y.py").write_text("def f():\n    from trustvlm.b import z\nif TYPE_CHECKING:\n    import trustvlm.a.x\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.py").write_text("import trustvlm.a.x\n")
+    modules = source_modules(tmp_path)
+    edges = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    # Then every edge is found, and the three files form one cycle across two packages
+    assert edges["trustvlm.a.x"] == {"trustvlm.a.y"} and edges["trustvlm.a.y"] == {"trustvlm.b.z"}
+    assert cycles(edges) == [["trustvlm.a.x", "trustvlm.a.y", "trustvlm.b.z"]]
+
+
+def test_the_runtime_imports_no_build_time_code_no_demo_and_no_cli(graph):
+    wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                   if package_of(module) == "runtime" and package_of(target) in RUNTIME_MAY_NOT_IMPORT)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_contract_imports_nothing_else_of_the_project(graph):
+    assert any(package_of(module) == "contract" for module in graph), "no contract package"
+    wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                   if package_of(module) == "contract" and package_of(target) != "contract")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle_between_files(graph):
+    assert cycles(graph) == []
+
+
+def test_no_import_cycle_between_packages(graph):
+    packages: dict[str, set[str]] = defaultdict(set)
+    for module, targets in graph.items():
+        packages[package_of(module)].update(package_of(t) for t in targets if package_of(t) != package_of(module))
+    assert cycles(dict(packages)) == [], {name: sorted(targets) for name, targets in sorted(packages.items())}
+
+
+def test_every_module_outside_tests_is_at_most_400_lines():
+    long = {name: n for name, path in source_modules().items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
