@@ -20,8 +20,13 @@ EOT_TOKEN_ID = 49407  # open_clip SimpleTokenizer's <end_of_text>, the largest i
 
 
 def normalize_uint8_nhwc(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> normalized float N x 3 x H x W."""
-    scaled = pixels.permute(0, 3, 1, 2).float() / 255.0
+    """uint8 N x H x W x 3 -> normalized float N x 3 x H x W.
+
+    The cast comes first, so that the uint8 input's only consumer in the exported graph is a Cast:
+    TensorRT takes uint8 only as a network input or output, never as an intermediate tensor (a
+    Transpose with a uint8 output fails at parse). Casting first changes no value.
+    """
+    scaled = pixels.float().permute(0, 3, 1, 2) / 255.0
     return (scaled - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 

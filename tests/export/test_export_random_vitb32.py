@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import require_fashion_mnist
 from trustvlm.contract.manifest import read_manifest
+from trustvlm.export.tensorrt_compat import check_for_tensorrt
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +27,5 @@ def test_random_init_vitb32_exports_with_parity_and_stamp(tmp_path):
     parity = manifest["precisions"]["fp32"]["parity"]
     assert parity["image_min_cosine"] >= 0.9999 and parity["text_min_cosine"] >= 0.9999
     assert manifest["text_input"]["shape"] == ["batch", 77]
+    for name in ("image_encoder.onnx", "text_encoder.onnx"):
+        assert check_for_tensorrt(tmp_path / "clip_vitb32" / name) == [], f"TensorRT's parser would refuse {name}"

@@ -28,6 +28,14 @@ def test_pixel_normalization_by_hand():
     assert torch.allclose(out.flatten(), torch.tensor([-1.0, 1.0, 0.0]), atol=1e-6)
 
 
+def test_casting_before_the_transpose_changes_no_value():
+    # TensorRT needs the Cast first (uint8 only as a network input); the values must be those of the old order
+    pixels = torch.randint(0, 256, (3, 7, 5, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor([0.48, 0.45, 0.40]), torch.tensor([0.26, 0.26, 0.27])
+    old_order = (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.equal(normalize_uint8_nhwc(pixels, mean, std), old_order)
+
+
 def test_text_wrapper_matches_open_clip_encode_text(tokenizer):
     torch.manual_seed(0)
     model = open_clip.model.CLIP(**TINY_CLIP).eval()
