@@ -9,7 +9,14 @@ FORMAT ?= onnx
 WEIGHTS ?=
 DATA ?= fashion-mnist
 ARTIFACTS ?= artifacts
-STAMP := $(VENV)/.installed
+# ONNX Runtime flavour of the venv: cpu (onnxruntime) or gpu (onnxruntime-gpu, x86 CUDA). Exactly one
+# is installed; switching flavour uninstalls both first (they overwrite each other's files).
+# The flavour sticks to the venv once chosen (`make setup ORT=gpu`, then plain `make bench-gpu`).
+ORT ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
+EXTRAS_cpu := cpu,export,dev
+EXTRAS_gpu := gpu,trt,export,dev
+EXTRAS ?= $(EXTRAS_$(ORT))
+STAMP := $(VENV)/.installed-$(ORT)
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
@@ -27,12 +34,18 @@ system-packages: ## install the Debian packages the demo and tests read (Fashion
 	fi
 
 $(STAMP): pyproject.toml
+	@case "$(ORT)" in cpu|gpu) ;; *) echo "ORT should be cpu or gpu, but got '$(ORT)'"; exit 2;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,dev]'
+	@if [ -n "$$(ls $(VENV)/.installed-* 2>/dev/null | grep -v -x '$(STAMP)')" ]; then \
+		echo "switching the venv to ORT=$(ORT): uninstalling every onnxruntime first"; \
+		$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu || true; fi
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m trustvlm.runtime.install_check
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 
-setup: system-packages $(STAMP) ## create .venv and install the project with its export and test extras
+setup: system-packages $(STAMP) ## create .venv with ONNX Runtime ORT=cpu|gpu and the export and test extras [EXTRAS=]
 
 demo: setup ## the main job on the embedded demo model: export, check zero-shot, calibrate (for `make serve`), then the streaming demo
 	$(PY) -m trustvlm export --model demo_fmnist --precision fp16 --output $(ARTIFACTS)
@@ -68,7 +81,7 @@ soak: setup ## bounded soak of `serve` on artifacts/MODEL: SOAK_RATE frames/s fo
 bench: setup ## CPU benchmarks -> BENCHMARKS.md (first run exports clip_vitb32 random-init + demo, fp32 + int8, into ARTIFACTS/bench) [BENCH_ARGS=--quick]
 	$(PY) -m trustvlm.benchmarks --artifacts-root $(ARTIFACTS)/bench --output BENCHMARKS.md $(BENCH_ARGS)
 
-bench-gpu: setup ## GPU benchmarks on a CUDA machine (pip install -e '.[gpu,trt]'): ORT CUDA/TensorRT EPs, TensorRT engines, torch CUDA
+bench-gpu: setup ## GPU benchmarks on a CUDA machine (first `make setup ORT=gpu`): ORT CUDA/TensorRT EPs, TensorRT engines, torch CUDA
 	$(PY) -m trustvlm.benchmarks.gpu --artifacts-root $(ARTIFACTS)/bench-gpu $(BENCH_GPU_ARGS)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
