@@ -284,7 +284,9 @@ def _build_engine(request: ExportRequest, stage: Path, steps: _Steps, reference,
 
     onnx_path = stage / encoder_file_name("image", request.precision)
     with steps.step("build TensorRT engine"):
-        engine = build_engine(onnx_path, stage / "engines", precision=request.precision)
+        # reuse the engine and timing cache of the published export when they still match
+        engine = build_engine(onnx_path, stage / "engines", precision=request.precision,
+                              reuse_from=(request.output_dir / "engines",))
     with steps.step("parity engine"):
         report = parity.check_parity(reference, TensorRTEncoder(engine), None, pixels, None, request.precision, 0)
     tqdm.write(f"TensorRT engine {parity.format_report(report)}")
@@ -308,5 +310,14 @@ def _publish(stage: Path, output_dir: Path, manifest: dict) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, target)
         write_json_atomic(output_dir / MANIFEST_NAME, manifest)
+        _prune_engines(output_dir, manifest)
     except OSError as error:
         raise ExportError(f"cannot write to {output_dir}: {error.strerror}") from error
+
+
+def _prune_engines(output_dir: Path, manifest: dict) -> None:
+    """Remove engines the new manifest does not list (each export would otherwise leave one more)."""
+    from trustvlm.export.tensorrt_engine import prune_engines  # noqa: PLC0415
+
+    if (output_dir / "engines").is_dir():
+        prune_engines(output_dir / "engines", {Path(r["file"]).name for r in manifest.get("engines", {}).values()})
