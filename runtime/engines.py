@@ -59,6 +59,7 @@ class EncoderRequest:
         providers: ONNX Runtime providers of the configuration (short or full names, in order).
         allow_fallback: Accept a session that did not get a requested GPU provider.
         threads: Intra-op threads per session (None: the runtime's choice).
+        max_batch: The most frames per batch (the TensorRT provider's profile covers 1..max_batch).
     """
 
     artifacts_dir: Path
@@ -68,6 +69,7 @@ class EncoderRequest:
     providers: tuple[str, ...]
     allow_fallback: bool
     threads: int | None
+    max_batch: int = 8
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,10 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
 
 def _open_onnxruntime(request: EncoderRequest) -> ImageEngine:
     from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
+    from trustvlm.runtime.ort_providers import TensorRTProviderSettings  # noqa: PLC0415
 
     return OnnxEncoder(request.onnx_file, request.providers, request.allow_fallback, request.threads,
-                       request.precision)
+                       request.precision, TensorRTProviderSettings(max_batch=request.max_batch))
 
 
 def _open_tensorrt_engine(request: EncoderRequest) -> ImageEngine:
@@ -169,7 +172,8 @@ def backend_spec(name: str) -> BackendSpec:
 
 
 def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str, backend: str,
-                      providers: tuple[str, ...], allow_fallback: bool, threads: int | None) -> ImageEngine:
+                      providers: tuple[str, ...], allow_fallback: bool, threads: int | None,
+                      max_batch: int = 8) -> ImageEngine:
     """Open the image encoder of `precision` with `backend` (see the module docstring).
 
     The ONNX file is checked against the manifest's sha256 for every backend: it is what the
@@ -183,4 +187,4 @@ def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str,
     spec = backend_spec(backend)
     onnx_file = encoder_path(Path(artifacts_dir), manifest, "image", precision)
     return spec.open_encoder(EncoderRequest(Path(artifacts_dir), manifest, precision, onnx_file, tuple(providers),
-                                            allow_fallback, threads))
+                                            allow_fallback, threads, max_batch))

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from trustvlm.runtime.ort_providers import TensorRTProviderSettings, with_provider_options
+
 CPU_PROVIDER = "CPUExecutionProvider"
 PROVIDER_ALIASES = {
     "cpu": CPU_PROVIDER,
@@ -51,7 +53,10 @@ class OnnxEncoder:
     """One encoder graph in an ONNX Runtime session: batch in, embeddings out."""
 
     def __init__(self, path: str | os.PathLike, providers: tuple[str, ...] = ("cpu",),
-                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32"):
+                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
+                 tensorrt: TensorRTProviderSettings | None = None):
+        """Open `path` on `providers`; the TensorRT provider gets `tensorrt`'s cache and batch profile
+        (default: batch 1..8) and the CUDA provider after it (see :mod:`trustvlm.runtime.ort_providers`)."""
         self.path = Path(path)
         if not self.path.exists():
             raise EngineError(f"engine file {self.path} does not exist")
@@ -61,7 +66,9 @@ class OnnxEncoder:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=requested)
+            with_options = with_provider_options(self.path, requested, tensorrt)
+            requested = [item[0] if isinstance(item, tuple) else item for item in with_options]
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=with_options)
         except Exception as error:  # onnxruntime raises its own exception types
             raise EngineError(f"cannot load {self.path}: {error}") from error
         self.providers = self.session.get_providers()

@@ -49,6 +49,7 @@ from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
+from trustvlm.runtime.ort_providers import TensorRTProviderSettings
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
 __all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
@@ -152,7 +153,7 @@ def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str
         encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must still match
         return reusable
     engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
-                               config.allow_fallback, config.threads)
+                               config.allow_fallback, config.threads, config.max_batch)
     return ImageTower(head_input, engine, PreprocessConfig.from_dict(manifest["preprocess"]), source)
 
 
@@ -193,7 +194,8 @@ class BundleScorer:
                                      info.aux_encoder.preprocess, previous))
         self.towers = {tower.head_input: tower for tower in towers}
         self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
-        self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, config.threads)
+        self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, config.threads,
+                                tensorrt=TensorRTProviderSettings(max_batch=config.max_batch))
         inputs = [item.name for item in self.head.session.get_inputs()]
         names = [output.name for output in self.head.session.get_outputs()]
         if inputs != list(self.towers) or names != list(HEAD_OUTPUTS):

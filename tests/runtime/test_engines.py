@@ -158,3 +158,25 @@ def test_an_unknown_backend_gets_one_clear_line(tmp_path, capsys):
         main(["serve", "--artifacts", "a", "--bundle", "b", "--backend", "openvino"])
     assert capsys.readouterr().err.splitlines()[-1] == ("trustvlm serve: error: argument --backend: invalid choice: "
                                                         "'openvino' (choose from 'onnxruntime', 'tensorrt-engine')")
+
+
+def test_the_scorer_gives_the_tensorrt_provider_its_max_batch(demo_export, demo_bundle, monkeypatch):
+    # Given an onnxruntime whose sessions record their providers (and run on the CPU: no GPU here)
+    import onnxruntime as ort
+
+    real, seen = ort.InferenceSession, []
+
+    def recording(path, sess_options=None, providers=None):
+        seen.append((str(path), providers))
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    # When the scorer opens the encoder and the trust head on the TensorRT provider with max_batch 12
+    load_scorer(demo_export, demo_bundle, ScorerConfig(providers=("tensorrt",), allow_fallback=True, max_batch=12))
+    # Then both sessions get an engine cache and a profile of 1..12 frames
+    options = {path: providers[0][1] for path, providers in seen if isinstance(providers[0], tuple)}
+    encoder = next(o for path, o in options.items() if path.endswith("image_encoder.fp16.onnx")
+                   or path.endswith("image_encoder.onnx"))
+    assert encoder["trt_profile_min_shapes"] == "pixels:1x32x32x3"
+    assert encoder["trt_profile_max_shapes"] == "pixels:12x32x32x3"
+    assert len(options) == 2 and all(o["trt_engine_cache_enable"] for o in options.values())

@@ -62,3 +62,59 @@ def test_encode_to_ortvalue_leaves_the_output_in_an_ortvalue(doubling_model):
     assert np.array_equal(value.numpy(), 2 * inputs)
     with pytest.raises(EngineError, match=r"double.onnx failed on a batch of shape \(2, 3\)"):
         engine.encode_to_ortvalue(np.zeros((2, 3), np.float32), "cpu")
+
+
+@pytest.fixture()
+def recorded_providers(monkeypatch):
+    """Record what InferenceSession is given; run every session on the CPU (no GPU here)."""
+    import onnxruntime as ort
+
+    real, seen = ort.InferenceSession, []
+
+    def recording(path, sess_options=None, providers=None):
+        seen.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return seen
+
+
+def test_the_tensorrt_provider_gets_its_engine_cache_and_batch_profile(doubling_model, recorded_providers, tmp_path):
+    from trustvlm.contract.files import sha256_file
+    from trustvlm.runtime.ort_providers import TensorRTProviderSettings
+
+    settings = TensorRTProviderSettings(max_batch=16, opt_batch=4, cache_root=tmp_path / "cache")
+    OnnxEncoder(doubling_model, providers=("tensorrt", "cpu"), allow_fallback=True, tensorrt=settings)
+    providers = recorded_providers[-1]
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], "CUDA follows TensorRT"
+    options = providers[0][1]
+    assert options["trt_engine_cache_enable"] is True and options["trt_timing_cache_enable"] is True
+    cache = options["trt_engine_cache_path"]
+    assert options["trt_timing_cache_path"] == cache
+    assert cache.startswith(str(tmp_path / "cache" / f"double-{sha256_file(doubling_model)[:12]}-ort"))
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"],
+            options["trt_profile_max_shapes"]) == ("x:1x4", "x:4x4", "x:16x4")
+
+
+def test_without_settings_the_tensorrt_provider_still_gets_a_cache_beside_the_model(doubling_model, recorded_providers):
+    OnnxEncoder(doubling_model, providers=("tensorrt",), allow_fallback=True)
+    options = recorded_providers[-1][0][1]
+    assert options["trt_engine_cache_path"].startswith(str(doubling_model.parent / "ort_trt_cache" / "double-"))
+    assert options["trt_profile_max_shapes"] == "x:8x4" and options["trt_profile_opt_shapes"] == "x:8x4"
+
+
+def test_other_providers_keep_plain_names(doubling_model, recorded_providers):
+    OnnxEncoder(doubling_model, providers=("cuda", "cpu"), allow_fallback=True)
+    assert recorded_providers[-1] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_graph_no_profile_can_cover_is_refused_for_tensorrt(tmp_path, recorded_providers):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "dynamic.onnx")
+    with pytest.raises(EngineError, match=r"input 'x' has shape \['batch', 'width'\]: only the batch axis"):
+        OnnxEncoder(tmp_path / "dynamic.onnx", providers=("tensorrt",), allow_fallback=True)
