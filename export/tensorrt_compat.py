@@ -103,6 +103,11 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+def graph_precision(model: onnx.ModelProto) -> str:
+    """'fp16' when any tensor of the graph is FLOAT16, else 'fp32' (what a strongly typed engine of it computes in)."""
+    return "fp16" if TensorProto.FLOAT16 in tensor_types(model).values() else "fp32"
+
+
 def check_for_tensorrt(path: str | Path) -> list[str]:
     """:func:`tensorrt_problems` of the ONNX file at `path` (weights loaded, external data included)."""
     return tensorrt_problems(onnx.load(str(path)))

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustvlm.contract.files import sha256_file
-from trustvlm.export.tensorrt_compat import check_for_tensorrt
+import onnx
+
+from trustvlm.export.tensorrt_compat import graph_precision, tensorrt_problems
 from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
 
 
@@ -74,10 +76,15 @@ def engine_cache_name(stem: str, trt_version: str, gpu_name: str, capability: st
             f"b{profile.min}-{profile.opt}-{profile.max}_{onnx_sha256[:12]}.engine")
 
 
-def _parse(trt, builder, onnx_path: Path):
-    problems = check_for_tensorrt(onnx_path)
+def _parse(trt, builder, onnx_path: Path, precision: str):
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    problems = tensorrt_problems(model)
     if problems:
         raise RuntimeError(f"TensorRT's ONNX parser would refuse {onnx_path.name}: {'; '.join(problems)}")
+    if graph_precision(model) != precision:
+        raise RuntimeError(f"{onnx_path.name} is an {graph_precision(model)} graph, but a {precision} engine was asked "
+                           f"for: networks are strongly typed, so build each precision from its own ONNX file")
+    del model
     # TensorRT 10: explicit batch is the only mode; strongly typed: the ONNX graph's types decide precision
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, trt.Logger(trt.Logger.WARNING))
@@ -119,7 +126,7 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", prof
         return engine_path
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = _parse(trt, builder, onnx_path)
+    network = _parse(trt, builder, onnx_path, precision)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):

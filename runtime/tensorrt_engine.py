@@ -20,6 +20,10 @@ float32 inputs and outputs on fp16 graphs, so fp16 engines have float32 I/O). Ea
 newly allocated output OrtValue (ONNX Runtime's arena makes that cheap), so an embedding handed
 to the trust head can never be overwritten by a concurrent run, such as the self-check of a
 bundle being reloaded beside the scoring thread; only the input buffers are reused, under the lock.
+Input buffers come in power-of-two batch sizes up to the profile's maximum (a batch of n rows
+goes into the smallest one that holds it, padded on the host), so less than twice one
+maximum-size buffer is held (three times when the maximum is not a power of two), not one
+buffer per batch size, and no copy exceeds 2n rows.
 
 Written against the TensorRT 10 Python API (name-based I/O tensors, `set_input_shape`,
 `get_tensor_profile_shape`, `execute_v2`).
@@ -105,7 +109,8 @@ class TensorRTEncoder:
         if self._context is None:
             raise EngineError(f"TensorRT could not create an execution context for {self.path.name} "
                               "(out of GPU memory? see its log above)")
-        self._inputs: dict[int, ort.OrtValue] = {}
+        self._inputs: dict[int, ort.OrtValue] = {}  # by bucket size (see the module docstring)
+        self._staging: np.ndarray | None = None  # host rows of the largest bucket, for padding
         self._lock = threading.Lock()
         self._prepare(self.min_batch)
 
@@ -140,15 +145,31 @@ class TensorRTEncoder:
             raise EngineError(f"{self.path.name} gives {output_dtype} for '{self.output_name}', but the trust head "
                               f"takes float32 embeddings: {REBUILD} (the export keeps float32 I/O)")
 
+    def bucket(self, n: int) -> int:
+        """Rows of the input buffer that a batch of n rows goes into: a power of two, at most max_batch."""
+        return max(n, min(self.max_batch, 1 << (n - 1).bit_length()))
+
     def _prepare(self, n: int) -> tuple[ort.OrtValue, ort.OrtValue]:
         """Set the batch size on the context; return its (reused input, new output) device buffers."""
         if not self._context.set_input_shape(self.input_name, (n, *self._pixel_shape)):
             raise EngineError(f"{self.path.name} refused batch size {n}; its profile takes "
                               f"{self.min_batch}..{self.max_batch}")
-        if n not in self._inputs:
-            self._inputs[n] = self._allocate([n, *self._pixel_shape], np.uint8)
+        rows = self.bucket(n)
+        if rows not in self._inputs:
+            self._inputs[rows] = self._allocate([rows, *self._pixel_shape], np.uint8)
         output_shape = [int(d) for d in self._context.get_tensor_shape(self.output_name)]
-        return self._inputs[n], self._allocate(output_shape, np.float32)
+        return self._inputs[rows], self._allocate(output_shape, np.float32)
+
+    def _fill(self, inputs: ort.OrtValue, batch: np.ndarray) -> None:
+        """Copy the batch into the first rows of `inputs` (padded on the host to the buffer's rows)."""
+        rows = inputs.shape()[0]
+        if rows == len(batch):
+            inputs.update_inplace(np.ascontiguousarray(batch))
+            return
+        if self._staging is None:
+            self._staging = np.zeros((self.bucket(self.max_batch), *self._pixel_shape), np.uint8)
+        self._staging[:len(batch)] = batch
+        inputs.update_inplace(self._staging[:rows])
 
     def _allocate(self, shape: list[int], dtype: type) -> ort.OrtValue:
         try:
@@ -168,7 +189,7 @@ class TensorRTEncoder:
         """One batch of at most max_batch rows through the engine; the output stays on the device."""
         try:
             inputs, outputs = self._prepare(len(batch))
-            inputs.update_inplace(np.ascontiguousarray(batch))
+            self._fill(inputs, batch)
             pointers = {self.input_name: inputs.data_ptr(), self.output_name: outputs.data_ptr()}
             ok = self._context.execute_v2([pointers[name] for name in self._io_order])
         except Exception as error:

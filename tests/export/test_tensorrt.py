@@ -5,16 +5,17 @@ import importlib.util
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from tests.export import fake_trt_builder
-from trustvlm.export import tensorrt_engine
-from trustvlm.export.tensorrt_compat import check_for_tensorrt, tensorrt_problems
+onnx = pytest.importorskip("onnx", reason="the export side (onnx, torch) is not installed: a device-only install")
+from onnx import TensorProto, helper  # noqa: E402
+
+from tests.export import fake_trt_builder  # noqa: E402
+from trustvlm.export import tensorrt_engine  # noqa: E402
+from trustvlm.export.tensorrt_compat import check_for_tensorrt, tensorrt_problems  # noqa: E402
 from trustvlm.export.tensorrt_engine import (BatchProfile, TensorRTUnavailableError, build_engine, engine_cache_name,
-                                             prune_engines)
-from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
+                                             prune_engines)  # noqa: E402
+from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device  # noqa: E402
 
 
 def test_cache_name_changes_with_everything_that_makes_an_engine_stale():
@@ -83,8 +84,11 @@ def fake_builder(monkeypatch, tmp_path):
     record = fake_trt_builder.Record()
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt_builder.make_module(record))
     monkeypatch.setattr(tensorrt_engine, "describe_gpu", lambda: ("Fake GPU", "sm87"))
+    onnx.save(image_graph([helper.make_node("Cast", ["pixels"], ["embedding"], to=TensorProto.FLOAT)]),
+              tmp_path / "image_encoder.onnx")
     onnx_path = tmp_path / "image_encoder.fp16.onnx"
-    onnx.save(image_graph([helper.make_node("Cast", ["pixels"], ["embedding"], to=TensorProto.FLOAT)]), onnx_path)
+    onnx.save(image_graph([helper.make_node("Cast", ["pixels"], ["half"], to=TensorProto.FLOAT16),
+                           helper.make_node("Cast", ["half"], ["embedding"], to=TensorProto.FLOAT)]), onnx_path)
     return record, onnx_path
 
 
@@ -94,8 +98,15 @@ def test_the_build_is_strongly_typed_and_sets_no_precision_flag(fake_builder, tm
     assert engine.read_bytes() == onnx_path.read_bytes() and record.builds == 1
     strongly_typed = 1 << int(fake_trt_builder.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert record.network_flags == [strongly_typed] and record.set_flags == []
-    build_engine(onnx_path, tmp_path / "fp32", precision="fp32")
+    build_engine(tmp_path / "image_encoder.onnx", tmp_path / "fp32", precision="fp32")
     assert record.cleared_flags == [fake_trt_builder.BuilderFlag.TF32], "fp32 means fp32, not TF32"
+
+
+def test_an_engine_of_another_precision_than_its_graph_is_refused(fake_builder, tmp_path):
+    record, _ = fake_builder
+    with pytest.raises(RuntimeError, match="image_encoder.onnx is an fp32 graph, but a fp16 engine was asked for"):
+        build_engine(tmp_path / "image_encoder.onnx", tmp_path / "engines", precision="fp16")
+    assert record.builds == 0
 
 
 def test_engine_and_timing_cache_are_reused_from_the_published_export(fake_builder, tmp_path):

@@ -319,8 +319,8 @@ def test_a_real_engine_matches_onnx_runtime_on_fashion_mnist(demo_artifacts, fmn
     from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415
     from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
 
-    onnx_path = demo_artifacts / "image_encoder.onnx"
-    engine_path = build_engine(onnx_path, tmp_path, precision=precision)
+    onnx_path = demo_artifacts / ("image_encoder.onnx" if precision == "fp32" else "image_encoder.fp16.onnx")
+    engine_path = build_engine(onnx_path, tmp_path, precision=precision)  # strongly typed: the graph's precision
     encoder = TensorRTEncoder(engine_path, expected_sha256=sha256_file(engine_path))
     batch = fmnist_pixels[:16]
     expected = OnnxEncoder(onnx_path).encode(batch)
@@ -335,3 +335,21 @@ def test_a_real_engine_matches_onnx_runtime_on_fashion_mnist(demo_artifacts, fmn
     value = encoder.encode_to_ortvalue(batch[:8])
     assert value.device_name().lower() == "cuda", value.device_name()
     assert cosine(value.numpy().astype(np.float32)).min() >= 0.999
+
+
+# --- input buffers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_batch", [8, 6])
+def test_input_buffers_come_in_a_few_sizes_and_padding_never_changes_results(fake_trt, tiny_engine, max_batch):
+    # Given an engine whose profile takes 1..max_batch rows
+    fake_trt.max_batch = max_batch
+    encoder = TensorRTEncoder(tiny_engine, device_type="cpu")
+    # When every batch size runs, larger ones first (so smaller batches land in padded buffers' first rows)
+    for n in range(max_batch, 0, -1):
+        batch = pixels(n, seed=n)
+        np.testing.assert_array_equal(encoder.encode(batch), reference(tiny_engine, batch), err_msg=f"batch {n}")
+    # Then the buffers are power-of-two sizes (capped at max_batch), at most twice one of max_batch rows
+    assert sorted(encoder._inputs) == sorted({min(max_batch, 1 << (n - 1).bit_length()) for n in range(1, max_batch + 1)})
+    assert sum(encoder._inputs) < (2 if max_batch & (max_batch - 1) == 0 else 3) * max_batch
+    assert [encoder.bucket(n) for n in (1, 3, 5)] == [1, 4, min(8, max_batch)]
