@@ -6,8 +6,8 @@ Rows (clip_vitb32, random-init weights, uint8 pixels from host memory as the ser
 * ONNX Runtime CUDA provider, fp32 (``image_encoder.onnx``) and fp16 (``image_encoder.fp16.onnx``);
 * ONNX Runtime TensorRT provider on the fp32 graph, TensorRT fp32 and fp16 (``trt_fp16_enable``),
   its engine cache under the artifacts folder (batch profile 1 / 8 / 32);
-* TensorRT engines of the export (``engines/*.engine``, from ``--format engine``), when present,
-  run through TensorRT's Python API on torch CUDA buffers.
+* the TensorRT engine that the export's manifest lists (from ``--format engine``), when present,
+  run through TensorRT's Python API on torch CUDA buffers (one stream for copy and run).
 
 Each row needs something this machine may not have; a missing provider, package or GPU turns the
 row into ``missing: <why>`` and the script goes on (exit 0). Without any GPU it prints that every
@@ -153,16 +153,33 @@ def _ort_encoder(path: Path, provider: str, options: dict | None = None) -> Call
     return lambda pixels: session.run(None, {name: pixels})
 
 
-def _trt_options(cache: Path, size: int, fp16: bool) -> dict:
-    cache.mkdir(parents=True, exist_ok=True)
-    shape = lambda b: f"pixels:{b}x{size}x{size}x3"  # noqa: E731
-    return {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True, "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(8),
-            "trt_profile_max_shapes": shape(32)}
+def _trt_options(path: Path, cache: Path, size: int, fp16: bool) -> dict:
+    """The runtime's TensorRT provider options (engine cache, profile 1 / 8 / 32), as the service sets them."""
+    from trustvlm.runtime.ort_providers import TensorRTProviderSettings, tensorrt_options  # noqa: PLC0415
+
+    settings = TensorRTProviderSettings(max_batch=max(BATCH_SIZES), opt_batch=8, cache_root=cache, fp16=fp16)
+    return tensorrt_options(path, [("pixels", ["batch", size, size, 3])], settings)
+
+
+def manifest_engine(artifacts: Path, precision: str) -> Path:
+    """The image encoder engine that the export's manifest lists for `precision` (what the service would run)."""
+    from trustvlm.contract.manifest import read_manifest  # noqa: PLC0415
+
+    record = read_manifest(artifacts).get("engines", {}).get("image_encoder")
+    if not record or record.get("precision") != precision:
+        listed = record.get("precision") if record else "none"
+        raise Unavailable(f"the manifest lists no {precision} image engine (it lists: {listed}); make export "
+                          f"MODEL={MODEL} WEIGHTS=random PRECISION={precision} FORMAT=engine "
+                          f"ARTIFACTS={artifacts.parent}")
+    return artifacts / record["file"]
 
 
 def _engine_encoder(engine_path: Path) -> tuple[Callable, Callable]:
-    """A serialized TensorRT engine run through TensorRT 10's Python API on torch CUDA buffers."""
+    """A serialized TensorRT engine run through TensorRT 10's Python API on torch CUDA buffers.
+
+    One input buffer at the profile's maximum batch; the host-to-device copy, the engine and the
+    caller's synchronization all use one stream, so TensorRT never reads a half-copied batch.
+    """
     import tensorrt as trt  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
@@ -174,19 +191,26 @@ def _engine_encoder(engine_path: Path) -> tuple[Callable, Callable]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if n not in inputs]
+    largest = tuple(engine.get_tensor_profile_shape(inputs[0], 0)[2])
     stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        device_in = torch.empty(largest, dtype=torch.uint8, device="cuda")
+        device_out = torch.empty((largest[0], *tuple(engine.get_tensor_shape(outputs[0]))[1:]), dtype=torch.float32,
+                                 device="cuda")
 
     def encode(pixels: np.ndarray):
-        device_in = torch.from_numpy(pixels).cuda(non_blocking=True)
-        context.set_input_shape(inputs[0], tuple(device_in.shape))
+        n = len(pixels)
+        with torch.cuda.stream(stream):
+            device_in[:n].copy_(torch.from_numpy(pixels), non_blocking=True)
+        if not context.set_input_shape(inputs[0], tuple(pixels.shape)):
+            raise RuntimeError(f"{engine_path.name} refused input shape {pixels.shape}")
         context.set_tensor_address(inputs[0], device_in.data_ptr())
-        shape = tuple(context.get_tensor_shape(outputs[0]))
-        device_out = torch.empty(shape, dtype=torch.float32, device="cuda")
         context.set_tensor_address(outputs[0], device_out.data_ptr())
-        context.execute_async_v3(stream.cuda_stream)
-        return device_out
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed on {engine_path.name} (see its log)")
+        return device_out[:n]
 
-    return encode, torch.cuda.synchronize
+    return encode, stream.synchronize
 
 
 def ensure_fp16_export(root: Path, log) -> Path:
@@ -243,15 +267,12 @@ def _make(backend: str, precision: str, artifacts: Path, found: Probe, size: int
     if backend == "ORT TensorRT EP":
         if "TensorrtExecutionProvider" not in found.ort_providers:
             raise Unavailable("onnxruntime has no TensorrtExecutionProvider (onnxruntime-gpu built with TensorRT)")
-        options = _trt_options(artifacts / "ort_trt_cache", size, precision == "fp16")
-        return _ort_encoder(artifacts / "image_encoder.onnx", "TensorrtExecutionProvider", options), nothing
+        path = artifacts / "image_encoder.onnx"
+        options = _trt_options(path, artifacts / "ort_trt_cache", size, precision == "fp16")
+        return _ort_encoder(path, "TensorrtExecutionProvider", options), nothing
     if found.tensorrt is None or found.torch_cuda is None:
         raise Unavailable(found.tensorrt_missing or found.torch_missing)
-    engines = sorted((artifacts / "engines").glob(f"image_encoder*_{precision}_*.engine"))
-    if not engines:
-        raise Unavailable(f"no {precision} image engine in {artifacts / 'engines'} (make export MODEL={MODEL} "
-                          f"WEIGHTS=random PRECISION={precision} FORMAT=engine ARTIFACTS={artifacts.parent})")
-    return _engine_encoder(engines[-1])
+    return _engine_encoder(manifest_engine(artifacts, precision))
 
 
 def format_rows(rows: list[Row], batches=BATCH_SIZES) -> str:

@@ -54,3 +54,27 @@ def test_format_rows_prints_a_dash_for_batches_not_measured():
     table = gpu.format_rows(rows, batches=(1, 8))
     assert table.splitlines()[-1].split() == ["torch", "CUDA", "fp16", "105", "(100-110)", "-", "partial:", "time",
                                               "budget"]
+
+
+def test_the_engine_row_runs_the_manifests_engine_not_the_newest_file(tmp_path):
+    import json
+
+    (tmp_path / "engines").mkdir()
+    for name in ("image_encoder_a_fp16.engine", "image_encoder_z_fp16.engine"):
+        (tmp_path / "engines" / name).write_bytes(b"x")
+    manifest = {"schema_version": "1.0",
+                "engines": {"image_encoder": {"file": "engines/image_encoder_a_fp16.engine", "precision": "fp16"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert gpu.manifest_engine(tmp_path, "fp16") == tmp_path / "engines" / "image_encoder_a_fp16.engine"
+    with pytest.raises(gpu.Unavailable, match="the manifest lists no fp32 image engine \\(it lists: fp16\\)"):
+        gpu.manifest_engine(tmp_path, "fp32")
+
+
+def test_the_tensorrt_provider_row_uses_the_services_cache_and_profile(tmp_path):
+    model = tmp_path / "image_encoder.onnx"
+    model.write_bytes(b"graph bytes")
+    options = gpu._trt_options(model, tmp_path / "cache", 224, fp16=True)
+    assert options["trt_engine_cache_enable"] and options["trt_fp16_enable"] is True
+    assert options["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "image_encoder-"))
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) \
+        == ("pixels:1x224x224x3", "pixels:8x224x224x3", "pixels:32x224x224x3")
