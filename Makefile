@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed-$(ORT)
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu gpu-check zeroshot test test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ bench: setup ## CPU benchmarks -> BENCHMARKS.md (first run exports clip_vitb32 r
 
 bench-gpu: setup ## GPU benchmarks on a CUDA machine (first `make setup ORT=gpu`): ORT CUDA/TensorRT EPs, TensorRT engines, torch CUDA
 	$(PY) -m trustvlm.benchmarks.gpu --artifacts-root $(ARTIFACTS)/bench-gpu $(BENCH_GPU_ARGS)
+
+gpu-check: setup ## the whole GPU path in one run (GPU tests, engine builds + parity, CPU/CUDA/TensorRT agreement, soak, bench-gpu); first `make setup ORT=gpu`
+	$(PY) -m trustvlm.benchmarks.gpu_check --root $(ARTIFACTS)/gpu-check $(GPU_CHECK_ARGS)
 
 zeroshot: setup ## zero-shot accuracy of artifacts/MODEL on the Fashion-MNIST test images
 	$(PY) -m trustvlm zeroshot --artifacts $(ARTIFACTS)/$(MODEL) --precision $(PRECISION)
