@@ -39,6 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from trustvlm.contract.files import sha256_file
+from trustvlm.runtime.gpu_info import check_tensorrt_version
 from trustvlm.runtime.onnx_engine import EngineError
 
 PROVIDER_NAME = "TensorRTEngine"
@@ -55,6 +56,9 @@ def import_tensorrt():
             "the TensorRT-engine backend needs the tensorrt package and an NVIDIA GPU (`pip install "
             "'trustvlm-edge[trt]'`, or JetPack's python3-libnvinfer on Jetson); use the ONNX Runtime "
             f"providers (cpu, cuda, tensorrt) otherwise ({error})") from error
+    too_old = check_tensorrt_version(str(getattr(tensorrt, "__version__", "unknown")))
+    if too_old:
+        raise EngineError(too_old)
     return tensorrt
 
 

@@ -353,3 +353,11 @@ def test_input_buffers_come_in_a_few_sizes_and_padding_never_changes_results(fak
     assert sorted(encoder._inputs) == sorted({min(max_batch, 1 << (n - 1).bit_length()) for n in range(1, max_batch + 1)})
     assert sum(encoder._inputs) < (2 if max_batch & (max_batch - 1) == 0 else 3) * max_batch
     assert [encoder.bucket(n) for n in (1, 3, 5)] == [1, 4, min(8, max_batch)]
+
+
+def test_tensorrt_before_10_is_refused_in_one_line(monkeypatch, tiny_engine):
+    old = fake_tensorrt.make_module(fake_tensorrt.FakeOptions())
+    old.__version__ = "8.6.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
+    with pytest.raises(EngineError, match=r"^TensorRT 8.6.1 is too old: this project needs TensorRT 10.x"):
+        TensorRTEncoder(tiny_engine, device_type="cpu")
