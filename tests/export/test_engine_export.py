@@ -72,3 +72,23 @@ def test_an_engine_that_misses_the_parity_gate_writes_nothing(fake_engine_build,
         export_model(ExportRequest("demo_fmnist", precision="fp16", format="engine", output_root=out,
                                    parity_images=16))
     assert not out.exists() or list(out.iterdir()) == [], "no artifact and no staging folder left behind"
+
+
+def test_a_new_engine_export_reuses_the_published_folder_and_leaves_one_engine(fake_engine_build, tmp_path, monkeypatch):
+    seen = []
+    fake = builder.build_engine
+
+    def build(onnx_path, cache_dir, precision="fp16", reuse_from=(), **kwargs):
+        seen.append(tuple(reuse_from))
+        engine = fake(onnx_path, cache_dir, precision)
+        return engine.rename(engine.with_name(f"build{len(seen)}_{engine.name}"))
+
+    monkeypatch.setattr(builder, "build_engine", build)
+    for _ in range(2):
+        export_model(ExportRequest("demo_fmnist", precision="fp16", format="engine", output_root=tmp_path,
+                                   parity_images=16))
+    artifacts = tmp_path / "demo_fmnist"
+    assert seen[-1] == (artifacts / "engines",), "the published engines folder is offered for reuse"
+    listed = read_manifest(artifacts)["engines"]["image_encoder"]["file"]
+    assert sorted(p.name for p in (artifacts / "engines").glob("*.engine")) == [listed.split("/")[-1]]
+    assert listed.startswith("engines/build2_")
