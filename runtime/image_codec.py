@@ -7,10 +7,17 @@ becomes uint8 RGB pixels behind that format's guards. Another decoder (a strict 
 one, reduced-resolution decoding, a GPU decoder) is one entry: replace the encoding's
 :class:`Decoder`, keeping its :class:`FrameDecodeError` reasons.
 
+Decoding is strict: damage that a decoder would paper over is ``undecodable``. libjpeg fills a
+cut or corrupted scan with grey and only warns (OpenCV's ``imdecode`` drops the warning and
+returns the image), so JPEGs are decoded with libjpeg-turbo through simplejpeg with
+``strict=True``, which turns every libjpeg warning (premature end of data, bad Huffman code,
+extraneous bytes before a marker) into an error. For PNG, every chunk's length and CRC is
+checked, and the IDAT zlib stream must be complete (its end and Adler-32 reached) and inflate to
+exactly the bytes the IHDR implies, with nothing after it, before OpenCV decodes it.
+
 The guards exist because decoders trust their input: OpenCV's PNG reader allocates what a chunk
-length says, libjpeg fills a truncated image with grey and only warns, and a progressive JPEG
-can carry thousands of scans. Each guard refuses such payloads with ``undecodable`` before the
-decoder sees them.
+length says, and a progressive JPEG can carry thousands of scans. Each guard refuses such
+payloads with ``undecodable`` before the decoder sees them.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, ReceivedFrame
 from trustvlm.runtime.messages import Reason
@@ -153,20 +161,76 @@ def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:
 
 
 def decode_jpeg(header: FrameHeader, payload: bytes) -> np.ndarray:
-    """A complete JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with OpenCV.
+    """A complete, undamaged JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with libjpeg-turbo (strict).
 
     Raises:
-        FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload.
+        FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload, including
+            any libjpeg warning (a cut or overwritten scan decodes with only a warning otherwise).
     """
-    # libjpeg fills a truncated image with grey and only warns; demand the end-of-image marker.
     if JPEG_EOI not in payload[-64:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated JPEG: no end-of-image marker (ffd9) at the end")
     check_jpeg_scans(payload)
-    return _opencv_decode(header, payload)
+    try:
+        return simplejpeg.decode_jpeg(payload, colorspace="RGB", strict=True)
+    except (ValueError, TypeError) as error:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG damaged or not decodable ({len(payload)} bytes): "
+                                                   f"{error}") from None
+
+
+#: Samples per pixel of each PNG colour type (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_rows(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> list[tuple[int, int]]:
+    """(row count, bytes per row without the filter byte) of each pass of the image data."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    rows = []
+    for x0, y0, dx, dy in passes:
+        pass_width, pass_height = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if pass_width and pass_height:
+            rows.append((pass_height, (pass_width * bits_per_pixel + 7) // 8))
+    return rows
+
+
+def check_png_data(payload: bytes, piece: int = 1 << 20) -> None:
+    """The IDAT zlib stream is whole: it ends, its Adler-32 matches, it inflates to exactly the bytes the IHDR
+    implies (rows and their filter bytes) and nothing follows it. Inflated piece by piece, never held whole.
+    Call after :func:`check_png_chunks` (lengths and CRCs checked).
+
+    Raises:
+        FrameDecodeError: UNDECODABLE, saying what is wrong.
+    """
+    if payload[12:16] != b"IHDR" or payload[8:12] != b"\x00\x00\x00\x0d":
+        raise FrameDecodeError(Reason.UNDECODABLE, "PNG: the first chunk is not a 13-byte IHDR")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", payload[16:29])
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace not in (0, 1):
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: unsupported IHDR (bit depth {depth}, colour type "
+                                                   f"{colour}, interlace {interlace})")
+    expected = sum(count * (1 + size) for count, size in
+                   _png_rows(width, height, depth * _PNG_CHANNELS[colour], interlace == 1))
+    pos, chunks = len(PNG_SIGNATURE), []
+    while pos + 8 <= len(payload):
+        length, kind = struct.unpack(">I4s", payload[pos:pos + 8])
+        if kind == b"IDAT":
+            chunks.append(payload[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    inflater, pending, total = zlib.decompressobj(), b"".join(chunks), 0
+    try:
+        while pending and not inflater.eof and total <= expected:
+            total += len(inflater.decompress(pending, piece))
+            pending = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: image data is not a valid zlib stream: {error}") from None
+    if total != expected or not inflater.eof or inflater.unused_data:
+        state = "complete" if inflater.eof else "unfinished"
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: image data inflates to {total} bytes in a {state} zlib "
+                                                   f"stream ({len(inflater.unused_data)} bytes after it); {width}x"
+                                                   f"{height} needs exactly {expected}")
 
 
 def decode_png(header: FrameHeader, payload: bytes) -> np.ndarray:
-    """A complete, well-formed PNG (chunks checked first) to RGB, with OpenCV.
+    """A complete, well-formed PNG (chunks and image data checked first) to RGB, with OpenCV.
 
     Raises:
         FrameDecodeError: UNDECODABLE for a truncated, malformed or corrupt payload.
@@ -174,6 +238,7 @@ def decode_png(header: FrameHeader, payload: bytes) -> np.ndarray:
     if b"IEND" not in payload[-16:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated PNG: no IEND chunk at the end")
     check_png_chunks(payload)
+    check_png_data(payload)
     return _opencv_decode(header, payload)
 
 
