@@ -437,8 +437,8 @@ def _int64(value) -> bool:
 def reference_problem(header: dict) -> str | None:
     """Why `header` breaks schema 1 as schemas/frame_v1.json and its description state it, or None."""
     version = header.get("schema_version")
-    if not (isinstance(version, str) and re.fullmatch(r"[0-9]+\.[0-9]+", version)):
-        return "schema_version"
+    if not (isinstance(version, str) and re.fullmatch(r"(0|[1-9][0-9]*)\.[0-9]+", version)):
+        return "schema_version"  # the schema's pattern is ^1\.[0-9]+$: no leading zero, no sign
     major, minor = (int(part) for part in version.split("."))
     if major != 1:
         return "major version"
