@@ -13,7 +13,8 @@ cameras by name, later ones as ``camera="_other"``: label values are never freed
 ``rejections_total{reason}`` (messages that named no camera), ``decisions_total{decision,reason}``
 (dropped and stale frames are decisions with those reasons), ``class_decisions_total{label,decision}``
 (per-class defer rate = defer / all of a label), ``defer_ratio`` (cumulative), histograms
-``latency_from_capture_seconds``, ``latency_from_receipt_seconds``, ``batch_size`` and
+``latency_from_capture_seconds`` (without stale, duplicate or out-of-order frames and implausible capture
+times, counted in ``latency_from_capture_excluded_total``), ``latency_from_receipt_seconds``, ``batch_size`` and
 ``batch_seconds``, ``publish_overflow_total``, ``publish_errors_total``, ``bundle_reloads_total{result}``,
 ``auth_denied_total{socket}`` (CurveZMQ handshakes refused by the allow-list).
 """
@@ -155,6 +156,24 @@ class ServiceStats(Observer):
             return dict(self._counts)
 
 
+#: Capture-to-publish latencies beyond this (or negative) say the capture time is wrong (0, seconds instead of
+#: nanoseconds, another clock), not that the service was slow: they are left out of the latency histogram.
+MAX_PLAUSIBLE_CAPTURE_LATENCY_MS = 3_600_000.0
+_UNTIMED_REASONS = frozenset({Reason.STALE, Reason.DUPLICATE, Reason.OUT_OF_ORDER})
+
+
+def capture_latency_is_plausible(message: DecisionMessage) -> bool:
+    """Whether a decision's capture-to-publish latency belongs in the latency histogram.
+
+    Stale, duplicate and out-of-order frames carry capture times that are not the camera's present
+    (a zero, seconds instead of nanoseconds, a replay), and a latency that is negative beyond the
+    clock tolerance or over an hour is a wrong clock, not a slow service.
+    """
+    latency = message.latency_from_capture_ms
+    return (latency is not None and message.reason not in _UNTIMED_REASONS
+            and -1_000.0 <= latency <= MAX_PLAUSIBLE_CAPTURE_LATENCY_MS)
+
+
 #: Camera label values kept by /metrics; frames of further cameras count under OTHER_CAMERAS. Every label value
 #: is a time series held forever, so a sender inventing camera ids must not be able to grow them without end.
 MAX_CAMERA_LABELS = 256
@@ -195,6 +214,10 @@ class PrometheusObserver(Observer):
                                   ("socket",))
         self.capture_latency = metric(prom.Histogram, "latency_from_capture_seconds", "capture to publish",
                                       buckets=latency_buckets)
+        self.capture_latency_excluded = metric(prom.Counter, "latency_from_capture_excluded",
+                                               "decisions left out of latency_from_capture_seconds: stale, "
+                                               "duplicate or out-of-order frames, or capture times over "
+                                               "an hour off")
         self.receipt_latency = metric(prom.Histogram, "latency_from_receipt_seconds", "receipt to publish",
                                       buckets=latency_buckets)
         self.batch_size = metric(prom.Histogram, "batch_size", "frames per scored batch",
@@ -224,7 +247,10 @@ class PrometheusObserver(Observer):
         if message.label is not None:
             self.class_decisions.labels(label=message.label, decision=message.decision.value).inc()
         if message.latency_from_capture_ms is not None:
-            self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+            if capture_latency_is_plausible(message):
+                self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+            else:
+                self.capture_latency_excluded.inc()
         if message.latency_from_receipt_ms is not None:
             self.receipt_latency.observe(max(message.latency_from_receipt_ms, 0.0) / 1e3)
         with self._lock:
