@@ -80,8 +80,10 @@ class HealthReporter:
     def counters(self) -> dict[str, int]:
         counters = self.stats.snapshot()
         buffer = self.buffer.stats()
-        counters.update(dropped=buffer.dropped, stale=buffer.stale, camera_limit=buffer.camera_limit,
-                        notices_suppressed=buffer.notices_suppressed, pending_frames=buffer.pending_frames)
+        # Buffer events overlap the outcomes above (a superseded frame is a 'dropped' decision or a suppressed
+        # one): prefixed, so that no buffer counter reads as a term of the accounting identity.
+        counters.update(buffer_superseded=buffer.dropped, buffer_stale=buffer.stale,
+                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames)
         counters.update(self.sequence.stats())
         return counters
 
@@ -317,7 +319,7 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     stats = ServiceStats()
     observers: list[Observer] = [stats]
     metrics_server = None
-    buffer = FrameBuffer(config.buffer)
+    buffer = FrameBuffer(config.buffer, on_suppressed=stats.on_suppressed)
     health = HealthReporter(stats, buffer, slot)
     if config.metrics:
         prometheus = PrometheusObserver()

@@ -13,7 +13,7 @@ from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 
 from . import hostile
-from .conftest import decide_until_scored, fault_image, outcome_total
+from .conftest import assert_accounting_by_name, decide_until_scored, fault_image, outcome_total
 
 pytestmark = pytest.mark.timeout(120)
 HOSTILE_COUNT = 400
@@ -48,6 +48,9 @@ def test_hostile_messages_never_kill_the_service_nor_get_accepted(serve, subscri
         f"sent {sent}, counters {subscriber.health[-1].counters}"
     counters = subscriber.health[-1].counters
     assert counters["received"] == sent and subscriber.health[-1].status is HealthStatus.OK, counters
+    # received = decisions + rejected + suppressed + pending, each a sum of its named parts; nothing pending now
+    assert_accounting_by_name(counters)
+    assert counters["pending"] == 0, counters
     # And nothing but the good frame was accepted
     good = [d for d in subscriber.decisions if d.camera_id == "good"]
     assert [(d.seq, d.decision) for d in good] == [(0, Decision.ACCEPT)]
