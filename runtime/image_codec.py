@@ -65,15 +65,15 @@ def probe_png_size(payload: bytes) -> tuple[int, int]:
     return struct.unpack(">II", payload[16:24])
 
 
-def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's frame header (SOF), without decoding the image.
+def _jpeg_frame_header(payload: bytes) -> tuple[int, int, int]:
+    """(SOF marker, its position, position of the first SOS or -1), walking the marker segments by their lengths.
 
     Raises:
-        FrameDecodeError: UNDECODABLE when the header cannot be read.
+        FrameDecodeError: UNDECODABLE when no frame header comes before the image data.
     """
     if payload[:2] != JPEG_SOI:
         raise FrameDecodeError(Reason.UNDECODABLE, f"not a JPEG: starts with {payload[:4].hex()}, expected ffd8")
-    pos = 2
+    pos, frame = 2, None
     while pos + 4 <= len(payload):
         if payload[pos] != 0xFF:
             raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG: expected a marker at byte {pos}")
@@ -85,15 +85,33 @@ def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
             pos += 2
             continue
         length = struct.unpack(">H", payload[pos + 2:pos + 4])[0]
-        if marker in _JPEG_SOF:
+        if marker in _JPEG_SOF and frame is None:
             if pos + 9 > len(payload):
                 break
-            height, width = struct.unpack(">HH", payload[pos + 5:pos + 9])
-            return width, height
-        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            frame = (marker, pos)
+        if marker == 0xDA:
+            return (*frame, pos) if frame is not None else _no_frame()
+        if length < 2:
             break
         pos += 2 + length
+    if frame is not None:
+        return (*frame, -1)
+    return _no_frame()
+
+
+def _no_frame():
     raise FrameDecodeError(Reason.UNDECODABLE, "JPEG: no frame header (SOF) before the image data")
+
+
+def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header (SOF), without decoding the image.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE when the header cannot be read.
+    """
+    _, at, _ = _jpeg_frame_header(payload)
+    height, width = struct.unpack(">HH", payload[at + 5:at + 9])
+    return width, height
 
 
 def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
@@ -130,10 +148,14 @@ def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
 
 
 def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
-    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb).
+    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb), or
+    whose scans do not carry every component to the end.
 
     Start-of-scan markers (ff da) cannot occur inside entropy-coded data (ff is stuffed as ff 00
-    there), so counting them counts the scans.
+    there), so counting them counts the scans. A progressive JPEG cut between two scans and closed
+    with ff d9 is a valid file that libjpeg decodes without a warning (the missing refinements read
+    as zeros): each component's 64 coefficients must reach full precision (a scan with Al 0) in some
+    scan, as every libjpeg progression script does. A sequential JPEG must scan every component.
 
     Raises:
         FrameDecodeError: UNDECODABLE.
@@ -141,6 +163,28 @@ def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
     scans = payload.count(b"\xff\xda")
     if scans > max_scans:
         raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG with {scans} scans; at most {max_scans} are accepted")
+    marker, at, pos = _jpeg_frame_header(payload)
+    count = payload[at + 9] if at + 9 < len(payload) else 0
+    components = [payload[at + 10 + 3 * i] for i in range(count) if at + 12 + 3 * i < len(payload)]
+    done: dict[int, set[int]] = {}
+    progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+    while pos >= 0 and pos + 5 <= len(payload):
+        length, ns = struct.unpack(">HB", payload[pos + 2:pos + 5])
+        ids = payload[pos + 5:pos + 5 + 2 * ns:2]
+        if pos + 5 + 2 * ns + 3 > len(payload):
+            break
+        ss, se, approximation = payload[pos + 5 + 2 * ns:pos + 8 + 2 * ns]
+        for component in ids:
+            covered = done.setdefault(component, set())
+            if not progressive:
+                covered.update(range(64))
+            elif approximation & 0x0F == 0:  # Al 0: these coefficients are at full precision after this scan
+                covered.update(range(ss, min(se, 63) + 1))
+        pos = payload.find(b"\xff\xda", pos + 2 + length)
+    missing = [c for c in components if len(done.get(c, ())) < 64]
+    if missing:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG ends before its scans cover every coefficient of "
+                                                   f"component(s) {missing} ({scans} scans; cut between scans?)")
 
 
 def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:

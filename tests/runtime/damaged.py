@@ -3,7 +3,7 @@
 :func:`damaged_images` turns one undamaged image into a corpus of damaged copies, one family per
 kind of damage (see :data:`JPEG_FAMILIES` and :data:`PNG_FAMILIES`): scans cut at many points with
 and without the end-of-image marker, bytes overwritten in the entropy-coded scan, headers and Huffman
-tables flipped, PNG image data cut or flipped behind valid chunk CRCs, and chunk CRCs broken. Every
+tables flipped, progressive JPEGs ended between two scans, PNG image data cut or flipped behind valid chunk CRCs, and chunk CRCs broken. Every
 family is built for baseline and progressive JPEG, colour and grayscale (:func:`originals`), so the
 corpus covers each decoder path. Deterministic: the same image and seed give the same bytes.
 """
@@ -65,6 +65,14 @@ def jpeg_cut_without_eoi(jpeg: bytes, rng: random.Random) -> Iterator[bytes]:
         yield jpeg[:start + int((len(jpeg) - 2 - start) * fraction)]
 
 
+def jpeg_cut_between_scans(jpeg: bytes, rng: random.Random) -> Iterator[bytes]:
+    """A progressive JPEG ended (ff d9) after one of its scans: a valid file libjpeg decodes without a warning."""
+    pos = jpeg.find(b"\xff\xda", _first_scan_data(jpeg))
+    while pos > 0:
+        yield jpeg[:pos] + EOI
+        pos = jpeg.find(b"\xff\xda", pos + 2)
+
+
 def jpeg_scan_overwritten(jpeg: bytes, rng: random.Random) -> Iterator[bytes]:
     """Entropy-coded bytes overwritten in place every `step` bytes (markers and ff bytes left alone)."""
     start = _first_scan_data(jpeg)
@@ -103,7 +111,8 @@ def jpeg_frame_header_flipped(jpeg: bytes, rng: random.Random) -> Iterator[bytes
             yield bytes(data)
 
 
-JPEG_FAMILIES = {fn.__name__: fn for fn in (jpeg_cut_with_eoi, jpeg_cut_without_eoi, jpeg_scan_overwritten,
+JPEG_FAMILIES = {fn.__name__: fn for fn in (jpeg_cut_with_eoi, jpeg_cut_without_eoi, jpeg_cut_between_scans,
+                                            jpeg_scan_overwritten,
                                             jpeg_huffman_table_flipped, jpeg_frame_header_flipped)}
 #: Damage that can leave a valid bitstream (a run of zero bits decodes as short Huffman codes): refused most of the
 #: time, not always; measured, not asserted (RELIABILITY.md, known limits).

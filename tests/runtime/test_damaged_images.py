@@ -110,3 +110,13 @@ def test_a_cut_scan_closed_with_an_end_marker_was_the_reported_failure(vtest_fra
     # ... the service's decoder does not
     with pytest.raises(FrameDecodeError, match="premature end of data segment"):
         decode_image(ReceivedFrame(FrameHeader("cam", 0, 1, Encoding.JPEG), cut, 1))
+
+
+def test_a_progressive_jpeg_ended_between_scans_is_refused_though_libjpeg_does_not_warn(vtest_frames):
+    jpeg = damaged.originals(vtest_frames[0])["jpeg_progressive_colour"][1]
+    cuts = list(damaged.jpeg_cut_between_scans(jpeg, random.Random(0)))
+    assert len(cuts) >= 5
+    for cut in cuts:
+        assert cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR) is not None  # a valid, coarser image
+        with pytest.raises(FrameDecodeError, match="scans cover every coefficient"):
+            decode_image(ReceivedFrame(FrameHeader("cam", 0, 1, Encoding.JPEG), cut, 1))
