@@ -10,7 +10,10 @@ batch, every taken item in arrival order.
 Every item that enters gets exactly one outcome, or is counted: a camera's queue holds at most
 ``max_notices_per_camera`` notices (further ones are counted as ``notices_suppressed``), and at
 most ``max_cameras`` cameras are tracked (a new camera evicts the least recently seen idle one,
-else its frame is deferred ``camera_limit``). Memory is bounded by ``max_cameras`` payloads plus
+else its frame is deferred ``camera_limit``). ``dropped``, ``camera_limit`` and ``stale`` in
+:class:`BufferStats` count events (a frame superseded, refused a slot, found stale), whatever became
+of the outcome; ``notices_suppressed`` counts outcomes lost to the bound (reported to
+``on_suppressed`` with the reason the outcome would have had). Memory is bounded by ``max_cameras`` payloads plus
 small notices.
 
 Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
@@ -93,9 +96,11 @@ class _Camera:
 class FrameBuffer:
     """Thread-safe: the ingest thread puts, the scoring thread takes."""
 
-    def __init__(self, config: BufferConfig, clock_ns: Callable[[], int] = time.time_ns):
+    def __init__(self, config: BufferConfig, clock_ns: Callable[[], int] = time.time_ns,
+                 on_suppressed: Callable[[Reason], None] | None = None):
         self.config = config
         self._clock_ns = clock_ns
+        self._on_suppressed = on_suppressed or (lambda reason: None)
         self._cameras: OrderedDict[str, _Camera] = OrderedDict()
         self._orphans: deque[tuple[int, Notice]] = deque()  # notices of cameras that got no slot
         self._arrival = count()
@@ -128,7 +133,7 @@ class FrameBuffer:
                 camera.items.append((next(self._arrival), item))
                 camera.notices += 1
             else:
-                self._counts["notices_suppressed"] += 1
+                self._suppress(item.reason)
             self._cond.notify_all()
 
     def _slot(self, camera_id: str) -> _Camera | None:
@@ -148,7 +153,11 @@ class FrameBuffer:
         if len(self._orphans) < self.config.max_notices_per_camera:
             self._orphans.append((next(self._arrival), notice))
         else:
-            self._counts["notices_suppressed"] += 1
+            self._suppress(notice.reason)
+
+    def _suppress(self, reason: Reason) -> None:
+        self._counts["notices_suppressed"] += 1
+        self._on_suppressed(reason)
 
     def _supersede(self, camera: _Camera, newer: ReceivedFrame) -> None:
         for index, (arrival, item) in enumerate(camera.items):
@@ -163,7 +172,7 @@ class FrameBuffer:
                     camera.notices += 1
                 else:  # the notice bound holds for dropped frames too: counted, not queued
                     del camera.items[index]
-                    self._counts["notices_suppressed"] += 1
+                    self._suppress(Reason.DROPPED)
                 return  # latest frame wins: a camera never has more than one frame waiting
 
     def take(self, max_frames: int, max_wait_s: float = 0.0, timeout_s: float = 0.1) -> list[BufferItem] | None:

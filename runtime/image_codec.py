@@ -7,10 +7,17 @@ becomes uint8 RGB pixels behind that format's guards. Another decoder (a strict 
 one, reduced-resolution decoding, a GPU decoder) is one entry: replace the encoding's
 :class:`Decoder`, keeping its :class:`FrameDecodeError` reasons.
 
+Decoding is strict: damage that a decoder would paper over is ``undecodable``. libjpeg fills a
+cut or corrupted scan with grey and only warns (OpenCV's ``imdecode`` drops the warning and
+returns the image), so JPEGs are decoded with libjpeg-turbo through simplejpeg with
+``strict=True``, which turns every libjpeg warning (premature end of data, bad Huffman code,
+extraneous bytes before a marker) into an error. For PNG, every chunk's length and CRC is
+checked, and the IDAT zlib stream must be complete (its end and Adler-32 reached) and inflate to
+exactly the bytes the IHDR implies, with nothing after it, before OpenCV decodes it.
+
 The guards exist because decoders trust their input: OpenCV's PNG reader allocates what a chunk
-length says, libjpeg fills a truncated image with grey and only warns, and a progressive JPEG
-can carry thousands of scans. Each guard refuses such payloads with ``undecodable`` before the
-decoder sees them.
+length says, and a progressive JPEG can carry thousands of scans. Each guard refuses such
+payloads with ``undecodable`` before the decoder sees them.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, ReceivedFrame
 from trustvlm.runtime.messages import Reason
@@ -57,15 +65,15 @@ def probe_png_size(payload: bytes) -> tuple[int, int]:
     return struct.unpack(">II", payload[16:24])
 
 
-def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's frame header (SOF), without decoding the image.
+def _jpeg_frame_header(payload: bytes) -> tuple[int, int, int]:
+    """(SOF marker, its position, position of the first SOS or -1), walking the marker segments by their lengths.
 
     Raises:
-        FrameDecodeError: UNDECODABLE when the header cannot be read.
+        FrameDecodeError: UNDECODABLE when no frame header comes before the image data.
     """
     if payload[:2] != JPEG_SOI:
         raise FrameDecodeError(Reason.UNDECODABLE, f"not a JPEG: starts with {payload[:4].hex()}, expected ffd8")
-    pos = 2
+    pos, frame = 2, None
     while pos + 4 <= len(payload):
         if payload[pos] != 0xFF:
             raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG: expected a marker at byte {pos}")
@@ -77,15 +85,33 @@ def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
             pos += 2
             continue
         length = struct.unpack(">H", payload[pos + 2:pos + 4])[0]
-        if marker in _JPEG_SOF:
+        if marker in _JPEG_SOF and frame is None:
             if pos + 9 > len(payload):
                 break
-            height, width = struct.unpack(">HH", payload[pos + 5:pos + 9])
-            return width, height
-        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            frame = (marker, pos)
+        if marker == 0xDA:
+            return (*frame, pos) if frame is not None else _no_frame()
+        if length < 2:
             break
         pos += 2 + length
+    if frame is not None:
+        return (*frame, -1)
+    return _no_frame()
+
+
+def _no_frame():
     raise FrameDecodeError(Reason.UNDECODABLE, "JPEG: no frame header (SOF) before the image data")
+
+
+def probe_jpeg_size(payload: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header (SOF), without decoding the image.
+
+    Raises:
+        FrameDecodeError: UNDECODABLE when the header cannot be read.
+    """
+    _, at, _ = _jpeg_frame_header(payload)
+    height, width = struct.unpack(">HH", payload[at + 5:at + 9])
+    return width, height
 
 
 def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
@@ -122,10 +148,14 @@ def check_png_chunks(payload: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> None:
 
 
 def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
-    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb).
+    """Refuse a JPEG with more than `max_scans` scans (each costs a pass over the image: a CPU bomb), or
+    whose scans do not carry every component to the end.
 
     Start-of-scan markers (ff da) cannot occur inside entropy-coded data (ff is stuffed as ff 00
-    there), so counting them counts the scans.
+    there), so counting them counts the scans. A progressive JPEG cut between two scans and closed
+    with ff d9 is a valid file that libjpeg decodes without a warning (the missing refinements read
+    as zeros): each component's 64 coefficients must reach full precision (a scan with Al 0) in some
+    scan, as every libjpeg progression script does. A sequential JPEG must scan every component.
 
     Raises:
         FrameDecodeError: UNDECODABLE.
@@ -133,6 +163,28 @@ def check_jpeg_scans(payload: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
     scans = payload.count(b"\xff\xda")
     if scans > max_scans:
         raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG with {scans} scans; at most {max_scans} are accepted")
+    marker, at, pos = _jpeg_frame_header(payload)
+    count = payload[at + 9] if at + 9 < len(payload) else 0
+    components = [payload[at + 10 + 3 * i] for i in range(count) if at + 12 + 3 * i < len(payload)]
+    done: dict[int, set[int]] = {}
+    progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+    while pos >= 0 and pos + 5 <= len(payload):
+        length, ns = struct.unpack(">HB", payload[pos + 2:pos + 5])
+        ids = payload[pos + 5:pos + 5 + 2 * ns:2]
+        if pos + 5 + 2 * ns + 3 > len(payload):
+            break
+        ss, se, approximation = payload[pos + 5 + 2 * ns:pos + 8 + 2 * ns]
+        for component in ids:
+            covered = done.setdefault(component, set())
+            if not progressive:
+                covered.update(range(64))
+            elif approximation & 0x0F == 0:  # Al 0: these coefficients are at full precision after this scan
+                covered.update(range(ss, min(se, 63) + 1))
+        pos = payload.find(b"\xff\xda", pos + 2 + length)
+    missing = [c for c in components if len(done.get(c, ())) < 64]
+    if missing:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG ends before its scans cover every coefficient of "
+                                                   f"component(s) {missing} ({scans} scans; cut between scans?)")
 
 
 def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:
@@ -153,20 +205,76 @@ def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:
 
 
 def decode_jpeg(header: FrameHeader, payload: bytes) -> np.ndarray:
-    """A complete JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with OpenCV.
+    """A complete, undamaged JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with libjpeg-turbo (strict).
 
     Raises:
-        FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload.
+        FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload, including
+            any libjpeg warning (a cut or overwritten scan decodes with only a warning otherwise).
     """
-    # libjpeg fills a truncated image with grey and only warns; demand the end-of-image marker.
     if JPEG_EOI not in payload[-64:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated JPEG: no end-of-image marker (ffd9) at the end")
     check_jpeg_scans(payload)
-    return _opencv_decode(header, payload)
+    try:
+        return simplejpeg.decode_jpeg(payload, colorspace="RGB", strict=True)
+    except (ValueError, TypeError) as error:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG damaged or not decodable ({len(payload)} bytes): "
+                                                   f"{error}") from None
+
+
+#: Samples per pixel of each PNG colour type (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_rows(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> list[tuple[int, int]]:
+    """(row count, bytes per row without the filter byte) of each pass of the image data."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    rows = []
+    for x0, y0, dx, dy in passes:
+        pass_width, pass_height = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if pass_width and pass_height:
+            rows.append((pass_height, (pass_width * bits_per_pixel + 7) // 8))
+    return rows
+
+
+def check_png_data(payload: bytes, piece: int = 1 << 20) -> None:
+    """The IDAT zlib stream is whole: it ends, its Adler-32 matches, it inflates to exactly the bytes the IHDR
+    implies (rows and their filter bytes) and nothing follows it. Inflated piece by piece, never held whole.
+    Call after :func:`check_png_chunks` (lengths and CRCs checked).
+
+    Raises:
+        FrameDecodeError: UNDECODABLE, saying what is wrong.
+    """
+    if payload[12:16] != b"IHDR" or payload[8:12] != b"\x00\x00\x00\x0d":
+        raise FrameDecodeError(Reason.UNDECODABLE, "PNG: the first chunk is not a 13-byte IHDR")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", payload[16:29])
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace not in (0, 1):
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: unsupported IHDR (bit depth {depth}, colour type "
+                                                   f"{colour}, interlace {interlace})")
+    expected = sum(count * (1 + size) for count, size in
+                   _png_rows(width, height, depth * _PNG_CHANNELS[colour], interlace == 1))
+    pos, chunks = len(PNG_SIGNATURE), []
+    while pos + 8 <= len(payload):
+        length, kind = struct.unpack(">I4s", payload[pos:pos + 8])
+        if kind == b"IDAT":
+            chunks.append(payload[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    inflater, pending, total = zlib.decompressobj(), b"".join(chunks), 0
+    try:
+        while pending and not inflater.eof and total <= expected:
+            total += len(inflater.decompress(pending, piece))
+            pending = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: image data is not a valid zlib stream: {error}") from None
+    if total != expected or not inflater.eof or inflater.unused_data:
+        state = "complete" if inflater.eof else "unfinished"
+        raise FrameDecodeError(Reason.UNDECODABLE, f"PNG: image data inflates to {total} bytes in a {state} zlib "
+                                                   f"stream ({len(inflater.unused_data)} bytes after it); {width}x"
+                                                   f"{height} needs exactly {expected}")
 
 
 def decode_png(header: FrameHeader, payload: bytes) -> np.ndarray:
-    """A complete, well-formed PNG (chunks checked first) to RGB, with OpenCV.
+    """A complete, well-formed PNG (chunks and image data checked first) to RGB, with OpenCV.
 
     Raises:
         FrameDecodeError: UNDECODABLE for a truncated, malformed or corrupt payload.
@@ -174,6 +282,7 @@ def decode_png(header: FrameHeader, payload: bytes) -> np.ndarray:
     if b"IEND" not in payload[-16:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated PNG: no IEND chunk at the end")
     check_png_chunks(payload)
+    check_png_data(payload)
     return _opencv_decode(header, payload)
 
 

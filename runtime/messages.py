@@ -38,6 +38,8 @@ class Reason(str, Enum):
     BELOW_THRESHOLD = "below_threshold"
     NO_THRESHOLD = "no_threshold"
     STALE = "stale"
+    DUPLICATE = "duplicate"
+    OUT_OF_ORDER = "out_of_order"
     DROPPED = "dropped"
     CAMERA_LIMIT = "camera_limit"
     TOO_LARGE = "too_large"

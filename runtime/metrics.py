@@ -13,8 +13,9 @@ cameras by name, later ones as ``camera="_other"``: label values are never freed
 ``rejections_total{reason}`` (messages that named no camera), ``decisions_total{decision,reason}``
 (dropped and stale frames are decisions with those reasons), ``class_decisions_total{label,decision}``
 (per-class defer rate = defer / all of a label), ``defer_ratio`` (cumulative), histograms
-``latency_from_capture_seconds``, ``latency_from_receipt_seconds``, ``batch_size`` and
-``batch_seconds``, ``publish_overflow_total``, ``publish_errors_total``, ``bundle_reloads_total{result}``,
+``latency_from_capture_seconds`` (without stale, duplicate or out-of-order frames and implausible capture
+times, counted in ``latency_from_capture_excluded_total``), ``latency_from_receipt_seconds``, ``batch_size`` and
+``batch_seconds``, ``notices_suppressed_total{reason}``, ``publish_overflow_total``, ``publish_errors_total``, ``bundle_reloads_total{result}``,
 ``auth_denied_total{socket}`` (CurveZMQ handshakes refused by the allow-list).
 """
 
@@ -45,7 +46,10 @@ class Observer:
         """A decision was lost because the publish queue was full; counted."""
 
     def on_publish_error(self, detail: str) -> None:
-        """A message could not be serialized or sent; counted."""
+        """A decision could not be serialized or sent; counted."""
+
+    def on_suppressed(self, reason: Reason) -> None:
+        """A frame's outcome was not queued (the buffer's per-camera notice bound); counted."""
 
     def on_auth_denied(self, domain: str, client_key: str) -> None:
         """A CurveZMQ client was refused (its public key is not allowed on that socket)."""
@@ -86,6 +90,10 @@ class ObserverGroup(Observer):
         for observer in self.observers:
             observer.on_publish_error(detail)
 
+    def on_suppressed(self, reason):
+        for observer in self.observers:
+            observer.on_suppressed(reason)
+
     def on_auth_denied(self, domain, client_key):
         for observer in self.observers:
             observer.on_auth_denied(domain, client_key)
@@ -102,9 +110,15 @@ class ObserverGroup(Observer):
 class ServiceStats(Observer):
     """Thread-safe counters for the heartbeat; :meth:`snapshot` gives a flat dict of ints.
 
-    Accounting: every received message ends up in exactly one of ``decisions_accept``,
-    ``decisions_defer``, ``rejected``, ``notices_suppressed`` (from the buffer),
-    ``publish_overflow``, ``publish_errors``, or is still in flight.
+    Accounting, by name, in every snapshot (all terms are counted under one lock)::
+
+        received = decisions + rejected + suppressed + pending
+        decisions = decisions_accept + decisions_defer
+        suppressed = notices_suppressed + publish_overflow + publish_errors
+
+    ``pending`` is what is still in the service (buffer, scoring, publish queue). ``reason_<r>``
+    split ``decisions``, ``rejected_<r>`` split ``rejected``, ``suppressed_<r>`` split
+    ``notices_suppressed`` by the reason the lost outcome would have had.
     """
 
     def __init__(self) -> None:
@@ -134,6 +148,11 @@ class ServiceStats(Observer):
         with self._lock:
             self._counts["publish_errors"] += 1
 
+    def on_suppressed(self, reason):
+        with self._lock:
+            self._counts["notices_suppressed"] += 1
+            self._counts[f"suppressed_{reason.value}"] += 1
+
     def on_auth_denied(self, domain, client_key):
         with self._lock:
             self._counts[f"auth_denied_{domain.rsplit('-', 1)[-1]}"] += 1
@@ -152,7 +171,32 @@ class ServiceStats(Observer):
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            counts = dict(self._counts)
+        for key in ("received", "decisions_accept", "decisions_defer", "rejected", "notices_suppressed",
+                    "publish_overflow", "publish_errors"):
+            counts.setdefault(key, 0)
+        counts["decisions"] = counts["decisions_accept"] + counts["decisions_defer"]
+        counts["suppressed"] = counts["notices_suppressed"] + counts["publish_overflow"] + counts["publish_errors"]
+        counts["pending"] = counts["received"] - counts["decisions"] - counts["rejected"] - counts["suppressed"]
+        return counts
+
+
+#: Capture-to-publish latencies beyond this (or negative) say the capture time is wrong (0, seconds instead of
+#: nanoseconds, another clock), not that the service was slow: they are left out of the latency histogram.
+MAX_PLAUSIBLE_CAPTURE_LATENCY_MS = 3_600_000.0
+_UNTIMED_REASONS = frozenset({Reason.STALE, Reason.DUPLICATE, Reason.OUT_OF_ORDER})
+
+
+def capture_latency_is_plausible(message: DecisionMessage) -> bool:
+    """Whether a decision's capture-to-publish latency belongs in the latency histogram.
+
+    Stale, duplicate and out-of-order frames carry capture times that are not the camera's present
+    (a zero, seconds instead of nanoseconds, a replay), and a latency that is negative beyond the
+    clock tolerance or over an hour is a wrong clock, not a slow service.
+    """
+    latency = message.latency_from_capture_ms
+    return (latency is not None and message.reason not in _UNTIMED_REASONS
+            and -1_000.0 <= latency <= MAX_PLAUSIBLE_CAPTURE_LATENCY_MS)
 
 
 #: Camera label values kept by /metrics; frames of further cameras count under OTHER_CAMERAS. Every label value
@@ -189,12 +233,18 @@ class PrometheusObserver(Observer):
         self.class_decisions = metric(prom.Counter, "class_decisions", "scored decisions per predicted class",
                                       ("label", "decision"))
         self.defer_ratio = metric(prom.Gauge, "defer_ratio", "share of published decisions that defer (cumulative)")
+        self.suppressed = metric(prom.Counter, "notices_suppressed", "outcomes not queued (notice bound), by the "
+                                 "reason they would have had", ("reason",))
         self.overflow = metric(prom.Counter, "publish_overflow", "decisions lost to a full publish queue")
         self.publish_errors = metric(prom.Counter, "publish_errors", "messages that could not be serialized or sent")
         self.auth_denied = metric(prom.Counter, "auth_denied", "CurveZMQ clients refused by the allow-list",
                                   ("socket",))
         self.capture_latency = metric(prom.Histogram, "latency_from_capture_seconds", "capture to publish",
                                       buckets=latency_buckets)
+        self.capture_latency_excluded = metric(prom.Counter, "latency_from_capture_excluded",
+                                               "decisions left out of latency_from_capture_seconds: stale, "
+                                               "duplicate or out-of-order frames, or capture times over "
+                                               "an hour off")
         self.receipt_latency = metric(prom.Histogram, "latency_from_receipt_seconds", "receipt to publish",
                                       buckets=latency_buckets)
         self.batch_size = metric(prom.Histogram, "batch_size", "frames per scored batch",
@@ -224,7 +274,10 @@ class PrometheusObserver(Observer):
         if message.label is not None:
             self.class_decisions.labels(label=message.label, decision=message.decision.value).inc()
         if message.latency_from_capture_ms is not None:
-            self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+            if capture_latency_is_plausible(message):
+                self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+            else:
+                self.capture_latency_excluded.inc()
         if message.latency_from_receipt_ms is not None:
             self.receipt_latency.observe(max(message.latency_from_receipt_ms, 0.0) / 1e3)
         with self._lock:
@@ -237,6 +290,9 @@ class PrometheusObserver(Observer):
 
     def on_publish_error(self, detail):
         self.publish_errors.inc()
+
+    def on_suppressed(self, reason):
+        self.suppressed.labels(reason=reason.value).inc()
 
     def on_auth_denied(self, domain, client_key):
         self.auth_denied.labels(socket=domain.rsplit("-", 1)[-1]).inc()

@@ -31,7 +31,8 @@ DECISION_SCHEMA = json.loads((SCHEMA_DIR / "decision_v1.json").read_text())
 FRAME_SCHEMA_VERSION: str = FRAME_SCHEMA["version"]
 DECISION_SCHEMA_VERSION: str = DECISION_SCHEMA["version"]
 MAX_INT64 = 2**63 - 1
-_VERSION_PATTERN = re.compile(r"(\d+)\.(\d+)", re.ASCII)
+# "major.minor" as the schemas' pattern ^1\.[0-9]+$ writes it for major 1: no sign, no leading zero in the major.
+_VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]*)\.([0-9]+)", re.ASCII)
 
 
 class MessageError(ValueError):

@@ -12,6 +12,10 @@ reload) beside the publisher's own:
   have stayed unchanged for one poll, load and self-check the new bundle, then swap it in; a bad
   bundle is refused with one log line and the old one stays.
 
+Replays: each frame that passed the ingest checks goes through a
+:class:`~trustvlm.runtime.sequence.SequenceGuard` before the buffer; a repeated or older ``seq`` of a
+camera is deferred ``duplicate`` / ``out_of_order``, a restart (seq 0, newer capture time) passes.
+
 Shutdown (:meth:`TrustService.request_stop`, SIGINT/SIGTERM in the CLI): the ingest stops taking
 frames and closes the buffer; the scoring thread decides everything already received; the
 publisher sends those decisions and a final ``stopped`` heartbeat with the counters, then closes.
@@ -45,6 +49,7 @@ from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
 from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, ScorerSlot, load_scorer
 from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
+from trustvlm.runtime.sequence import SequenceGuard
 
 log = logging.getLogger("trustvlm.runtime.service")
 
@@ -64,8 +69,10 @@ class ServiceEndpoints:
 class HealthReporter:
     """Builds heartbeats from the counters, the buffer and the current bundle."""
 
-    def __init__(self, stats: ServiceStats, buffer: FrameBuffer, slot: ScorerSlot):
+    def __init__(self, stats: ServiceStats, buffer: FrameBuffer, slot: ScorerSlot,
+                 sequence: SequenceGuard | None = None):
         self.stats, self.buffer, self.slot = stats, buffer, slot
+        self.sequence = sequence or SequenceGuard()
         self.started = time.monotonic()
         self.stopping = False
         self.degraded = ""
@@ -73,8 +80,11 @@ class HealthReporter:
     def counters(self) -> dict[str, int]:
         counters = self.stats.snapshot()
         buffer = self.buffer.stats()
-        counters.update(dropped=buffer.dropped, stale=buffer.stale, camera_limit=buffer.camera_limit,
-                        notices_suppressed=buffer.notices_suppressed, pending_frames=buffer.pending_frames)
+        # Buffer events overlap the outcomes above (a superseded frame is a 'dropped' decision or a suppressed
+        # one): prefixed, so that no buffer counter reads as a term of the accounting identity.
+        counters.update(buffer_superseded=buffer.dropped, buffer_stale=buffer.stale,
+                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames)
+        counters.update(self.sequence.stats())
         return counters
 
     def __call__(self, requested: HealthStatus = HealthStatus.OK) -> HealthMessage:
@@ -138,8 +148,10 @@ class TrustService:
     def __init__(self, ingest: Ingest, buffer: FrameBuffer, slot: ScorerSlot, publisher: Publisher,
                  health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
                  reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
-                 metrics_server: MetricsServer | None = None, gate: CurveGate | None = None):
+                 metrics_server: MetricsServer | None = None, gate: CurveGate | None = None,
+                 sequence: SequenceGuard | None = None):
         self.ingest, self.buffer, self.slot, self.publisher = ingest, buffer, slot, publisher
+        self.sequence = sequence or health.sequence
         self.health, self.observer, self.scorer_config = health, observer, scorer_config
         self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
         self.metrics_server, self.gate = metrics_server, gate
@@ -213,6 +225,8 @@ class TrustService:
                     continue
                 camera = result.header.camera_id if isinstance(result, ReceivedFrame) else result.camera_id
                 self.observer.on_received(camera)
+                if isinstance(result, ReceivedFrame):
+                    result = self.sequence.check(result)  # a repeated or older seq: deferred before the buffer
                 self.buffer.put(result)
         except Exception:
             self.failed = True
@@ -305,7 +319,7 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     stats = ServiceStats()
     observers: list[Observer] = [stats]
     metrics_server = None
-    buffer = FrameBuffer(config.buffer)
+    buffer = FrameBuffer(config.buffer, on_suppressed=stats.on_suppressed)
     health = HealthReporter(stats, buffer, slot)
     if config.metrics:
         prometheus = PrometheusObserver()

@@ -1,10 +1,11 @@
 """Received bytes -> frame header + payload: schema-1 and imagezmq headers, checked against the limits.
 
 Two header dialects are read, both without unpickling anything: schema 1 (a msgpack map, see
-schemas/frame_v1.json) and imagezmq's JSON map (``{"msg", "dtype", "shape"}`` from
+schemas/frame_v1.json; the same map as JSON is refused) and imagezmq's JSON map (``{"msg", "dtype", "shape"}`` from
 ``send_image``, ``{"msg"}`` from ``send_jpg``). For imagezmq the camera id is the text of ``msg`` up
-to the first ``|`` (characters outside ``[A-Za-z0-9_.:-]`` become ``_``), ``seq`` counts that
-camera's frames on arrival, and the capture time is the receipt time.
+to the first ``|``, as sent, and must be a valid camera id (else a counted rejection: names are
+never rewritten, so two senders cannot become one camera); ``seq`` counts that camera's frames on
+arrival, and the capture time is the receipt time.
 
 Limits are explicit (:class:`~trustvlm.runtime.ingest.FrameLimits`): header and payload bytes,
 and image width/height, read from the JPEG/PNG header (or the raw shape) before anything is
@@ -19,10 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import OrderedDict
 
-from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, check_camera_id
+from trustvlm.runtime.frames import CAMERA_ID_PATTERN, Encoding, FrameHeader, Notice, ReceivedFrame, check_camera_id
 from trustvlm.runtime.image_codec import PNG_SIGNATURE, FrameDecodeError, probe_image_size
 from trustvlm.runtime.ingest import FrameLimits, IngestResult, Rejection
 from trustvlm.runtime.messages import Reason
@@ -36,19 +36,33 @@ _IMAGEZMQ_MAX_MSG = 1024
 
 
 class ImagezmqNamer:
-    """Camera ids and per-camera sequence numbers for imagezmq senders (bounded LRU)."""
+    """Camera ids and per-camera sequence numbers for imagezmq senders (bounded LRU).
+
+    The camera id is the text of ``msg`` up to the first ``|``, exactly as sent: it must be a valid
+    camera id (schemas/frame_v1.json), or the message is refused (a counted ``bad_header``
+    rejection, one warning per refused name). Names are never rewritten, so two senders are never
+    merged into one camera.
+    """
+
+    #: Refused names that get their own warning; later ones are only counted.
+    MAX_LOGGED_NAMES = 256
 
     def __init__(self, max_cameras: int = 1024):
         self.max_cameras = max_cameras
         self._seq: OrderedDict[str, int] = OrderedDict()
+        self._logged: set[str] = set()
 
-    @staticmethod
-    def camera_id(msg) -> str:
-        name = str(msg).split("|", 1)[0].strip()
-        name = re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:64]
-        if not name or not name[0].isalnum():
-            name = ("cam" + name)[:64]
-        return name
+    def camera_id(self, msg: str) -> str:
+        """The camera id of an imagezmq ``msg``; MessageError when it is not a valid camera id."""
+        name = msg.split("|", 1)[0]
+        try:
+            return check_camera_id(name, "imagezmq header (msg up to the first '|')")
+        except MessageError:
+            if name not in self._logged and len(self._logged) < self.MAX_LOGGED_NAMES:
+                self._logged.add(name)
+                log.warning("imagezmq sender name %r is not a valid camera id (%s); its frames are refused and "
+                            "counted as rejected_bad_header", name[:80], CAMERA_ID_PATTERN.pattern)
+            raise
 
     def next_seq(self, camera_id: str) -> int:
         seq = self._seq.pop(camera_id, -1) + 1
@@ -65,7 +79,10 @@ def _imagezmq_header(data: dict, payload: bytes, receipt_ts_ns: int, namer: Imag
     if not isinstance(data["msg"], str) or len(data["msg"]) > _IMAGEZMQ_MAX_MSG:
         raise MessageError(f"imagezmq header: msg should be text of at most {_IMAGEZMQ_MAX_MSG} characters, but got "
                            f"{type(data['msg']).__name__} {str(data['msg'])[:40]!r}")
-    camera_id = check_camera_id(namer.camera_id(data["msg"]), "imagezmq header")
+    try:
+        camera_id = namer.camera_id(data["msg"])
+    except MessageError as error:
+        raise _Unnamed(str(error)) from None
     seq = namer.next_seq(camera_id)
     if "shape" in data or "dtype" in data:
         raw = {"schema_version": "1.0", "camera_id": camera_id, "seq": seq, "capture_ts_ns": receipt_ts_ns,
@@ -73,6 +90,10 @@ def _imagezmq_header(data: dict, payload: bytes, receipt_ts_ns: int, namer: Imag
         return FrameHeader.from_dict(raw)
     encoding = Encoding.PNG if payload[:8] == PNG_SIGNATURE else Encoding.JPEG
     return FrameHeader(camera_id, seq, receipt_ts_ns, encoding)
+
+
+class _Unnamed(MessageError):
+    """An imagezmq header whose name is not a camera id: nothing to salvage, a counted rejection."""
 
 
 def _valid_int(value) -> bool:
@@ -137,11 +158,14 @@ def _parse_message(parts: list[bytes], receipt_ts_ns: int, limits: FrameLimits,
     if not isinstance(data, dict):
         return Rejection(Reason.BAD_HEADER, f"header should be a map, but got {type(data).__name__}", receipt_ts_ns)
     try:
+        if "schema_version" in data and raw_header[:1] == b"{":
+            raise MessageError("frame header: schema 1 headers are msgpack maps (schemas/frame_v1.json); a JSON "
+                               "header is read only as imagezmq's {msg, shape, dtype}")
         if "schema_version" in data:
             header = FrameHeader.from_dict(data)
         else:
             header = _imagezmq_header(data, payload, receipt_ts_ns, namer)
-    except SchemaVersionError as error:
+    except (SchemaVersionError, _Unnamed) as error:
         return Rejection(Reason.BAD_HEADER, str(error), receipt_ts_ns)
     except MessageError as error:
         return _salvage_notice(data, receipt_ts_ns, str(error))

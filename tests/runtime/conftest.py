@@ -336,8 +336,18 @@ def decide_until_scored(subscriber: "Subscriber", send, camera: str, first_seq: 
 
 def outcome_total(counters: dict) -> int:
     """Messages that got an outcome according to heartbeat counters: a decision, a counted rejection or loss."""
-    return sum(counters.get(key, 0) for key in ("decisions_accept", "decisions_defer", "rejected",
-                                                 "notices_suppressed", "publish_overflow", "publish_errors"))
+    return sum(counters.get(key, 0) for key in ("decisions", "rejected", "suppressed"))
+
+
+def assert_accounting_by_name(counters: dict) -> None:
+    """The identity RELIABILITY.md states, term by term, from the heartbeat's counter names alone."""
+    assert counters["received"] == (counters["decisions"] + counters["rejected"] + counters["suppressed"]
+                                    + counters["pending"]), counters
+    assert counters["decisions"] == counters["decisions_accept"] + counters["decisions_defer"], counters
+    assert counters["suppressed"] == (counters["notices_suppressed"] + counters["publish_overflow"]
+                                      + counters["publish_errors"]), counters
+    for total, prefix in (("decisions", "reason_"), ("rejected", "rejected_"), ("notices_suppressed", "suppressed_")):
+        assert counters[total] == sum(v for k, v in counters.items() if k.startswith(prefix)), (total, counters)
 
 
 @pytest.fixture

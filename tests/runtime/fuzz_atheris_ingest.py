@@ -5,14 +5,18 @@ Run (atheris is optional: ``pip install atheris``; it ships wheels for CPython 3
     .venv/bin/python tests/runtime/fuzz_atheris_ingest.py -atheris_runs=200000
     .venv/bin/python tests/runtime/fuzz_atheris_ingest.py -max_total_time=120 /tmp/ingest-corpus
 
-Each input becomes one multipart message in one of four ways (chosen by its first byte): raw parts;
+Each input becomes one multipart message in one of five ways (chosen by its first byte): raw parts;
 a schema-1 header built field by field from the input; a message of the hostile registry
 (tests/runtime/hostile.py) with bytes of the input written over it; a valid header with a payload
-spliced from a real image and the input. The message goes through ``parse_message``, then for a
+spliced from a real image and the input; a damaged image (tests/runtime/damaged.py, the families
+that are refused whatever the image) whose family, image and copy the input picks. The message goes through ``parse_message``, then for a
 frame ``decode_image`` and ``resize_and_crop``, and a defer message is serialized in both wire
 formats. Invariants (any breach raises, and libFuzzer stops with the input saved):
 
 * nothing raises except ``FrameDecodeError`` from the decoder;
+* a damaged image (fifth way) is never decoded: the strict decoder is in the loop, and the outcome
+  ``opencv_would_decode`` counts those of them, and of the spliced payloads the strict decoder refused,
+  that OpenCV's ``imdecode`` would have decoded;
 * a frame's header passes the reference reading of the schema (``hostile.reference_problem``) and
   its announced size is within the limits; a decoded image is uint8 H x W x 3 within the limits.
 
@@ -40,7 +44,7 @@ import hostile  # noqa: E402 - a sibling helper module, found through sys.path
 
 with atheris.instrument_imports():
     from trustvlm.runtime.frames import Notice, ReceivedFrame
-    from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+    from trustvlm.runtime.image_codec import FrameDecodeError, check_png_chunks, decode_image
     from trustvlm.runtime.ingest import FrameLimits, Rejection
     from trustvlm.runtime.messages import Decision, DecisionMessage, WireFormat, encode_body
     from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
@@ -54,6 +58,25 @@ SEEDS = {"jpeg": hostile.good_jpeg(random.Random(0)), "png": hostile.good_png(ra
 STATS: Counter = Counter()
 REPORT_EVERY = 100_000  # libFuzzer ends the process without running atexit handlers: report on the way
 NAMER = ImagezmqNamer(max_cameras=64)
+DAMAGE = sorted(hostile.DAMAGE_FAMILIES)
+_ORIGINALS: dict[int, dict] = {}
+DAMAGED: list[str | None] = [None]  # the damage family of the current input, if it is a damaged image
+
+
+def _damaged(fdp: atheris.FuzzedDataProvider) -> list[bytes]:
+    """A copy of one of 32 small camera-like images, damaged in a family that must always be refused."""
+    key = fdp.ConsumeIntInRange(0, 31)
+    if key not in _ORIGINALS:
+        rng = random.Random(key)
+        _ORIGINALS[key] = hostile.damaged.originals(hostile.smooth_image(rng, rng.randrange(16, 129)))
+    family = DAMAGE[fdp.ConsumeIntInRange(0, len(DAMAGE) - 1)]
+    names = [n for n, (encoding, _) in _ORIGINALS[key].items() if family.startswith(encoding)]
+    encoding, payload = _ORIGINALS[key][names[fdp.ConsumeIntInRange(0, len(names) - 1)]]
+    copies = [c for c in hostile.DAMAGE_FAMILIES[family](payload, random.Random(fdp.ConsumeInt(4))) if c != payload]
+    if not copies:
+        return [hostile.pack(hostile.header(encoding=encoding)), payload[:2]]
+    DAMAGED[0] = family
+    return [hostile.pack(hostile.header(encoding=encoding)), copies[fdp.ConsumeIntInRange(0, len(copies) - 1)]]
 
 
 def _header_from(fdp: atheris.FuzzedDataProvider) -> dict:
@@ -78,7 +101,9 @@ def _header_from(fdp: atheris.FuzzedDataProvider) -> dict:
 
 def _message(data: bytes) -> list[bytes]:
     fdp = atheris.FuzzedDataProvider(data)
-    mode = fdp.ConsumeIntInRange(0, 3)
+    mode = fdp.ConsumeIntInRange(0, 4)
+    if mode == 4:
+        return _damaged(fdp)
     if mode == 0:
         return [fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 700)) for _ in range(fdp.ConsumeIntInRange(0, 3))]
     if mode == 1:
@@ -109,7 +134,10 @@ def test_one_input(data: bytes) -> None:
     STATS["inputs"] += 1
     if STATS["inputs"] % REPORT_EVERY == 0:
         _report()
+    DAMAGED[0] = None
     parts = _message(data)
+    if DAMAGED[0]:
+        STATS["damaged_images"] += 1
     result = parse_message(parts, 1_700_000_000_000_000_000, LIMITS, NAMER)
     if isinstance(result, Rejection):
         STATS["rejected"] += 1
@@ -131,12 +159,28 @@ def test_one_input(data: bytes) -> None:
         rgb = decode_image(result)
     except FrameDecodeError as error:
         STATS[f"defer:{error.reason.value}"] += 1
+        if _opencv_would_decode(result):
+            STATS["opencv_would_decode"] += 1
         return
+    assert DAMAGED[0] is None, f"a damaged image ({DAMAGED[0]}) was decoded: {result.payload[:64]!r}"
     height, width = rgb.shape[:2]
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
     assert width <= LIMITS.max_width and height <= LIMITS.max_height, rgb.shape
     assert resize_and_crop(rgb, PREPROCESS).shape == (32, 32, 3)
     STATS["frames_decoded"] += 1
+
+
+def _opencv_would_decode(frame: ReceivedFrame) -> bool:
+    """Whether OpenCV alone takes a payload the strict decoder refused (PNGs only after the chunk check:
+    OpenCV allocates what a forged chunk length says)."""
+    if frame.header.encoding.value == "raw":
+        return False
+    if frame.header.encoding.value == "png":
+        try:
+            check_png_chunks(frame.payload)
+        except FrameDecodeError:
+            return False
+    return cv2.imdecode(np.frombuffer(frame.payload, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
 def _report() -> None:

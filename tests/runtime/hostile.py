@@ -28,6 +28,11 @@ import numpy as np
 
 from trustvlm.runtime.schema import FRAME_SCHEMA
 
+try:
+    from . import damaged
+except ImportError:  # loaded as a top-level module (the atheris harness puts this folder on sys.path)
+    import damaged
+
 CAMERA = "evil"
 LIMITS = dict(max_message_bytes=200_000, max_header_bytes=4096, max_width=640, max_height=640)
 
@@ -333,6 +338,50 @@ def corrupt_jpeg_body(rng):
     return [pack(header()), jpeg[:start + 4] + bytes(rng.randrange(50, 3000)) + b"\xff\xd9"]
 
 
+def smooth_image(rng: random.Random, size: int) -> np.ndarray:
+    """A camera-like image (smooth, so JPEG scans are short and every damage family has room)."""
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(40, 256, (size, size, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (7, 7), 0)
+
+
+#: Damage families of tests/runtime/damaged.py that are refused whatever the image (in-place overwrites of
+#: entropy-coded bytes can leave a valid bitstream in a small image: measured there, not drawn here).
+DAMAGE_FAMILIES = {name: fn for name, fn in {**damaged.JPEG_FAMILIES, **damaged.PNG_FAMILIES}.items()
+                   if name != "jpeg_scan_overwritten"}
+
+
+def damaged_image(rng):
+    """A real-looking JPEG or PNG damaged in one of the families of damaged.py; OpenCV decodes many of them."""
+    originals = damaged.originals(smooth_image(rng, rng.randrange(24, 97)))
+    while True:
+        family = rng.choice(sorted(DAMAGE_FAMILIES))
+        name = rng.choice([n for n, (encoding, _) in originals.items() if family.startswith(encoding)])
+        encoding, payload = originals[name]
+        copies = [c for c in DAMAGE_FAMILIES[family](payload, rng) if c != payload]
+        if copies:
+            return [pack(header(encoding=encoding)), rng.choice(copies)]
+
+
+def json_schema1_header(rng):
+    """A valid schema-1 map, sent as JSON: schema 1 is msgpack."""
+    data = header(seq=rng.randrange(1 << 20), encoding=rng.choice(["jpeg", "png"]))
+    return [json.dumps(data).encode(), good_jpeg(rng) if data["encoding"] == "jpeg" else good_png(rng)]
+
+
+def version_outside_pattern(rng):
+    return _mutate_value(rng, "schema_version", ["01.0", "01.1", "+1.0", "1.0.0", "1.", ".1", "1.0 ", "0x1.0"])
+
+
+def imagezmq_bad_name(rng):
+    """imagezmq names that are not camera ids (they used to be rewritten, merging senders)."""
+    name = rng.choice(["", "_health", "cam/../x", "a\x00b", "kam\U0001f4f7", " cam", "cam ", "x" * 65, "-cam",
+                       ".", "trust/cam"])
+    if rng.random() < 0.5:
+        return [json.dumps({"msg": f"{name}|x"}).encode(), good_jpeg(rng)]
+    image = _image(rng, 8)
+    return [json.dumps({"msg": name, "dtype": "uint8", "shape": list(image.shape)}).encode(), image.tobytes()]
+
+
 def oversized_payload(rng):
     return [pack(header()), b"\xff\xd8" + bytes(LIMITS["max_message_bytes"] + rng.randrange(1, 100_000))]
 
@@ -357,7 +406,8 @@ MAKERS: dict[str, Callable[[random.Random], list[bytes]]] = {
         nested_values, msgpack_limits, json_deep, json_huge_ints, json_specials, imagezmq_bad, truncated_jpeg,
         truncated_png, image_bomb, png_chunk_bomb, jpeg_scan_bomb, not_an_image, encoding_mismatch,
         corrupt_jpeg_body, oversized_payload,
-        oversized_header, raw_over_dimension_limit)
+        oversized_header, raw_over_dimension_limit, damaged_image, json_schema1_header, version_outside_pattern,
+        imagezmq_bad_name)
 }
 
 
@@ -437,8 +487,8 @@ def _int64(value) -> bool:
 def reference_problem(header: dict) -> str | None:
     """Why `header` breaks schema 1 as schemas/frame_v1.json and its description state it, or None."""
     version = header.get("schema_version")
-    if not (isinstance(version, str) and re.fullmatch(r"[0-9]+\.[0-9]+", version)):
-        return "schema_version"
+    if not (isinstance(version, str) and re.fullmatch(r"(0|[1-9][0-9]*)\.[0-9]+", version)):
+        return "schema_version"  # the schema's pattern is ^1\.[0-9]+$: no leading zero, no sign
     major, minor = (int(part) for part in version.split("."))
     if major != 1:
         return "major version"

@@ -8,7 +8,10 @@ import pytest
 
 from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
-from trustvlm.runtime.messages import Reason
+from trustvlm.runtime.messages import Decision, DecisionMessage, Reason
+from trustvlm.runtime.metrics import ServiceStats
+
+from .conftest import assert_accounting_by_name
 
 pytestmark = pytest.mark.timeout(30)
 NOW_NS = 1_000_000_000_000
@@ -123,3 +126,31 @@ def test_close_drains_then_ends():
     buffer.close()
     assert describe(buffer.take(8, max_wait_s=5.0)) == [("a", 0, "frame")], "closing does not wait max_wait"
     assert buffer.take(8) is None
+
+
+def test_heartbeat_counters_add_up_by_name_when_outcomes_are_suppressed():
+    # Given the service's counters fed by a buffer whose notice bound is 2, one camera slot, and a flood
+    stats = ServiceStats()
+    buffer = FrameBuffer(BufferConfig(max_cameras=1, max_notices_per_camera=2), clock_ns=lambda: NOW_NS,
+                         on_suppressed=stats.on_suppressed)
+    items = [frame("a", seq) for seq in range(6)] + [notice("a", 6), frame("b", 0), notice("b", 1)]
+    for item in items:
+        stats.on_received("a")
+        buffer.put(item)
+    stats.on_received(None)
+    stats.on_rejected(Reason.BAD_HEADER, "x")
+    # When what was taken is published
+    counters = stats.snapshot()
+    assert counters["pending"] == len(items) - counters["suppressed"]  # nothing decided yet
+    for item in buffer.take(8):
+        reason = Reason.MEETS_THRESHOLD if isinstance(item, ReceivedFrame) else item.reason
+        stats.on_published(DecisionMessage("a", 0, 1, 1, Decision.ACCEPT if reason is Reason.MEETS_THRESHOLD
+                                           else Decision.DEFER, reason, 0.5, "trustvlm", "m", "b"))
+    # Then received = decisions + rejected + suppressed + pending, and the buffer's events are not in it
+    counters = stats.snapshot()
+    assert_accounting_by_name(counters)
+    assert counters["pending"] == 0 and counters["received"] == len(items) + 1
+    assert (counters["suppressed_dropped"], counters["suppressed_undecodable"]) == (3, 1), counters
+    # The buffer's event counts overlap the outcomes: 5 frames superseded, 2 'dropped' decisions, 3 suppressed
+    assert buffer.stats().dropped == 5 and counters["reason_dropped"] == 2
+    assert buffer.stats().camera_limit == 2 and counters["reason_camera_limit"] == 1

@@ -52,10 +52,10 @@ def stats(request):
     """Counts per test; printed (inputs, crashes, accepts on bad input, outcomes) when the module ends."""
     counts: dict[str, Counter] = {}
     yield counts
-    lines, total = [], Counter()
+    lines, total, totals = [], Counter(), ("inputs", "crashes", "bad_accepts")
     for name, counter in counts.items():
-        total.update({k: v for k, v in counter.items() if k in ("inputs", "crashes", "bad_accepts")})
-        outcomes = {k: v for k, v in sorted(counter.items()) if k not in ("inputs", "crashes", "bad_accepts")}
+        total.update({k: v for k, v in counter.items() if k in totals})
+        outcomes = {k: v for k, v in sorted(counter.items()) if k not in totals}
         lines.append(f"fuzz {name}: {counter['inputs']} inputs, {counter['crashes']} crashes, "
                      f"{counter['bad_accepts']} accepts on bad input; outcomes {outcomes}")
     lines.append(f"fuzz total: {total['inputs']} inputs, {total['crashes']} crashes, "
@@ -110,6 +110,32 @@ def test_hostile_messages_are_rejected_or_deferred_never_accepted(stats, scorer,
         raise
     record(counter, label, bad=True)
     assert label != "accept", f"{kind} (seed {seed}) was accepted: {result}"
+
+
+@settings(FUZZ, max_examples=300 * SCALE)
+@given(family=st.sampled_from(sorted(hostile.DAMAGE_FAMILIES)), seed=st.integers(0, 2**32 - 1),
+       size=st.integers(8, 160), pick=st.integers(0, 63))
+def test_damaged_images_are_never_scored_even_when_opencv_decodes_them(stats, scorer, family, seed, size, pick):
+    """Damaged-but-decodable images: the strict decoder is in the loop, OpenCV only tells how many it would take."""
+    counter = stats.setdefault("damaged images", Counter())
+    rng = random.Random(seed)
+    originals = hostile.damaged.originals(hostile.smooth_image(rng, size))
+    name = sorted(n for n, (encoding, _) in originals.items() if family.startswith(encoding))[pick % (
+        2 if family.startswith("png") else 5)]
+    encoding, original = originals[name]
+    copies = [c for c in hostile.DAMAGE_FAMILIES[family](original, rng) if c != original]
+    if not copies:
+        return
+    payload = copies[pick % len(copies)]
+    counter["opencv_would_decode"] += cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
+    try:
+        label, result = outcome([hostile.pack(hostile.header(encoding=encoding)), payload], scorer)
+    except Exception:
+        counter["crashes"] += 1
+        raise
+    record(counter, label, bad=True)
+    counter[label] += 1
+    assert label in ("defer:undecodable", "defer:too_large"), f"{family} of {name} ({size} px, seed {seed}): {label}"
 
 
 @settings(FUZZ, max_examples=60 * SCALE)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import msgpack
 import pytest
 import zmq
 
-from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.frames import Encoding, FrameHeader, pack_frame_header, send_frame
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
 
 from . import hostile
-from .conftest import decide_until_scored, fault_image, outcome_total
+from .conftest import assert_accounting_by_name, decide_until_scored, fault_image, outcome_total
 
 pytestmark = pytest.mark.timeout(120)
 HOSTILE_COUNT = 400
@@ -26,6 +27,32 @@ def send_good(sender, seq: int) -> None:
     send_frame(sender, FrameHeader("good", seq, time.time_ns(), Encoding.RAW, image.shape, "uint8"), image.tobytes())
 
 
+def good_parts(seq: int) -> list[bytes]:
+    image = fault_image()
+    return [pack_frame_header(FrameHeader("good", seq, time.time_ns(), Encoding.RAW, image.shape, "uint8")),
+            image.tobytes()]
+
+
+def sequenced(messages: list[hostile.Hostile]) -> list[hostile.Hostile]:
+    """The registry's plain schema-1 headers of camera 'evil' (seq 0) get seq = position + 1.
+
+    Without it, every such frame after the first would be deferred ``duplicate`` before the decoder
+    saw it, and the test would no longer show what the decoder does with a damaged image.
+    """
+    result = []
+    for position, message in enumerate(messages):
+        parts = message.parts
+        try:
+            data = msgpack.unpackb(parts[0], raw=False)
+        except Exception:  # noqa: BLE001 - hostile bytes: anything that is not a plain map stays as it is
+            data = None
+        if (isinstance(data, dict) and data.get("camera_id") == hostile.CAMERA and data.get("seq") == 0
+                and hostile.pack(data) == parts[0]):
+            parts = [hostile.pack({**data, "seq": position + 1}), *parts[1:]]
+        result.append(hostile.Hostile(message.kind, parts))
+    return result
+
+
 def test_hostile_messages_never_kill_the_service_nor_get_accepted(serve, subscribe, push, fault_export,
                                                                   make_fault_bundle, tmp_path):
     # Given the service on a bundle that accepts every frame it can score (threshold -10)
@@ -34,29 +61,39 @@ def test_hostile_messages_never_kill_the_service_nor_get_accepted(serve, subscri
     subscriber = subscribe(service.publish)
     sender = push(service.ingest)
     # When a bounded stream of hostile messages arrives, every kind in the registry many times
-    messages = [m for m in hostile.hostile_messages(HOSTILE_COUNT, seed=1) if m.parts]  # ZeroMQ sends no 0-part message
+    messages = sequenced([m for m in hostile.hostile_messages(HOSTILE_COUNT, seed=1) if m.parts])  # none of 0 parts
     for message in messages:
         sender.send_multipart(message.parts)
-    # And then one good frame
-    send_good(sender, 0)
-    assert subscriber.wait_for(lambda s: any(d.camera_id == "good" for d in s.decisions), 30), \
-        f"no decision for the good frame; stderr:\n{service.stderr()[-3000:]}"
+    # And then one good frame, replayed twice, a newer one and an older one
+    replayed = good_parts(0)
+    for count, parts in enumerate((replayed, replayed, replayed, good_parts(5), good_parts(3)), start=1):
+        sender.send_multipart(parts)
+        # each waits for the previous decision, so a newer frame cannot supersede it however slow the machine is
+        assert subscriber.wait_for(lambda s: sum(d.camera_id == "good" for d in s.decisions) == count, 30), \
+            f"no decision for good frame {count}; stderr:\n{service.stderr()[-3000:]}"
     # Then the service is alive and accounted for every message: a decision or a counted rejection
     assert service.process.poll() is None, service.stderr()[-3000:]
-    sent = len(messages) + 1
+    sent = len(messages) + 5
     assert subscriber.wait_for(lambda s: outcome_total(s.health[-1].counters) == sent, 10), \
         f"sent {sent}, counters {subscriber.health[-1].counters}"
     counters = subscriber.health[-1].counters
     assert counters["received"] == sent and subscriber.health[-1].status is HealthStatus.OK, counters
+    # received = decisions + rejected + suppressed + pending, each a sum of its named parts; nothing pending now
+    assert_accounting_by_name(counters)
+    assert counters["pending"] == 0, counters
     # And nothing but the good frame was accepted
     good = [d for d in subscriber.decisions if d.camera_id == "good"]
-    assert [(d.seq, d.decision) for d in good] == [(0, Decision.ACCEPT)]
+    assert [(d.seq, d.reason) for d in good] == [(0, Reason.MEETS_THRESHOLD), (0, Reason.DUPLICATE),
+                                                 (0, Reason.DUPLICATE), (5, Reason.MEETS_THRESHOLD),
+                                                 (3, Reason.OUT_OF_ORDER)]
     accepted = [(d.camera_id, d.seq, d.detail) for d in subscriber.decisions
                 if d.camera_id != "good" and d.decision is Decision.ACCEPT]
     assert accepted == [], accepted
     assert len(subscriber.decisions) == counters["decisions_accept"] + counters["decisions_defer"]
-    reasons = Counter(d.reason.value for d in subscriber.decisions)
-    print(f"\n{len(messages)} hostile messages: {counters['rejected']} rejected, {reasons}")
+    reasons = Counter(d.reason.value for d in subscriber.decisions if d.camera_id != "good")
+    print(f"\n{len(messages)} hostile messages of {len(hostile.MAKERS)} kinds: {counters['rejected']} rejected "
+          f"{ {k[9:]: v for k, v in counters.items() if k.startswith('rejected_')} }, defer {dict(reasons)}, "
+          f"accepted 0")
     assert service.stop() == 0, service.stderr()[-3000:]
 
 
@@ -123,4 +160,32 @@ def test_a_rep_ingest_answers_hostile_requests_and_stays_up(serve, subscribe, fa
     assert subscriber.wait_for(lambda s: outcome_total(s.health[-1].counters) == len(messages), 10), \
         subscriber.health[-1].counters
     assert not [d for d in subscriber.decisions if d.decision is Decision.ACCEPT]
+    assert service.stop() == 0
+
+
+def test_damaged_real_frames_are_deferred_by_the_running_service(serve, subscribe, push, fault_export,
+                                                                 make_fault_bundle, tmp_path, vtest_frames):
+    # Given the accept-everything bundle and the damaged-image corpus of one 768 x 576 video frame
+    from . import damaged  # noqa: PLC0415
+
+    service = serve("--artifacts", str(fault_export), "--bundle", str(make_fault_bundle(tmp_path / "bundle")))
+    subscriber = subscribe(service.publish)
+    sender = push(service.ingest)
+    corpus = [(family, encoding, payload) for family, _, encoding, payload in damaged.damaged_images(vtest_frames[0])]
+    corpus += [("original", encoding, payload) for encoding, payload in damaged.originals(vtest_frames[0]).values()]
+    # When each is sent, waiting for its decision (so none is superseded), with increasing seq
+    for seq, (family, encoding, payload) in enumerate(corpus):
+        sender.send_multipart([pack_frame_header(FrameHeader("cam", seq, time.time_ns(), Encoding(encoding))),
+                               payload])
+        assert subscriber.wait_for(lambda s: len(s.decisions) == seq + 1, 30), (family, service.stderr()[-2000:])
+    # Then every damaged image is deferred before scoring, and every original is accepted
+    outcomes: dict[str, Counter] = {}
+    for (family, _, _), decision in zip(corpus, subscriber.decisions):
+        outcomes.setdefault(family, Counter())[decision.reason.value] += 1
+    originals = outcomes.pop("original")
+    assert originals == {"meets_threshold": len(damaged.originals(vtest_frames[0]))}, originals
+    for family, counter in outcomes.items():
+        assert set(counter) <= {"undecodable", "too_large"}, (family, counter)
+    print(f"\n{sum(map(sum, map(Counter.values, outcomes.values())))} damaged frames through the service: "
+          f"{ {family: dict(counter) for family, counter in sorted(outcomes.items())} }; originals {dict(originals)}")
     assert service.stop() == 0

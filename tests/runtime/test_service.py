@@ -84,7 +84,7 @@ def test_n_frames_from_several_cameras_give_n_decisions_in_camera_order(serve_de
     assert subscriber.wait_for(lambda s: s.health and s.health[-1].status is HealthStatus.STOPPED, 10)
     final = subscriber.health[-1].counters
     assert final["received"] == 60 and final["decisions_accept"] + final["decisions_defer"] == 60, final
-    assert final["dropped"] == sum(d.reason is Reason.DROPPED for d in decisions)
+    assert final["reason_dropped"] == sum(d.reason is Reason.DROPPED for d in decisions)
 
 
 def test_imagezmq_req_rep_senders_get_ok_and_decisions(serve_demo, subscribe, vtest_frames):
