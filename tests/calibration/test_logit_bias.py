@@ -12,7 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trustvlm.calibration.scores import compute_scores, l2_normalize, logsumexp, softmax
+from trustvlm.calibration.numerics import l2_normalize, logsumexp, softmax
+from trustvlm.calibration.scores import compute_scores
 from trustvlm.calibration.trust_head import build_trust_head
 
 #: (logit scale, logit bias): open_clip's SigLIP initialization (1 / 0.07, -10), and values of the

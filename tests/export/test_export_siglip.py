@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import require_fashion_mnist
 from tests.models.hf_tokenizer import make_tokenizer_folder
-from trustvlm.runtime.artifacts import read_manifest, sha256_file
+from trustvlm.contract.files import sha256_file
+from trustvlm.contract.manifest import read_manifest
 
 MODEL = "siglip_vitb16"
 

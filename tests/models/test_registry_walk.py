@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import require_fashion_mnist
 from trustvlm.models.registry import REGISTRY_PATH
-from trustvlm.runtime.artifacts import read_manifest
+from trustvlm.contract.manifest import read_manifest
 
 ENTRIES = sorted(json.loads(REGISTRY_PATH.read_text())["models"])
 FAST = {"demo_fmnist"}
