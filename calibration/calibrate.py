@@ -35,6 +35,7 @@ from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import select_threshold
+from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
 from trustvlm.contract.files import json_safe
 from trustvlm.contract.manifest import encoder_path, read_manifest
@@ -234,6 +235,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         raise ValueError(f"score should be {' or '.join(map(repr, SCORES))}, but got {score!r}")
     template_list = get_templates(templates)
     encoders = open_encoders(artifacts_dir, precision, threads)
+    get_tokenizer(encoders.manifest, encoders.artifacts_dir)  # no tokenizer (SigLIP offline): fail now, in one line
     aux = open_prototype_encoder(prototype_encoder, precision, threads)
     pool = load_pool(data, image_root)
     check_labels(pool.labels, pool.class_names)

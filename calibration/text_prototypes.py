@@ -30,6 +30,6 @@ def build_text_prototypes(artifacts_dir: str | os.PathLike, class_names, templat
     engine = OnnxEncoder(encoder_path(Path(artifacts_dir), manifest, "text", precision), providers,
                          precision=precision)
     prompts = [p for per_class in build_prompts(class_names, templates) for p in per_class]
-    embeddings = engine.encode_in_batches(get_tokenizer(manifest)(prompts), batch_size).astype(np.float64)
+    embeddings = engine.encode_in_batches(get_tokenizer(manifest, artifacts_dir)(prompts), batch_size).astype(np.float64)
     per_prompt = normalize_rows(embeddings).reshape(len(class_names), len(templates), -1)
     return normalize_rows(per_prompt.mean(axis=1))

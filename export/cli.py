@@ -30,6 +30,11 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--weights", default=None,
                         help="'random' for random-init weights (speed work), or a checkpoint path; "
                              "default: embedded checkpoint or open_clip's pretrained tag")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                        help="local folder of the model's Hugging Face tokenizer (SigLIP: the files of "
+                             "timm/ViT-B-16-SigLIP without its weights), for offline machines; copied into the "
+                             "export so that `trustvlm calibrate` finds it. Without it: the local Hugging Face "
+                             "cache, else the text parity gate runs on token ids within the vocabulary")
     parser.add_argument("--output", type=Path, default=Path("artifacts"), help="artifacts root folder")
     parser.add_argument("--parity-images", type=int, default=200, help="real images used by the parity gates")
     parser.set_defaults(handler=run_export)
@@ -41,11 +46,13 @@ def run_export(args: argparse.Namespace) -> int:
     from trustvlm.export.pipeline import ExportError, ExportRequest, export_model  # noqa: PLC0415
     from trustvlm.export.tensorrt_engine import TensorRTUnavailableError  # noqa: PLC0415
     from trustvlm.models.registry import UnknownModelError  # noqa: PLC0415
+    from trustvlm.models.tokenizers import TokenizerUnavailableError  # noqa: PLC0415
 
     try:
         result = export_model(ExportRequest(args.model, args.precision, args.format, args.weights,
-                                            args.output, args.parity_images))
-    except (ExportError, WeightsUnavailableError, TensorRTUnavailableError, UnknownModelError) as error:
+                                            args.output, args.parity_images, tokenizer_dir=args.tokenizer))
+    except (ExportError, WeightsUnavailableError, TensorRTUnavailableError, UnknownModelError,
+            TokenizerUnavailableError) as error:
         raise CliError(str(error)) from error
     manifest = result.manifest
     stamp = " [random-init weights: speed work only]" if manifest["weights"]["random_init"] else ""

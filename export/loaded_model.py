@@ -27,7 +27,8 @@ class LoadedModel:
     """A torch model ready for export, with what identifies its weights.
 
     Image encoders (no text tower) have no tokenizer, logit scale or context length (None); their
-    ``model`` has an ``encode_image`` like the CLIP models.
+    ``model`` has an ``encode_image`` like the CLIP models. Models whose tokenizer is a Hugging Face
+    one (SigLIP) get theirs from :mod:`trustvlm.export.text_tokens` (None here).
     """
 
     model: nn.Module
@@ -36,6 +37,7 @@ class LoadedModel:
     weights_source: str      # human-readable origin
     logit_scale: float | None
     context_length: int | None
+    logit_bias: float | None = None  # SigLIP: logits = scale * cos + bias (cancels in the softmax over classes)
 
     @property
     def is_random_init(self) -> bool:

@@ -1,6 +1,20 @@
 """The export manifest: what a set of artifacts is, how it was made, and the sha256 of each file.
 
 The runtime and the prototype bundles read this file, never the torch model. Schema versioned.
+
+``logit_scale`` and ``logit_bias`` are the model's own: zero-shot logits are
+``logit_scale * cos(f, T) + logit_bias`` (SigLIP learns the bias with its sigmoid loss; CLIP has
+none: null). The bias is one number added to every class's logit, so it cancels in the softmax over
+classes: MSP, kappa = MSP + lambda * cos(f, P[pred]), the predictions, top-k and every other score of
+the trust head are the same with or without it, and calibration leaves it out. Scores on raw logits
+(``max_logit``, ``energy`` in the float64 reference) move by exactly the bias for every sample: their
+ranking, AUROC and AURC do not change. A per-class sigmoid (SigLIP's own training objective) is a
+different score; none is computed.
+
+``text_input.tokenizer`` is ``open_clip`` (CLIP's byte-pair tokenizer) or ``hf:<repo>`` (a Hugging
+Face tokenizer, SigLIP's); ``tokenizer_folder`` names the folder of the export holding the latter's
+files, when the export had them (``--tokenizer DIR``). ``parity_tokens`` says whether the text parity
+gate ran on tokenized prompts or on synthetic ids within the vocabulary (no tokenizer at hand).
 """
 
 from __future__ import annotations
@@ -11,7 +25,8 @@ from datetime import datetime, timezone
 from trustvlm.contract.manifest import MANIFEST_SCHEMA_VERSION, installed_versions
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
 
-LIBRARIES = ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "numpy", "tensorrt")
+LIBRARIES = ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "numpy", "tensorrt", "transformers",
+             "sentencepiece")
 TOKEN_MEAN_POOLING = "mean over all output tokens (timm forward_features: class + patch tokens after the final norm)"
 
 
@@ -22,11 +37,13 @@ def library_versions() -> dict[str, str]:
 
 def build_manifest(*, model: str, architecture: str, weights_id: str, weights_source: str, preprocess: dict,
                    embed_dim: int, logit_scale: float | None, context_length: int | None, eot_token_id: int,
-                   opset: int, precisions: dict, engines: dict | None = None, kind: str = CLIP) -> dict:
+                   opset: int, precisions: dict, engines: dict | None = None, kind: str = CLIP,
+                   logit_bias: float | None = None, text_tokens: dict | None = None) -> dict:
     """Assemble the manifest dictionary (see docs in README, 'Artifacts').
 
     An image encoder (``kind="image-encoder"``) has no ``text_input``, a null ``logit_scale`` and
-    says how its embedding is pooled.
+    says how its embedding is pooled. `text_tokens` adds to ``text_input`` (tokenizer, vocab_size,
+    tokenizer_folder, parity_tokens; see the module docstring).
     """
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -39,9 +56,10 @@ def build_manifest(*, model: str, architecture: str, weights_id: str, weights_so
                         "shape": ["batch", preprocess["size"], preprocess["size"], 3],
                         "normalization": "inside the graph: (pixels / 255 - mean) / std"},
         "text_input": {"name": "tokens", "dtype": "int64", "shape": ["batch", context_length],
-                       "tokenizer": "open_clip", "eot_token_id": eot_token_id},
+                       "tokenizer": "open_clip", "eot_token_id": eot_token_id, **(text_tokens or {})},
         "embedding": {"name": "embedding", "dim": embed_dim, "normalized": False},
         "logit_scale": logit_scale,
+        "logit_bias": logit_bias,
         "opset": opset,
         "precisions": precisions,
         "engines": engines or {},

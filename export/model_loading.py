@@ -27,6 +27,7 @@ from trustvlm.export.loaded_model import (RANDOM_INIT, RANDOM_WEIGHTS_SEED, Load
                                           quiet_logging)
 from trustvlm.models.compact_clip import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from trustvlm.models.registry import IMAGE_ENCODER, MODEL_CONFIG_DIR, ModelSpec
+from trustvlm.models.tokenizers import OPEN_CLIP, tokenizer_info
 
 
 def _register_local_configs() -> None:
@@ -42,12 +43,13 @@ def _context_length(model: nn.Module) -> int:
 def _finish(model: nn.Module, spec: ModelSpec, weights_id: str, source: str) -> LoadedModel:
     model = model.eval().float()
     context_length = _context_length(model)
-    if spec.local_config is not None:
-        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-    else:
-        tokenizer = open_clip.get_tokenizer(spec.architecture, context_length=context_length)
+    tokenizer, info = None, tokenizer_info(spec.architecture)
+    if info.kind == OPEN_CLIP:  # a Hugging Face one (SigLIP) comes from trustvlm.export.text_tokens
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **info.kwargs)
     scale = float(getattr(model, "logit_scale").exp().detach())
-    return LoadedModel(model, tokenizer, weights_id, source, scale, context_length)
+    bias = getattr(getattr(model, "clip", model), "logit_bias", None)
+    return LoadedModel(model, tokenizer, weights_id, source, scale, context_length,
+                       None if bias is None else float(bias.detach().reshape(-1)[0]))
 
 
 def _is_compact_checkpoint(path: Path) -> bool:

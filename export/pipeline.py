@@ -13,6 +13,7 @@ every parity gate passed, manifest last: a failed export leaves no half-written 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from trustvlm.contract.files import sha256_file, stage_beside, write_json_atomic
 from trustvlm.contract.manifest import MANIFEST_NAME, PRECISIONS, TOWERS, encoder_file_name
 from trustvlm.data.fashion_mnist import load_split, to_rgb
-from trustvlm.export import onnx_export, parity, quantize
+from trustvlm.export import onnx_export, parity, quantize, text_tokens
 from trustvlm.export.manifest import build_manifest
 from trustvlm.export.loaded_model import LoadedModel
 from trustvlm.export.model_loading import load_model
@@ -56,6 +57,7 @@ class ExportRequest:
     output_root: Path = Path("artifacts")
     parity_images: int = PARITY_IMAGES
     trust_gate_images: int | None = None  # int8 trust gate: first N test images (None: all 10,000)
+    tokenizer_dir: Path | None = None     # a local Hugging Face tokenizer folder (SigLIP), bundled into the export
 
     def __post_init__(self) -> None:
         if self.precision not in EXPORT_PRECISIONS:
@@ -107,17 +109,50 @@ def parity_indices(count: int, pool_size: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(pool_size, size=min(count, pool_size), replace=False))
 
 
-def parity_inputs(loaded: LoadedModel, spec: ModelSpec, count: int) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Real images (Fashion-MNIST calibration split) and prompts of its class names (None: no text tower)."""
+def parity_inputs(prompt_tokenizer: text_tokens.PromptTokenizer | None, spec: ModelSpec,
+                  count: int) -> tuple[np.ndarray, np.ndarray | None, int, str | None]:
+    """Real images (Fashion-MNIST calibration split) and the token ids of prompts of its class names.
+
+    Returns pixels, token ids (None: no text tower), prompts per class and what the ids are
+    (tokenized prompts, or synthetic ids when the model's tokenizer is not at hand).
+    """
     if count < 1:
         raise ExportError(f"parity_images should be >= 1, but got {count}")
     calib = load_split("calib")
     pixels = preprocess_batch(to_rgb(calib.images[parity_indices(count, len(calib))]), spec.preprocess)
-    if not spec.has_text_encoder:
-        return pixels, None, 0
+    if prompt_tokenizer is None:
+        return pixels, None, 0, None
     templates = get_templates("ensemble")
     prompts = [p for per_class in build_prompts(calib.class_names, templates) for p in per_class]
-    return pixels, loaded.tokenizer(prompts).numpy().astype(np.int64), len(templates)
+    tokens, source = text_tokens.tokenize_prompts(prompt_tokenizer, prompts, spec.name)
+    return pixels, tokens, len(templates), source
+
+
+def _prompt_tokenizer(spec: ModelSpec, request: ExportRequest) -> text_tokens.PromptTokenizer | None:
+    """The tokenizer of the parity prompts, found before minutes of export (None: no text tower)."""
+    if not spec.has_text_encoder:
+        if request.tokenizer_dir is not None:
+            raise ExportError(f"{spec.name} is an image encoder (no text tower); drop --tokenizer")
+        return None
+    plan = text_tokens.prompt_tokenizer(spec.architecture, spec.name, request.tokenizer_dir)
+    if request.tokenizer_dir is not None and plan.info.hf_name is None:
+        raise ExportError(f"--tokenizer {request.tokenizer_dir}: {spec.name} uses open_clip's built-in tokenizer; "
+                          "--tokenizer is for models with a Hugging Face tokenizer (siglip_*); drop it")
+    if plan.note:
+        tqdm.write(plan.note)
+    return plan
+
+
+def _text_tokens_record(plan: text_tokens.PromptTokenizer | None, source: str | None, files) -> dict | None:
+    if plan is None:
+        return None
+    record = {"tokenizer": plan.info.kind, "vocab_size": plan.info.vocab_size, "parity_tokens": source,
+              "tokenizer_folder": text_tokens.TOKENIZER_FOLDER if files else None}
+    if files:
+        record["tokenizer_files"] = files
+    if plan.info.hf_name is not None:
+        record["eot_token_id"] = None  # pooled by position ("last"), not at an end-of-text id
+    return record
 
 
 def _file_record(path: Path) -> dict:
@@ -195,13 +230,18 @@ def export_model(request: ExportRequest) -> ExportResult:
         from trustvlm.export.tensorrt_engine import describe_gpu, import_tensorrt  # noqa: PLC0415
 
         import_tensorrt(), describe_gpu()  # fail at start, not after minutes of export
+    prompt_tokenizer = _prompt_tokenizer(spec, request)
     steps = _Steps(_plan(request, towers))
     try:
         with staging_folder(request.output_dir) as stage:
             with steps.step("load weights"):
                 loaded = load_model(spec, request.weights)
+            if prompt_tokenizer is not None:
+                prompt_tokenizer = text_tokens.with_model_tokenizer(prompt_tokenizer, loaded.tokenizer,
+                                                                    loaded.context_length)
             with steps.step("parity inputs"):
-                pixels, tokens, prompts_per_class = parity_inputs(loaded, spec, request.parity_images)
+                pixels, tokens, prompts_per_class, token_source = parity_inputs(prompt_tokenizer, spec,
+                                                                                request.parity_images)
                 reference = parity.torch_embeddings(loaded.model, pixels,
                                                     None if tokens is None else torch.from_numpy(tokens),
                                                     spec.preprocess.mean, spec.preprocess.std)
@@ -217,12 +257,14 @@ def export_model(request: ExportRequest) -> ExportResult:
             engines = (_build_engine(request, stage, steps, reference, pixels) if request.format == "engine"
                        else {})
             with steps.step("write manifest"):
+                tokenizer_files = text_tokens.save_tokenizer(prompt_tokenizer, stage) if prompt_tokenizer else None
                 manifest = build_manifest(
                     model=spec.name, architecture=spec.architecture, weights_id=loaded.weights_id,
                     weights_source=loaded.weights_source, preprocess=spec.preprocess.to_dict(),
                     embed_dim=int(reference[0].shape[1]), logit_scale=loaded.logit_scale,
                     context_length=loaded.context_length, eot_token_id=EOT_TOKEN_ID, opset=onnx_export.OPSET,
-                    precisions=precisions, engines=engines, kind=spec.kind)
+                    precisions=precisions, engines=engines, kind=spec.kind, logit_bias=loaded.logit_bias,
+                    text_tokens=_text_tokens_record(prompt_tokenizer, token_source, tokenizer_files))
                 manifest["export_seconds"] = steps.seconds
                 _publish(stage, request.output_dir, manifest)
     finally:
@@ -304,6 +346,8 @@ def _publish(stage: Path, output_dir: Path, manifest: dict) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         for old in output_dir.glob("*_encoder*.onnx"):
             old.unlink()  # encoders of another export would contradict the new manifest
+        if (stage / text_tokens.TOKENIZER_FOLDER).is_dir():
+            shutil.rmtree(output_dir / text_tokens.TOKENIZER_FOLDER, ignore_errors=True)  # replaced, not merged
         for path in sorted(stage.rglob("*")):
             if path.is_file():
                 target = output_dir / path.relative_to(stage)
