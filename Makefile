@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed-$(ORT)
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu gpu-check zeroshot test test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -56,9 +56,9 @@ demo: setup ## the main job on the embedded demo model: export, check zero-shot,
 demo-stream: setup ## streaming demo on artifacts/demo_fmnist: calibrate on a degraded camera, serve, 2 cameras, controller [DEMO_ARGS=]
 	$(PY) -m trustvlm demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
-export: setup ## export MODEL [PRECISION=fp32|fp16] [FORMAT=onnx|engine] [WEIGHTS=random|/path]
+export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [WEIGHTS=random|/path] [TOKENIZER=/dir]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
-		$(if $(WEIGHTS),--weights $(WEIGHTS)) --output $(ARTIFACTS)
+		$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --output $(ARTIFACTS)
 
 calibrate: setup ## prototype bundle + accept threshold for artifacts/MODEL [DATA=fashion-mnist|/image/folder]
 	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/$(MODEL) --data $(DATA) $(CALIBRATE_ARGS)
@@ -96,11 +96,14 @@ models: setup ## list the model registry
 demo-model: setup ## retrain the embedded demo model (about 10 minutes on 2 cores)
 	$(PY) -m trustvlm train-demo --output models/checkpoints/demo_fmnist.pt
 
-test: setup ## run the test suite
-	$(PY) -m pytest -q
+test: setup ## run the test suite (all but the heavy registry walk)
+	$(PY) -m pytest -q -m "not heavy"
+
+test-heavy: setup ## export every large registry model with random weights (minutes each on 2 cores)
+	$(PY) -m pytest -q -m heavy
 
 test-fast: setup ## the tests without the slow exports
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not heavy"
 
 clean: ## remove build outputs (artifacts/), keep .venv
 	rm -rf $(ARTIFACTS) .pytest_cache

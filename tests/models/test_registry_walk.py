@@ -3,8 +3,11 @@
 Each entry either exports (random-init weights, a small parity set, every gate passed) or is
 refused in one line; none ends in a traceback. Offline: the Hugging Face cache is an empty folder
 and the hub is off, so a model whose tokenizer is a Hugging Face one (SigLIP) runs its text
-parity gate on ids within its vocabulary. Every entry but the small demo model is marked slow
-(ViT-B exports take about a minute on two cores, ViT-L several).
+parity gate on ids within its vocabulary. Every entry but the small demo model is marked heavy
+(ViT-B exports take about a minute on two cores, ViT-L two): `make test` leaves them out, `make test-heavy`
+walks them all. The entries whose export `make test` checks elsewhere: clip_vitb32
+(tests/export/test_export_random_vitb32.py), siglip_vitb16 (tests/export/test_export_siglip.py), dinov2
+(tests/export/test_export_dinov2.py).
 """
 
 import json
@@ -32,7 +35,7 @@ def export_random(name, tmp_path):
                           capture_output=True, text=True, timeout=1800, env=env)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in ENTRIES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else (pytest.mark.slow, pytest.mark.heavy)) for n in ENTRIES])
 def test_entry_exports_random_init_or_is_refused_in_one_line(name, tmp_path):
     require_fashion_mnist()
     result = export_random(name, tmp_path)
