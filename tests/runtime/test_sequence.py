@@ -43,6 +43,20 @@ def test_repeated_and_older_seqs_are_deferred_and_a_restart_passes(caplog):
                                                         "seq 600"]  # one line per camera per minute
 
 
+def test_a_restarted_camera_whose_first_frames_were_lost_passes_after_the_restart_gap():
+    guard = SequenceGuard()
+    second = 1_000_000_000
+    # Given a camera at seq 10,000; then it restarts and its frames 0-4 are lost while it reconnects
+    assert outcomes(guard, [("cam", 10_000, 100 * second)]) == ["pass"]
+    # Then its seq 5, captured 3 s later, is a restart, and the camera goes on from there
+    assert outcomes(guard, [("cam", 5, 103 * second), ("cam", 6, 103 * second + 1)]) == ["pass", "pass"]
+    # But a lower seq captured within the gap is out of order (frames swapped on the way, or a sender that
+    # counts down), and an older capture time never passes, however much later it arrives
+    assert outcomes(guard, [("cam", 7, 104 * second), ("cam", 3, 104 * second + 10), ("cam", 2, 50 * second)]) == \
+        ["pass", "out_of_order", "out_of_order"]
+    assert guard.stats()["sequence_restarts"] == 1
+
+
 def test_memory_is_bounded_by_max_cameras():
     guard = SequenceGuard(max_cameras=3)
     for index in range(1000):
