@@ -68,11 +68,16 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary name in the same folder, then rename over `path`."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name in the same folder, then rename over `path`."""
     temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON (indented, one trailing newline) atomically, as :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 @contextmanager

@@ -15,16 +15,15 @@ refuse fails with the list of reasons.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trustvlm.contract.files import sha256_file
 import onnx
 
+from trustvlm.contract.files import sha256_file, write_bytes_atomic
 from trustvlm.export.tensorrt_compat import graph_precision, tensorrt_problems
 from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
 
@@ -138,8 +137,8 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", prof
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(engine_path, bytes(serialized))
-    _write_atomic(cache_dir / timing_name, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(engine_path, bytes(serialized))
+    write_bytes_atomic(cache_dir / timing_name, bytes(config.get_timing_cache().serialize()))
     return engine_path
 
 
@@ -162,8 +161,3 @@ def prune_engines(engines_dir: Path, keep: Iterable[str]) -> list[Path]:
         path.unlink()
     return removed
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
