@@ -30,6 +30,21 @@ def help_formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=HELP_POSITION)
 
 
+def positive(kind: type = int):
+    """An argparse ``type=`` that takes a number above 0 of `kind` (int: a whole number >= 1), else one error line."""
+    expected = "a whole number >= 1" if kind is int else "a number > 0"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
 class ExamplesHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The help layout of a subcommand with an examples epilog: defaults shown, description and epilog kept as
     written (wrap a long description with :func:`wrap`)."""

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trustvlm.cli_common import CliError, help_formatter
+from trustvlm.cli_common import CliError, help_formatter, positive
 
 
 def add_bench_parser(subparsers) -> None:
@@ -31,18 +31,6 @@ def run_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-        return value
-    return parse
-
-
 def add_soak_parser(subparsers) -> None:
     """Add `soak`: a fixed frame rate into a real `serve` for a fixed time, then the accounts."""
     parser = subparsers.add_parser(
@@ -54,9 +42,9 @@ def add_soak_parser(subparsers) -> None:
                     "service's memory (RSS). Exit 0 when it passes, 1 otherwise.")
     parser.add_argument("--artifacts", type=Path, required=True, help="export folder of the model")
     parser.add_argument("--bundle", type=Path, required=True, help="prototype bundle folder")
-    parser.add_argument("--seconds", type=_positive(float), default=180.0, help="how long frames are sent")
-    parser.add_argument("--rate", type=_positive(float), default=40.0, help="frames per second, all cameras together")
-    parser.add_argument("--cameras", type=_positive(int), default=4, help="cameras sending in turn")
+    parser.add_argument("--seconds", type=positive(float), default=180.0, help="how long frames are sent")
+    parser.add_argument("--rate", type=positive(float), default=40.0, help="frames per second, all cameras together")
+    parser.add_argument("--cameras", type=positive(int), default=4, help="cameras sending in turn")
     parser.add_argument("--sender-restart-s", type=float, default=60.0,
                         help="re-create the sender socket this often (0: never)")
     parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,

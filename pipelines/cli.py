@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from trustvlm.cli_common import CliError, ExamplesHelpFormatter, help_formatter, wrap
+from trustvlm.cli_common import CliError, ExamplesHelpFormatter, help_formatter, positive, wrap
 
 SOURCE_EPILOG = """examples:
   trustvlm source --video /usr/share/doc/opencv-doc/examples/data/vtest.avi --fps native --camera-id street
@@ -266,16 +266,6 @@ def run_controller(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def add_zeroshot_parser(subparsers) -> None:
     """Add `zeroshot`: zero-shot accuracy of an export on the Fashion-MNIST test images."""
     parser = subparsers.add_parser(
@@ -323,7 +313,7 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="target risk among accepted frames")
     parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
     parser.add_argument("--lam", default="auto", help="lambda of the trust score: 'auto' or a number (1: the paper's)")
-    parser.add_argument("--frames", type=_at_least_one, default=None,
+    parser.add_argument("--frames", type=positive(int), default=None,
                         help="test images to replay (default: all 10,000)")
     parser.add_argument("--video", type=Path, default=VTEST, help="video file of the second camera")
     parser.add_argument("--no-video", dest="use_video", action="store_false", help="run without the video camera")
