@@ -13,7 +13,8 @@ Steps (:func:`calibrate`):
    that also chose the score. With a fixed lambda the whole rest selects the threshold.
    Shots never take part: their own embedding is inside their prototype. A CoOp split file
    fixes both parts instead: shots from its "train" rows, lambda and threshold on "val".
-4. Accept threshold by SGR (risk <= alpha with probability >= 1 - delta).
+4. Accept threshold with a risk guarantee (risk <= alpha with probability >= 1 - delta): Learn then
+   Test fixed-sequence testing by default, SGR on request (:mod:`~trustvlm.calibration.threshold_selection`).
 5. prototypes.npz + trust_head.onnx + bundle.json, published atomically.
 
 For Fashion-MNIST the pool is the 5,000-image calibration split, never the test split.
@@ -34,7 +35,7 @@ from trustvlm.calibration.numerics import l2_normalize, softmax
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
-from trustvlm.calibration.threshold_selection import select_threshold
+from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
 from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
 from trustvlm.contract.files import json_safe
@@ -169,12 +170,13 @@ def fixed_lambda(lam: float) -> LambdaChoice:
 
 def select_score_threshold(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
                            image: np.ndarray, logit_scale: float, choice: LambdaChoice, alpha: float,
-                           delta: float, aux_embeddings: np.ndarray | None = None) -> ThresholdChoice:
-    """SGR threshold on `score` (its own prediction decides correctness)."""
+                           delta: float, aux_embeddings: np.ndarray | None = None, *,
+                           method: str = DEFAULT_THRESHOLD_METHOD) -> ThresholdChoice:
+    """Risk-guaranteed threshold on `score` (its own prediction decides correctness), by `method` (ltt or sgr)."""
     scores = compute_scores(embeddings, text, image, logit_scale, choice.lam, choice.temperature,
                             aux_embeddings=aux_embeddings)
     correct = scores.prediction_for(score) == labels
-    return select_threshold(getattr(scores, score), correct, alpha, delta)
+    return select_threshold(getattr(scores, score), correct, alpha, delta, method=method)
 
 
 def _parse_lambda(lam) -> str | float:
@@ -197,7 +199,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
               k: int = 16, seed: int = 0, lam: str | float = "auto", alpha: float = 0.05, delta: float = 0.1,
               templates: str = "paper", score: str = DEFAULT_SCORE, precision: str = "fp32",
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
-              image_root: str | os.PathLike | None = None) -> PrototypeBundle:
+              image_root: str | os.PathLike | None = None,
+              threshold_method: str = DEFAULT_THRESHOLD_METHOD) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
 
     Args:
@@ -218,6 +221,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         prototype_encoder: ``"vlm"`` (image prototypes from the VLM's own image encoder) or
             the artifacts folder of an auxiliary image encoder (e.g. ``artifacts/dinov2_vitb14``).
         image_root: The folder a split file's image paths start from.
+        threshold_method: How the threshold is chosen: ``"ltt"`` (Learn then Test, fixed-sequence
+            testing) or ``"sgr"`` (see :mod:`trustvlm.calibration.threshold_selection`).
 
     Returns:
         The written bundle.
@@ -231,6 +236,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     """
     lam = _parse_lambda(lam)
     _check_risk_targets(alpha, delta)
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method should be one of {list(THRESHOLD_METHODS)}, but got {threshold_method!r}")
     if score not in SCORES:
         raise ValueError(f"score should be {' or '.join(map(repr, SCORES))}, but got {score!r}")
     template_list = get_templates(templates)
@@ -257,7 +264,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     rest = pool.held_out(shots)
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
     choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots)
-    threshold = scoring.threshold(score, threshold_part, choice, alpha, delta)
+    threshold = scoring.threshold(score, threshold_part, choice, alpha, delta, threshold_method)
     info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, score, threshold, selection,
                         aux)
     return write_bundle(out_dir, text, image, info)
@@ -282,9 +289,9 @@ class _Scoring:
                                    self.logit_scale, self._aux(rows))
 
     def threshold(self, score: str, rows: np.ndarray, choice: LambdaChoice, alpha: float,
-                  delta: float) -> ThresholdChoice:
+                  delta: float, method: str = DEFAULT_THRESHOLD_METHOD) -> ThresholdChoice:
         return select_score_threshold(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
-                                      self.logit_scale, choice, alpha, delta, self._aux(rows))
+                                      self.logit_scale, choice, alpha, delta, self._aux(rows), method=method)
 
 
 def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool,

@@ -49,6 +49,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="which exported encoders to run (int8: the quantized image encoder of a "
                              "--precision int8 export, for the CPU provider; its text encoder is fp32)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
+    parser.add_argument("--threshold-method", default="ltt", choices=["ltt", "sgr"],
+                        help="how the accept threshold is chosen: 'ltt' (Learn then Test: thresholds tested one by "
+                             "one from the strictest down, each by an exact binomial test at level delta; valid as "
+                             "a whole with no multiplicity correction) or 'sgr' (the older binary search with "
+                             "delta split over its tests)")
 
 
 def add_calibrate_parser(subparsers) -> None:
@@ -91,7 +96,8 @@ def run_calibrate(args) -> int:
         bundle = calibrate(args.artifacts, args.data, out, k=args.k, seed=args.seed, lam=args.lam,
                            alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
                            precision=args.precision, threads=args.threads,
-                           prototype_encoder=args.prototype_encoder, image_root=args.image_root)
+                           prototype_encoder=args.prototype_encoder, image_root=args.image_root,
+                           threshold_method=args.threshold_method)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
@@ -134,7 +140,7 @@ def run_eval(args) -> int:
         config = EvalConfig(k=args.k, seed=args.seed, templates=args.templates, shifts=tuple(args.shifts),
                             alpha=args.alpha, delta=args.delta, ablations=args.ablations,
                             test_limit=args.test_limit, precision=args.precision, threads=args.threads,
-                            prototype_encoder=str(args.prototype_encoder))
+                            prototype_encoder=str(args.prototype_encoder), threshold_method=args.threshold_method)
         report = run_evaluation(args.artifacts, config)
         write_report(report, out)
     except _expected_errors() as error:

@@ -75,7 +75,7 @@ def detail_table(result: DatasetResult) -> list[str]:
 
 
 def risk_control_table(datasets: list[DatasetResult]) -> list[str]:
-    """The SGR threshold chosen on calibration data, and its coverage and risk on test."""
+    """The risk-guaranteed threshold chosen on calibration data, and its coverage and risk on test."""
     lines = [_row(["Dataset", "Score", "lambda", "threshold", "calib coverage %", "test coverage %",
                    "test risk %", "alpha %"]), _row(["---"] * 2 + ["---:"] * 6)]
     for result in datasets:
@@ -140,7 +140,8 @@ def format_markdown(report: EvalReport) -> str:
                               for d in report.datasets)]
     for result in report.datasets:
         lines += ["", f"### {result.name}", ""] + detail_table(result)
-    lines += ["", f"## Risk control (SGR, alpha={config['alpha']}, delta={config['delta']}; threshold on held-out "
+    lines += ["", f"## Risk control ({config.get('threshold_method', 'sgr').upper()}, alpha={config['alpha']}, "
+              f"delta={config['delta']}; threshold on held-out "
               "calibration images)", ""] + risk_control_table(report.datasets)
     if report.ablations:
         lines += ["", f"## Ablations ({report.ablations['dataset']} data, test split)", ""]

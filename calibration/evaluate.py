@@ -6,7 +6,8 @@ For each dataset (the clean Fashion-MNIST test set, then each shift of :mod:`shi
 * image prototypes come from k shots per class of the *shifted calibration* split (the paper
   builds prototypes from each target dataset's train split); text prototypes are shared;
 * the rest of the calibration split is halved (seeded): lambda ("auto") is chosen by AURC on one
-  half, an SGR accept threshold (alpha, delta) is selected on the other, as in calibration;
+  half, a risk-guaranteed accept threshold (alpha, delta; ``EvalConfig.threshold_method``) is
+  selected on the other, as in calibration;
 * on the test split every method gets ACC, AURC x1000, E-AURC x1000, AUROC and FPR95
   (:func:`trustvlm.calibration.metrics.evaluate_selective`).
 
@@ -38,7 +39,7 @@ from trustvlm.calibration.metrics import evaluate_selective
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
-from trustvlm.calibration.threshold_selection import select_threshold
+from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
 from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
 
@@ -83,7 +84,7 @@ class EvalConfig:
         seed: Seed of the shot sampling, the held-out halves and the shifts.
         templates: Prompt template set (``paper`` or ``ensemble``).
         shifts: Names of the shifts to evaluate besides the clean data.
-        alpha: Target risk of the SGR threshold in the risk-control table.
+        alpha: Target risk of the threshold in the risk-control table.
         delta: Its failure probability.
         ablations: Whether to run the ablations on the clean data.
         test_limit: Use only the first N test images (None: all 10,000).
@@ -91,6 +92,7 @@ class EvalConfig:
         threads: ONNX Runtime intra-op threads (None: its default).
         prototype_encoder: ``"vlm"``, or an auxiliary image encoder's artifacts folder to
             compare its image prototypes with the VLM's (rows of :data:`AUX_METHODS`).
+        threshold_method: How the risk-control thresholds are chosen (``"ltt"`` or ``"sgr"``).
     """
 
     k: int = 16
@@ -104,8 +106,12 @@ class EvalConfig:
     precision: str = "fp32"
     threads: int | None = None
     prototype_encoder: str = VLM_PROTOTYPES
+    threshold_method: str = DEFAULT_THRESHOLD_METHOD
 
     def __post_init__(self) -> None:
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold method should be one of {list(THRESHOLD_METHODS)}, "
+                             f"but got {self.threshold_method!r}")
         unknown = [name for name in self.shifts if name not in SHIFTS]
         if unknown:
             raise ValueError(f"unknown shifts {unknown}; expected some of {list(SHIFTS)}")
@@ -178,9 +184,10 @@ def method_scores(paper: TrustScores, auto: TrustScores) -> dict[str, tuple[np.n
 
 
 def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_conf: np.ndarray,
-                     test_correct: np.ndarray, alpha: float, delta: float) -> dict:
-    """SGR threshold on calibration scores, and what it does on the test set."""
-    choice = select_threshold(calib_conf, calib_correct, alpha, delta)
+                     test_correct: np.ndarray, alpha: float, delta: float, *,
+                     method: str = DEFAULT_THRESHOLD_METHOD) -> dict:
+    """Risk-guaranteed threshold (`method`) on calibration scores, and what it does on the test set."""
+    choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method)
     accepted = test_conf >= choice.threshold
     n_accepted = int(accepted.sum())
     return {"threshold": choice.to_dict(), "test_coverage": float(accepted.mean()),
@@ -217,7 +224,8 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
         info.update(aux["info"])
     metrics = {key: evaluate_selective(conf, pred == data.test_labels) for key, (conf, pred) in scored.items()}
     risk = {key: risk_control_row(conf, calib_pred == calib_labels, scored[key][0],
-                                  scored[key][1] == data.test_labels, config.alpha, config.delta)
+                                  scored[key][1] == data.test_labels, config.alpha, config.delta,
+                                  method=config.threshold_method)
             for key, (conf, calib_pred) in calib_scored.items()}
     per_sample.update({key: conf for key, (conf, _) in scored.items()})
     return DatasetResult(data.name, metrics, per_sample, float(lam_auto), lambda_table, risk, info)

@@ -1,19 +1,22 @@
-"""The finite-sample risk bound behind the accept threshold: a one-sided Clopper-Pearson bound.
+"""The finite-sample risk bound behind the accept threshold: the exact binomial test and its inversion.
 
 :func:`binomial_upper_bound` inverts the binomial tail (the ``B*`` of Geifman & El-Yaniv,
 "Selective Classification for Deep Neural Networks", NeurIPS 2017): with probability at least
-``1 - delta`` the true error rate is below it. Only numpy and the standard library are used (no
-scipy).
+``1 - delta`` the true error rate is below it. :func:`binomial_pvalue` is the same test read the
+other way (the p-value of "error rate > alpha"), and :func:`binomial_critical_errors` tabulates,
+for every number of trials, the most errors at which that test still rejects. Only numpy and the
+standard library are used (no scipy).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import numpy as np
 
-__all__ = ["check_unit_interval", "binomial_upper_bound"]
+__all__ = ["check_unit_interval", "binomial_upper_bound", "binomial_pvalue", "binomial_critical_errors"]
 
 
 def check_unit_interval(value, name: str) -> float:
@@ -107,3 +110,66 @@ def binomial_upper_bound(errors: int, n: int, delta: float, *, tol: float = 1e-1
             break
         p = p_next
     return hi
+
+
+def binomial_pvalue(errors: int, n: int, alpha: float) -> float:
+    """Exact p-value of "error rate > alpha" after `errors` errors in `n` trials: ``P(Binomial(n, alpha) <= errors)``.
+
+    If the true rate is p > alpha, ``P(pvalue <= u) <= u`` for every u (Binomial(n, p) is
+    stochastically larger than Binomial(n, alpha)). ``pvalue <= delta`` exactly when
+    ``errors <= binomial_critical_errors(n, alpha, delta)[n]``, and (up to the bound's numerical
+    tolerance) when ``binomial_upper_bound(errors, n, delta) <= alpha``. n = 0 gives 1.
+    """
+    alpha = check_unit_interval(alpha, "alpha")
+    errors, n = int(errors), int(n)
+    if n < 0 or not 0 <= errors <= max(n, 0):
+        raise ValueError(f"need 0 <= errors <= n, got errors={errors}, n={n}")
+    if errors == n:
+        return 1.0
+    return min(1.0, math.exp(_log_cdf_at(errors, n, math.log(alpha), math.log1p(-alpha))))
+
+
+def _log_cdf_at(k: int, n: int, log_p: float, log_q: float) -> float:
+    """``log P(Binomial(n, p) <= k)`` for 0 <= k < n; log C(n, j) by a cumulative sum (no lgamma loop)."""
+    j = np.arange(1, k + 1, dtype=np.float64)
+    log_comb = np.r_[0.0, np.cumsum(np.log(n - j + 1.0) - np.log(j))]
+    i = np.arange(k + 1, dtype=np.float64)
+    terms = log_comb + i * log_p + (n - i) * log_q
+    top = float(np.max(terms))
+    return top + math.log(float(np.sum(np.exp(terms - top))))
+
+
+@functools.lru_cache(maxsize=64)
+def _critical_table(n_max: int, alpha: float, delta: float) -> np.ndarray:
+    log_p, log_q, log_delta = math.log(alpha), math.log1p(-alpha), math.log(delta)
+    table = np.full(n_max + 1, -1, dtype=np.int64)
+    k = -1
+    # k_crit(n) never decreases with n and grows by at most 1 per trial (X_{n+1} <= X_n + 1), so
+    # one candidate per n suffices.
+    for n in range(1, n_max + 1):
+        if k + 1 < n and _log_cdf_at(k + 1, n, log_p, log_q) <= log_delta:
+            k += 1
+        table[n] = k
+    table.setflags(write=False)
+    return table
+
+
+def binomial_critical_errors(n_max: int, alpha: float, delta: float) -> np.ndarray:
+    """For n = 0 .. n_max trials, the largest error count whose exact binomial test of "rate > alpha" rejects at `delta`.
+
+    ``table[n]`` is the largest e with ``P(Binomial(n, alpha) <= e) <= delta``, or -1 when no
+    count rejects (too few trials: ``(1 - alpha)^n > delta``). It never decreases with n.
+
+    Args:
+        n_max: Largest number of trials, >= 0.
+        alpha: The rate tested against, in (0, 1).
+        delta: The test's level, in (0, 1).
+
+    Returns:
+        Read-only int64 array of length ``n_max + 1`` (the last 64 are cached).
+    """
+    alpha = check_unit_interval(alpha, "alpha")
+    delta = check_unit_interval(delta, "delta")
+    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Integral) or n_max < 0:
+        raise ValueError(f"n_max should be an integer >= 0, but got {n_max!r}")
+    return _critical_table(int(n_max), alpha, delta)

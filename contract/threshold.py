@@ -34,9 +34,12 @@ class ThresholdChoice:
         risk_upper_bound: the upper confidence bound used for the decision (NaN when
             infeasible).
         n_calibration: number of calibration samples.
-        feasible: whether a threshold with ``risk_upper_bound < alpha`` was found.
-        method: how it was chosen (``trustvlm.calibration.threshold.SGR_METHOD`` for
-            ``select_threshold``).
+        feasible: whether a threshold passed the method's test (its ``risk_upper_bound`` is then
+            at most alpha).
+        method: how it was chosen: ``"ltt-fixed-sequence-binomial"`` (Learn then Test, the
+            default of ``trustvlm.calibration.threshold_selection.select_threshold``) or
+            ``"sgr-clopper-pearson"`` (SGR; every bundle written before LTT says this). Any
+            string is read back as it is.
     """
 
     threshold: float

@@ -211,7 +211,7 @@ def test_calibrate_fashion_mnist_uses_only_the_calibration_split(demo_artifacts,
 
 
 @pytest.mark.slow
-def test_sgr_risk_guarantee_holds_over_random_splits_of_real_data(demo_embeddings):
+def test_risk_guarantee_holds_over_random_splits_of_real_data(demo_embeddings):
     # Given real demo-model TrustVLM scores (lambda 1, 16 calibration shots per class) of every
     # calibration and test image that is not a shot
     emb = demo_embeddings

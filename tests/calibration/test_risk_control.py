@@ -1,4 +1,4 @@
-"""Tests of the risk control: the finite-sample bound, SGR thresholds, lambda choice."""
+"""Tests of the risk control: the finite-sample bound, thresholds (LTT by default, SGR on request), lambda choice."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_select_threshold_follows_sgr(seed, tied):
     except ImportError:
         bound = B.binomial_upper_bound
     alpha, delta = 0.1, 0.05
-    ch = S.select_threshold(conf, corr, alpha, delta)
+    ch = S.select_threshold(conf, corr, alpha, delta, method="sgr")
     ref = reference_sgr(conf, corr, alpha, delta, bound)
     assert ch.feasible and ref is not None
     cov, theta, risk, b = ref
