@@ -51,9 +51,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
     parser.add_argument("--threshold-method", default="ltt", choices=["ltt", "sgr"],
                         help="how the accept threshold is chosen: 'ltt' (Learn then Test: thresholds tested one by "
-                             "one from the strictest down, each by an exact binomial test at level delta; valid as "
-                             "a whole with no multiplicity correction) or 'sgr' (the older binary search with "
-                             "delta split over its tests)")
+                             "one from the strictest down by exact binomial tests, stopping at the first that fails; "
+                             "the risk guarantee holds for the procedure as a whole) or 'sgr' (the older binary "
+                             "search with delta split over its steps)")
 
 
 def add_calibrate_parser(subparsers) -> None:

@@ -318,6 +318,8 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--video", type=Path, default=VTEST, help="video file of the second camera")
     parser.add_argument("--no-video", dest="use_video", action="store_false", help="run without the video camera")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the service")
+    parser.add_argument("--threshold-method", default="ltt", choices=["ltt", "sgr"],
+                        help="how calibrate chooses the accept threshold (see `trustvlm calibrate --help`)")
     parser.set_defaults(handler=run_demo_command)
 
 
@@ -328,7 +330,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream", shift=args.shift,
                         shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
-                        video=args.video if args.use_video else None, threads=args.threads)
+                        video=args.video if args.use_video else None, threads=args.threads,
+                        threshold_method=args.threshold_method)
     try:
         run_demo(config)
     except (DemoError, ProcessError) as error:

@@ -70,6 +70,7 @@ class DemoConfig:
         heartbeat_timeout_ms: The controller's SAFE timeout.
         threads: ONNX Runtime threads of the service.
         step_timeout_s: Longest any one step may take.
+        threshold_method: How calibrate chooses the accept threshold ("ltt" or "sgr").
     """
 
     artifacts: Path
@@ -86,6 +87,7 @@ class DemoConfig:
     heartbeat_timeout_ms: int = 1000
     threads: int = 1
     step_timeout_s: float = 900.0
+    threshold_method: str = "ltt"
 
     @property
     def dataset_camera(self) -> str:
@@ -143,7 +145,8 @@ def run_demo(config: DemoConfig) -> dict:
     calibrate = ChildProcess("calibrate", [
         "calibrate", "--artifacts", artifacts, "--data", str(calibration.split_file), "--image-root",
         str(calibration.image_root), "--out", str(paths["bundle"]), "--k", str(config.shots), "--seed",
-        str(config.seed), "--alpha", str(config.alpha), "--delta", str(config.delta), "--lam", str(config.lam)], logs)
+        str(config.seed), "--alpha", str(config.alpha), "--delta", str(config.delta), "--lam", str(config.lam),
+        "--threshold-method", config.threshold_method], logs)
     calibrate.expect_success(calibrate.wait(timeout))
     bundle_line = calibrate.wait_for_line(r"^wrote (.*)", 5).group(0)
 
