@@ -141,15 +141,24 @@ def _log_cdf_at(k: int, n: int, log_p: float, log_q: float) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _critical_table(n_max: int, alpha: float, delta: float) -> np.ndarray:
-    log_p, log_q, log_delta = math.log(alpha), math.log1p(-alpha), math.log(delta)
+    # k_crit(n) never decreases with n and grows by at most 1 per trial (X_{n+1} <= X_n + 1), so one
+    # candidate c = k_crit + 1 is followed along n, its log CDF and log pmf updated in O(1) per step:
+    # P(X_{n+1} <= c) = P(X_n <= c) - alpha P(X_n = c) and P(X_{n+1} = c) = P(X_n = c) (n+1)/(n+1-c) (1-alpha);
+    # moving to c + 1 adds P(X_n = c + 1) = P(X_n = c) (n-c)/(c+1) alpha/(1-alpha).
+    log_q, log_delta, log_odds = math.log1p(-alpha), math.log(delta), math.log(alpha) - math.log1p(-alpha)
     table = np.full(n_max + 1, -1, dtype=np.int64)
-    k = -1
-    # k_crit(n) never decreases with n and grows by at most 1 per trial (X_{n+1} <= X_n + 1), so
-    # one candidate per n suffices.
+    c, log_cdf, log_pmf = 0, 0.0, 0.0  # n = 0: X = 0
     for n in range(1, n_max + 1):
-        if k + 1 < n and _log_cdf_at(k + 1, n, log_p, log_q) <= log_delta:
-            k += 1
-        table[n] = k
+        # n - 1 -> n at fixed c (c <= n - 1 here); the subtraction keeps >= (1 - alpha) of the CDF
+        log_cdf += math.log1p(-alpha * math.exp(log_pmf - log_cdf))
+        log_pmf += math.log(n / (n - c)) + log_q
+        if c < n and log_cdf <= log_delta:
+            table[n] = c
+            c += 1
+            log_pmf += math.log((n - c + 1) / c) + log_odds
+            log_cdf = float(np.logaddexp(log_cdf, log_pmf))
+        else:
+            table[n] = c - 1
     table.setflags(write=False)
     return table
 

@@ -41,11 +41,18 @@ testing.
   scores of other data) one sequence walks the grid at level delta from its highest point and
   the argument above is exact as written (a grid point with too few accepted samples to be
   rejected stops it, as it must). The default grid and starts use the calibration *scores*
-  but never the labels: conditional on the scores the errors are independent with
-  probabilities ``r(c_i) = P(wrong | c_i)``, and the same argument holds for the risk averaged
-  over the accepted calibration scores; the gap between that and the population ``R(t)`` is a
-  sampling fluctuation whose effect on the violation rate is measured by
-  ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md).
+  but never the labels, so they are fixed once the scores are. Conditional on the scores the
+  errors are independent with probabilities ``r(c_i) = P(wrong | c_i)``, and ``E_t`` is a sum
+  of independent Bernoulli variables with mean ``n * rbar(t)``, ``rbar(t)`` the mean of r over
+  the accepted calibration scores. A test rejects only at error counts below the
+  ``delta``-quantile of Binomial(n, alpha), hence (for delta <= 1/4, as P(Binomial(n, alpha)
+  <= n alpha) > 1/4) at most ``n alpha - 1``; there such a sum is less likely to be that small
+  than Binomial(n, rbar(t)) is (Hoeffding 1956, Theorem 4), so the p-values are valid for
+  ``rbar(t) > alpha`` and the whole argument holds exactly, conditional on the scores, for
+  the in-sample risk ``rbar``. The gap between ``rbar(t)`` and the population ``R(t)`` at a
+  score-chosen t is a sampling fluctuation; its effect on the violation rate is measured by
+  ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md section 8: at most
+  3.8% violations at delta = 10% in 24 settings).
 
 ``method="sgr"``: Selection with Guaranteed Risk (Geifman & El-Yaniv, "Selective Classification
 for Deep Neural Networks", NeurIPS 2017, Algorithm 1), kept for comparison:

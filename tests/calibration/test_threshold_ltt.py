@@ -27,6 +27,11 @@ def test_critical_errors_match_scipy():
         expected = stats.binom.ppf(delta, n, alpha).astype(np.int64)
         expected -= stats.binom.cdf(expected, n, alpha) > delta
         assert np.array_equal(table, expected), (alpha, delta)
+    # and at large n, where the table is followed step by step over 100,000 trials
+    n = np.arange(0, 100_001, 997)
+    expected = stats.binom.ppf(0.01, n, 0.5).astype(np.int64)
+    expected -= stats.binom.cdf(expected, n, 0.5) > 0.01
+    assert np.array_equal(B.binomial_critical_errors(100_000, 0.5, 0.01)[n], expected)
     # (1 - 0.05)^n <= 0.1 first at n = 45: the fewest samples with which any test rejects
     table = B.binomial_critical_errors(50, 0.05, 0.1)
     assert table[44] == -1 and table[45] == 0
