@@ -38,9 +38,12 @@ testing.
   on m, alpha and delta only). Each walks down every distinct calibration score below its
   start. The lowest rejected threshold of all (the largest coverage) is returned.
 * **The grid.** With ``grid=`` (thresholds fixed independently of the calibration sample, e.g.
-  scores of other data) one sequence walks the grid at level delta from its highest point and
-  the argument above is exact as written (a grid point with too few accepted samples to be
-  rejected stops it, as it must). The default grid and starts use the calibration *scores*
+  scores of other images from the same camera) the sequences walk the grid instead, starting
+  at its points of rank ``ceil(G * n_start / m)`` (highest first, G grid points): where a grid
+  sampled like the calibration data would accept the same counts. Grid and starts then depend
+  on nothing in the calibration data but its size, and the argument above is exact as
+  written (a grid point with too few accepted samples to be rejected stops its sequence, as
+  it must). The default grid and starts use the calibration *scores*
   but never the labels, so they are fixed once the scores are. Conditional on the scores the
   errors are independent with probabilities ``r(c_i) = P(wrong | c_i)``, and ``E_t`` is a sum
   of independent Bernoulli variables with mean ``n * rbar(t)``, ``rbar(t)`` the mean of r over
@@ -184,8 +187,11 @@ def _select_ltt(conf: np.ndarray, corr: np.ndarray, alpha: float, delta: float, 
         accepted = (m - first).astype(np.int64)
         wrong_from = np.r_[np.cumsum((~corr[np.argsort(conf, kind="mergesort")])[::-1])[::-1], 0]
         errors = wrong_from[first].astype(np.int64)
-        level = delta
-        best = _fixed_sequence(accepted, errors, binomial_critical_errors(m, alpha, level), 0)
+        starts, level = sequence_starts(m, alpha, delta)
+        # grid ranks ceil(G * n_start / m): where a grid sampled like the data would accept n_start
+        ranks = sorted({max(0, math.ceil(thresholds.size * n_start / m) - 1) for n_start in starts})
+        critical = binomial_critical_errors(m, alpha, level)
+        best = max([-1] + [_fixed_sequence(accepted, errors, critical, rank) for rank in ranks if rank < thresholds.size])
     if best < 0:
         return _infeasible(alpha, delta, m, LTT_METHOD)
     n_acc, e = int(accepted[best]), int(errors[best])
@@ -234,7 +240,8 @@ def select_threshold(confidence, correct, alpha: float, delta: float, *, method:
         delta: failure probability of the guarantee, in (0, 1).
         method: ``"ltt"`` (Learn then Test, fixed-sequence testing) or ``"sgr"``.
         grid: LTT only: thresholds fixed independently of this calibration data, tested from
-            the highest down (None: every distinct calibration score, see the module docstring).
+            the highest down from a few starts (None: every distinct calibration score; see the
+            module docstring).
 
     Returns:
         A :class:`ThresholdChoice` (``method`` is :data:`LTT_METHOD` or :data:`SGR_METHOD`).

@@ -137,7 +137,10 @@ def test_ltt_survives_confident_errors_at_the_top():
     choice = S.select_threshold(conf, corr, 0.05, 0.1)
     # 0.757: the population's own largest coverage at 5% risk
     assert choice.feasible and 0.5 < choice.coverage <= 0.757
-    assert not S.select_threshold(conf, corr, 0.05, 0.1, grid=conf).feasible  # one sequence from the top
+    # whereas one sequence from the top, even at the full delta, rejects nothing
+    _, accepted, errors = S.score_blocks(conf, corr)
+    critical = B.binomial_critical_errors(m, 0.05, 0.1)
+    assert not errors[0] <= critical[accepted[0]]
 
 
 # --------------------------------------------------------------------------- ties, infeasible, grid, options
@@ -168,16 +171,21 @@ def test_nothing_certifiable_defers_everything():
         assert choice.method == S.LTT_METHOD
 
 
-def test_a_fixed_grid_is_walked_from_its_highest_point():
-    # Given a grid fixed in advance and scores 0.00 .. 0.99, wrong below 0.2
+def test_a_fixed_grid_is_walked_from_fixed_starts():
+    # Given a grid fixed in advance and scores 0.00 .. 0.99, wrong below 0.2; at alpha 0.2, delta
+    # 0.1 and m = 100 two sequences at 0.05 start where a like-sampled grid accepts 14 and 56
     conf = np.arange(100) / 100
     corr = conf >= 0.2
-    # When the grid is tested from 0.8 down at alpha 0.2: 0.8 (20 accepted, 0 wrong) and 0.4
-    # (60, 0) reject; 0.1 (90 accepted, 10 wrong) rejects too; 0.0 (100, 20) does not
+    assert S.sequence_starts(100, 0.2, 0.1) == ([14, 56], 0.05)
+    # When the grid is tested from 0.8 (rank ceil(4 * 14 / 100) = 1) and 0.1 (rank 3) down:
+    # 0.8 (20 accepted, 0 wrong), 0.4 (60, 0) and 0.1 (90, 10) reject; 0.0 (100, 20) does not
     choice = S.select_threshold(conf, corr, 0.2, 0.1, grid=[0.4, 0.0, 0.8, 0.1])
     assert choice.threshold == 0.1 and choice.coverage == 0.9 and choice.empirical_risk == pytest.approx(1 / 9)
-    # A grid point above every score accepts nothing: the sequence stops there, as it must
-    assert not S.select_threshold(conf, corr, 0.2, 0.1, grid=[2.0, 0.4]).feasible
+    assert choice.risk_upper_bound == pytest.approx(stats.beta.ppf(0.95, 11, 80), rel=1e-9)
+    # A grid point above every score accepts nothing: its sequence stops there, as it must; the
+    # second sequence (rank ceil(2 * 56 / 100) = 2: 0.4) still rejects
+    assert S.select_threshold(conf, corr, 0.2, 0.1, grid=[2.0, 0.4]).threshold == 0.4
+    assert not S.select_threshold(conf, corr, 0.2, 0.1, grid=[2.0]).feasible
     with pytest.raises(ValueError, match="at least one finite threshold"):
         S.select_threshold(conf, corr, 0.2, 0.1, grid=[float("nan")])
 
