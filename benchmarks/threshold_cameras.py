@@ -101,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="threshold_cameras_") as tmp:
-        for camera in tqdm(args.cameras, desc="cameras", unit="camera"):
-            rows += measure_camera(args.artifacts, camera, Path(tmp), args.alpha, args.delta, args.shots,
-                                   args.test_limit)
+    try:
+        with tempfile.TemporaryDirectory(prefix="threshold_cameras_") as tmp:
+            for camera in tqdm(args.cameras, desc="cameras", unit="camera"):
+                rows += measure_camera(args.artifacts, camera, Path(tmp), args.alpha, args.delta, args.shots,
+                                       args.test_limit)
+    except (ValueError, FileNotFoundError) as error:  # missing export or dataset, bad alpha/delta: one line
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print("\n".join(markdown_table(rows, args.alpha, args.delta)))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration set sizes m")
     parser.add_argument("--curves", nargs="+", type=int, default=list(range(len(CURVES))),
                         choices=range(len(CURVES)),
-                        help="which risk curves, by number: " + "; ".join(f"{i}: {name}" for i, name in enumerate(CURVES)))
+                        help="which risk curves, by number: "
+                        + "; ".join(f"{i}: {name}" for i, name in enumerate(CURVES)).replace("%", "%%"))
     parser.add_argument("--alpha", type=float, default=0.05, help="target selective risk")
     parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (each setting gets its own stream)")

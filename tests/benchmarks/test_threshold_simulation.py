@@ -27,6 +27,11 @@ def test_populations_have_the_stated_risk_curves():
     assert top.risk(0.01) == pytest.approx(0.2)
 
 
+def test_help_lists_every_curve():
+    text = T.build_parser().format_help()
+    assert all(name.split(",")[0][:20] in " ".join(text.split()) for name in T.CURVES)
+
+
 def test_a_small_run_prints_the_table(capsys, tmp_path):
     out = tmp_path / "table.md"
     assert T.main(["--trials", "3", "--sizes", "300", "--curves", "0", "1", "--jobs", "1",
