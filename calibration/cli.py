@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trustvlm.cli_common import CliError, help_formatter
 from trustvlm.contract.manifest import PRECISIONS
-from trustvlm.contract.scores import DEFAULT_SCORE, SCORES
+from trustvlm.contract.scores import AUTO_SCORE, SCORES
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
 
@@ -76,8 +76,11 @@ def add_calibrate_parser(subparsers) -> None:
     parser.add_argument("--lam", type=_lambda_arg, default="auto",
                         help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
                              "(1 is the paper's)")
-    parser.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
-                        help="score the accept threshold applies to")
+    parser.add_argument("--score", default=AUTO_SCORE, choices=[AUTO_SCORE, *SCORES],
+                        help="score the accept threshold applies to: 'auto' picks, on half of the held-out images, "
+                             "the one whose threshold can guarantee the most coverage at --alpha/--delta (MSP, "
+                             "trustvlm, trustvlm_star over their lambda/T grids, or a fused score: a logistic "
+                             "model of the trust signals fitted there); the fused scores need --lam auto")
     parser.set_defaults(handler=run_calibrate)
 
 
