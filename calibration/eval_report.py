@@ -4,7 +4,7 @@
         results.md                     tables in the paper's layout (+ details, risk control, ablations)
         results.json                   every number, JSON-safe (NaN/inf as strings)
         <dataset>_scores.npz           labels, predictions and every score per test image
-        <dataset>_risk_coverage.png    MSP vs TrustVLM vs TrustVLM*
+        <dataset>_risk_coverage.png    MSP vs TrustVLM vs TrustVLM* vs auto
 
 The folder is published atomically (:func:`trustvlm.contract.files.staged_folder`). Plots use matplotlib's ``Figure`` directly
 (Agg canvas), never pyplot, so nothing depends on a display or global backend state.
@@ -27,7 +27,7 @@ from trustvlm.contract.files import write_json_atomic
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
 PLOTTED = (("msp", "MSP"), ("trustvlm", "TrustVLM (lambda=1)"), ("trustvlm_star", "TrustVLM* (lambda=1, T=0.01)"),
-           ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"))
+           ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"), ("auto", "auto (score chosen on the lambda half)"))
 #: Main-table columns: (metric key, header, scale, lower is better).
 MAIN_COLUMNS = (("aurc_x1000", "AURC↓", 1.0, True), ("auroc", "AUROC↑", 100.0, False),
                 ("fpr_at_95_tpr", "FPR95↓", 100.0, True), ("accuracy", "ACC↑", 100.0, False))
