@@ -113,3 +113,8 @@ def test_coverage_limits_by_hand():
     right = rng.random(2000) < 0.5 + 0.5 * conf
     limit = certifiable_limit(conf, right, 0.1, 0.1)
     assert select_threshold(conf, right, 0.1, 0.1).coverage <= limit <= oracle_coverage(conf, right, 0.1)
+
+
+def test_a_fitted_score_with_a_fixed_lambda_is_refused_before_any_work(tiny_artifacts, tmp_path):
+    with pytest.raises(ValueError, match="score fused is fitted on half of the held-out images.*--lam auto"):
+        calibrate(tiny_artifacts, tmp_path / "no_such_folder", tmp_path / "b", lam=1.0, score="fused")
