@@ -58,8 +58,8 @@ def add_calibrate_parser(subparsers) -> None:
         help="learn when to trust the model on your images: prototypes and an accept threshold with a risk "
              "guarantee (the bundle `serve` loads)",
         description="Encode k labelled shots per class with the exported image encoder (image prototypes) and "
-                    "the class prompts with the text encoder (text prototypes); choose lambda and an accept "
-                    "threshold with a risk guarantee on the held-out rest of the data; write "
+                    "the class prompts with the text encoder (text prototypes); choose the trust score, lambda and an "
+                    "accept threshold with a risk guarantee on the held-out rest of the data; write "
                     "prototypes.npz, trust_head.onnx and bundle.json. Fashion-MNIST uses its 5,000-image "
                     "calibration split, never the test split.")
     _add_common(parser)
