@@ -42,7 +42,7 @@ def write_bundle(out_dir: str | os.PathLike, text_prototypes: np.ndarray, image_
     from trustvlm.calibration.trust_head import build_trust_head, save_trust_head  # noqa: PLC0415
 
     head = build_trust_head(text, image, info.logit_scale, info.lam, info.temperature,
-                            aux_embedding=info.aux_encoder is not None)
+                            aux_embedding=info.aux_encoder is not None, fused=info.fused)
     target = Path(out_dir)
     with staged_folder(target) as stage:
         np.savez(stage / PROTOTYPES_FILE, text_prototypes=text, image_prototypes=image)

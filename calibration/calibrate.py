@@ -10,11 +10,17 @@ Steps (:func:`calibrate`):
 3. The rest of the pool is held out. With ``lam="auto"`` it is split in two seeded halves:
    lambda (and, for TrustVLM*, the temperature) is chosen by AURC on one half, the accept
    threshold is selected on the other, so the threshold's guarantee does not rest on data
-   that also chose the score. With a fixed lambda the whole rest selects the threshold.
+   that also chose the score. The lambda half also fits the fused scores and, with
+   ``score="auto"`` (the default), chooses the score itself (:mod:`score_choice`: MSP,
+   TrustVLM, TrustVLM* over their grids and the fused scores, by the coverage the threshold can
+   guarantee there). With a fixed lambda the whole rest selects the threshold (and ``auto``
+   means TrustVLM).
    Shots never take part: their own embedding is inside their prototype. A CoOp split file
    fixes both parts instead: shots from its "train" rows, lambda and threshold on "val".
 4. Accept threshold with a risk guarantee (risk <= alpha with probability >= 1 - delta): Learn then
-   Test fixed-sequence testing by default, SGR on request (:mod:`~trustvlm.calibration.threshold_selection`).
+   Test fixed-sequence testing by default, SGR on request (:mod:`~trustvlm.calibration.threshold_selection`);
+   the bundle also records the certifiable limit of the threshold half
+   (:func:`trustvlm.calibration.coverage_limits.certifiable_limit`).
 5. prototypes.npz + trust_head.onnx + bundle.json, published atomically.
 
 For Fashion-MNIST the pool is the 5,000-image calibration split, never the test split.
@@ -23,16 +29,19 @@ For Fashion-MNIST the pool is the 5,000-image calibration split, never the test 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from trustvlm.calibration.bundle import write_bundle
+from trustvlm.calibration.coverage_limits import certifiable_limit
+from trustvlm.calibration.fused_score import fused_confidence
 from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
+from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
@@ -40,7 +49,8 @@ from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
 from trustvlm.contract.files import json_safe
 from trustvlm.contract.manifest import encoder_path, read_manifest
-from trustvlm.contract.scores import DEFAULT_SCORE, SCORES, STAR_PREDICTION
+from trustvlm.contract.fused import FusedModel
+from trustvlm.contract.scores import AUTO_SCORE, DEFAULT_SCORE, SCORES, STAR_PREDICTION
 from trustvlm.contract.threshold import ThresholdChoice
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
@@ -67,12 +77,16 @@ class Encoders:
 
 @dataclass(frozen=True)
 class LambdaChoice:
-    """Lambda (and T) for the score, with how they were chosen."""
+    """Lambda (and T) for the score, with how they were chosen (and the score, the fused models and the
+    score table when the lambda half chose or fitted them)."""
 
     lam: float
     temperature: float
     method: str
     table: list
+    score: str = DEFAULT_SCORE
+    fused: dict[str, FusedModel] = field(default_factory=dict)
+    score_choice: dict = field(default_factory=dict)
 
 
 def open_encoders(artifacts_dir: str | os.PathLike, precision: str = "fp32", threads: int | None = None,
@@ -168,15 +182,27 @@ def fixed_lambda(lam: float) -> LambdaChoice:
     return LambdaChoice(lam, DEFAULT_TEMPERATURE, "paper" if lam == PAPER_LAMBDA else "manual", [])
 
 
+def score_and_correct(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray, image: np.ndarray,
+                      logit_scale: float, choice: LambdaChoice,
+                      aux_embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`score`'s confidence on these images and whether the prediction it rates is right."""
+    if SCORES[score].fitted:
+        logits, sims = logits_and_similarities(embeddings, text, image, logit_scale, aux_embeddings)
+        confidence, pred = fused_confidence(choice.fused[score], logits, sims)
+        return confidence, pred == labels
+    scores = compute_scores(embeddings, text, image, logit_scale, choice.lam, choice.temperature,
+                            aux_embeddings=aux_embeddings)
+    return getattr(scores, score), scores.prediction_for(score) == labels
+
+
 def select_score_threshold(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
                            image: np.ndarray, logit_scale: float, choice: LambdaChoice, alpha: float,
                            delta: float, aux_embeddings: np.ndarray | None = None, *,
                            method: str = DEFAULT_THRESHOLD_METHOD) -> ThresholdChoice:
-    """Risk-guaranteed threshold on `score` (its own prediction decides correctness), by `method` (ltt or sgr)."""
-    scores = compute_scores(embeddings, text, image, logit_scale, choice.lam, choice.temperature,
-                            aux_embeddings=aux_embeddings)
-    correct = scores.prediction_for(score) == labels
-    return select_threshold(getattr(scores, score), correct, alpha, delta, method=method)
+    """The guaranteed-risk threshold on `score` (its own prediction decides correctness), by `method`."""
+    confidence, correct = score_and_correct(score, embeddings, labels, text, image, logit_scale, choice,
+                                            aux_embeddings)
+    return select_threshold(confidence, correct, alpha, delta, method=method)
 
 
 def _parse_lambda(lam) -> str | float:
@@ -197,7 +223,7 @@ def _check_risk_targets(alpha: float, delta: float) -> None:
 
 def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
               k: int = 16, seed: int = 0, lam: str | float = "auto", alpha: float = 0.05, delta: float = 0.1,
-              templates: str = "paper", score: str = DEFAULT_SCORE, precision: str = "fp32",
+              templates: str = "paper", score: str = AUTO_SCORE, precision: str = "fp32",
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
               image_root: str | os.PathLike | None = None,
               threshold_method: str = DEFAULT_THRESHOLD_METHOD) -> PrototypeBundle:
@@ -214,8 +240,9 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         alpha: Target risk among accepted predictions, in (0, 1).
         delta: Allowed probability that the true risk exceeds alpha, in (0, 1).
         templates: Prompt template set, ``"paper"`` or ``"ensemble"``.
-        score: The score the threshold applies to, a name in ``trustvlm.contract.scores.SCORES``
-            (``"trustvlm"`` or ``"trustvlm_star"``).
+        score: ``"auto"`` (chosen on the lambda half, see :mod:`score_choice`; TrustVLM with a
+            fixed lambda) or the score the threshold applies to, a name in
+            ``trustvlm.contract.scores.SCORES`` (the fitted ones need ``lam="auto"``).
         precision: Which exported encoders to use (the VLM's and the auxiliary one's).
         threads: ONNX Runtime intra-op threads (None: its default).
         prototype_encoder: ``"vlm"`` (image prototypes from the VLM's own image encoder) or
@@ -238,8 +265,11 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     _check_risk_targets(alpha, delta)
     if threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method should be one of {list(THRESHOLD_METHODS)}, but got {threshold_method!r}")
-    if score not in SCORES:
-        raise ValueError(f"score should be {' or '.join(map(repr, SCORES))}, but got {score!r}")
+    if score != AUTO_SCORE and score not in SCORES:
+        raise ValueError(f"score should be {' or '.join(map(repr, (AUTO_SCORE, *SCORES)))}, but got {score!r}")
+    if lam != "auto" and score != AUTO_SCORE and SCORES[score].fitted:
+        raise ValueError(f"score {score} is fitted on half of the held-out images, which a fixed lambda does not "
+                         "set apart: use lambda 'auto' (--lam auto) or another score")
     template_list = get_templates(templates)
     encoders = open_encoders(artifacts_dir, precision, threads)
     get_tokenizer(encoders.manifest, encoders.artifacts_dir)  # no tokenizer (SigLIP offline): fail now, in one line
@@ -263,10 +293,12 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     check_prototype_shapes(text.shape, image.shape, same_dim=aux is None)
     rest = pool.held_out(shots)
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
-    choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots)
-    threshold = scoring.threshold(score, threshold_part, choice, alpha, delta, threshold_method)
-    info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, score, threshold, selection,
-                        aux)
+    choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots, alpha, delta)
+    confidence, correct = scoring.score_and_correct(choice.score, threshold_part, choice)
+    threshold = select_threshold(confidence, correct, alpha, delta, method=threshold_method)
+    selection["certifiable_limit"] = certifiable_limit(confidence, correct, alpha, delta).coverage
+    info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, choice.score, threshold,
+                        selection, aux)
     return write_bundle(out_dir, text, image, info)
 
 
@@ -288,25 +320,42 @@ class _Scoring:
         return choose_score_lambda(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
                                    self.logit_scale, self._aux(rows))
 
-    def threshold(self, score: str, rows: np.ndarray, choice: LambdaChoice, alpha: float,
-                  delta: float, method: str = DEFAULT_THRESHOLD_METHOD) -> ThresholdChoice:
-        return select_score_threshold(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
-                                      self.logit_scale, choice, alpha, delta, self._aux(rows), method=method)
+    def score_and_correct(self, score: str, rows: np.ndarray, choice: LambdaChoice) -> tuple[np.ndarray, np.ndarray]:
+        return score_and_correct(score, self.embeddings[rows], self.labels[rows], self.text, self.image,
+                                 self.logit_scale, choice, self._aux(rows))
+
+    def logits_and_similarities(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return logits_and_similarities(self.embeddings[rows], self.text, self.image, self.logit_scale,
+                                       self._aux(rows))
+
+    def choose(self, score: str, rows: np.ndarray, alpha: float, delta: float, seed: int) -> LambdaChoice:
+        """The lambda half's choices: the score (auto), lambda and T, and the fused models."""
+        logits, sims = self.logits_and_similarities(rows)
+        labels = self.labels[rows]
+        if score == AUTO_SCORE:
+            picked = choose_score(logits, sims, labels, alpha, delta, LAMBDA_GRID, TEMPERATURE_GRID, seed)
+            return LambdaChoice(picked.lam, picked.temperature, "auto", [], picked.score, picked.fused,
+                                picked.record())
+        fused, star = fit_fused_models(logits, sims, labels, LAMBDA_GRID, TEMPERATURE_GRID)
+        if score == "fused_star":  # the head's TrustVLM* prediction is the one the model rates
+            return LambdaChoice(star[0], star[1], "auto", [], score, fused)
+        return replace(self.lam("trustvlm" if score == "fused" else score, rows), score=score, fused=fused)
 
 
-def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool,
-                   shots: np.ndarray) -> tuple[LambdaChoice, np.ndarray, dict]:
-    """Lambda (fixed or auto on one half of `rest`) and the indices left to select the threshold on."""
+def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool, shots: np.ndarray, alpha: float,
+                   delta: float) -> tuple[LambdaChoice, np.ndarray, dict]:
+    """Lambda (fixed or auto on one half of `rest`), the score, and the indices left to select the threshold on."""
     if lam == "auto":
         lambda_part, threshold_part = split_held_out(rest, seed)
-        if len(lambda_part) < 2 or len(threshold_part) < 1:
+        if len(lambda_part) < 4 or len(threshold_part) < 1:
             raise ValueError(f"only {len(rest)} held-out image(s) after the shots: too few to choose lambda "
                              "and a threshold; lower k or add images")
-        choice = scoring.lam(score, lambda_part)
+        choice = scoring.choose(score, lambda_part, alpha, delta, seed)
     else:
         if len(rest) < 1:
             raise ValueError("no held-out image after the shots to select a threshold on; lower k or add images")
-        lambda_part, threshold_part, choice = rest[:0], rest, fixed_lambda(lam)
+        lambda_part, threshold_part = rest[:0], rest
+        choice = replace(fixed_lambda(lam), score=DEFAULT_SCORE if score == AUTO_SCORE else score)
     selection = {"data": pool.source, "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),
                  "threshold_images": int(len(threshold_part)), "lambda_table": json_safe(choice.table)}
     return choice, threshold_part, selection
@@ -327,4 +376,5 @@ def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, temp
         image_prototype_encoder=proto_encoder, k=int(k), seed=int(seed),
         shots=describe_shots(pool, shots), lam=float(choice.lam), lam_method=choice.method,
         temperature=float(choice.temperature), score=score, threshold=threshold, selection=selection,
-        aux_encoder=None if aux is None else AuxEncoderInfo.from_manifest(aux.manifest, aux.precision))
+        aux_encoder=None if aux is None else AuxEncoderInfo.from_manifest(aux.manifest, aux.precision),
+        fused=dict(choice.fused), score_choice=json_safe(choice.score_choice))

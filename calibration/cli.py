@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trustvlm.cli_common import CliError, help_formatter
 from trustvlm.contract.manifest import PRECISIONS
-from trustvlm.contract.scores import DEFAULT_SCORE, SCORES
+from trustvlm.contract.scores import AUTO_SCORE, SCORES
 
 DEFAULT_ARTIFACTS = Path("artifacts/demo_fmnist")
 
@@ -63,8 +63,8 @@ def add_calibrate_parser(subparsers) -> None:
         help="learn when to trust the model on your images: prototypes and an accept threshold with a risk "
              "guarantee (the bundle `serve` loads)",
         description="Encode k labelled shots per class with the exported image encoder (image prototypes) and "
-                    "the class prompts with the text encoder (text prototypes); choose lambda and an accept "
-                    "threshold with a risk guarantee on the held-out rest of the data; write "
+                    "the class prompts with the text encoder (text prototypes); choose the trust score, lambda and an "
+                    "accept threshold with a risk guarantee on the held-out rest of the data; write "
                     "prototypes.npz, trust_head.onnx and bundle.json. Fashion-MNIST uses its 5,000-image "
                     "calibration split, never the test split.")
     _add_common(parser)
@@ -81,8 +81,11 @@ def add_calibrate_parser(subparsers) -> None:
     parser.add_argument("--lam", type=_lambda_arg, default="auto",
                         help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
                              "(1 is the paper's)")
-    parser.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
-                        help="score the accept threshold applies to")
+    parser.add_argument("--score", default=AUTO_SCORE, choices=[AUTO_SCORE, *SCORES],
+                        help="score the accept threshold applies to: 'auto' picks, on half of the held-out images, "
+                             "the one whose threshold can guarantee the most coverage at --alpha/--delta (MSP, "
+                             "trustvlm, trustvlm_star over their lambda/T grids, or a fused score: a logistic "
+                             "model of the trust signals fitted there); the fused scores need --lam auto")
     parser.set_defaults(handler=run_calibrate)
 
 

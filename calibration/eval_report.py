@@ -4,7 +4,7 @@
         results.md                     tables in the paper's layout (+ details, risk control, ablations)
         results.json                   every number, JSON-safe (NaN/inf as strings)
         <dataset>_scores.npz           labels, predictions and every score per test image
-        <dataset>_risk_coverage.png    MSP vs TrustVLM vs TrustVLM*
+        <dataset>_risk_coverage.png    MSP vs TrustVLM vs TrustVLM* vs auto
 
 The folder is published atomically (:func:`trustvlm.contract.files.staged_folder`). Plots use matplotlib's ``Figure`` directly
 (Agg canvas), never pyplot, so nothing depends on a display or global backend state.
@@ -27,7 +27,7 @@ from trustvlm.contract.files import write_json_atomic
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
 PLOTTED = (("msp", "MSP"), ("trustvlm", "TrustVLM (lambda=1)"), ("trustvlm_star", "TrustVLM* (lambda=1, T=0.01)"),
-           ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"))
+           ("trustvlm_aux", "TrustVLM, aux prototypes (lambda=1)"), ("auto", "auto (score chosen on the lambda half)"))
 #: Main-table columns: (metric key, header, scale, lower is better).
 MAIN_COLUMNS = (("aurc_x1000", "AURC↓", 1.0, True), ("auroc", "AUROC↑", 100.0, False),
                 ("fpr_at_95_tpr", "FPR95↓", 100.0, True), ("accuracy", "ACC↑", 100.0, False))
@@ -74,19 +74,32 @@ def detail_table(result: DatasetResult) -> list[str]:
     return lines
 
 
+def _lambda_cell(result: DatasetResult, key: str) -> str:
+    if key == "auto":
+        chosen = result.info.get("auto_choice", {})
+        return f"{chosen.get('label', '?')} ({chosen.get('lambda', float('nan')):g}, T {chosen.get('temperature', 0):g})"
+    return {"trustvlm_auto": f"{result.lambda_auto:g}",
+            "trustvlm_aux_auto": f"{result.info.get('lambda_auto_aux', float('nan')):g}"}.get(key, "-")
+
+
 def risk_control_table(datasets: list[DatasetResult]) -> list[str]:
-    """The risk-guaranteed threshold chosen on calibration data, and its coverage and risk on test."""
-    lines = [_row(["Dataset", "Score", "lambda", "threshold", "calib coverage %", "test coverage %",
-                   "test risk %", "alpha %"]), _row(["---"] * 2 + ["---:"] * 6)]
+    """The threshold chosen on calibration data, its coverage and risk on test, and the two limits.
+
+    "guaranteed test coverage / risk": what the threshold selected on the threshold half does on test;
+    "certifiable limit": the most coverage one Clopper-Pearson test could certify on that half;
+    "oracle coverage": the most test coverage at observed test risk <= alpha.
+    """
+    lines = [_row(["Dataset", "Score", "lambda", "threshold", "calib coverage %", "guaranteed test coverage %",
+                   "test risk %", "certifiable limit %", "oracle coverage %", "alpha %"]),
+             _row(["---"] * 2 + ["---:"] * 8)]
     for result in datasets:
         for key, row in result.risk_control.items():
             choice = row["threshold"]
             threshold = choice["threshold"] if isinstance(choice["threshold"], str) else f"{choice['threshold']:.4f}"
-            lam = {"trustvlm_auto": f"{result.lambda_auto:g}",
-                   "trustvlm_aux_auto": f"{result.info.get('lambda_auto_aux', float('nan')):g}"}.get(key, "-")
-            lines.append(_row([result.name, key, lam, threshold, _fmt(choice["coverage"], 100),
+            lines.append(_row([result.name, key, _lambda_cell(result, key), threshold, _fmt(choice["coverage"], 100),
                                _fmt(row["test_coverage"], 100), _fmt(row["test_risk"], 100),
-                               _fmt(choice["alpha"], 100)]))
+                               _fmt(row.get("certifiable_limit", float("nan")), 100),
+                               _fmt(row.get("oracle_coverage", float("nan")), 100), _fmt(choice["alpha"], 100)]))
     return lines
 
 
@@ -140,9 +153,13 @@ def format_markdown(report: EvalReport) -> str:
                               for d in report.datasets)]
     for result in report.datasets:
         lines += ["", f"### {result.name}", ""] + detail_table(result)
-    lines += ["", f"## Risk control ({config.get('threshold_method', 'sgr').upper()}, alpha={config['alpha']}, "
-              f"delta={config['delta']}; threshold on held-out "
-              "calibration images)", ""] + risk_control_table(report.datasets)
+    lines += ["", f"## Risk control ({config.get('threshold_method', 'sgr').upper()}, alpha={config['alpha']}, delta={config['delta']}; threshold on held-out "
+              "calibration images)", "",
+              "Guaranteed test coverage and test risk: the threshold selected on the threshold half, applied to test. "
+              "Certifiable limit: the most coverage one Clopper-Pearson test (no multiplicity correction) could "
+              "certify on that half. Oracle coverage: the most test coverage at test risk <= alpha, for a threshold "
+              "set knowing the test labels. 'auto' chose its score on the lambda half.", ""]
+    lines += risk_control_table(report.datasets)
     if report.ablations:
         lines += ["", f"## Ablations ({report.ablations['dataset']} data, test split)", ""]
         lines += ablation_tables(report.ablations)

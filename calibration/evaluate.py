@@ -8,8 +8,13 @@ For each dataset (the clean Fashion-MNIST test set, then each shift of :mod:`shi
 * the rest of the calibration split is halved (seeded): lambda ("auto") is chosen by AURC on one
   half, a risk-guaranteed accept threshold (alpha, delta; ``EvalConfig.threshold_method``) is
   selected on the other, as in calibration;
+* the fused scores are fitted, and ``auto`` chooses its score, on the lambda half too
+  (:mod:`eval_fused`);
 * on the test split every method gets ACC, AURC x1000, E-AURC x1000, AUROC and FPR95
-  (:func:`trustvlm.calibration.metrics.evaluate_selective`).
+  (:func:`trustvlm.calibration.metrics.evaluate_selective`);
+* the risk-control rows give the guaranteed coverage (test coverage and test risk of the threshold
+  chosen on the threshold half), the certifiable limit on that half and the test oracle coverage
+  (:mod:`coverage_limits`).
 
 With ``EvalConfig.prototype_encoder`` set to an auxiliary image encoder's artifacts (e.g.
 DINOv2), both splits are encoded by it too and the report compares, side by side, image
@@ -32,6 +37,8 @@ import numpy as np
 
 from trustvlm.calibration.calibrate import (LAMBDA_GRID, PAPER_LAMBDA, VLM_PROTOTYPES, Encoders, open_encoders,
                                             open_prototype_encoder, split_held_out)
+from trustvlm.calibration.coverage_limits import certifiable_limit, oracle_coverage
+from trustvlm.calibration.eval_fused import FUSED_METHODS, FUSED_STAR_PREDICTIONS, evaluate_fused
 from trustvlm.calibration.image_prototypes import (encode_images, prototypes_from_embeddings, remaining_indices,
                                                    sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda
@@ -67,12 +74,12 @@ AUX_METHODS: tuple[tuple[str, str], ...] = (
     ("trustvlm_star_aux", "TrustVLM*, aux prototypes (lambda=1, T=0.01)"),
 )
 #: Methods whose prediction is a TrustVLM* one (pred_star / pred_star_aux), not the VLM's.
-STAR_PREDICTIONS = {"trustvlm_star": "pred_star", "trustvlm_star_aux": "pred_star_aux"}
+STAR_PREDICTIONS = {"trustvlm_star": "pred_star", "trustvlm_star_aux": "pred_star_aux", **FUSED_STAR_PREDICTIONS}
 
 
 def methods_of(result: "DatasetResult") -> tuple[tuple[str, str], ...]:
     """(key, label) of the methods measured on `result`, in table order."""
-    return tuple((key, label) for key, label in METHODS + AUX_METHODS if key in result.metrics)
+    return tuple((key, label) for key, label in METHODS + FUSED_METHODS + AUX_METHODS if key in result.metrics)
 
 
 @dataclass(frozen=True)
@@ -186,13 +193,18 @@ def method_scores(paper: TrustScores, auto: TrustScores) -> dict[str, tuple[np.n
 def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_conf: np.ndarray,
                      test_correct: np.ndarray, alpha: float, delta: float, *,
                      method: str = DEFAULT_THRESHOLD_METHOD) -> dict:
-    """Risk-guaranteed threshold (`method`) on calibration scores, and what it does on the test set."""
+    """The risk-guaranteed threshold (`method`) on calibration scores, what it does on the test set, and the two limits.
+
+    ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones.
+    """
     choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method)
     accepted = test_conf >= choice.threshold
     n_accepted = int(accepted.sum())
     return {"threshold": choice.to_dict(), "test_coverage": float(accepted.mean()),
             "test_accepted": n_accepted,
-            "test_risk": float(np.mean(~test_correct[accepted])) if n_accepted else float("nan")}
+            "test_risk": float(np.mean(~test_correct[accepted])) if n_accepted else float("nan"),
+            "certifiable_limit": certifiable_limit(calib_conf, calib_correct, alpha, delta).coverage,
+            "oracle_coverage": oracle_coverage(test_conf, test_correct, alpha).coverage}
 
 
 def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: float, config: EvalConfig,
@@ -216,6 +228,12 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
             "n_calib_threshold": int(len(threshold_part)), "n_test": int(len(data.test_labels)),
             "zero_shot_accuracy": float(np.mean(paper.pred == data.test_labels)),
             "prototype_classifier_accuracy": float(np.mean(paper.proto_pred == data.test_labels))}
+    fused = evaluate_fused(data.calib, data.calib_labels, data.test, text, image, logit_scale, lambda_part,
+                           threshold_part, config.alpha, config.delta, config.seed)
+    scored.update(fused["scored"])
+    calib_scored.update(fused["calib_scored"])
+    per_sample.update(fused["per_sample"])
+    info.update(fused["info"])
     if data.aux_calib is not None:
         aux = _evaluate_aux(data, text, logit_scale, shots, lambda_part, threshold_part)
         scored.update(aux["scored"])

@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from trustvlm.calibration.fused_score import fused_confidence
 from trustvlm.calibration.numerics import (as_float64, check_finite, check_scalar, l2_normalize, log_softmax,
                                            logsumexp, softmax)
 from trustvlm.contract.scores import SCORES, VLM_PREDICTION
@@ -63,6 +64,7 @@ __all__ = [
     "NamedScore",
     "TrustScores",
     "SCORE_FUNCTIONS",
+    "FITTED_SCORE_FUNCTIONS",
     "trustvlm_confidence",
     "trustvlm",
     "trustvlm_star",
@@ -71,7 +73,8 @@ __all__ = [
     "compute_scores",
 ]
 
-#: Ordered score names used by evaluation tables (each: higher = more confident).
+#: Ordered score names used by evaluation tables (each: higher = more confident); the fitted scores
+#: of the table need their fitted parameters and are computed by ``FITTED_SCORE_FUNCTIONS`` instead.
 SCORE_NAMES: tuple[str, ...] = (
     "msp",
     "max_logit",
@@ -79,7 +82,7 @@ SCORE_NAMES: tuple[str, ...] = (
     "neg_entropy",
     "doctor",
     "s_ii",
-    *SCORES,
+    *(name for name, spec in SCORES.items() if not spec.fitted),
 )
 
 #: Temperature of the image-prototype softmax in TrustVLM* (paper default).
@@ -278,6 +281,14 @@ SCORE_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float, 
     "trustvlm_star": trustvlm_star,
 }
 
+#: The float64 reference of every fitted score of ``SCORES`` (``fitted=True``), by name: called with its
+#: :class:`~trustvlm.contract.fused.FusedModel`, the ``N x C`` logits and image-prototype cosines, it
+#: returns ``(confidence, pred)``.
+FITTED_SCORE_FUNCTIONS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "fused": fused_confidence,
+    "fused_star": fused_confidence,
+}
+
 
 def compute_scores(
     image_embeddings: np.ndarray,
@@ -348,6 +359,8 @@ def compute_scores(
         "proto_sim": s_ii.copy(),
     }
     for name, spec in SCORES.items():
+        if spec.fitted:
+            continue
         confidence, rated = SCORE_FUNCTIONS[name](p, sims, pred, lam, temp)
         values[name] = confidence
         values.setdefault(spec.prediction, rated)

@@ -50,6 +50,12 @@ inputs ``text_prototypes`` / ``image_prototypes`` (float32 ``[C, D]``), so a
 runtime can bind device-resident buffers; the graph L2-normalizes them on every
 run (cheap next to the ``B x C x D`` products). The logit scale, ``lam`` and
 ``T`` stay constants of the graph in both modes.
+
+With ``fused`` (fitted fused scores, :mod:`trustvlm.contract.fused`) the head has one more
+float32 ``[B]`` output per model after those above, in ``FUSED_OUTPUTS`` order: the model's
+log-odds that its prediction is right, from the features the table of
+:mod:`trustvlm.contract.fused` lists (``fused_star`` with its own lambda and T). It matches
+:func:`trustvlm.calibration.fused_score.fused_confidence`.
 """
 
 from __future__ import annotations
@@ -64,8 +70,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trustvlm.calibration.numerics import check_scalar
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, check_prototypes
-from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS, IMAGE_PROTOTYPES_INPUT,
-                                      SCORES, STAR_PREDICTION, TEXT_PROTOTYPES_INPUT, VLM_PREDICTION)
+from trustvlm.contract.fused import FusedModel
+from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
+                                      IMAGE_PROTOTYPES_INPUT, SCORES, STAR_PREDICTION, TEXT_PROTOTYPES_INPUT,
+                                      VLM_PREDICTION)
 
 __all__ = [
     "OPSET",
@@ -161,6 +169,7 @@ def build_trust_head(
     top_k: int = 5,
     prototypes_as_inputs: bool = False,
     aux_embedding: bool = False,
+    fused: dict[str, FusedModel] | None = None,
 ) -> onnx.ModelProto:
     """Builds the fused trust head (opset 17) and checks it with ``onnx.checker``.
 
@@ -181,11 +190,13 @@ def build_trust_head(
         aux_embedding: If True, the image prototypes come from an auxiliary
             image encoder and the head takes its embedding as a second input
             ``aux_embedding`` (float32 ``[batch, D_aux]``).
+        fused: Fitted fused scores by name (keys of ``FUSED_OUTPUTS``); the head gets
+            their outputs after ``HEAD_OUTPUTS``. None or empty: none.
 
     Returns:
         The checked ``onnx.ModelProto`` with input ``embedding`` float32
         ``[batch, D]`` (then ``aux_embedding``, if asked for) and the outputs
-        in ``HEAD_OUTPUTS``.
+        in ``HEAD_OUTPUTS`` (then those of `fused`).
 
     Raises:
         ValueError: On prototype shape mismatches, NaN/inf or zero-norm
@@ -241,12 +252,14 @@ def build_trust_head(
     q_max = g.op("ReduceMax", [q], "q_max", axes=[1], keepdims=0)
     s_star = g.gather_rows(sims, pred_star, "s_star")
     g.op("Add", [q_max, g.op("Mul", [s_star, "lam"], "lam_s_star")], SCORES["trustvlm_star"].output)
+    fused_names = _add_fused_outputs(g, logits, probs, pred, sims, fused or {})
 
     outputs = [
         helper.make_tensor_value_info(
-            name, _F32 if name in FLOAT_OUTPUTS else _I64, ["batch", k] if name.startswith("topk") else ["batch"]
+            name, _F32 if name in FLOAT_OUTPUTS + FUSED_OUTPUTS else _I64,
+            ["batch", k] if name.startswith("topk") else ["batch"]
         )
-        for name in HEAD_OUTPUTS
+        for name in HEAD_OUTPUTS + fused_names
     ]
     graph = helper.make_graph(g.nodes, "trustvlm_trust_head", inputs, outputs, g.initializers)
     model = helper.make_model(
@@ -266,9 +279,55 @@ def build_trust_head(
         "temperature": repr(temp),
         "top_k": str(k),
         "prototypes_as_inputs": str(bool(prototypes_as_inputs)).lower(),
+        "fused": ",".join(fused_names),
     })
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _add_fused_outputs(g: _GraphBuilder, logits: str, probs: str, pred: str, sims: str,
+                       models: dict[str, FusedModel]) -> tuple[str, ...]:
+    """Adds the fused scores' outputs (``FUSED_OUTPUTS`` order); returns their names."""
+    unknown = sorted(set(models) - set(FUSED_OUTPUTS))
+    if unknown:
+        raise ValueError(f"fused scores should be some of {FUSED_OUTPUTS}, but got {unknown}")
+    names = tuple(name for name in FUSED_OUTPUTS if name in models)
+    if not names:
+        return names
+    proto_pred = g.op("ArgMax", [sims], "proto_pred", axis=1, keepdims=0)
+    log_probs = g.op("LogSoftmax", [logits], "log_probs", axis=1)
+    common = {"max_logit": g.op("ReduceMax", [logits], "max_logit", axes=[1], keepdims=0),
+              "neg_entropy": g.op("ReduceSum", [g.op("Mul", [probs, log_probs], "p_log_p"), "axis1"],
+                                  "neg_entropy", keepdims=0)}
+
+    def agree(a: str, b: str, name: str) -> str:
+        return g.op("Cast", [g.op("Equal", [a, b], f"{name}_eq")], name, to=_F32)
+
+    for name in names:
+        model = models[name]
+        if name == "fused":
+            features = {**common, "msp": "msp", "s_ii": "s_ii", "agree_proto": agree(pred, proto_pred, "f_agree")}
+        else:
+            lam = g.const(f"{name}_lam", np.array(model.lam, dtype=np.float32))
+            temp = g.const(f"{name}_temperature", np.array(model.temperature, dtype=np.float32))
+            proto = g.op("Softmax", [g.op("Div", [sims, temp], f"{name}_proto_logits")], f"{name}_proto_probs",
+                         axis=1)
+            q = g.op("Add", [probs, g.op("Mul", [proto, lam], f"{name}_lam_proto")], f"{name}_q")
+            rated = g.op("ArgMax", [q], f"{name}_pred", axis=1, keepdims=0)
+            features = {**common, "q_max": g.op("ReduceMax", [q], f"{name}_q_max", axes=[1], keepdims=0),
+                        "s_star": g.gather_rows(sims, rated, f"{name}_s_star"),
+                        "p_star": g.gather_rows(probs, rated, f"{name}_p_star"),
+                        "agree_vlm": agree(rated, pred, f"{name}_agree_vlm"),
+                        "agree_proto": agree(rated, proto_pred, f"{name}_agree_proto")}
+        columns = [g.op("Unsqueeze", [features[feature], "axis1"], f"{name}_x_{feature}")
+                   for feature in model.features]
+        x = g.op("Concat", columns, f"{name}_x", axis=1)
+        standard = g.op("Div", [g.op("Sub", [x, g.const(f"{name}_mean", np.asarray(model.mean, np.float32))],
+                                     f"{name}_centred"), g.const(f"{name}_scale", np.asarray(model.scale, np.float32))],
+                        f"{name}_standard")
+        z = g.op("MatMul", [standard, g.const(f"{name}_coef", np.asarray(model.coef, np.float32))], f"{name}_z")
+        g.op("Add", [z, g.const(f"{name}_intercept", np.array(model.intercept, dtype=np.float32))], name)
+    return names
 
 
 def save_trust_head(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

@@ -18,8 +18,13 @@ option) records that encoder in ``aux_encoder`` (:class:`AuxEncoderInfo`: model,
 engine sha256); its trust head then takes the auxiliary embedding as a second input, and
 :func:`load_bundle` needs the auxiliary artifacts folder to verify it.
 
-Schema history: 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 bundles
-still load.
+A bundle whose held-out images were split to choose the score also records the fitted fused
+scores (``fused``: name -> :class:`~trustvlm.contract.fused.FusedModel`; its trust head then has
+their outputs) and, when the score was chosen there (``--score auto``), the choice and the table it
+was made from (``score_choice``).
+
+Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent); 1.1 added
+``aux_encoder`` (null for the VLM's own prototypes); 1.0 and 1.1 bundles still load.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.contract.files import json_safe, sha256_file
+from trustvlm.contract.fused import FusedModel
 from trustvlm.contract.manifest import TOWERS, read_manifest
 from trustvlm.contract.scores import SCORES
 from trustvlm.contract.threshold import ThresholdChoice
@@ -42,7 +48,7 @@ __all__ = [
     "load_bundle", "describe_bundle", "rebuild_hint",
 ]
 
-BUNDLE_SCHEMA_VERSION = "1.1"
+BUNDLE_SCHEMA_VERSION = "1.2"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
@@ -140,6 +146,10 @@ class BundleInfo:
         selection: How lambda and the threshold were chosen (data counts, lambda table).
         aux_encoder: The auxiliary image encoder of the image prototypes, or None when they
             come from the VLM's own image encoder.
+        fused: The fitted fused scores, by score name (empty: none; the trust head then lacks
+            their outputs).
+        score_choice: How ``score`` was chosen with ``--score auto`` (criterion, the table of
+            candidates with their guaranteed coverage and AURC, the winner); empty otherwise.
         files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
@@ -167,6 +177,8 @@ class BundleInfo:
     threshold: ThresholdChoice
     selection: dict = field(default_factory=dict)
     aux_encoder: AuxEncoderInfo | None = None
+    fused: dict[str, FusedModel] = field(default_factory=dict)
+    score_choice: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -176,12 +188,23 @@ class BundleInfo:
             raise ValueError(f"lam_method should be one of {LAMBDA_METHODS}, but got {self.lam_method!r}")
         if self.score not in SCORES:
             raise ValueError(f"score should be one of {tuple(SCORES)}, but got {self.score!r}")
+        if SCORES[self.score].fitted and self.score not in self.fused:
+            raise ValueError(f"score {self.score} is fitted on calibration images, but the bundle has no fitted "
+                             f"model for it (has {sorted(self.fused)})")
+        for name, model in self.fused.items():
+            if model.score != name:
+                raise ValueError(f"fused[{name!r}] holds the model of {model.score!r}")
+        star = self.fused.get("fused_star")
+        if self.score == "fused_star" and (star.lam, star.temperature) != (self.lam, self.temperature):
+            raise ValueError(f"score fused_star rates TrustVLM*'s prediction at lambda={star.lam:g}, T={star.temperature:g}"
+                             f", but the bundle's trust head uses lambda={self.lam:g}, T={self.temperature:g}")
 
     def to_dict(self) -> dict:
         """JSON-safe dict; :meth:`from_dict` restores an equal object."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["threshold"] = self.threshold.to_dict()
         data["aux_encoder"] = None if self.aux_encoder is None else self.aux_encoder.to_dict()
+        data["fused"] = {name: model.to_dict() for name, model in self.fused.items()}
         data["class_names"], data["templates"] = list(self.class_names), list(self.templates)
         data["prompts"] = [list(per_class) for per_class in self.prompts]
         return json_safe(data)
@@ -198,6 +221,7 @@ class BundleInfo:
         values["threshold"] = ThresholdChoice.from_dict(data["threshold"])
         aux = data.get("aux_encoder")
         values["aux_encoder"] = None if aux is None else AuxEncoderInfo.from_dict(aux)
+        values["fused"] = {name: FusedModel.from_dict(model) for name, model in data.get("fused", {}).items()}
         values["class_names"] = tuple(data["class_names"])
         values["templates"] = tuple(data["templates"])
         values["prompts"] = tuple(tuple(per_class) for per_class in data["prompts"])
@@ -359,7 +383,8 @@ def load_bundle(bundle_dir: str | os.PathLike, artifacts_dir: str | os.PathLike,
 def describe_bundle(bundle: PrototypeBundle) -> str:
     """One line saying what a bundle is."""
     info, choice = bundle.info, bundle.info.threshold
-    accept = (f"accept {info.score} >= {choice.threshold:.4f} (risk <= {choice.alpha} w.p. >= {1 - choice.delta:.2f}, "
+    chosen = " (chosen on calibration data)" if info.score_choice else ""
+    accept = (f"accept {info.score}{chosen} >= {choice.threshold:.4f} (risk <= {choice.alpha} w.p. >= {1 - choice.delta:.2f}, "
               f"calibration coverage {100 * choice.coverage:.1f}%)" if choice.feasible
               else f"no threshold meets risk <= {choice.alpha} (defer everything)")
     aux = info.aux_encoder

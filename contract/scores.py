@@ -8,6 +8,11 @@ Each :class:`ScoreSpec` of :data:`SCORES` says which head output carries the sco
 head output carries the prediction it rates: the VLM's own zero-shot prediction (``pred``) or
 TrustVLM*'s corrected one (``pred_star``). Adding a score means a new entry here, its float64
 reference in ``trustvlm.calibration.scores`` and its outputs in the head builder.
+
+Fitted scores (``fitted=True``: the fused scores of :mod:`trustvlm.contract.fused`) have parameters
+learnt on calibration images; their outputs (:data:`FUSED_OUTPUTS`) follow :data:`HEAD_OUTPUTS` in
+heads built with those parameters, and heads without them (older bundles) lack them.
+:data:`AUTO_SCORE` is not a score but the request to choose one on calibration data.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["HEAD_INPUT", "AUX_HEAD_INPUT", "TEXT_PROTOTYPES_INPUT", "IMAGE_PROTOTYPES_INPUT", "VLM_PREDICTION",
-           "STAR_PREDICTION", "HEAD_OUTPUTS", "FLOAT_OUTPUTS", "ScoreSpec", "SCORES", "DEFAULT_SCORE", "score_spec"]
+           "STAR_PREDICTION", "HEAD_OUTPUTS", "FLOAT_OUTPUTS", "FUSED_OUTPUTS", "ScoreSpec", "SCORES", "DEFAULT_SCORE",
+           "AUTO_SCORE", "score_spec"]
 
 #: The image embedding input, float32 ``[batch, D]``.
 HEAD_INPUT = "embedding"
@@ -35,6 +41,8 @@ HEAD_OUTPUTS: tuple[str, ...] = (VLM_PREDICTION, "kappa", "msp", "s_ii", STAR_PR
                                  "topk_ids", "topk_probs")
 #: The float outputs (the others are int64 class indices).
 FLOAT_OUTPUTS: tuple[str, ...] = ("kappa", "msp", "s_ii", "kappa_star", "topk_probs")
+#: The fitted scores' outputs (float32 ``[batch]``), after ``HEAD_OUTPUTS`` in a head that has them.
+FUSED_OUTPUTS: tuple[str, ...] = ("fused", "fused_star")
 
 
 @dataclass(frozen=True)
@@ -47,27 +55,36 @@ class ScoreSpec:
         prediction: The trust head output of the prediction it rates (int64 ``[batch]``):
             ``VLM_PREDICTION`` or ``STAR_PREDICTION``.
         title: How reports name it.
+        fitted: Whether its parameters are fitted on calibration images (a fused score: the bundle
+            records them, and its output is one of ``FUSED_OUTPUTS``).
     """
 
     name: str
     output: str
     prediction: str
     title: str
+    fitted: bool = False
 
     def __post_init__(self) -> None:
+        outputs = HEAD_OUTPUTS + FUSED_OUTPUTS
         for field_name in ("output", "prediction"):
             value = getattr(self, field_name)
-            if value not in HEAD_OUTPUTS:
+            if value not in outputs:
                 raise ValueError(f"score {self.name}: {field_name} should be a trust head output "
-                                 f"{HEAD_OUTPUTS}, but got {value!r}")
+                                 f"{outputs}, but got {value!r}")
 
 
 #: Every score a bundle can threshold on, by name (higher = more confident).
 SCORES: dict[str, ScoreSpec] = {spec.name: spec for spec in (
     ScoreSpec("trustvlm", "kappa", VLM_PREDICTION, "TrustVLM"),
     ScoreSpec("trustvlm_star", "kappa_star", STAR_PREDICTION, "TrustVLM*"),
+    ScoreSpec("fused", "fused", VLM_PREDICTION, "Fused (logistic)", fitted=True),
+    ScoreSpec("fused_star", "fused_star", STAR_PREDICTION, "Fused* (logistic, TrustVLM* prediction)", fitted=True),
 )}
+#: The score of a bundle that does not say otherwise.
 DEFAULT_SCORE = "trustvlm"
+#: ``trustvlm calibrate --score auto``: choose the score on calibration data (its default).
+AUTO_SCORE = "auto"
 
 
 def score_spec(name: str) -> ScoreSpec:

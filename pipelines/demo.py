@@ -38,7 +38,7 @@ from pathlib import Path
 from trustvlm.calibration.shifts import SHIFTS
 from trustvlm.data.fashion_mnist import DatasetMissingError
 from trustvlm.pipelines.calibration_set import write_camera_calibration_set
-from trustvlm.pipelines.demo_summary import format_demo_summary, plot_demo_risk_coverage
+from trustvlm.pipelines.demo_summary import coverage_lines, format_demo_summary, plot_demo_risk_coverage
 from trustvlm.pipelines.processes import ChildProcess
 from trustvlm.pipelines.serve_process import ServeProcess
 
@@ -191,8 +191,9 @@ def run_demo(config: DemoConfig) -> dict:
             child.kill()
     summary = json.loads(paths["summary"].read_text())
     plot = plot_demo_risk_coverage(paths["log"], paths["truth"], paths["plot"], config)
+    coverage = coverage_lines(paths["bundle"], paths["log"], paths["truth"], config)
     lines = format_demo_summary(summary, config, calibration, bundle_line, {"calibrate": 0, **statuses}, plot,
-                                time.monotonic() - started)
+                                time.monotonic() - started, coverage)
     print("\n".join(lines), flush=True)
     paths["demo"].write_text(json.dumps({"config": {k: str(v) for k, v in vars(config).items()},
                                          "controller": summary, "processes": statuses}, indent=2) + "\n")

@@ -21,7 +21,8 @@ def _ms(value) -> str:
 
 
 def format_demo_summary(summary: dict, config: DemoConfig, calibration: CalibrationSet, bundle_line: str,
-                        statuses: dict[str, int], plot: Path | None, seconds: float) -> list[str]:
+                        statuses: dict[str, int], plot: Path | None, seconds: float,
+                        coverage: list[str] | None = None) -> list[str]:
     """The lines the demo ends with (figures from the controller's summary).
 
     Args:
@@ -32,6 +33,7 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibration: Calibrat
         statuses: Exit status of each process, by name, in the order they ended.
         plot: The risk-coverage plot, None when it was not written.
         seconds: How long the demo took.
+        coverage: The labelled camera's coverage lines (:func:`coverage_lines`), printed after its accuracy.
     """
     camera, video_camera = config.dataset_camera, config.video_camera
     cams, labelled = summary["cameras"], summary["labelled"]
@@ -47,6 +49,7 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibration: Calibrat
         f"  frames {stream['decisions']} | accepted {stream['accepted']} | deferred {stream['deferred']}",
         f"  accuracy on accepted frames {_pct(labelled['accuracy_accepted'])} vs {_pct(labelled['accuracy_all'])} "
         f"on all frames, at coverage {_pct(labelled['coverage'])}: the robot acts on the accepted frames only",
+        *(coverage or []),
     ]
     if video_camera in cams:
         video = cams[video_camera]
@@ -66,6 +69,35 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibration: Calibrat
         f"outputs in {config.out} ({seconds:.0f} s)",
     ]
     return lines
+
+
+def coverage_lines(bundle: Path, log: Path, truth: Path, config: DemoConfig) -> list[str]:
+    """The labelled camera's coverage with the bundle's score, against the certifiable limit and the oracle.
+
+    Returns:
+        Three lines; none when no labelled frame was scored.
+    """
+    from trustvlm.calibration.coverage_limits import oracle_coverage  # noqa: PLC0415 - calibration only here
+    from trustvlm.contract.bundle import read_bundle_info  # noqa: PLC0415
+    from trustvlm.pipelines.report import load_scored_frames  # noqa: PLC0415 - matplotlib
+
+    info = read_bundle_info(bundle)
+    frames = load_scored_frames(log, truth, config.dataset_camera)
+    if len(frames.kappa) == 0:
+        return []
+    accepted = frames.accepted
+    risk = float(1.0 - frames.correct[accepted].mean()) if accepted.any() else math.nan
+    how = (f"chosen on calibration data from {len(info.score_choice.get('table', []))} candidates"
+           if info.score_choice else "set by --score")
+    limit = info.selection.get("certifiable_limit")
+    return [
+        f"  score {info.score} (lambda {info.lam:g}, T {info.temperature:g}; {how}): coverage {_pct(accepted.mean())}, "
+        f"accuracy on accepted frames {_pct(1.0 - risk)} (risk {_pct(risk)}, target <= {_pct(config.alpha)})",
+        f"  certifiable limit {_pct(limit)}: the most coverage one Clopper-Pearson test could certify on the "
+        f"{info.threshold.n_calibration} calibration images that set the threshold; no guarantee goes beyond it",
+        f"  oracle coverage {_pct(oracle_coverage(frames.kappa, frames.correct, config.alpha).coverage)}: the most coverage "
+        f"at risk <= {_pct(config.alpha)} for a threshold set knowing these frames' labels; nothing can promise it",
+    ]
 
 
 def plot_demo_risk_coverage(log: Path, truth: Path, plot: Path, config: DemoConfig) -> Path | None:

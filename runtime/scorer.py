@@ -34,7 +34,7 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -43,7 +43,8 @@ import numpy as np
 from trustvlm.contract.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256, load_bundle,
                                       read_bundle_info)
 from trustvlm.contract.manifest import encoder_path, read_manifest
-from trustvlm.contract.scores import AUX_HEAD_INPUT, FLOAT_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS, score_spec
+from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
+                                      score_spec)
 from trustvlm.runtime.engines import ONNXRUNTIME, ImageEngine, backend_spec, device_of, open_image_engine
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
@@ -90,7 +91,8 @@ class ScorerConfig:
 
 @dataclass(frozen=True)
 class TrustHeadOutput:
-    """The trust head's outputs for one batch (the fields are ``trustvlm.contract.scores.HEAD_OUTPUTS``)."""
+    """The trust head's outputs for one batch (``trustvlm.contract.scores.HEAD_OUTPUTS``, then ``FUSED_OUTPUTS``:
+    None where the head has no fitted fused score)."""
 
     pred: np.ndarray
     kappa: np.ndarray
@@ -100,10 +102,13 @@ class TrustHeadOutput:
     kappa_star: np.ndarray
     topk_ids: np.ndarray
     topk_probs: np.ndarray
+    fused: np.ndarray | None = None
+    fused_star: np.ndarray | None = None
 
     def non_finite_fields(self, row: int) -> list[str]:
         """Names of the float outputs that are NaN or inf in `row`."""
-        return [name for name in FLOAT_OUTPUTS if not np.all(np.isfinite(getattr(self, name)[row]))]
+        return [name for name in FLOAT_OUTPUTS + FUSED_OUTPUTS
+                if getattr(self, name) is not None and not np.all(np.isfinite(getattr(self, name)[row]))]
 
 
 def bundle_id_of(bundle: PrototypeBundle) -> str:
@@ -198,9 +203,11 @@ class BundleScorer:
                                 tensorrt=TensorRTProviderSettings(max_batch=config.max_batch))
         inputs = [item.name for item in self.head.session.get_inputs()]
         names = [output.name for output in self.head.session.get_outputs()]
-        if inputs != list(self.towers) or names != list(HEAD_OUTPUTS):
+        expected = list(HEAD_OUTPUTS) + [name for name in FUSED_OUTPUTS if name in info.fused]
+        if inputs != list(self.towers) or names != expected:
             raise EngineError(f"{bundle.trust_head_path}: expected inputs {list(self.towers)} and outputs "
-                              f"{list(HEAD_OUTPUTS)}, got {inputs} and {names}")
+                              f"{expected}, got {inputs} and {names}")
+        self.head_outputs = tuple(names)
         self.class_names = info.class_names
         self.score_name = info.score
         self.score = score_spec(info.score)
@@ -229,20 +236,20 @@ class BundleScorer:
             return self._run_chunk(batches)
         chunks = [self._run_chunk({name: pixels[start:start + self.batch_limit] for name, pixels in batches.items()})
                   for start in range(0, rows, self.batch_limit)]
-        return TrustHeadOutput(*(np.concatenate([getattr(chunk, field.name) for chunk in chunks])
-                                 for field in fields(TrustHeadOutput)))
+        return TrustHeadOutput(**{name: np.concatenate([getattr(chunk, name) for chunk in chunks])
+                                  for name in self.head_outputs})
 
     def _run_chunk(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
         if self._device is None:
             feed = {name: self.towers[name].engine.encode(pixels) for name, pixels in batches.items()}
             try:
-                values = self.head.session.run(list(HEAD_OUTPUTS), feed)
+                values = self.head.session.run(list(self.head_outputs), feed)
             except Exception as error:  # onnxruntime raises its own exception types
                 shapes = {name: value.shape for name, value in feed.items()}
                 raise EngineError(f"trust head failed on embeddings of shapes {shapes}: {error}") from error
         else:
             values = self._run_bound(batches)
-        return TrustHeadOutput(*values)
+        return TrustHeadOutput(**dict(zip(self.head_outputs, values)))
 
     def _run_bound(self, batches: dict[str, np.ndarray]) -> list[np.ndarray]:
         """IOBinding path (GPU): the embeddings stay on the device between the encoders and the head."""
@@ -252,7 +259,7 @@ class BundleScorer:
             head_binding = self.head.session.io_binding()
             for name, embedding in embeddings.items():
                 head_binding.bind_ortvalue_input(name, embedding)
-            for name in HEAD_OUTPUTS:
+            for name in self.head_outputs:
                 head_binding.bind_output(name, "cpu")
             self.head.session.run_with_iobinding(head_binding)
             return head_binding.copy_outputs_to_cpu()

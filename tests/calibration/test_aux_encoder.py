@@ -21,6 +21,7 @@ from tests.calibration.split_files import write_fmnist_split
 from trustvlm.calibration.calibrate import calibrate, open_encoders
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
 from trustvlm.calibration.eval_report import RESULTS_MD, write_report
+from trustvlm.calibration.eval_fused import FUSED_METHODS
 from trustvlm.calibration.evaluate import AUX_METHODS, METHODS, EvalConfig, run_evaluation
 from trustvlm.calibration.image_prototypes import encode_images
 from trustvlm.calibration.metrics import evaluate_selective
@@ -160,7 +161,7 @@ def test_bundle_json_round_trips_with_an_aux_encoder(tiny_artifacts, tiny_aux, s
     bundle = calibrate(tiny_artifacts, split_file, tmp_path / "bundle", k=2, lam=1.0, alpha=0.5, threads=1,
                        image_root=image_root, prototype_encoder=tiny_aux)
     data = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert data["schema_version"] == "1.1" and data["aux_encoder"]["model"] == "tiny_aux"
+    assert data["schema_version"] == "1.2" and data["aux_encoder"]["model"] == "tiny_aux"
     assert BundleInfo.from_dict(data).to_dict() == bundle.info.to_dict(), "NaN-safe comparison (threshold may be nan)"
     assert BundleInfo.from_dict(data).aux_encoder == bundle.info.aux_encoder
     assert AuxEncoderInfo.from_dict(bundle.info.aux_encoder.to_dict()) == bundle.info.aux_encoder
@@ -253,7 +254,7 @@ def test_eval_compares_vlm_and_aux_prototypes(tiny_artifacts, tiny_aux, tmp_path
                                                        prototype_encoder=str(tiny_aux)))
     # Then: both prototype sources side by side, same zero-shot predictions
     result = report.datasets[0]
-    assert list(result.metrics) == [key for key, _ in METHODS + AUX_METHODS]
+    assert list(result.metrics) == [key for key, _ in METHODS + FUSED_METHODS + AUX_METHODS]
     labels = result.per_sample["labels"]
     for key, pred in (("trustvlm_aux", "pred"), ("proto_sim_aux", "pred"), ("trustvlm_star_aux", "pred_star_aux")):
         assert result.metrics[key] == evaluate_selective(result.per_sample[key], result.per_sample[pred] == labels)

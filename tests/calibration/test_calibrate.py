@@ -63,7 +63,9 @@ def test_calibrate_an_image_folder_writes_a_loadable_bundle(tiny_artifacts, imag
     info = loaded.info
     assert info.class_names == ("blue box", "green box", "red box")
     assert info.prompts[0] == ("a photo of a blue box.",)
-    assert (info.k, info.seed, info.lam_method, info.score) == (2, 0, "auto", "trustvlm")
+    assert (info.k, info.seed, info.lam_method) == (2, 0, "auto")
+    assert info.score_choice["chosen"]["score"] == info.score, "the default score is chosen on calibration data"
+    assert set(info.fused) == {"fused", "fused_star"}
     assert info.selection["shots"] == 6 and info.selection["lambda_images"] == 12
     assert info.selection["threshold_images"] == 12 == info.threshold.n_calibration
     # shots are recorded by file and sha256, and they are the seeded draw
@@ -124,7 +126,7 @@ def test_bad_lambda_and_score_are_errors(tiny_artifacts, image_folder, tmp_path)
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", lam="big")
     with pytest.raises(ValueError, match="lambda should be 'auto' or a finite number >= 0"):
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", k=2, lam=-1)
-    with pytest.raises(ValueError, match="score should be 'trustvlm' or 'trustvlm_star'"):
+    with pytest.raises(ValueError, match="score should be 'auto' or 'trustvlm' or 'trustvlm_star'"):
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", score="msp")
     with pytest.raises(ValueError, match=r"alpha should be in \(0, 1\), but got 1.5"):
         calibrate(tiny_artifacts, image_folder, tmp_path / "b", alpha=1.5)
@@ -144,7 +146,7 @@ def test_held_out_halves_are_disjoint_and_seeded():
 def test_cli_defaults_and_lambda_parsing():
     args = parse(["calibrate"])
     assert (args.lam, args.k, args.seed, args.alpha, args.delta, args.templates, args.score) == \
-        ("auto", 16, 0, 0.05, 0.1, "paper", "trustvlm")
+        ("auto", 16, 0, 0.05, 0.1, "paper", "auto")
     assert parse(["calibrate", "--lam", "0.5"]).lam == 0.5
     with pytest.raises(SystemExit):
         parse(["calibrate", "--lam", "lots"])

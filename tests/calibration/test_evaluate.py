@@ -11,8 +11,10 @@ import pytest
 
 from trustvlm.calibration.cli import add_eval_parser
 from trustvlm.calibration.eval_report import RESULTS_JSON, RESULTS_MD, write_report
-from trustvlm.calibration.evaluate import (METHODS, DatasetEmbeddings, EvalConfig, evaluate_dataset,
+from trustvlm.calibration.eval_fused import FUSED_METHODS
+from trustvlm.calibration.evaluate import (METHODS, STAR_PREDICTIONS, DatasetEmbeddings, EvalConfig, evaluate_dataset,
                                            risk_control_row, run_evaluation)
+from trustvlm.contract.scores import SCORES
 from trustvlm.calibration.metrics import evaluate_selective
 from trustvlm.cli import CliError
 
@@ -40,7 +42,12 @@ def _strict_json(text: str) -> dict:
 def test_every_dataset_and_method_is_reported(report):
     assert [d.name for d in report.datasets] == ["clean", "blur"]
     for result in report.datasets:
-        assert list(result.metrics) == [key for key, _ in METHODS]
+        assert list(result.metrics) == [key for key, _ in METHODS + FUSED_METHODS]
+        assert result.info["auto_choice"]["score"] in SCORES
+        for key in ("msp", "trustvlm_auto", "fused", "fused_star", "auto"):
+            row = result.risk_control[key]
+            assert 0 <= row["threshold"]["coverage"] <= row["certifiable_limit"] <= 1, key
+            assert 0 <= row["oracle_coverage"] <= 1, key
         assert result.info["n_test"] == 400 and result.info["n_calib_shots"] == 160
         assert result.info["n_calib_lambda"] + result.info["n_calib_threshold"] == 5000 - 160
 
@@ -48,8 +55,8 @@ def test_every_dataset_and_method_is_reported(report):
 def test_metrics_recompute_from_the_per_sample_scores(report):
     for result in report.datasets:
         samples, labels = result.per_sample, result.per_sample["labels"]
-        for key, _ in METHODS:
-            pred = samples["pred_star" if key == "trustvlm_star" else "pred"]
+        for key, _ in METHODS + FUSED_METHODS:
+            pred = samples[STAR_PREDICTIONS.get(key, "pred")]
             assert result.metrics[key] == evaluate_selective(samples[key], pred == labels), (result.name, key)
 
 
@@ -80,6 +87,7 @@ def test_the_test_split_never_influences_prototypes_lambda_or_thresholds():
     a, b = evaluate_dataset(data_a, text, 10.0, config), evaluate_dataset(data_b, text, 10.0, config)
     # Then
     assert a.lambda_auto == b.lambda_auto and a.lambda_table == b.lambda_table
+    assert a.info["auto_choice"] == b.info["auto_choice"] and a.info["auto_table"] == b.info["auto_table"]
     for key in a.risk_control:
         assert a.risk_control[key]["threshold"] == b.risk_control[key]["threshold"]
 
@@ -95,6 +103,9 @@ def test_risk_control_row_applies_the_calibration_threshold_to_test():
     assert 0.2 < threshold < 0.7 and row["threshold"]["risk_upper_bound"] < 0.1
     assert row["test_accepted"] == 3 and row["test_coverage"] == 0.75
     assert row["test_risk"] == pytest.approx(1 / 3)
+    # the oracle keeps only the top test score (the next one is wrong); one test certifies more than SGR
+    assert row["oracle_coverage"] == 0.25
+    assert row["threshold"]["coverage"] <= row["certifiable_limit"] < 0.6
 
 
 def test_ablations_cover_k_seeds_and_lambda(report):

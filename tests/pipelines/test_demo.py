@@ -114,6 +114,9 @@ def test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero(tmp_pa
     out = result.stdout
     assert "frames 60 | accepted" in out, out[-2000:]
     assert re.search(r"accuracy on accepted frames [\d.]+% vs [\d.]+% on all frames", out), out[-2000:]
+    assert re.search(r"score \w+ \(lambda [\d.]+, T [\d.]+; chosen on calibration data from \d+ candidates\): "
+                     r"coverage [\d.]+%", out), out[-2000:]
+    assert re.search(r"certifiable limit [\d.]+%: .* oracle coverage [\d.]+%: ", out, re.S), out[-2000:]
     assert ("processes: calibrate exit 0, source-fmnist_low_light exit 0, source-vtest exit 0, serve exit 0, "
             "controller exit 0") in out
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["controller"]
