@@ -97,34 +97,22 @@ def test_a_fitted_score_needs_its_model_and_the_heads_lambda(tiny_artifacts):
     assert BundleInfo.from_dict(json.loads(json.dumps(ok.to_dict()))) == ok
 
 
-def test_a_fitted_score_needs_its_model_and_the_heads_lambda(tiny_artifacts):
-    _, _, _, _, labels, logits, sims = _data(6, n=80)
-    star = fit_fused_model("fused_star", logits, sims, labels, lam=0.5, temperature=0.1)
-    info = make_info(read_manifest(tiny_artifacts))
-    with pytest.raises(ValueError, match="no fitted model for it"):
-        replace(info, score="fused")
-    with pytest.raises(ValueError, match="rates TrustVLM\\*'s prediction at lambda=0.5"):
-        replace(info, score="fused_star", fused={"fused_star": star})
-    ok = replace(info, score="fused_star", fused={"fused_star": star}, lam=0.5, temperature=0.1)
-    assert BundleInfo.from_dict(json.loads(json.dumps(ok.to_dict()))) == ok
-
-
 def test_coverage_limits_by_hand():
     # 10 images, scores 10..1; errors at scores 3 and 1
     confidence = np.arange(10, 0, -1.0)
     correct = np.array([1, 1, 1, 1, 1, 1, 1, 0, 1, 0], bool)
     # observed risk: top 7 0, top 8 1/8, top 9 1/9, all 2/10
-    assert oracle_coverage(confidence, correct, 0.115) == 0.9
-    assert oracle_coverage(confidence, correct, 0.1) == 0.7
+    assert oracle_coverage(confidence, correct, 0.115).coverage == 0.9
+    assert oracle_coverage(confidence, correct, 0.1).coverage == 0.7
     # Clopper-Pearson on 7 of 7 right: bound 1 - delta ** (1 / 7) = 0.28 at delta 0.1
-    assert certifiable_limit(confidence, correct, 0.3, 0.1) == 0.7
-    assert certifiable_limit(confidence, correct, 0.2, 0.1) == 0.0
+    assert certifiable_limit(confidence, correct, 0.3, 0.1).coverage == 0.7
+    assert certifiable_limit(confidence, correct, 0.2, 0.1).coverage == 0.0
     # the limit is never below what the (corrected) procedure guarantees
     rng = np.random.default_rng(0)
     conf = rng.random(2000)
     right = rng.random(2000) < 0.5 + 0.5 * conf
-    limit = certifiable_limit(conf, right, 0.1, 0.1)
-    assert select_threshold(conf, right, 0.1, 0.1).coverage <= limit <= oracle_coverage(conf, right, 0.1)
+    limit = certifiable_limit(conf, right, 0.1, 0.1).coverage
+    assert select_threshold(conf, right, 0.1, 0.1).coverage <= limit <= oracle_coverage(conf, right, 0.1).coverage
 
 
 def test_a_fitted_score_with_a_fixed_lambda_is_refused_before_any_work(tiny_artifacts, tmp_path):
