@@ -18,7 +18,13 @@ option) records that encoder in ``aux_encoder`` (:class:`AuxEncoderInfo`: model,
 engine sha256); its trust head then takes the auxiliary embedding as a second input, and
 :func:`load_bundle` needs the auxiliary artifacts folder to verify it.
 
-Schema history: 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 bundles
+How the image prototypes were averaged is ``prototype_recipe`` (:data:`PROTOTYPE_RECIPES`):
+``unit-mean`` normalizes each shot's embedding, averages per class and normalizes the mean;
+``raw-mean`` averages the raw embeddings and normalizes once (the official TrustVLM code's recipe
+for its DINOv2 prototypes).
+
+Schema history: 1.2 added ``prototype_recipe`` (absent in older bundles, which all used
+``unit-mean``); 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 bundles
 still load.
 """
 
@@ -39,14 +45,17 @@ from trustvlm.contract.threshold import ThresholdChoice
 __all__ = [
     "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "AuxEncoderInfo", "BundleInfo", "PrototypeBundle",
     "BUNDLE_JSON", "PROTOTYPES_FILE", "TRUST_HEAD_FILE", "LAMBDA_METHODS", "engine_sha256", "read_bundle_info",
-    "load_bundle", "describe_bundle", "rebuild_hint",
+    "load_bundle", "describe_bundle", "rebuild_hint", "PROTOTYPE_RECIPES", "UNIT_MEAN", "RAW_MEAN",
 ]
 
-BUNDLE_SCHEMA_VERSION = "1.1"
+BUNDLE_SCHEMA_VERSION = "1.2"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
 LAMBDA_METHODS = ("paper", "auto", "manual")
+UNIT_MEAN, RAW_MEAN = "unit-mean", "raw-mean"
+#: How shot embeddings become a class's image prototype (see the module docstring).
+PROTOTYPE_RECIPES = (UNIT_MEAN, RAW_MEAN)
 
 
 class BundleError(ValueError):
@@ -140,6 +149,8 @@ class BundleInfo:
         selection: How lambda and the threshold were chosen (data counts, lambda table).
         aux_encoder: The auxiliary image encoder of the image prototypes, or None when they
             come from the VLM's own image encoder.
+        prototype_recipe: How the shots were averaged, one of :data:`PROTOTYPE_RECIPES`
+            (``unit-mean`` when bundle.json predates the field).
         files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
@@ -167,6 +178,7 @@ class BundleInfo:
     threshold: ThresholdChoice
     selection: dict = field(default_factory=dict)
     aux_encoder: AuxEncoderInfo | None = None
+    prototype_recipe: str = UNIT_MEAN
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -176,6 +188,8 @@ class BundleInfo:
             raise ValueError(f"lam_method should be one of {LAMBDA_METHODS}, but got {self.lam_method!r}")
         if self.score not in SCORES:
             raise ValueError(f"score should be one of {tuple(SCORES)}, but got {self.score!r}")
+        if self.prototype_recipe not in PROTOTYPE_RECIPES:
+            raise ValueError(f"prototype_recipe should be one of {PROTOTYPE_RECIPES}, but got {self.prototype_recipe!r}")
 
     def to_dict(self) -> dict:
         """JSON-safe dict; :meth:`from_dict` restores an equal object."""
@@ -365,5 +379,6 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
     aux = info.aux_encoder
     source = "" if aux is None else (f", image prototypes from {aux.model}"
                                      f"{' (random-init weights)' if aux.random_init else ''}")
-    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source}, lambda={info.lam:g} "
+    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source} ({info.prototype_recipe}), "
+            f"lambda={info.lam:g} "
             f"({info.lam_method}), T={info.temperature:g}; {accept}")
