@@ -116,6 +116,8 @@ def check_class_vocabulary(artifacts_dir: str | os.PathLike, manifest: dict, cla
     """
     text_encoder = encoder_path(Path(artifacts_dir), manifest, "text", "fp32")
     known = known_token_mask(text_encoder, int(manifest["text_input"].get("vocab_size", OPEN_CLIP_VOCAB_SIZE)))
+    if known is None:
+        return {}  # no lookup table: the model embeds every id its tokenizer emits
     unreadable = unreadable_class_names(class_names, get_tokenizer(manifest, artifacts_dir), known)
     if unreadable and not allow_unknown_words:
         words = sorted({word for per_name in unreadable.values() for word in per_name})
