@@ -131,3 +131,15 @@ def test_test_folder_with_other_classes_is_refused(folders, tmp_path):
     (tmp_path / "other" / "bag").rename(tmp_path / "other" / "handbag")
     with pytest.raises(ValueError, match="test set's classes .* differ"):
         load_eval_data(str(calib), test_data=str(tmp_path / "other"))
+
+
+def test_images_of_different_sizes_are_shifted_one_by_one_and_keep_their_size():
+    from trustvlm.calibration.evaluate import shifted  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)]
+    noisy = shifted("noise", images, seed=3)
+    assert [image.shape for image in noisy] == [(20, 30, 3), (28, 28, 3)]
+    assert not np.array_equal(noisy[0], images[0]), "the shift changed the pixels"
+    np.testing.assert_array_equal(shifted("noise", images, seed=3)[1], noisy[1])
+    assert shifted("clean", images, seed=3) is images
