@@ -32,7 +32,7 @@ from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe,
                                                    prototypes_from_embeddings, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
-from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
+from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shots, load_pool, read_class_names
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import select_threshold
@@ -245,9 +245,11 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     get_tokenizer(encoders.manifest, encoders.artifacts_dir)  # no tokenizer (SigLIP offline): fail now, in one line
     aux = open_prototype_encoder(prototype_encoder, precision, threads)
     recipe = default_recipe(aux is not None) if prototype_recipe is None else check_recipe(prototype_recipe)
+    if image_root is None or Path(data).suffix == SPLIT_SUFFIX:  # else load_pool refuses the mismatch in one line
+        check_class_vocabulary(encoders.artifacts_dir, encoders.manifest, read_class_names(data, image_root),
+                               allow_unknown_words)  # before reading any pixel
     pool = load_pool(data, image_root)
     check_labels(pool.labels, pool.class_names)
-    check_class_vocabulary(encoders.artifacts_dir, encoders.manifest, pool.class_names, allow_unknown_words)
     candidates = pool.shot_candidates()
     shots = candidates[sample_shots(pool.labels[candidates], len(pool.class_names), k, seed, pool.class_names)]
     ids = list(map(str, pool.ids))

@@ -41,6 +41,7 @@ from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe,
                                                    prototypes_from_embeddings, remaining_indices, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda
 from trustvlm.calibration.metrics import evaluate_selective
+from trustvlm.calibration.pools import read_class_names
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
@@ -350,9 +351,10 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
     started = time.perf_counter()
     encoders = open_encoders(artifacts_dir, config.precision, config.threads)
     aux = open_prototype_encoder(config.prototype_encoder, config.precision, config.threads)
+    unreadable = check_class_vocabulary(artifacts_dir, encoders.manifest, read_class_names(config.data, config.image_root),
+                                        config.allow_unknown_words)  # before reading any pixel
     loaded = load_eval_data(config.data, config.image_root, config.test_data, config.test_limit, config.seed)
     calib, test = loaded.calib, loaded.test
-    unreadable = check_class_vocabulary(artifacts_dir, encoders.manifest, calib.class_names, config.allow_unknown_words)
     logit_scale = float(encoders.manifest["logit_scale"])
     text = build_text_prototypes(artifacts_dir, calib.class_names, get_templates(config.templates), config.precision)
     seconds = {"setup": time.perf_counter() - started}

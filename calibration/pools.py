@@ -27,6 +27,7 @@ import numpy as np
 
 from trustvlm.calibration.image_prototypes import remaining_indices
 from trustvlm.contract.files import sha256_file
+from trustvlm.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.data.image_folder import list_image_folder, read_rgb
 
@@ -110,6 +111,22 @@ def load_pool(data: str | os.PathLike, image_root: str | os.PathLike | None = No
     files, labels, names = list_image_folder(root)
     images = [read_rgb(path) for path in files]
     return LabelledPool(images, labels, names, str(root), tuple(str(p.relative_to(root)) for p in files), root)
+
+
+def read_class_names(data: str | os.PathLike, image_root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The class names of what :func:`load_pool` would load, without reading any image.
+
+    Raises:
+        As :func:`load_pool` for a missing or malformed folder or split file.
+    """
+    if Path(data).suffix == SPLIT_SUFFIX:
+        path = Path(data)
+        splits = _read_splits(path, Path(image_root) if image_root is not None else path.parent)
+        return split_class_names([row for name in (SHOT_SPLIT, HELD_OUT_SPLIT, TEST_SPLIT)
+                                  for row in _split_rows(splits, name, path)], path)
+    if str(data) == FASHION_MNIST:
+        return tuple(FASHION_MNIST_CLASSES)
+    return list_image_folder(data)[2]
 
 
 def _split_rows(splits: dict, name: str, path: Path) -> list[tuple[str, int, str]]:

@@ -106,3 +106,10 @@ def test_a_real_clip_tokenizer_is_never_refused(demo_artifacts, tmp_path):
     refused = unreadable_class_names(names, get_tokenizer(manifest), demo_known)
     assert set(DIGITS) <= set(refused) and "Zyzzyva" in refused
     assert demo["text_input"]["tokenizer"] == manifest["text_input"].get("tokenizer", "open_clip") == "open_clip"
+
+
+def test_unknown_class_names_are_refused_before_any_image_is_read(demo_artifacts, tmp_path):
+    folder = write_digit_folder(tmp_path / "digits", per_class=1)
+    (folder / "zero" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UnknownWordsError, match="'zero'"):
+        calibrate(demo_artifacts, folder, tmp_path / "bundle", k=1)
