@@ -63,8 +63,9 @@ export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [W
 calibrate: setup ## prototype bundle + accept threshold for artifacts/MODEL [DATA=fashion-mnist|/image/folder]
 	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/$(MODEL) --data $(DATA) $(CALIBRATE_ARGS)
 
-eval: setup ## evaluation table, plots and per-sample scores for artifacts/MODEL (clean + camera shifts)
-	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/$(MODEL) $(EVAL_ARGS)
+eval: setup ## evaluation table, plots and per-sample scores for artifacts/MODEL (clean + camera shifts) [DATA=folder TEST_DATA=folder]
+	$(PY) -m trustvlm eval --artifacts $(ARTIFACTS)/$(MODEL) --data $(DATA) $(if $(TEST_DATA),--test-data $(TEST_DATA)) \
+		$(EVAL_ARGS)
 
 INGEST ?= tcp://127.0.0.1:5555
 PUBLISH ?= tcp://127.0.0.1:5556

@@ -37,15 +37,17 @@ import numpy as np
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.coverage_limits import certifiable_limit
 from trustvlm.calibration.fused_score import fused_confidence
-from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
+from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe, encode_images,
+                                                   prototypes_from_embeddings, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
-from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
+from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shots, load_pool, read_class_names
 from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
 from trustvlm.calibration.tokenizer import get_tokenizer
+from trustvlm.calibration.vocabulary import check_class_vocabulary
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
 from trustvlm.contract.files import json_safe
 from trustvlm.contract.manifest import encoder_path, read_manifest
@@ -226,7 +228,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
               templates: str = "paper", score: str = AUTO_SCORE, precision: str = "fp32",
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
               image_root: str | os.PathLike | None = None,
-              threshold_method: str = DEFAULT_THRESHOLD_METHOD) -> PrototypeBundle:
+              threshold_method: str = DEFAULT_THRESHOLD_METHOD, prototype_recipe: str | None = None,
+              allow_unknown_words: bool = False) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
 
     Args:
@@ -250,6 +253,9 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         image_root: The folder a split file's image paths start from.
         threshold_method: How the threshold is chosen: ``"ltt"`` (Learn then Test, fixed-sequence
             testing) or ``"sgr"`` (see :mod:`trustvlm.calibration.threshold_selection`).
+        prototype_recipe: How shots are averaged (``unit-mean`` or ``raw-mean``); None: the
+            official ``raw-mean`` for an auxiliary encoder, ``unit-mean`` for the VLM's own.
+        allow_unknown_words: Go on when class names are outside the model's vocabulary.
 
     Returns:
         The written bundle.
@@ -257,7 +263,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     Raises:
         ValueError: Bad arguments, a class with fewer than k images, class count or
             embedding size mismatch, NaN embeddings (EmbeddingError), unreadable images,
-            a malformed split file.
+            a malformed split file, class names the model cannot read
+            (:class:`~trustvlm.calibration.vocabulary.UnknownWordsError`).
         FileNotFoundError: Missing dataset, folder, split file or prototype encoder folder.
         trustvlm.runtime.onnx_engine.EngineError: An encoder that cannot run.
     """
@@ -274,6 +281,10 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     encoders = open_encoders(artifacts_dir, precision, threads)
     get_tokenizer(encoders.manifest, encoders.artifacts_dir)  # no tokenizer (SigLIP offline): fail now, in one line
     aux = open_prototype_encoder(prototype_encoder, precision, threads)
+    recipe = default_recipe(aux is not None) if prototype_recipe is None else check_recipe(prototype_recipe)
+    if image_root is None or Path(data).suffix == SPLIT_SUFFIX:  # else load_pool refuses the mismatch in one line
+        check_class_vocabulary(encoders.artifacts_dir, encoders.manifest, read_class_names(data, image_root),
+                               allow_unknown_words)  # before reading any pixel
     pool = load_pool(data, image_root)
     check_labels(pool.labels, pool.class_names)
     candidates = pool.shot_candidates()
@@ -289,7 +300,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     # Calibrate on exactly what the bundle stores (float32) so the threshold fits the runtime head.
     text = text.astype(np.float32).astype(np.float64)
     proto_source = embeddings if aux_embeddings is None else aux_embeddings
-    image = prototypes_from_embeddings(proto_source, shots).astype(np.float32).astype(np.float64)
+    image = prototypes_from_embeddings(proto_source, shots, recipe).astype(np.float32).astype(np.float64)
     check_prototype_shapes(text.shape, image.shape, same_dim=aux is None)
     rest = pool.held_out(shots)
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
@@ -299,7 +310,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     selection["certifiable_limit"] = certifiable_limit(confidence, correct, alpha, delta).coverage
     info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, choice.score, threshold,
                         selection, aux)
-    return write_bundle(out_dir, text, image, info)
+    return write_bundle(out_dir, text, image, replace(info, prototype_recipe=recipe))
 
 
 @dataclass(frozen=True)

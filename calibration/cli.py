@@ -30,6 +30,23 @@ def _lambda_arg(text: str) -> str | float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from error
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _fixed_lambda_arg(text: str) -> float:
+    value = _lambda_arg(text)
+    if value == "auto":
+        raise argparse.ArgumentTypeError("expected a number >= 0 (the auto-lambda rows are reported beside it)")
+    return value
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415 - keep `--help` light
 
@@ -54,6 +71,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "one from the strictest down by exact binomial tests, stopping at the first that fails; "
                              "the risk guarantee holds for the procedure as a whole) or 'sgr' (the older binary "
                              "search with delta split over its steps)")
+    parser.add_argument("--prototype-recipe", default=None, choices=["unit-mean", "raw-mean"],
+                        help="how shot embeddings are averaged into a class prototype: 'unit-mean' normalizes each "
+                             "shot first, 'raw-mean' averages the raw embeddings and normalizes once (the official "
+                             "code's); default: raw-mean for an auxiliary --prototype-encoder, unit-mean for the VLM's")
+    parser.add_argument("--allow-unknown-words", action="store_true",
+                        help="go on when class names are outside the model's vocabulary (their prompts encode to "
+                             "unknown tokens; without this flag that is refused)")
 
 
 def add_calibrate_parser(subparsers) -> None:
@@ -100,7 +124,8 @@ def run_calibrate(args) -> int:
                            alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
                            precision=args.precision, threads=args.threads,
                            prototype_encoder=args.prototype_encoder, image_root=args.image_root,
-                           threshold_method=args.threshold_method)
+                           threshold_method=args.threshold_method, prototype_recipe=args.prototype_recipe,
+                           allow_unknown_words=args.allow_unknown_words)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
@@ -115,17 +140,36 @@ def add_eval_parser(subparsers) -> None:
         "eval", formatter_class=help_formatter,
         help="measure how well each trust score (MSP, baselines, TrustVLM) tells right from wrong predictions, "
              "on clean and degraded-camera test images",
-        description="For the clean Fashion-MNIST test split and each camera shift: prototypes from the equally "
-                    "shifted calibration split, then ACC, AURC, E-AURC, AUROC and FPR95 of every score; writes "
-                    "results.md, results.json, per-sample npz files and risk-coverage plots.")
+        description="For the clean test images and each camera shift: prototypes from k shots of the equally "
+                    "shifted calibration images, lambda and a threshold from the rest of them, then ACC, AURC, "
+                    "E-AURC, AUROC and FPR95 of every score on the test images; writes results.md, results.json, "
+                    "per-sample npz files and risk-coverage plots. Data: Fashion-MNIST (calibration split / test "
+                    "split), an image folder with a held-out --test-data folder of the same classes, or a CoOp "
+                    "split .json ('train' shots, 'val' lambda and threshold, 'test' report). Without a separate "
+                    "test set there is no report.")
     _add_common(parser)
-    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist"], help="evaluation data")
+    parser.add_argument("--data", default="fashion-mnist",
+                        help="'fashion-mnist', an image folder with one sub-folder per class (shots, lambda and "
+                             "threshold; needs --test-data), or a CoOp split .json (needs --image-root)")
+    parser.add_argument("--image-root", type=Path, default=None,
+                        help="folder the relative image paths of a --data split .json start from")
+    parser.add_argument("--test-data", type=Path, default=None,
+                        help="image folder with the same class sub-folders to report on (held out: never used for "
+                             "shots, lambda or threshold); replaces a split file's 'test' rows")
+    parser.add_argument("--lam", type=_fixed_lambda_arg, default=1.0,
+                        help="lambda of the paper rows (TrustVLM, TrustVLM*); the official scripts use 1, and 0.1 "
+                             "on Oxford Pets")
+    parser.add_argument("--temperature", type=_positive_float, default=0.01,
+                        help="T of TrustVLM*'s prototype softmax in the paper rows; the official scripts use 0.01, "
+                             "and 0.1 on Oxford Pets, Stanford Cars and Food-101")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: <artifacts>/eval)")
     parser.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=list(SHIFTS),
-                        help="camera shifts to evaluate besides the clean data (none: clean only)")
+                        help="synthetic camera shifts applied to both calibration and test images, evaluated besides "
+                             "the clean data (none: clean only)")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip the k / lambda / shot-seed ablations")
-    parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="use only N test images (Fashion-MNIST: the first N; other data: a seeded sample)")
     parser.add_argument("--prototype-encoder", default="vlm",
                         help="'vlm': image prototypes from the model's own image encoder only; or the artifacts "
                              "folder of an auxiliary image encoder (e.g. artifacts/dinov2_vitb14): the report then "
@@ -143,7 +187,11 @@ def run_eval(args) -> int:
         config = EvalConfig(k=args.k, seed=args.seed, templates=args.templates, shifts=tuple(args.shifts),
                             alpha=args.alpha, delta=args.delta, ablations=args.ablations,
                             test_limit=args.test_limit, precision=args.precision, threads=args.threads,
-                            prototype_encoder=str(args.prototype_encoder), threshold_method=args.threshold_method)
+                            prototype_encoder=str(args.prototype_encoder), data=str(args.data),
+                            image_root=None if args.image_root is None else str(args.image_root),
+                            test_data=None if args.test_data is None else str(args.test_data),
+                            lam=args.lam, temperature=args.temperature, prototype_recipe=args.prototype_recipe,
+                            allow_unknown_words=args.allow_unknown_words, threshold_method=args.threshold_method)
         report = run_evaluation(args.artifacts, config)
         write_report(report, out)
     except _expected_errors() as error:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trustvlm.calibration.eval_data import describe_data
 from trustvlm.calibration.evaluate import STAR_PREDICTIONS, DatasetResult, EvalReport, methods_of
 from trustvlm.calibration.metrics import risk_coverage_curve
 from trustvlm.contract.files import json_safe
@@ -133,11 +134,18 @@ def format_markdown(report: EvalReport) -> str:
     """The whole results.md."""
     meta, config = report.meta, report.meta["config"]
     lines = [f"# Evaluation: {meta['model']} ({meta['precision']}, weights {meta['weights_id'][:19]}...)", "",
-             f"Fashion-MNIST test split ({report.datasets[0].info['n_test']} images); image prototypes from "
-             f"k={config['k']} shots per class (seed {config['seed']}) of the equally shifted calibration split; "
-             f"'{config['templates']}' templates; logit scale {meta['logit_scale']:.2f}. "
+             describe_data(meta["data"]) if "data" in meta else
+             f"Fashion-MNIST test split ({report.datasets[0].info['n_test']} images).",
+             "", f"Image prototypes from k={config['k']} shots per class (seed {config['seed']}) of the equally "
+             f"shifted calibration images, averaged '{report.datasets[0].info.get('prototype_recipe', 'unit-mean')}'; "
+             f"'{config['templates']}' templates; logit scale {meta['logit_scale']:.2f}; paper rows with "
+             f"lambda={config.get('lam', 1.0):g}, T={config.get('temperature', 0.01):g}. "
              "AURC and E-AURC x1000; AUROC, FPR95, ACC in %.", "",
              "## Misclassification detection", ""]
+    if meta.get("unreadable_class_names"):
+        lines[-2:-2] = ["Class names outside the model's vocabulary (evaluated anyway, --allow-unknown-words): "
+                        + ", ".join(sorted(meta["unreadable_class_names"])) + "; their text prototypes mean nothing.",
+                        ""]
     lines += main_table(report.datasets)
     lines += ["", "lambda=auto per dataset: " + ", ".join(f"{d.name} {d.lambda_auto:g}" for d in report.datasets),
               "", "image-prototype classifier ACC %: "
@@ -145,7 +153,8 @@ def format_markdown(report: EvalReport) -> str:
     if any("prototype_classifier_accuracy_aux" in d.info for d in report.datasets):
         aux = meta["prototype_encoder"]
         lines += ["", f"Rows marked 'aux prototypes': image prototypes and S_ii from the auxiliary encoder "
-                      f"{aux['model']} (weights {aux['weights_id'][:19]}), same shots and halves; logits from the VLM.",
+                      f"{aux['model']} (weights {aux['weights_id'][:19]}), same shots and halves, averaged "
+                      f"'{report.datasets[0].info.get('prototype_recipe_aux', 'unit-mean')}'; logits from the VLM.",
                   "", "lambda=auto per dataset, aux prototypes: "
                   + ", ".join(f"{d.name} {d.info['lambda_auto_aux']:g}" for d in report.datasets),
                   "", "aux image-prototype classifier ACC %: "
@@ -183,7 +192,9 @@ def plot_risk_coverage(result: DatasetResult, path: Path) -> None:
     figure = Figure(figsize=(5.0, 3.6), dpi=120)
     axes = figure.subplots()
     labels = result.per_sample["labels"]
+    labels_of = dict(methods_of(result))
     for key, label in PLOTTED:
+        label = labels_of.get(key, label)
         if key not in result.per_sample:
             continue  # aux rows only with an auxiliary prototype encoder
         pred = result.per_sample[STAR_PREDICTIONS.get(key, "pred")]

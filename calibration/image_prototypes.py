@@ -1,8 +1,12 @@
 """Image prototypes: one normalized embedding per class from k labelled shots.
 
-TrustVLM's image prototype of class c is the normalized mean of the normalized embeddings of k
-labelled images of c, encoded by the VLM's own image encoder (the exported ONNX graph, through
-the same engine layer the runtime uses). Shots are drawn per class with a seeded
+TrustVLM's image prototype of class c is the normalized mean of the embeddings of k labelled
+images of c, encoded by the VLM's own image encoder (the exported ONNX graph, through the same
+engine layer the runtime uses) or an auxiliary one. Two recipes
+(``trustvlm.contract.bundle.PROTOTYPE_RECIPES``): ``unit-mean`` normalizes each shot first,
+``raw-mean`` averages the raw embeddings and normalizes once, as the official code does for its
+DINOv2 prototypes (:func:`default_recipe`: ``raw-mean`` for an auxiliary encoder, ``unit-mean``
+for the VLM's own). Shots are drawn per class with a seeded
 ``rng.choice(..., replace=False)``, classes in label order, as the official few-shot sampling.
 
 Use :func:`sample_shots` + :func:`prototypes_from_embeddings` when the embeddings are already
@@ -17,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trustvlm.calibration.numerics import l2_normalize
+from trustvlm.contract.bundle import PROTOTYPE_RECIPES, RAW_MEAN, UNIT_MEAN
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 
@@ -85,12 +90,26 @@ def remaining_indices(num_images: int, shot_indices: np.ndarray) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def prototypes_from_embeddings(embeddings: np.ndarray, shot_indices: np.ndarray) -> np.ndarray:
-    """Normalize each shot embedding, average per class, normalize the means.
+def default_recipe(auxiliary: bool) -> str:
+    """The official recipe (``raw-mean``) for an auxiliary encoder's prototypes, ``unit-mean`` for the VLM's."""
+    return RAW_MEAN if auxiliary else UNIT_MEAN
+
+
+def check_recipe(recipe: str) -> str:
+    """`recipe` if it is one of PROTOTYPE_RECIPES, else ValueError."""
+    if recipe not in PROTOTYPE_RECIPES:
+        raise ValueError(f"prototype recipe should be one of {PROTOTYPE_RECIPES}, but got {recipe!r}")
+    return recipe
+
+
+def prototypes_from_embeddings(embeddings: np.ndarray, shot_indices: np.ndarray, recipe: str = UNIT_MEAN) -> np.ndarray:
+    """Average the shot embeddings per class (normalized first with ``unit-mean``), normalize the means.
 
     Args:
         embeddings: ``N x D`` raw image embeddings (any float dtype).
         shot_indices: ``C x k`` rows of ``embeddings``, one row of shots per class.
+        recipe: ``unit-mean`` (each shot normalized before averaging) or ``raw-mean``
+            (raw embeddings averaged, the official code's recipe).
 
     Returns:
         ``C x D`` float64 prototypes with unit rows.
@@ -99,9 +118,12 @@ def prototypes_from_embeddings(embeddings: np.ndarray, shot_indices: np.ndarray)
         ValueError: On NaN/inf or zero-norm embeddings, or a zero-norm class mean.
     """
     shots = np.asarray(shot_indices, dtype=np.int64)
-    unit = l2_normalize(np.asarray(embeddings, dtype=np.float64)[shots.reshape(-1)], axis=1,
-                        name="shot embeddings")
-    means = unit.reshape(shots.shape[0], shots.shape[1], -1).mean(axis=1)
+    picked = np.asarray(embeddings, dtype=np.float64)[shots.reshape(-1)]
+    if check_recipe(recipe) == UNIT_MEAN:
+        picked = l2_normalize(picked, axis=1, name="shot embeddings")
+    elif not np.all(np.isfinite(picked)):
+        raise ValueError("shot embeddings hold NaN or inf")
+    means = picked.reshape(shots.shape[0], shots.shape[1], -1).mean(axis=1)
     return l2_normalize(means, axis=1, name="class means of the shot embeddings")
 
 

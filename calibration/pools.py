@@ -8,8 +8,9 @@
     <split>.json    a CoOp-style split file (``split_zhou_*.json``: ``{"train": [[relpath, label,
                     classname], ...], "val": [...], "test": [...]}``) with the folder its paths
                     start from (``image_root``). Shots come from "train" only; lambda and the
-                    accept threshold are chosen on "val" only; "test" is never read (its rows
-                    only complete the class list). Identified like a folder's images.
+                    accept threshold are chosen on "val" only; calibration never reads "test"
+                    (its rows only complete the class list; `trustvlm eval` reports on them,
+                    :func:`load_split_test`). Identified like a folder's images.
 
 For the first two, shots may be any image and the held-out images are the rest of the pool; a
 split file fixes both (:meth:`LabelledPool.shot_candidates`, :meth:`LabelledPool.held_out`).
@@ -26,6 +27,7 @@ import numpy as np
 
 from trustvlm.calibration.image_prototypes import remaining_indices
 from trustvlm.contract.files import sha256_file
+from trustvlm.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.data.image_folder import list_image_folder, read_rgb
 
@@ -111,6 +113,22 @@ def load_pool(data: str | os.PathLike, image_root: str | os.PathLike | None = No
     return LabelledPool(images, labels, names, str(root), tuple(str(p.relative_to(root)) for p in files), root)
 
 
+def read_class_names(data: str | os.PathLike, image_root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The class names of what :func:`load_pool` would load, without reading any image.
+
+    Raises:
+        As :func:`load_pool` for a missing or malformed folder or split file.
+    """
+    if Path(data).suffix == SPLIT_SUFFIX:
+        path = Path(data)
+        splits = _read_splits(path, Path(image_root) if image_root is not None else path.parent)
+        return split_class_names([row for name in (SHOT_SPLIT, HELD_OUT_SPLIT, TEST_SPLIT)
+                                  for row in _split_rows(splits, name, path)], path)
+    if str(data) == FASHION_MNIST:
+        return tuple(FASHION_MNIST_CLASSES)
+    return list_image_folder(data)[2]
+
+
 def _split_rows(splits: dict, name: str, path: Path) -> list[tuple[str, int, str]]:
     rows = splits.get(name, [])
     if not isinstance(rows, list):
@@ -152,6 +170,20 @@ def load_split_file(path: str | os.PathLike, image_root: str | os.PathLike) -> L
         trustvlm.data.image_folder.UnreadableImageError: On an image OpenCV cannot decode.
     """
     path, root = Path(path), Path(image_root)
+    splits = _read_splits(path, root)
+    for name in (SHOT_SPLIT, HELD_OUT_SPLIT):
+        if not splits.get(name):
+            raise ValueError(f"{path}: the {name!r} split is missing or empty (has {sorted(splits)}); shots come "
+                             f"from {SHOT_SPLIT!r}, lambda and the threshold are chosen on {HELD_OUT_SPLIT!r}")
+    train, val = _split_rows(splits, SHOT_SPLIT, path), _split_rows(splits, HELD_OUT_SPLIT, path)
+    class_names = split_class_names(train + val + _split_rows(splits, TEST_SPLIT, path), path)
+    images, labels = _read_rows(path, root, train + val)
+    return LabelledPool(images, labels, class_names, f"{path} (train + val)",
+                        tuple(relpath for relpath, _, _ in train + val), root,
+                        shot_pool=np.arange(len(train)), held_out_pool=np.arange(len(train), len(train) + len(val)))
+
+
+def _read_splits(path: Path, root: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"split file {path} does not exist")
     if not root.is_dir():
@@ -162,22 +194,34 @@ def load_split_file(path: str | os.PathLike, image_root: str | os.PathLike) -> L
         raise ValueError(f"{path} is not valid JSON ({error})") from error
     if not isinstance(splits, dict):
         raise ValueError(f"{path}: expected an object with {SHOT_SPLIT!r} and {HELD_OUT_SPLIT!r} lists")
-    for name in (SHOT_SPLIT, HELD_OUT_SPLIT):
-        if not splits.get(name):
-            raise ValueError(f"{path}: the {name!r} split is missing or empty (has {sorted(splits)}); shots come "
-                             f"from {SHOT_SPLIT!r}, lambda and the threshold are chosen on {HELD_OUT_SPLIT!r}")
-    train, val = _split_rows(splits, SHOT_SPLIT, path), _split_rows(splits, HELD_OUT_SPLIT, path)
-    class_names = split_class_names(train + val + _split_rows(splits, TEST_SPLIT, path), path)
+    return splits
+
+
+def _read_rows(path: Path, root: Path, rows: list[tuple[str, int, str]]) -> tuple[list[np.ndarray], np.ndarray]:
     images = []
-    for relpath, _, _ in train + val:
+    for relpath, _, _ in rows:
         file = root / relpath
         if not file.is_file():
             raise FileNotFoundError(f"{path}: image {relpath} is not under {root}")
         images.append(read_rgb(file))
-    labels = np.asarray([label for _, label, _ in train + val], dtype=np.int64)
-    return LabelledPool(images, labels, class_names, f"{path} (train + val)",
-                        tuple(relpath for relpath, _, _ in train + val), root,
-                        shot_pool=np.arange(len(train)), held_out_pool=np.arange(len(train), len(train) + len(val)))
+    return images, np.asarray([label for _, label, _ in rows], dtype=np.int64)
+
+
+def load_split_test(path: str | os.PathLike, image_root: str | os.PathLike) -> LabelledPool | None:
+    """A CoOp split file's "test" images (for evaluation only), or None when it has no "test" rows.
+
+    Raises:
+        As :func:`load_split_file`.
+    """
+    path, root = Path(path), Path(image_root)
+    splits = _read_splits(path, root)
+    test = _split_rows(splits, TEST_SPLIT, path)
+    if not test:
+        return None
+    class_names = split_class_names(
+        _split_rows(splits, SHOT_SPLIT, path) + _split_rows(splits, HELD_OUT_SPLIT, path) + test, path)
+    images, labels = _read_rows(path, root, test)
+    return LabelledPool(images, labels, class_names, f"{path} (test)", tuple(relpath for relpath, _, _ in test), root)
 
 
 def describe_shots(pool: LabelledPool, shot_indices: np.ndarray) -> dict:

@@ -23,7 +23,13 @@ scores (``fused``: name -> :class:`~trustvlm.contract.fused.FusedModel`; its tru
 their outputs) and, when the score was chosen there (``--score auto``), the choice and the table it
 was made from (``score_choice``).
 
-Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent); 1.1 added
+How the image prototypes were averaged is ``prototype_recipe`` (:data:`PROTOTYPE_RECIPES`):
+``unit-mean`` normalizes each shot's embedding, averages per class and normalizes the mean;
+``raw-mean`` averages the raw embeddings and normalizes once (the official TrustVLM code's recipe
+for its DINOv2 prototypes).
+
+Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent) and
+``prototype_recipe`` (absent in older bundles, which all used ``unit-mean``); 1.1 added
 ``aux_encoder`` (null for the VLM's own prototypes); 1.0 and 1.1 bundles still load.
 """
 
@@ -45,7 +51,7 @@ from trustvlm.contract.threshold import ThresholdChoice
 __all__ = [
     "BUNDLE_SCHEMA_VERSION", "BundleError", "BundleMismatchError", "AuxEncoderInfo", "BundleInfo", "PrototypeBundle",
     "BUNDLE_JSON", "PROTOTYPES_FILE", "TRUST_HEAD_FILE", "LAMBDA_METHODS", "engine_sha256", "read_bundle_info",
-    "load_bundle", "describe_bundle", "rebuild_hint",
+    "load_bundle", "describe_bundle", "rebuild_hint", "PROTOTYPE_RECIPES", "UNIT_MEAN", "RAW_MEAN",
 ]
 
 BUNDLE_SCHEMA_VERSION = "1.2"
@@ -53,6 +59,9 @@ BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
 LAMBDA_METHODS = ("paper", "auto", "manual")
+UNIT_MEAN, RAW_MEAN = "unit-mean", "raw-mean"
+#: How shot embeddings become a class's image prototype (see the module docstring).
+PROTOTYPE_RECIPES = (UNIT_MEAN, RAW_MEAN)
 
 
 class BundleError(ValueError):
@@ -150,6 +159,8 @@ class BundleInfo:
             their outputs).
         score_choice: How ``score`` was chosen with ``--score auto`` (criterion, the table of
             candidates with their guaranteed coverage and AURC, the winner); empty otherwise.
+        prototype_recipe: How the shots were averaged, one of :data:`PROTOTYPE_RECIPES`
+            (``unit-mean`` when bundle.json predates the field).
         files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
@@ -179,6 +190,7 @@ class BundleInfo:
     aux_encoder: AuxEncoderInfo | None = None
     fused: dict[str, FusedModel] = field(default_factory=dict)
     score_choice: dict = field(default_factory=dict)
+    prototype_recipe: str = UNIT_MEAN
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -198,6 +210,8 @@ class BundleInfo:
         if self.score == "fused_star" and (star.lam, star.temperature) != (self.lam, self.temperature):
             raise ValueError(f"score fused_star rates TrustVLM*'s prediction at lambda={star.lam:g}, T={star.temperature:g}"
                              f", but the bundle's trust head uses lambda={self.lam:g}, T={self.temperature:g}")
+        if self.prototype_recipe not in PROTOTYPE_RECIPES:
+            raise ValueError(f"prototype_recipe should be one of {PROTOTYPE_RECIPES}, but got {self.prototype_recipe!r}")
 
     def to_dict(self) -> dict:
         """JSON-safe dict; :meth:`from_dict` restores an equal object."""
@@ -390,5 +404,6 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
     aux = info.aux_encoder
     source = "" if aux is None else (f", image prototypes from {aux.model}"
                                      f"{' (random-init weights)' if aux.random_init else ''}")
-    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source}, lambda={info.lam:g} "
+    return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source} ({info.prototype_recipe}), "
+            f"lambda={info.lam:g} "
             f"({info.lam_method}), T={info.temperature:g}; {accept}")
