@@ -175,8 +175,9 @@ class ClusterBackend:
             if time.monotonic() > deadline:
                 detail = self._message(status) if status is not None else "no status"
                 self.close()
-                raise EngineError(f"{config.replicas} scoring replicas did not start within {config.start_timeout_s:g} s "
-                                  f"(does the cluster have {options} free per replica?): {_last_line(detail)}")
+                raise EngineError(f"{config.replicas} scoring replicas did not start within "
+                                  f"{config.start_timeout_s:g} s (does the cluster have {options} free per replica?): "
+                                  f"{_last_line(detail)}")
             time.sleep(0.2)
         self._monitor = threading.Thread(target=self._watch, name="cluster-capacity", daemon=True)
         self._monitor.start()
@@ -188,7 +189,11 @@ class ClusterBackend:
         for _ in range(10):  # Ray Serve routes each request to one replica; ask until every one has answered
             responses = [self.handle.prepare.remote(bundle_id, payload_ref) for _ in range(2 * running)]
             for response in responses:
-                answer = response.result(timeout_s=self.config.start_timeout_s)
+                try:
+                    answer = response.result(timeout_s=self.config.start_timeout_s)
+                except Exception as error:  # a replica that died or hung while loading: not everywhere, so none
+                    raise EngineError(f"a replica did not load bundle {bundle_id}: {type(error).__name__}: "
+                                      f"{_last_line(str(error))}") from error
                 if answer["error"]:
                     raise EngineError(answer["error"])
                 ready.add(answer["replica"])

@@ -24,6 +24,7 @@ import collections
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import ray
@@ -70,6 +71,7 @@ class ScorerReplica:
         self.config = ScorerConfig(**values)
         self.root = Path(tempfile.mkdtemp(prefix="trustvlm-replica-"))
         self.scorers: collections.OrderedDict[str, BundleScorer] = collections.OrderedDict()
+        self._loading = threading.Lock()  # prepare and score requests run on worker threads, possibly at once
         context = serve.get_replica_context()
         self.name = f"{context.replica_id.unique_id}@{ray.get_runtime_context().get_node_id()[:8]}"
         self.score.set_max_batch_size(max_batch_size)
@@ -77,6 +79,10 @@ class ScorerReplica:
         self._scorer(bundle_id, payload_ref)
 
     def _scorer(self, bundle_id: str, payload_ref: list) -> BundleScorer:
+        with self._loading:
+            return self._load(bundle_id, payload_ref)
+
+    def _load(self, bundle_id: str, payload_ref: list) -> BundleScorer:
         if bundle_id in self.scorers:
             self.scorers.move_to_end(bundle_id)
             return self.scorers[bundle_id]

@@ -1,4 +1,4 @@
-"""deploy/kuberay-rayservice.yaml: a RayService that runs the image built from deploy/Dockerfile and `serve --cluster`."""
+"""deploy/kuberay-rayservice.yaml: a RayService running deploy/Dockerfile's image and `serve --cluster`."""
 
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ JSON report that the tests check:
 * ``same_frames``: 4 cameras, frames sent in rounds of one per camera (each round waits for its 4
   decisions, so no frame supersedes another) to the single-machine service and to the cluster
   gateway (2 replicas, one pinned to each node by the custom resource ``trustvlm_replica``).
+* ``reload``: SIGHUP after the bundle folder got first a bundle whose trust head no replica can open
+  (its sha256 records are right, so only the replicas can find out: the reload must be refused and
+  the old bundle keep scoring), then a good bundle with another threshold (swapped in everywhere:
+  every later decision carries its id).
 * ``node_loss``: the gateway keeps getting frames while the worker node is killed (SIGKILL of its
   raylet and every process it started) and started again; the report holds every frame sent,
   every decision, every heartbeat, and the local scorer's decision for each frame sent.
@@ -17,6 +21,8 @@ JSON report that the tests check:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -145,6 +151,59 @@ def same_frames(gateway: Gateway, images: list[bytes], rounds: int) -> list[dict
     return list(gateway.decisions)
 
 
+def install_bundle(staging: Path, bundle_dir: Path, break_trust_head: bool) -> None:
+    """Move a bundle written in `staging` into the served folder (optionally with an unloadable trust head)."""
+    if break_trust_head:
+        head = staging / "trust_head.onnx"
+        head.write_bytes(b"this is not an ONNX graph")
+        info = json.loads((staging / "bundle.json").read_text())
+        info["files"]["trust_head.onnx"] = hashlib.sha256(head.read_bytes()).hexdigest()
+        (staging / "bundle.json").write_text(json.dumps(info))
+    for name in ("prototypes.npz", "trust_head.onnx", "bundle.json"):
+        os.replace(staging / name, bundle_dir / name)
+
+
+def reload(gateway: Gateway, service: ServeProcess, artifacts: str, bundle_dir: Path, images: list[bytes],
+           first_seq: int, log) -> dict:
+    """A refused reload (a trust head the replicas cannot open), then a good one swapped in on every replica."""
+    from trustvlm.calibration.bundle import write_bundle  # noqa: PLC0415
+    from trustvlm.contract.bundle import load_bundle  # noqa: PLC0415
+
+    original = load_bundle(bundle_dir, artifacts)
+    old_id = gateway.health[-1]["bundle_id"]
+    threshold = dataclasses.replace(original.info.threshold, threshold=original.info.threshold.threshold - 0.05)
+    staging = bundle_dir.parent / "staging"
+    lock, sent, result = threading.Lock(), [], {"old_bundle_id": old_id}
+
+    def round_of_frames(seq: int) -> list[dict]:
+        start = len(gateway.decisions)
+        for camera in range(CAMERAS):
+            send(gateway, lock, camera, seq, images[(seq * CAMERAS + camera) % len(images)], sent)
+        if not gateway.wait_for(lambda: len(gateway.decisions) - start >= CAMERAS, 120):
+            raise RuntimeError(f"no decisions for round {seq} of the reload")
+        return gateway.decisions[start:]
+
+    write_bundle(staging, original.text_prototypes, original.image_prototypes,
+                 dataclasses.replace(original.info, threshold=threshold))
+    install_bundle(staging, bundle_dir, break_trust_head=True)
+    os.kill(service.pid, signal.SIGHUP)
+    if not gateway.wait_for(lambda: gateway.health[-1]["counters"].get("reloads_refused", 0) >= 1, 120):
+        raise RuntimeError("the broken bundle was not refused")
+    result["after_refusal"] = round_of_frames(first_seq)
+    log("broken bundle refused")
+    new = write_bundle(staging, original.text_prototypes, original.image_prototypes,
+                       dataclasses.replace(original.info, threshold=threshold))
+    install_bundle(staging, bundle_dir, break_trust_head=False)
+    os.kill(service.pid, signal.SIGHUP)
+    if not gateway.wait_for(lambda: gateway.health[-1]["bundle_id"] != old_id, 120):
+        raise RuntimeError("the new bundle was not swapped in")
+    result["new_bundle_id"], result["new_threshold"] = gateway.health[-1]["bundle_id"], new.info.threshold.threshold
+    result["after_swap"] = [d for seq in range(first_seq + 1, first_seq + 5) for d in round_of_frames(seq)]
+    result["counters"] = gateway.health[-1]["counters"]
+    log("new bundle swapped in")
+    return result
+
+
 def node_loss(gateway: Gateway, cluster: Cluster, images: list[bytes], first_seq: int, log) -> dict:
     """Frames keep coming while the worker node dies and comes back."""
     lock, sent, stop, events = threading.Lock(), [], threading.Event(), {}
@@ -220,26 +279,33 @@ def main() -> int:
                         "replica_slots": n["Resources"].get(RESOURCE, 0)} for n in ray.nodes()]
     ray.shutdown()
     images = encoded_images(40)
-    flags = ("--staleness-ms", "0", "--heartbeat-ms", "200", "--threads", "1")
+    bundle = Path(args.report).parent / "served_bundle"
+    bundle.mkdir()
+    for path in Path(args.bundle).iterdir():
+        (bundle / path.name).write_bytes(path.read_bytes())
+    flags = ("--staleness-ms", "0", "--heartbeat-ms", "200", "--threads", "1", "--no-watch")
     cluster_flags = ("--cluster", f"127.0.0.1:{PORT}", "--replicas", "2", "--replica-resource", RESOURCE)
     context = zmq.Context()
-    with ServeProcess(Path(args.artifacts), Path(args.bundle), logs, flags, name="single", echo=True) as single:
+    with ServeProcess(Path(args.artifacts), bundle, logs, flags, name="single", echo=True) as single:
         gateway = Gateway(context, single)
         report["single"] = same_frames(gateway, images, args.rounds)
         gateway.close()
     log("single-machine service done")
-    with ServeProcess(Path(args.artifacts), Path(args.bundle), logs, flags + cluster_flags, name="gateway",
+    with ServeProcess(Path(args.artifacts), bundle, logs, flags + cluster_flags, name="gateway",
                       echo=True, start_timeout_s=300) as service:
         gateway = Gateway(context, service)
         report["cluster"] = same_frames(gateway, images, args.rounds)
         log("same frames scored on the cluster")
-        report["node_loss"] = node_loss(gateway, cluster, images, args.rounds, log)
+        report["reload"] = reload(gateway, service, args.artifacts, bundle, images, args.rounds, log)
+        report["node_loss"] = node_loss(gateway, cluster, images, args.rounds + 5, log)
         report["status"] = service.stop(60)
         gateway.wait_for(lambda: gateway.health and gateway.health[-1]["status"] == "stopped", 10)
         report["health"] = [{k: h[k] for k in ("status", "detail")} for h in gateway.health]
         report["final_counters"] = gateway.health[-1]["counters"]
+        report["reload"]["log"] = [line for line in (logs / "gateway.stderr").read_text().splitlines()
+                                   if "bundle reload" in line]
         gateway.close()
-    report["expected"] = expected_decisions(args.artifacts, args.bundle, images, report["node_loss"]["sent"])
+    report["expected"] = expected_decisions(args.artifacts, str(bundle), images, report["node_loss"]["sent"])
     Path(args.report).write_text(json.dumps(report))
     context.term()
     log("report written")

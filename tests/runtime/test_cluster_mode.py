@@ -110,7 +110,9 @@ def test_a_node_lost_mid_stream_never_turns_a_frame_into_an_accept_and_every_fra
             assert decision["decision"] == "defer" and decision["reason"] in ("engine_error", "dropped"), decision
     # And the service's own accounting agrees: every frame received has one outcome
     counters = cluster_report["final_counters"]
-    assert counters["decisions"] == counters["received"] == len(cluster_report["cluster"]) + len(sent)
+    reload = cluster_report["reload"]
+    before = len(cluster_report["cluster"]) + len(reload["after_refusal"]) + len(reload["after_swap"])
+    assert counters["decisions"] == counters["received"] == before + len(sent)
     assert cluster_report["status"] == 0
 
 
@@ -122,3 +124,20 @@ def test_the_heartbeat_is_degraded_while_the_node_is_missing_and_ok_once_ray_res
     details = [h["detail"] for h in cluster_report["health"] if h["status"] == "degraded"]
     assert any("1 of 2 scoring replicas running" in detail for detail in details), details[:3]
     assert statuses[-1] == "stopped"
+
+
+def test_a_bundle_a_replica_cannot_open_is_refused_everywhere_and_a_good_one_is_swapped_in_everywhere(cluster_report):
+    reload = cluster_report["reload"]
+    # Given a bundle whose sha256 records hold but whose trust head no replica can open: refused, and said so
+    refused = [line for line in reload["log"] if "bundle reload refused" in line]
+    assert len(refused) == 1 and "refused bundle" in refused[0] and reload["old_bundle_id"] in refused[0], reload["log"]
+    # ... and the old bundle keeps scoring
+    assert {d["bundle_id"] for d in reload["after_refusal"]} == {reload["old_bundle_id"]}
+    assert all(d["kappa"] is not None for d in reload["after_refusal"])
+    # Given a good bundle with another threshold: every later frame, whichever replica scored it, uses it
+    assert reload["new_bundle_id"] != reload["old_bundle_id"]
+    assert len(reload["after_swap"]) == 16
+    assert {(d["bundle_id"], d["threshold"]) for d in reload["after_swap"]} == \
+        {(reload["new_bundle_id"], reload["new_threshold"])}
+    assert all(d["kappa"] is not None for d in reload["after_swap"])
+    assert (reload["counters"]["reloads_refused"], reload["counters"]["reloads_ok"]) == (1, 1)

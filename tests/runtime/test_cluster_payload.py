@@ -56,7 +56,8 @@ def test_a_payload_whose_bytes_changed_on_the_way_is_refused_and_nothing_is_writ
 
 
 def test_a_payload_file_name_outside_its_folders_is_refused(payload, tmp_path):
-    evil = dataclasses.replace(payload, files={"../escape": b"x"}, sha256={"../escape": hashlib.sha256(b"x").hexdigest()})
+    evil = dataclasses.replace(payload, files={"../escape": b"x"},
+                               sha256={"../escape": hashlib.sha256(b"x").hexdigest()})
     with pytest.raises(PayloadError, match="refusing the file name"):
         materialize_payload(evil, tmp_path / "root")
     assert not (tmp_path / "escape").exists()
