@@ -203,38 +203,45 @@ class ClusterBackend:
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def decide(self, scorer: ClusterScorer, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
-        """One decision per frame, in order; see the module docstring for the fault rules."""
+        """One decision per frame, in order; see the module docstring for the fault rules.
+
+        The frames go out as one request per replica (contiguous chunks), all in flight at once.
+        """
         from trustvlm.cluster.replica import REFUSED, frame_to_wire  # noqa: PLC0415
 
         wires = [frame_to_wire(frame) for frame in frames]
-        pending = {index: self._send(scorer, wire) for index, wire in enumerate(wires)}
+        chunks = min(len(frames), self.config.replicas)
+        bounds = [len(frames) * part // chunks for part in range(chunks + 1)]
+        pending = [self._send(scorer, wires, list(range(low, high))) for low, high in zip(bounds, bounds[1:])]
         decisions: list[DecisionMessage | None] = [None] * len(frames)
         while pending:
-            retry = {}
-            for index, response in pending.items():
-                frame = frames[index]
+            retry = []
+            for indices, response in pending:
                 try:
-                    answer = response.result(timeout_s=self.config.answer_timeout_ms / 1e3)
-                except Exception as error:  # a dead replica or node, a timeout: the frame was not scored
+                    answers = response.result(timeout_s=self.config.answer_timeout_ms / 1e3)
+                except Exception as error:  # a dead replica or node, a timeout: these frames were not scored
                     response.cancel()
-                    if self._within_deadline(frame):
-                        log.warning("frame %s/%d lost on the cluster (%s); sending it again",
-                                    frame.header.camera_id, frame.header.seq, type(error).__name__)
-                        retry[index] = self._send(scorer, wires[index])
-                    else:
+                    again = [index for index in indices if self._within_deadline(frames[index])]
+                    if again:
+                        log.warning("%d frames lost on the cluster (%s); sending them again", len(again),
+                                    type(error).__name__)
+                        retry.append(self._send(scorer, wires, again))
+                    for index in sorted(set(indices) - set(again)):
                         decisions[index] = scorer.defer(Notice.for_frame(
-                            frame, Reason.ENGINE_ERROR, f"not scored on the cluster: {type(error).__name__}: "
-                                                        f"{_last_line(str(error))}"[:500]))
+                            frames[index], Reason.ENGINE_ERROR, f"not scored on the cluster: {type(error).__name__}: "
+                                                                f"{_last_line(str(error))}"[:500]))
                     continue
-                if REFUSED in answer:
-                    decisions[index] = scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, answer[REFUSED]))
-                else:
-                    decisions[index] = DecisionMessage.from_dict(answer)
+                if len(answers) != len(indices):  # never expected; still, no frame may go unanswered
+                    answers = [{REFUSED: f"a replica answered {len(answers)} frames for {len(indices)}"}] * len(indices)
+                for index, answer in zip(indices, answers):
+                    decisions[index] = (scorer.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR,
+                                                                      answer[REFUSED]))
+                                        if REFUSED in answer else DecisionMessage.from_dict(answer))
             pending = retry
         return decisions
 
-    def _send(self, scorer: ClusterScorer, wire: dict):
-        return self.handle.score.remote((scorer.bundle_id, scorer.payload_ref, wire))
+    def _send(self, scorer: ClusterScorer, wires: list[dict], indices: list[int]) -> tuple[list[int], object]:
+        return indices, self.handle.score.remote((scorer.bundle_id, scorer.payload_ref, [wires[i] for i in indices]))
 
     def _within_deadline(self, frame: ReceivedFrame) -> bool:
         if not self.staleness_ms:

@@ -6,7 +6,8 @@
 it fetched from Ray's object store and verified (sha256 of every byte, then the single-machine
 checks). Frames arrive as the encoded bytes the camera sent, so decoding runs here and scales out
 with the replicas; Ray Serve's dynamic batching (``@serve.batch``) groups the frames that reach a
-replica at about the same time into one encoder run.
+replica at about the same time into one encoder run (the gateway sends each batch it takes as one
+request per replica, so Ray's cost per request is shared by the frames of a chunk).
 
 Every request names the bundle it must be scored with. A replica keeps the scorers of the last
 two bundles; one it has not seen (a reload, or a replica Ray restarted) is fetched, verified and
@@ -121,18 +122,18 @@ class ScorerReplica:
         return [decision.to_dict() for decision in scorer.decide([frame_from_wire(frame) for frame in frames])]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def score(self, requests: list[tuple[str, list, dict]]) -> list[dict]:
-        """Decide a batch of ``(bundle_id, [payload ref], frame map)`` requests; one answer map each, in order."""
-        groups: dict[str, list[int]] = {}
-        for index, (bundle_id, _, _) in enumerate(requests):
-            groups.setdefault(bundle_id, []).append(index)
-        answers: list[dict] = [{}] * len(requests)
-        for bundle_id, indices in groups.items():
-            payload_ref = requests[indices[0]][1]
+    async def score(self, requests: list[tuple[str, list, list[dict]]]) -> list[list[dict]]:
+        """Decide a batch of ``(bundle_id, [payload ref], [frame map, ...])`` requests: one answer map per frame."""
+        groups: dict[str, list[tuple[int, int]]] = {}  # bundle -> (request, frame) positions
+        for index, (bundle_id, _, frames) in enumerate(requests):
+            groups.setdefault(bundle_id, []).extend((index, position) for position in range(len(frames)))
+        answers: list[list[dict]] = [[{}] * len(frames) for _, _, frames in requests]
+        for bundle_id, positions in groups.items():
+            payload_ref = requests[positions[0][0]][1]
             results = await asyncio.to_thread(self._score_group, bundle_id, payload_ref,
-                                              [requests[index][2] for index in indices])
-            for index, result in zip(indices, results):
-                answers[index] = result
+                                              [requests[index][2][position] for index, position in positions])
+            for (index, position), result in zip(positions, results):
+                answers[index][position] = result
         return answers
 
     def __del__(self):  # Ray Serve drops the replica object when it stops the replica
