@@ -11,7 +11,7 @@ closed-loop by 8 cameras with one frame in flight each (768 x 576 JPEG frames of
 ``vtest.avi``, or noise when it is missing), so every figure is a saturation rate with nothing
 dropped. The gateway's CPU time per frame comes from /proc. The section it writes goes between
 ``<!-- cluster-bench -->`` markers at the end of the output file (``make bench`` rewrites the file:
-run this again afterwards).
+run this again afterwards, or ``--render artifacts/bench/cluster_bench.json`` to rewrite it from the saved figures).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def measure(args: argparse.Namespace) -> dict:
     return results
 
 
-def render(results: dict, command: str) -> str:
+def render(results: dict) -> str:
     runs = results["runs"]
     single, one, two = (runs["single, --threads 1"], runs["cluster, 1 replica"],
                         runs["cluster, 2 replicas (one per node)"])
@@ -163,6 +163,7 @@ def render(results: dict, command: str) -> str:
     cost = results["per_frame"]
     replica_ms = cost["decode_preprocess_ms"] + cost["score_ms"]
     scaling = two["frames_per_s"] / one["frames_per_s"]
+    gateway_with_decode = 1e3 / (one["service_cpu_ms_per_frame"] + cost["decode_preprocess_ms"])
     per_gpu_replica = 1e3 / (cost["decode_preprocess_ms"] + GPU_ENCODER_MS)
     gpu_share = (1e3 / GPU_ENCODER_MS) / per_gpu_replica
     lines = ["| cameras x frames/s | replicas (+1 spare) | GPUs |", "| --- | ---: | ---: |"]
@@ -173,13 +174,14 @@ def render(results: dict, command: str) -> str:
     paper = "\n".join(lines)
     scaling_why = ("Close to 2x: the second node's core does the second replica's work." if scaling >= 1.8 else
                    "Far from 2x: both nodes, the gateway, Ray's own processes (GCS, two raylets, the Serve "
-                   "controller) and the cameras' and subscriber's loop share this machine's 2 cores, so the second "
-                   "replica mostly takes CPU the gateway and the first replica needed. Replicas on machines of their "
-                   "own do not compete with the gateway; there the limit is the gateway's CPU per frame (below).")
+                   "controller) and the cameras' and subscriber's loop share this machine's 2 cores. With 1 replica "
+                   "the gateway and that replica already keep both cores busy (next point), so the second replica has "
+                   "no core of its own and takes CPU the others needed. Replicas on machines of their own do not "
+                   "compete with the gateway; there the limit is the gateway's CPU per frame (next point).")
     return f"""{MARK_BEGIN}
 ## Cluster mode (`trustvlm serve --cluster`), measured by hand
 
-`{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} logical CPUs;
+`{results['command']}` ({results['utc']}, {platform.machine()}, {os.cpu_count()} logical CPUs;
 load average {results['load_before']:.1f} before / {results['load_after']:.1f} after). **The machine was shared with
 other work during this run**: the figures are one run each; the ratios, measured side by side, hold up best.
 
@@ -192,14 +194,19 @@ Service CPU per frame: the `serve` process only (for the cluster: the gateway, w
 {rows}
 
 - **2 replicas / 1 replica: {scaling:.2f}x.** {scaling_why}
-- **Gateway overhead: 1 replica gives {one['frames_per_s'] / single['frames_per_s']:.2f}x the frames/s of the
-  single-machine service** (both with one ONNX Runtime thread): every chunk of frames crosses Ray (the request and
-  its answer, serialized, plus Serve's routing). The gateway spends {one['service_cpu_ms_per_frame']:.2f} ms of CPU
-  per frame (with 2 replicas {two['service_cpu_ms_per_frame']:.2f} ms) against
-  {single['service_cpu_ms_per_frame']:.2f} ms for the whole single-machine service, which decodes and scores too.
+- **The gateway against the single-machine service: 1 replica gives {one['frames_per_s'] / single['frames_per_s']:.2f}x
+  its frames/s** (both with one ONNX Runtime thread). The gateway (ingest, one Ray request per replica per batch,
+  publishing) and the replica (decode, score) work side by side, where the single-machine service does it all in
+  turn. The gateway's own cost is {one['service_cpu_ms_per_frame']:.2f} ms of CPU per frame with 1 replica,
+  {two['service_cpu_ms_per_frame']:.2f} ms with 2 (smaller chunks: more requests per frame), against
+  {single['service_cpu_ms_per_frame']:.2f} ms for the whole single-machine service: on paper one gateway core
+  forwards about {1e3 / two['service_cpu_ms_per_frame']:.0f} frames/s, the ceiling of one gateway however many
+  replicas it has.
 - **Decode on the replicas**: decoding and resizing a frame costs {cost['decode_preprocess_ms']:.2f} ms of CPU here,
   the encoder and trust head {cost['score_ms']:.2f} ms (demo model, one thread, batch 8, in process). Decoding at the
-  gateway would put that on the one machine every frame passes; on the replicas it scales out with them.
+  gateway would put that on the one machine every frame passes, and its ceiling per core would fall from about
+  {1e3 / one['service_cpu_ms_per_frame']:.0f} to {gateway_with_decode:.0f} frames/s; on the replicas decoding
+  scales out with them. Hence decoding on the replicas.
 - **On paper, replicas for a camera count.** A replica decodes then scores each frame, so it sustains
   1000 / (decode ms + encoder ms) frames/s: here {1e3 / replica_ms:.0f} frames/s (demo model, one core). On a GPU
   node the encoder runs on the GPU while decoding stays on the replica's CPU core; with this machine's decode cost
@@ -224,18 +231,30 @@ def write_section(output: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.cluster_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifacts", required=True, help="export folder of the model")
-    parser.add_argument("--bundle", required=True, help="its prototype bundle")
+    parser.add_argument("--artifacts", help="export folder of the model (required unless --render)")
+    parser.add_argument("--bundle", help="its prototype bundle (required unless --render)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     parser.add_argument("--output", type=Path, help="markdown file to write the section into (default: print it)")
+    parser.add_argument("--results", type=Path, default=Path("artifacts/bench/cluster_bench.json"),
+                        help="where the figures are saved")
+    parser.add_argument("--render", type=Path, help="write the section from saved figures (--results), measure nothing")
     args = parser.parse_args(argv)
+    if not args.render and not (args.artifacts and args.bundle):
+        parser.error("--artifacts and --bundle are required to measure")
     command = "python -m trustvlm.benchmarks.cluster_bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    if os.environ.get(INSIDE) != "1":
+    if os.environ.get(INSIDE) != "1" and not args.render:
         inner = shlex.join([sys.executable, "-m", "trustvlm.benchmarks.cluster_bench", *sys.argv[1:]])
         return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c",
                                f"ip link set lo up && exec {inner}"], env=dict(os.environ, **{INSIDE: "1"})).returncode
-    section = render(measure(args), command)
+    if args.render:
+        results = json.loads(args.render.read_text())
+    else:
+        results = measure(args)
+        results["command"], results["utc"] = command, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1))
+    section = render(results)
     if args.output:
         write_section(args.output, section)
     print(section)

@@ -324,7 +324,8 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
         RuntimeError: Metrics asked for without prometheus_client.
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
-    slot = ScorerSlot(load(config.artifacts, config.bundle, config.scorer, aux_artifacts_dir=config.prototype_encoder))
+    slot = ScorerSlot(load(config.artifacts, config.bundle, config.scorer,
+                           aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
     stats = ServiceStats()
     observers: list[Observer] = [stats]
