@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PORT, RESOURCE, CAMERAS, INSIDE = 6379, "trustvlm_replica", 8, "TRUSTVLM_LOOPBACK_NAMESPACE"
+RAY_TEMP = "TRUSTVLM_RAY_TEMP"
 MARK_BEGIN, MARK_END = "<!-- cluster-bench -->", "<!-- /cluster-bench -->"
 #: Assumed, not measured (the GPU path has not run): ViT-B/32 fp16 image encoder per frame at batch 8 on a GPU.
 GPU_ENCODER_MS = 1.0
@@ -135,7 +137,8 @@ def per_frame_costs(artifacts: str, bundle: str, frames: list[bytes]) -> dict:
 
 def measure(args: argparse.Namespace) -> dict:
     frames = jpeg_frames()
-    temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    temp_dir = os.environ[RAY_TEMP]
+    os.environ["TMPDIR"] = temp_dir  # the nodes, hence the replicas' bundle folders, write there too
     logs = Path(temp_dir) / "logs"
     start_nodes(temp_dir)
     flags = ("--staleness-ms", "0", "--heartbeat-ms", "500", "--no-watch", "--max-batch", str(CAMERAS))
@@ -245,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m trustvlm.benchmarks.cluster_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if os.environ.get(INSIDE) != "1" and not args.render:
         inner = shlex.join([sys.executable, "-m", "trustvlm.benchmarks.cluster_bench", *sys.argv[1:]])
-        return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c",
-                               f"ip link set lo up && exec {inner}"], env=dict(os.environ, **{INSIDE: "1"})).returncode
+        temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
+        try:
+            return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "bash",
+                                   "-c", f"ip link set lo up && exec {inner}"],
+                                  env=dict(os.environ, **{INSIDE: "1", RAY_TEMP: temp_dir})).returncode
+        finally:  # every process of the namespace has ended with it
+            shutil.rmtree(temp_dir, ignore_errors=True)
     if args.render:
         results = json.loads(args.render.read_text())
     else:

@@ -8,8 +8,9 @@ decode and score it; the answers come back in the loop's order, so every camera'
 their order and every frame gets exactly one.
 
 Faults never become accepts. A frame whose replica died, whose node vanished or that got no
-answer within ``answer_timeout_ms`` is sent again while its staleness deadline allows (Ray Serve
-routes it to a live replica), and is otherwise deferred ``engine_error``; a replica that refused
+answer within ``answer_timeout_ms`` is sent again (at most :data:`MAX_RESENDS` times) while its
+staleness deadline allows (Ray Serve routes it to a live replica), and is otherwise deferred
+``engine_error``; a replica that refused
 the bundle defers its frames ``engine_error`` with the replica's reason. The heartbeat reports
 ``degraded`` while fewer replicas run than asked for (:meth:`ClusterBackend.capacity`), and ``ok``
 again once Ray has restored them.
@@ -41,6 +42,8 @@ __all__ = ["ClusterConfig", "ClusterBackend", "ClusterScorer"]
 
 log = logging.getLogger("trustvlm.cluster")
 DEPLOYMENT = "scorer"
+#: How often a lost frame is sent again (each time only while its staleness deadline allows).
+MAX_RESENDS = 2
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class ClusterBackend:
     def __init__(self, config: ClusterConfig, staleness_ms: float):
         self.config, self.staleness_ms = config, staleness_ms
         self.handle = None
+        self._initial_payload: list = []
         self._capacity = ""
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -142,6 +146,7 @@ class ClusterBackend:
         payload = collect_payload(artifacts_dir, bundle_dir, bundle_id)
         payload_ref = [ray.put(payload)]
         if self.handle is None:
+            self._initial_payload = payload_ref  # replicas Ray restarts later start from it: keep it alive
             self._deploy(scorer_config, bundle_id, payload_ref)
         else:
             self._prepare_everywhere(bundle_id, payload_ref)
@@ -214,14 +219,15 @@ class ClusterBackend:
         bounds = [len(frames) * part // chunks for part in range(chunks + 1)]
         pending = [self._send(scorer, wires, list(range(low, high))) for low, high in zip(bounds, bounds[1:])]
         decisions: list[DecisionMessage | None] = [None] * len(frames)
-        while pending:
+        for attempt in range(1 + MAX_RESENDS):
             retry = []
             for indices, response in pending:
                 try:
                     answers = response.result(timeout_s=self.config.answer_timeout_ms / 1e3)
                 except Exception as error:  # a dead replica or node, a timeout: these frames were not scored
                     response.cancel()
-                    again = [index for index in indices if self._within_deadline(frames[index])]
+                    again = [index for index in indices
+                             if attempt < MAX_RESENDS and self._within_deadline(frames[index])]
                     if again:
                         log.warning("%d frames lost on the cluster (%s); sending them again", len(again),
                                     type(error).__name__)
@@ -238,6 +244,8 @@ class ClusterBackend:
                                                                       answer[REFUSED]))
                                         if REFUSED in answer else DecisionMessage.from_dict(answer))
             pending = retry
+            if not pending:
+                break
         return decisions
 
     def _send(self, scorer: ClusterScorer, wires: list[dict], indices: list[int]) -> tuple[list[int], object]:

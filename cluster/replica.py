@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import shutil
 import tempfile
@@ -42,6 +43,18 @@ __all__ = ["ScorerReplica", "frame_to_wire", "frame_from_wire", "REFUSED"]
 REFUSED = "refused"
 #: Scorers kept per replica: the current bundle and the one before it (frames in flight during a reload).
 CACHED_BUNDLES = 2
+
+
+#: Each replica writes its bundles under ``<temp dir>/trustvlm-replica-<pid>-<random>``.
+FOLDER_PREFIX = "trustvlm-replica-"
+
+
+def remove_stale_folders() -> None:
+    """Delete the bundle folders of replicas on this node that were killed before they could (their pid is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def frame_to_wire(frame: ReceivedFrame) -> dict:
@@ -70,7 +83,8 @@ class ScorerReplica:
         values = dict(scorer_config)
         values["providers"] = tuple(values["providers"])
         self.config = ScorerConfig(**values)
-        self.root = Path(tempfile.mkdtemp(prefix="trustvlm-replica-"))
+        remove_stale_folders()
+        self.root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self.scorers: collections.OrderedDict[str, BundleScorer] = collections.OrderedDict()
         self._loading = threading.Lock()  # prepare and score requests run on worker threads, possibly at once
         context = serve.get_replica_context()

@@ -13,6 +13,8 @@ JSON report that the tests check:
   (its sha256 records are right, so only the replicas can find out: the reload must be refused and
   the old bundle keep scoring), then a good bundle with another threshold (swapped in everywhere:
   every later decision carries its id).
+* ``unanswered``: a gateway whose answer timeout (1 microsecond) no cluster can meet: every frame is
+  sent again, then deferred ``engine_error``.
 * ``node_loss``: the gateway keeps getting frames while the worker node is killed (SIGKILL of its
   raylet and every process it started) and started again; the report holds every frame sent,
   every decision, every heartbeat, and the local scorer's decision for each frame sent.
@@ -263,10 +265,13 @@ def main() -> int:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--report", required=True)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--ray-temp", default=None, help="Ray's temp folder (default: a new one in /tmp)")
     args = parser.parse_args()
+    args.ray_temp = args.ray_temp or tempfile.mkdtemp(prefix="rt", dir="/tmp")
     log = lambda text: print(f"[cluster scenario {time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
     report: dict = {"nodes": []}
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    temp_dir = args.ray_temp  # Ray's socket paths must stay short: a folder of /tmp that the test removes
+    os.environ["TMPDIR"] = temp_dir  # the nodes, hence the replicas' bundle folders, write there too
     logs = Path(args.report).parent / "logs"
     cluster = Cluster(temp_dir, log)
     cluster.start_head()
@@ -305,6 +310,14 @@ def main() -> int:
         report["reload"]["log"] = [line for line in (logs / "gateway.stderr").read_text().splitlines()
                                    if "bundle reload" in line]
         gateway.close()
+    # A gateway that can never get an answer in time (1 microsecond): every frame is sent again, then deferred
+    unanswered_flags = flags + cluster_flags + ("--answer-timeout-ms", "0.001")
+    with ServeProcess(Path(args.artifacts), bundle, logs, unanswered_flags, name="unanswered", echo=True,
+                      start_timeout_s=300) as service:
+        gateway = Gateway(context, service)
+        report["unanswered"] = same_frames(gateway, images, 2)
+        gateway.close()
+    log("a gateway without answers deferred its frames")
     report["expected"] = expected_decisions(args.artifacts, str(bundle), images, report["node_loss"]["sent"])
     Path(args.report).write_text(json.dumps(report))
     context.term()

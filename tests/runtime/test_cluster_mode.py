@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -44,11 +46,15 @@ def cluster_report(demo_export, demo_bundle, tmp_path_factory) -> dict:
         pytest.skip(problem)
     folder = tmp_path_factory.mktemp("cluster")
     report = folder / "report.json"
+    ray_temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
     driver = (f"ip link set lo up && exec {sys.executable} {SCENARIO} --artifacts {demo_export} "
-              f"--bundle {demo_bundle} --report {report}")
+              f"--bundle {demo_bundle} --report {report} --ray-temp {ray_temp}")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    result = subprocess.run(NAMESPACE + ["bash", "-c", driver], capture_output=True, text=True, timeout=840,
-                            env=env, cwd=folder)
+    try:
+        result = subprocess.run(NAMESPACE + ["bash", "-c", driver], capture_output=True, text=True, timeout=840,
+                                env=env, cwd=folder)
+    finally:  # every process of the namespace has ended with it
+        shutil.rmtree(ray_temp, ignore_errors=True)
     if result.returncode != 0 or not report.exists():
         logs = "".join(f"\n--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(folder.glob("logs/*")))
         pytest.fail(f"the cluster scenario failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
@@ -141,3 +147,13 @@ def test_a_bundle_a_replica_cannot_open_is_refused_everywhere_and_a_good_one_is_
         {(reload["new_bundle_id"], reload["new_threshold"])}
     assert all(d["kappa"] is not None for d in reload["after_swap"])
     assert (reload["counters"]["reloads_refused"], reload["counters"]["reloads_ok"]) == (1, 1)
+
+
+def test_frames_the_cluster_does_not_answer_in_time_are_sent_again_then_deferred_never_accepted(cluster_report):
+    # Given a gateway whose answer timeout (1 microsecond) no replica can meet
+    decisions = cluster_report["unanswered"]
+    # Then each of its 8 frames has one outcome: deferred engine_error, saying why
+    assert sorted(map(_key, decisions)) == [(f"cam{c}", s) for c in range(4) for s in range(2)]
+    assert {(d["decision"], d["reason"]) for d in decisions} == {("defer", "engine_error")}
+    assert all(d["detail"].startswith("not scored on the cluster: TimeoutError") for d in decisions), decisions[0]
+    assert all(d["kappa"] is None for d in decisions)
