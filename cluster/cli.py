@@ -16,6 +16,7 @@ import threading
 
 from trustvlm.cli_common import CliError
 from trustvlm.runtime.cli import config_from_args, run_serve
+from trustvlm.runtime.engines import ONNXRUNTIME
 
 __all__ = ["add_cluster_options", "run_serve_or_cluster", "cluster_config_from_args"]
 
@@ -91,6 +92,9 @@ def run_cluster(args: argparse.Namespace) -> int:
         cluster = cluster_config_from_args(args)
     except ValueError as error:
         raise CliError(str(error)) from error
+    if config.scorer.backend != ONNXRUNTIME:
+        raise CliError(f"--cluster runs the replicas on --backend {ONNXRUNTIME} (each replica opens the exported "
+                       f"ONNX encoder on --providers), but got --backend {config.scorer.backend}")
     if getattr(args, "dump_config", False):
         print(json.dumps({**config.to_dict(), "cluster": cluster.__dict__}, indent=2))
         return 0

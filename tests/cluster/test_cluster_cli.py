@@ -51,6 +51,7 @@ def test_cluster_settings_are_checked_and_shown_before_ray_is_imported(tmp_path)
 
 @pytest.mark.parametrize("flags, message", [
     (["--replicas", "0"], "replicas should be >= 1, but got 0"),
+    (["--backend", "tensorrt-engine"], "--cluster runs the replicas on --backend onnxruntime"),
     (["--replica-cpus", "-1"], "replica_cpus should be >= 0, but got -1.0"),
 ])
 def test_bad_cluster_settings_are_one_line_that_says_what_is_wrong(tmp_path, flags, message):
