@@ -15,6 +15,8 @@ JSON report that the tests check:
   every later decision carries its id).
 * ``unanswered``: a gateway whose answer timeout (1 microsecond) no cluster can meet: every frame is
   sent again, then deferred ``engine_error``.
+* ``refused_at_start``: a gateway started on a bundle that only the replicas can find bad; it must
+  not start, and its one line must carry the replica's reason.
 * ``node_loss``: the gateway keeps getting frames while the worker node is killed (SIGKILL of its
   raylet and every process it started) and started again; the report holds every frame sent,
   every decision, every heartbeat, and the local scorer's decision for each frame sent.
@@ -39,7 +41,7 @@ import cv2
 import zmq
 
 from trustvlm.data.fashion_mnist import load_split
-from trustvlm.pipelines.serve_process import ServeProcess
+from trustvlm.pipelines.serve_process import ServeProcess, ServiceStartError
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
@@ -153,14 +155,19 @@ def same_frames(gateway: Gateway, images: list[bytes], rounds: int) -> list[dict
     return list(gateway.decisions)
 
 
+def break_trust_head_of(bundle: Path) -> None:
+    """Replace the trust head by bytes no ONNX Runtime can open, with bundle.json's sha256 record to match."""
+    head = bundle / "trust_head.onnx"
+    head.write_bytes(b"this is not an ONNX graph")
+    info = json.loads((bundle / "bundle.json").read_text())
+    info["files"]["trust_head.onnx"] = hashlib.sha256(head.read_bytes()).hexdigest()
+    (bundle / "bundle.json").write_text(json.dumps(info))
+
+
 def install_bundle(staging: Path, bundle_dir: Path, break_trust_head: bool) -> None:
     """Move a bundle written in `staging` into the served folder (optionally with an unloadable trust head)."""
     if break_trust_head:
-        head = staging / "trust_head.onnx"
-        head.write_bytes(b"this is not an ONNX graph")
-        info = json.loads((staging / "bundle.json").read_text())
-        info["files"]["trust_head.onnx"] = hashlib.sha256(head.read_bytes()).hexdigest()
-        (staging / "bundle.json").write_text(json.dumps(info))
+        break_trust_head_of(staging)
     for name in ("prototypes.npz", "trust_head.onnx", "bundle.json"):
         os.replace(staging / name, bundle_dir / name)
 
@@ -318,6 +325,19 @@ def main() -> int:
         report["unanswered"] = same_frames(gateway, images, 2)
         gateway.close()
     log("a gateway without answers deferred its frames")
+    # A bundle that only the replicas can find bad (its sha256 records hold): the gateway does not start, and says why
+    refused = Path(args.report).parent / "refused_bundle"
+    refused.mkdir()
+    for path in bundle.iterdir():
+        (refused / path.name).write_bytes(path.read_bytes())
+    break_trust_head_of(refused)
+    try:
+        ServeProcess(Path(args.artifacts), refused, logs, flags + cluster_flags, name="refused",
+                     start_timeout_s=300).start()
+        report["refused_at_start"] = "started"
+    except ServiceStartError as error:
+        report["refused_at_start"] = str(error)
+    log("a bundle the replicas refuse stopped the gateway from starting")
     report["expected"] = expected_decisions(args.artifacts, str(bundle), images, report["node_loss"]["sent"])
     Path(args.report).write_text(json.dumps(report))
     context.term()

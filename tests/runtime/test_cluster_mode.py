@@ -157,3 +157,10 @@ def test_frames_the_cluster_does_not_answer_in_time_are_sent_again_then_deferred
     assert {(d["decision"], d["reason"]) for d in decisions} == {("defer", "engine_error")}
     assert all(d["detail"].startswith("not scored on the cluster: TimeoutError") for d in decisions), decisions[0]
     assert all(d["kappa"] is None for d in decisions)
+
+
+def test_a_bundle_the_replicas_cannot_open_stops_the_gateway_at_start_with_their_reason(cluster_report):
+    message = cluster_report["refused_at_start"]
+    assert message != "started", "the gateway started with a bundle no replica could open"
+    assert "the scoring replicas did not start" in message and "trust_head.onnx" in message, message
+    assert "Traceback" not in message, message
