@@ -204,7 +204,8 @@ Service CPU per frame: the `serve` process only (for the cluster: the gateway, w
 
 - **2 replicas / 1 replica: {scaling:.2f}x.** {scaling_why}
 - **The gateway against the single-machine service: 1 replica gives {one['frames_per_s'] / single['frames_per_s']:.2f}x
-  its frames/s** (both with one ONNX Runtime thread). {gateway_why} The gateway's own cost is {one['service_cpu_ms_per_frame']:.2f} ms of CPU per frame with 1 replica,
+  its frames/s** (both with one ONNX Runtime thread). {gateway_why}
+  The gateway's own cost is {one['service_cpu_ms_per_frame']:.2f} ms of CPU per frame with 1 replica,
   {two['service_cpu_ms_per_frame']:.2f} ms with 2 (smaller chunks: more requests per frame), against
   {single['service_cpu_ms_per_frame']:.2f} ms for the whole single-machine service: on paper one gateway core
   forwards about {1e3 / two['service_cpu_ms_per_frame']:.0f} frames/s, the ceiling of one gateway however many
