@@ -13,8 +13,8 @@ ARTIFACTS ?= artifacts
 # is installed; switching flavour uninstalls both first (they overwrite each other's files).
 # The flavour sticks to the venv once chosen (`make setup ORT=gpu`, then plain `make bench-gpu`).
 ORT ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
-EXTRAS_cpu := cpu,export,dev
-EXTRAS_gpu := gpu,trt,export,dev
+EXTRAS_cpu := cpu,export,dev,cluster
+EXTRAS_gpu := gpu,trt,export,dev,cluster
 EXTRAS ?= $(EXTRAS_$(ORT))
 STAMP := $(VENV)/.installed-$(ORT)
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc

@@ -14,6 +14,7 @@ import sys
 from trustvlm.benchmarks.cli import add_bench_parser, add_soak_parser, run_bench
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
 from trustvlm.cli_common import CliError, run_handler
+from trustvlm.cluster.cli import add_cluster_options
 from trustvlm.export.cli import add_export_parser
 from trustvlm.models.cli import add_models_parser
 from trustvlm.pipelines.cli import add_controller_parser, add_demo_parser, add_source_parser, add_zeroshot_parser
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
     for add in SUBCOMMANDS:
         add(subparsers)
+    add_cluster_options(subparsers)  # `serve --cluster`: scoring on a Ray cluster
     return parser
 
 

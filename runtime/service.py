@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import zmq
 
@@ -52,6 +53,10 @@ from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
 from trustvlm.runtime.sequence import SequenceGuard
 
 log = logging.getLogger("trustvlm.runtime.service")
+
+#: Loads, verifies and self-checks a bundle into a scorer: :func:`~trustvlm.runtime.scorer.load_scorer`'s signature.
+#: The default scores on this machine; another may score elsewhere, with the same decide/defer/ids.
+ScorerLoader = Callable[..., BundleScorer]
 
 #: What a bundle reload may raise for a bad bundle (anything else is a bug and is logged as such).
 RELOAD_ERRORS = (BundleError, ArtifactError, EngineError, ValueError, OSError)
@@ -76,6 +81,9 @@ class HealthReporter:
         self.started = time.monotonic()
         self.stopping = False
         self.degraded = ""
+        #: What scoring capacity is missing ("" when none), asked on every heartbeat; a scoring backend spread
+        #: over several machines sets it (a single-machine service has nothing to ask).
+        self.capacity: Callable[[], str] | None = None
 
     def counters(self) -> dict[str, int]:
         counters = self.stats.snapshot()
@@ -89,22 +97,23 @@ class HealthReporter:
 
     def __call__(self, requested: HealthStatus = HealthStatus.OK) -> HealthMessage:
         status = requested
+        degraded = self.degraded or (self.capacity() if self.capacity is not None else "")
         if requested is HealthStatus.OK:
-            status = HealthStatus.STOPPING if self.stopping else (HealthStatus.DEGRADED if self.degraded
+            status = HealthStatus.STOPPING if self.stopping else (HealthStatus.DEGRADED if degraded
                                                                   else HealthStatus.OK)
         scorer = self.slot.current()
         return HealthMessage(status, time.time_ns(), time.monotonic() - self.started, scorer.model_id,
                              scorer.bundle_id, scorer.threshold, self.buffer.stats().cameras, self.counters(),
-                             detail=self.degraded)
+                             detail=degraded)
 
 
 class BundleReloader:
     """Loads, checks and swaps in a new bundle; refuses a bad one and keeps the old."""
 
     def __init__(self, slot: ScorerSlot, artifacts: Path, bundle_dir: Path, config: ScorerConfig,
-                 observer: Observer, aux_artifacts: Path | None = None):
+                 observer: Observer, aux_artifacts: Path | None = None, load: ScorerLoader = load_scorer):
         self.slot, self.artifacts, self.bundle_dir, self.aux_artifacts = slot, artifacts, bundle_dir, aux_artifacts
-        self.config, self.observer = config, observer
+        self.config, self.observer, self.load = config, observer, load
         self._loaded = self._last_seen = self.signature()
 
     def signature(self) -> tuple:
@@ -129,8 +138,8 @@ class BundleReloader:
         self._loaded = self._last_seen = self.signature()
         old = self.slot.current()
         try:
-            new = load_scorer(self.artifacts, self.bundle_dir, self.config, previous=old,
-                              aux_artifacts_dir=self.aux_artifacts)
+            new = self.load(self.artifacts, self.bundle_dir, self.config, previous=old,
+                            aux_artifacts_dir=self.aux_artifacts)
         except RELOAD_ERRORS as error:
             log.error("bundle reload refused (%s): %s; keeping %s", trigger, error, old.bundle_id)
             self.observer.on_reload(False, str(error))
@@ -298,7 +307,7 @@ class TrustService:
 
 
 def build_service(config: ServiceConfig, make_ingest: IngestFactory,
-                  context: zmq.Context | None = None) -> TrustService:
+                  context: zmq.Context | None = None, load: ScorerLoader = load_scorer) -> TrustService:
     """Load the bundle and build every part of the service (sockets are opened by start()).
 
     Args:
@@ -306,6 +315,8 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
         make_ingest: Builds the ingest on `context`, with the ingest's CurveZMQ server when the
             config asks for one (e.g. :func:`trustvlm.runtime.transport.zmq_ingest_for`).
         context: ZeroMQ context of the publisher, the ZAP handler and a ZeroMQ ingest.
+        load: Builds the scorer from the bundle, at start and on every reload (default: sessions on this
+            machine; ``trustvlm serve --cluster`` passes one whose sessions run on a Ray cluster).
 
     Raises:
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
@@ -313,8 +324,8 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
         RuntimeError: Metrics asked for without prometheus_client.
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
-    slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer,
-                                  aux_artifacts_dir=config.prototype_encoder))
+    slot = ScorerSlot(load(config.artifacts, config.bundle, config.scorer,
+                           aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
     stats = ServiceStats()
     observers: list[Observer] = [stats]
@@ -332,6 +343,6 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     publisher = Publisher(config.publish, health, observer, context,
                           curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
     reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer,
-                              config.prototype_encoder)
+                              config.prototype_encoder, load)
     return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
                         config.reload.watch, config.reload.poll_ms, metrics_server, gate)

@@ -159,3 +159,21 @@ def test_every_module_outside_tests_is_at_most_400_lines():
     long = {name: n for name, path in source_modules().items()
             if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, long
+
+
+#: Cluster mode needs Ray, which a device does not have: the runtime never imports it, and it builds on the
+#: runtime and the contract only.
+CLUSTER_MAY_IMPORT = {"cluster", "runtime", "contract", "cli_common"}
+
+
+def test_the_runtime_does_not_import_cluster_mode(graph):
+    wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                   if package_of(module) == "runtime" and package_of(target) == "cluster")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_cluster_mode_builds_on_the_runtime_and_the_contract_only(graph):
+    assert any(package_of(module) == "cluster" for module in graph), "no cluster package"
+    wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                   if package_of(module) == "cluster" and package_of(target) not in CLUSTER_MAY_IMPORT)
+    assert not wrong, "\n".join(wrong)
