@@ -14,7 +14,9 @@ Steps (:func:`calibrate`):
    Shots never take part: their own embedding is inside their prototype. A CoOp split file
    fixes both parts instead: shots from its "train" rows, lambda and threshold on "val".
 4. Accept threshold by SGR (risk <= alpha with probability >= 1 - delta).
-5. prototypes.npz + trust_head.onnx + bundle.json, published atomically.
+5. The out-of-distribution gate (:mod:`trustvlm.calibration.ood_gate`), fitted on the shots and a
+   seeded half of the held-out images, its threshold set on the other half at the false-reject rate.
+6. prototypes.npz + trust_head.onnx (+ ood_gate.onnx) + bundle.json, published atomically.
 
 For Fashion-MNIST the pool is the 5,000-image calibration split, never the test split.
 """
@@ -31,6 +33,7 @@ from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
+from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, fit_calibration_gate
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
@@ -197,7 +200,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
               k: int = 16, seed: int = 0, lam: str | float = "auto", alpha: float = 0.05, delta: float = 0.1,
               templates: str = "paper", score: str = DEFAULT_SCORE, precision: str = "fp32",
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
-              image_root: str | os.PathLike | None = None) -> PrototypeBundle:
+              image_root: str | os.PathLike | None = None, ood_gate: str = "auto",
+              ood_false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
 
     Args:
@@ -218,6 +222,10 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         prototype_encoder: ``"vlm"`` (image prototypes from the VLM's own image encoder) or
             the artifacts folder of an auxiliary image encoder (e.g. ``artifacts/dinov2_vitb14``).
         image_root: The folder a split file's image paths start from.
+        ood_gate: The out-of-distribution gate: ``"auto"`` (fitted when the held-out images can set
+            its false-reject rate, else none, with a note in ``selection``), ``"on"`` (refuse
+            otherwise) or ``"off"``.
+        ood_false_reject_rate: Share of in-distribution frames the gate may defer, in (0, 1).
 
     Returns:
         The written bundle.
@@ -258,9 +266,13 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
     choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots)
     threshold = scoring.threshold(score, threshold_part, choice, alpha, delta)
+    gate, gate_note = fit_calibration_gate(ood_gate, ood_false_reject_rate, embeddings, pool.images,
+                                           encoders.preprocess, pool.labels, shots, rest, seed)
+    if gate_note:
+        selection["ood_gate"] = gate_note
     info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, score, threshold, selection,
                         aux)
-    return write_bundle(out_dir, text, image, info)
+    return write_bundle(out_dir, text, image, info, ood_gate=gate)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,12 @@ def add_calibrate_parser(subparsers) -> None:
                              "(1 is the paper's)")
     parser.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
                         help="score the accept threshold applies to")
+    parser.add_argument("--ood-gate", default="auto", choices=["auto", "on", "off"],
+                        help="out-of-distribution gate: defer frames unlike every calibration image (reason "
+                             "out_of_distribution) before the trust threshold. auto: on when the held-out images "
+                             "can set --ood-false-reject-rate; on: refuse otherwise; off: no gate")
+    parser.add_argument("--ood-false-reject-rate", type=float, default=0.01,
+                        help="share of in-distribution frames the gate may defer (set on held-out calibration images)")
     parser.set_defaults(handler=run_calibrate)
 
 
@@ -91,10 +97,13 @@ def run_calibrate(args) -> int:
         bundle = calibrate(args.artifacts, args.data, out, k=args.k, seed=args.seed, lam=args.lam,
                            alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
                            precision=args.precision, threads=args.threads,
-                           prototype_encoder=args.prototype_encoder, image_root=args.image_root)
+                           prototype_encoder=args.prototype_encoder, image_root=args.image_root,
+                           ood_gate=args.ood_gate, ood_false_reject_rate=args.ood_false_reject_rate)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
+    if bundle.info.selection.get("ood_gate"):
+        print(bundle.info.selection["ood_gate"])
     return 0
 
 

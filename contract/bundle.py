@@ -18,8 +18,12 @@ option) records that encoder in ``aux_encoder`` (:class:`AuxEncoderInfo`: model,
 engine sha256); its trust head then takes the auxiliary embedding as a second input, and
 :func:`load_bundle` needs the auxiliary artifacts folder to verify it.
 
-Schema history: 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 bundles
-still load.
+A bundle may hold an out-of-distribution gate, ``ood_gate.onnx``, recorded in ``ood_gate``
+(:class:`~trustvlm.contract.ood_gate.OodGateInfo`); without one, frames go straight to the trust
+threshold.
+
+Schema history: 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.2 added
+``ood_gate`` (absent or null: no gate); 1.0 and 1.1 bundles still load, without a gate.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 from trustvlm.contract.files import json_safe, sha256_file
 from trustvlm.contract.manifest import TOWERS, read_manifest
+from trustvlm.contract.ood_gate import OOD_GATE_FILE, OodGateInfo
 from trustvlm.contract.scores import SCORES
 from trustvlm.contract.threshold import ThresholdChoice
 
@@ -42,7 +47,7 @@ __all__ = [
     "load_bundle", "describe_bundle", "rebuild_hint",
 ]
 
-BUNDLE_SCHEMA_VERSION = "1.1"
+BUNDLE_SCHEMA_VERSION = "1.2"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
@@ -140,6 +145,7 @@ class BundleInfo:
         selection: How lambda and the threshold were chosen (data counts, lambda table).
         aux_encoder: The auxiliary image encoder of the image prototypes, or None when they
             come from the VLM's own image encoder.
+        ood_gate: The out-of-distribution gate (``ood_gate.onnx``), or None: no gate.
         files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
@@ -167,6 +173,7 @@ class BundleInfo:
     threshold: ThresholdChoice
     selection: dict = field(default_factory=dict)
     aux_encoder: AuxEncoderInfo | None = None
+    ood_gate: OodGateInfo | None = None
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -182,6 +189,7 @@ class BundleInfo:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["threshold"] = self.threshold.to_dict()
         data["aux_encoder"] = None if self.aux_encoder is None else self.aux_encoder.to_dict()
+        data["ood_gate"] = None if self.ood_gate is None else self.ood_gate.to_dict()
         data["class_names"], data["templates"] = list(self.class_names), list(self.templates)
         data["prompts"] = [list(per_class) for per_class in self.prompts]
         return json_safe(data)
@@ -198,6 +206,8 @@ class BundleInfo:
         values["threshold"] = ThresholdChoice.from_dict(data["threshold"])
         aux = data.get("aux_encoder")
         values["aux_encoder"] = None if aux is None else AuxEncoderInfo.from_dict(aux)
+        gate = data.get("ood_gate")
+        values["ood_gate"] = None if gate is None else OodGateInfo.from_dict(gate)
         values["class_names"] = tuple(data["class_names"])
         values["templates"] = tuple(data["templates"])
         values["prompts"] = tuple(tuple(per_class) for per_class in data["prompts"])
@@ -225,6 +235,11 @@ class PrototypeBundle:
     @property
     def trust_head_path(self) -> Path:
         return self.path / TRUST_HEAD_FILE
+
+    @property
+    def ood_gate_path(self) -> Path | None:
+        """The out-of-distribution gate's graph, or None for a bundle without one."""
+        return None if self.info.ood_gate is None else self.path / OOD_GATE_FILE
 
 
 def engine_sha256(manifest: dict, precision: str, towers: tuple[str, ...] = TOWERS) -> dict[str, str]:
@@ -261,7 +276,7 @@ def read_bundle_info(bundle_dir: str | os.PathLike) -> BundleInfo:
 
 
 def _check_own_files(bundle_dir: Path, info: BundleInfo) -> None:
-    for name in (PROTOTYPES_FILE, TRUST_HEAD_FILE):
+    for name in (PROTOTYPES_FILE, TRUST_HEAD_FILE, *([OOD_GATE_FILE] if info.ood_gate is not None else [])):
         path = bundle_dir / name
         if not path.exists():
             raise BundleMismatchError(f"{path} is missing; {rebuild_hint(info.model)}")
@@ -365,5 +380,6 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
     aux = info.aux_encoder
     source = "" if aux is None else (f", image prototypes from {aux.model}"
                                      f"{' (random-init weights)' if aux.random_init else ''}")
+    gate = "" if info.ood_gate is None else f"; {info.ood_gate.describe()}"
     return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source}, lambda={info.lam:g} "
-            f"({info.lam_method}), T={info.temperature:g}; {accept}")
+            f"({info.lam_method}), T={info.temperature:g}; {accept}{gate}")

@@ -160,7 +160,7 @@ def test_bundle_json_round_trips_with_an_aux_encoder(tiny_artifacts, tiny_aux, s
     bundle = calibrate(tiny_artifacts, split_file, tmp_path / "bundle", k=2, lam=1.0, alpha=0.5, threads=1,
                        image_root=image_root, prototype_encoder=tiny_aux)
     data = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert data["schema_version"] == "1.1" and data["aux_encoder"]["model"] == "tiny_aux"
+    assert data["schema_version"] == "1.2" and data["aux_encoder"]["model"] == "tiny_aux"
     assert BundleInfo.from_dict(data).to_dict() == bundle.info.to_dict(), "NaN-safe comparison (threshold may be nan)"
     assert BundleInfo.from_dict(data).aux_encoder == bundle.info.aux_encoder
     assert AuxEncoderInfo.from_dict(bundle.info.aux_encoder.to_dict()) == bundle.info.aux_encoder

@@ -1,0 +1,81 @@
+"""The out-of-distribution gate through the real service: noise and uniform frames are deferred, counted, reported."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
+from trustvlm.runtime.messages import Decision, HealthStatus, Reason
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def gated_bundle(demo_artifacts, tmp_path_factory):
+    """A bundle of the demo model calibrated on Fashion-MNIST's calibration split, with its default gate."""
+    from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
+
+    bundle = calibrate(demo_artifacts, "fashion-mnist", tmp_path_factory.mktemp("gated") / "bundle", k=8, lam=1.0,
+                       alpha=0.3, threads=1)
+    assert bundle.info.ood_gate is not None and bundle.ood_gate_path.exists()
+    return bundle.path
+
+
+def unseen_frames() -> list[np.ndarray]:
+    """Uniform random noise and uniform grey frames (BGR), which no clothing camera produces."""
+    rng = np.random.default_rng(7)
+    noise = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
+    grey = [np.full((96, 128, 3), level, np.uint8) for level in (64, 128, 192, 255)]
+    return noise + grey
+
+
+def decide_one_by_one(service, subscriber, sender, frames) -> list:
+    """Send each frame once its predecessor is decided (nothing is superseded); the decisions, in order."""
+    for seq, image in enumerate(frames):
+        send_frame(sender, FrameHeader("cam", seq, time.time_ns(), Encoding.RAW, image.shape, "uint8"),
+                   image.tobytes())
+        assert subscriber.wait_for(lambda s: len(s.decisions) > seq, 60), service.stderr()
+    return subscriber.decisions
+
+
+def test_noise_and_uniform_frames_are_deferred_out_of_distribution_and_counted(serve, subscribe, push, demo_export,
+                                                                               gated_bundle, fmnist_images):
+    # Given the service on a bundle with the gate, and Prometheus metrics
+    service = serve("--artifacts", str(demo_export), "--bundle", str(gated_bundle), "--metrics", "127.0.0.1:0")
+    subscriber, sender = subscribe(service.publish), push(service.ingest)
+    images, _ = fmnist_images
+    unseen = unseen_frames()
+    # When noise, grey and then real clothing frames are sent
+    decisions = decide_one_by_one(service, subscriber, sender, unseen + list(images[:8]))
+    # Then every noise and grey frame is deferred out_of_distribution, with its typicality in the detail
+    for decision in decisions[:len(unseen)]:
+        assert decision.decision is Decision.DEFER and decision.reason is Reason.OUT_OF_DISTRIBUTION, decision
+        assert decision.detail.startswith("typicality"), decision.detail
+    # And the clothing frames mostly go on to the trust threshold (1% false rejects expected)
+    clothing = decisions[len(unseen):]
+    assert sum(d.reason is not Reason.OUT_OF_DISTRIBUTION for d in clothing) >= 6, [d.reason for d in clothing]
+    ood = sum(d.reason is Reason.OUT_OF_DISTRIBUTION for d in decisions)
+    # And the heartbeat counters and the metrics count them
+    assert subscriber.wait_for(lambda s: s.health and s.health[-1].counters.get("decisions") == len(decisions), 20)
+    assert subscriber.health[-1].counters.get("reason_out_of_distribution") == ood, subscriber.health[-1].counters
+    text = urllib.request.urlopen(f"{service.metrics}/metrics", timeout=5).read().decode()
+    counted = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("trustvlm_decisions_total{") and 'reason="out_of_distribution"' in line]
+    assert counted == [ood], counted
+    assert service.stop() == 0, service.stderr()
+    assert subscriber.wait_for(lambda s: s.health[-1].status is HealthStatus.STOPPED, 10)
+
+
+def test_without_a_gate_no_frame_is_deferred_out_of_distribution(serve, subscribe, push, demo_export, demo_bundle):
+    # Given the service on a bundle without a gate (as calibrated before the gate existed, or with --ood-gate off)
+    service = serve("--artifacts", str(demo_export), "--bundle", str(demo_bundle))
+    subscriber, sender = subscribe(service.publish), push(service.ingest)
+    # When the same noise and grey frames are sent
+    decisions = decide_one_by_one(service, subscriber, sender, unseen_frames())
+    # Then they are scored like any frame: no out_of_distribution reason, and a label
+    assert all(d.reason in (Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD) and d.label for d in decisions), decisions
+    assert service.stop() == 0, service.stderr()
