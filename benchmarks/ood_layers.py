@@ -45,7 +45,8 @@ def block_features(model, pixels: np.ndarray, batch_size: int = 512) -> list[np.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.ood_layers", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.ood_layers",
+                                     description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="demo_fmnist", help="registry model (its embedded or pretrained weights)")
     parser.add_argument("--rate", type=float, default=0.01, help="false-reject rate on held-out calibration images")

@@ -57,8 +57,8 @@ def _frame_statistics(g: _GraphBuilder, size: int) -> str:
     sharp = [shifted_diff(2, "sharp_x"), shifted_diff(1, "sharp_y")]
     mask = border_mask(size, size)
     weights = g.const("border_weights", (mask / mask.sum()).astype(np.float32))
-    border = g.op("ReduceSum", [g.op("Mul", [grey, weights], "border_w"), g.const("axes12", np.array([1, 2], np.int64))],
-                  "border", keepdims=0)
+    axes12 = g.const("axes12", np.array([1, 2], np.int64))
+    border = g.op("ReduceSum", [g.op("Mul", [grey, weights], "border_w"), axes12], "border", keepdims=0)
     columns = [g.op("ReduceMean", [x], "px_mean2", axes=[1, 2], keepdims=0), std]
     columns += [g.op("Unsqueeze", [name, "axis1"], f"{name}_col") for name in (*colour, *sharp, border)]
     return g.op("Concat", columns, "frame_features", axis=1)

@@ -10,9 +10,10 @@ fallback was asked for.
 
 Decision rule: accept iff the bundle's score (the trust head output its entry of
 :data:`trustvlm.contract.scores.SCORES` names: ``kappa`` for ``trustvlm``, ``kappa_star`` for
-``trustvlm_star``) ``>= threshold``, after the bundle's out-of-distribution gate, if it has one
-(:mod:`trustvlm.runtime.ood_gate`; a frame it finds atypical is deferred, ``out_of_distribution``). A bundle without a feasible, finite threshold (``inf``, NaN,
-or ``-inf``, which would accept everything) defers everything (``no_threshold``). A predicted
+``trustvlm_star``) ``>= threshold``, once the bundle's out-of-distribution gate, if it has one,
+passed the frame (:mod:`trustvlm.runtime.ood_gate`; an atypical frame defers, ``out_of_distribution``).
+A bundle without a feasible, finite threshold (``inf``, NaN, or ``-inf``, which would accept
+everything) defers everything (``no_threshold``). A predicted
 class outside the bundle's classes is an engine error for that frame. Failures never stop the
 stream: an undecodable or misshaped frame, a non-finite output row, or an engine error on the
 batch (every frame of it) becomes ``defer`` with its reason.
