@@ -165,8 +165,8 @@ def make_fault_bundle(fault_export):
     return make
 
 
-def open_gate(embed_dim: int, seed: int = 0):
-    """An out-of-distribution gate fitted on random features whose threshold passes every finite frame."""
+def open_gate(embed_dim: int, seed: int = 0, threshold: float = float(np.finfo(np.float32).min)):
+    """An out-of-distribution gate fitted on random features; its `threshold` (default) passes every finite frame."""
     from dataclasses import replace  # noqa: PLC0415
 
     from trustvlm.calibration.ood_gate import fit_ood_gate  # noqa: PLC0415
@@ -175,7 +175,7 @@ def open_gate(embed_dim: int, seed: int = 0):
     rows = np.arange(300)
     gate = fit_ood_gate(rng.normal(size=(300, embed_dim)), rng.uniform(size=(300, 11)), rows % 3, rows[:150],
                         rows[150:], rate=0.05)
-    return replace(gate, info=replace(gate.info, threshold=float(np.finfo(np.float32).min)))
+    return replace(gate, info=replace(gate.info, threshold=threshold))
 
 
 def fault_image(first_pixel: int = 100, fill: int = 100) -> np.ndarray:

@@ -8,8 +8,12 @@ import urllib.request
 import numpy as np
 import pytest
 
+from trustvlm.calibration.bundle import write_bundle
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
+
+from .conftest import FAULT_CLASSES, fault_image, make_info, open_gate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,4 +82,20 @@ def test_without_a_gate_no_frame_is_deferred_out_of_distribution(serve, subscrib
     decisions = decide_one_by_one(service, subscriber, sender, unseen_frames())
     # Then they are scored like any frame: no out_of_distribution reason, and a label
     assert all(d.reason in (Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD) and d.label for d in decisions), decisions
+    assert service.stop() == 0, service.stderr()
+
+
+def test_the_gate_decides_before_the_trust_threshold(serve, subscribe, push, fault_export, tmp_path):
+    # Given a bundle whose trust threshold accepts every finite frame but whose gate passes none
+    rng = np.random.default_rng(0)
+    bundle = write_bundle(tmp_path / "bundle", rng.normal(size=(3, 8)), rng.normal(size=(3, 8)),
+                          make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0),
+                          ood_gate=open_gate(8, threshold=float(np.finfo(np.float32).max))).path
+    service = serve("--artifacts", str(fault_export), "--bundle", str(bundle))
+    subscriber, sender = subscribe(service.publish), push(service.ingest)
+    # When frames are sent
+    decisions = decide_one_by_one(service, subscriber, sender, [fault_image(fill=v) for v in (20, 100, 200)])
+    # Then each is scored (label and kappa) yet deferred out_of_distribution, never accepted
+    assert all(d.decision is Decision.DEFER and d.reason is Reason.OUT_OF_DISTRIBUTION for d in decisions), decisions
+    assert all(d.label in FAULT_CLASSES and d.kappa is not None for d in decisions), decisions
     assert service.stop() == 0, service.stderr()
