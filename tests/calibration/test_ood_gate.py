@@ -125,3 +125,31 @@ def _config():
     from trustvlm.runtime.preprocess import PreprocessConfig  # noqa: PLC0415
 
     return PreprocessConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def test_calibrate_cli_writes_the_gate_on_and_leaves_it_out_off(tiny_artifacts, tmp_path, capsys):
+    import argparse  # noqa: PLC0415
+
+    from trustvlm.calibration.cli import add_calibrate_parser  # noqa: PLC0415
+
+    from .test_calibrate import write_image_folder  # noqa: PLC0415
+
+    data = write_image_folder(tmp_path / "data")  # 30 images: 12 threshold images can set a 20% rate
+    parser = argparse.ArgumentParser(prog="trustvlm")
+    add_calibrate_parser(parser.add_subparsers(dest="command", required=True))
+    common = ["calibrate", "--artifacts", str(tiny_artifacts), "--data", str(data), "--k", "2", "--lam", "1",
+              "--alpha", "0.5", "--threads", "1"]
+    # When the gate is asked for at 20% false rejects
+    on = parser.parse_args(common + ["--out", str(tmp_path / "on"), "--ood-gate", "on", "--ood-false-reject-rate",
+                                     "0.2"])
+    assert on.handler(on) == 0
+    # Then the bundle has it, and the line says so
+    assert "out-of-distribution gate on embedding + frame" in capsys.readouterr().out
+    info = load_bundle(tmp_path / "on", tiny_artifacts).info
+    assert info.ood_gate.false_reject_rate == 0.2 and (tmp_path / "on" / OOD_GATE_FILE).exists()
+    # And switched off, there is no gate file and no gate in bundle.json
+    off = parser.parse_args(common + ["--out", str(tmp_path / "off"), "--ood-gate", "off"])
+    assert off.handler(off) == 0
+    assert load_bundle(tmp_path / "off", tiny_artifacts).info.ood_gate is None
+    assert not (tmp_path / "off" / OOD_GATE_FILE).exists()
+    assert "out-of-distribution gate off" in capsys.readouterr().out
