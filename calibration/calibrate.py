@@ -33,7 +33,7 @@ from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.image_prototypes import encode_images, prototypes_from_embeddings, sample_shots
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
-from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, fit_calibration_gate
+from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, check_gate_args, fit_calibration_gate
 from trustvlm.calibration.pools import LabelledPool, describe_shots, load_pool
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
@@ -239,6 +239,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     """
     lam = _parse_lambda(lam)
     _check_risk_targets(alpha, delta)
+    check_gate_args(ood_gate, ood_false_reject_rate)
     if score not in SCORES:
         raise ValueError(f"score should be {' or '.join(map(repr, SCORES))}, but got {score!r}")
     template_list = get_templates(templates)

@@ -34,7 +34,7 @@ from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 
 __all__ = ["DEFAULT_FALSE_REJECT_RATE", "DEFAULT_COMPONENTS", "GREY_LEVEL", "BORDER_PX", "GaussianComponent",
            "OodGate", "frame_features", "image_frame_features", "fit_component", "conformal_threshold",
-           "fit_ood_gate", "GATE_MODES", "fit_calibration_gate"]
+           "fit_ood_gate", "GATE_MODES", "check_gate_args", "fit_calibration_gate"]
 
 DEFAULT_FALSE_REJECT_RATE = 0.01
 DEFAULT_COMPONENTS: tuple[str, ...] = ("embedding", "frame")
@@ -216,6 +216,14 @@ def fit_ood_gate(embeddings: np.ndarray, frames: np.ndarray, labels: np.ndarray,
 GATE_MODES = ("auto", "on", "off")
 
 
+def check_gate_args(mode: str, rate: float) -> None:
+    """Raise ValueError for a mode not in :data:`GATE_MODES` or a rate outside (0, 1) (checked before any work)."""
+    if mode not in GATE_MODES:
+        raise ValueError(f"the out-of-distribution gate mode should be one of {GATE_MODES}, but got {mode!r}")
+    if mode != "off" and not 0.0 < rate < 1.0:
+        raise ValueError(f"the out-of-distribution false-reject rate should be in (0, 1), but got {rate!r}")
+
+
 def fit_calibration_gate(mode: str, rate: float, embeddings: np.ndarray, images, config: PreprocessConfig,
                          labels: np.ndarray, shots: np.ndarray, rest: np.ndarray,
                          seed: int, components: tuple[str, ...] = DEFAULT_COMPONENTS) -> tuple[OodGate | None, str]:
@@ -238,12 +246,9 @@ def fit_calibration_gate(mode: str, rate: float, embeddings: np.ndarray, images,
     Raises:
         ValueError: An unknown mode or bad rate; with ``on``, too few held-out images.
     """
-    if mode not in GATE_MODES:
-        raise ValueError(f"the out-of-distribution gate mode should be one of {GATE_MODES}, but got {mode!r}")
+    check_gate_args(mode, rate)
     if mode == "off":
         return None, "out-of-distribution gate off"
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"the out-of-distribution false-reject rate should be in (0, 1), but got {rate!r}")
     order = np.random.default_rng([seed, 2]).permutation(np.asarray(rest))
     fit_part, threshold_part = order[:len(order) // 2], order[len(order) // 2:]  # fit on the shots too
     needed = int(np.ceil(1.0 / rate)) - 1

@@ -153,3 +153,12 @@ def test_calibrate_cli_writes_the_gate_on_and_leaves_it_out_off(tiny_artifacts, 
     assert load_bundle(tmp_path / "off", tiny_artifacts).info.ood_gate is None
     assert not (tmp_path / "off" / OOD_GATE_FILE).exists()
     assert "out-of-distribution gate off" in capsys.readouterr().out
+
+
+def test_a_bad_false_reject_rate_is_refused_before_any_image_is_read(tiny_artifacts, tmp_path):
+    from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"false-reject rate should be in \(0, 1\), but got 1.5"):
+        calibrate(tiny_artifacts, tmp_path / "no such folder", tmp_path / "b", ood_false_reject_rate=1.5)
+    with pytest.raises(ValueError, match="gate mode should be one of"):
+        calibrate(tiny_artifacts, tmp_path / "no such folder", tmp_path / "b", ood_gate="maybe")
