@@ -99,3 +99,21 @@ def test_the_gate_decides_before_the_trust_threshold(serve, subscribe, push, fau
     assert all(d.decision is Decision.DEFER and d.reason is Reason.OUT_OF_DISTRIBUTION for d in decisions), decisions
     assert all(d.label in FAULT_CLASSES and d.kappa is not None for d in decisions), decisions
     assert service.stop() == 0, service.stderr()
+
+
+def test_the_device_path_gates_like_the_host_path(demo_export, gated_bundle, fmnist_images):
+    """The IOBinding path (the embedding bound to the gate as an OrtValue), run with CPU OrtValues."""
+    from trustvlm.runtime.frames import ReceivedFrame  # noqa: PLC0415
+    from trustvlm.runtime.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
+
+    host = load_scorer(demo_export, gated_bundle, ScorerConfig(threads=1))
+    bound = load_scorer(demo_export, gated_bundle, ScorerConfig(threads=1))
+    bound._device = "cpu"
+    images, _ = fmnist_images
+    frames = [ReceivedFrame(FrameHeader("cam", seq, 1, Encoding.RAW, image.shape, "uint8"),
+                            np.ascontiguousarray(image).tobytes(), 2)
+              for seq, image in enumerate(unseen_frames() + list(images[:8]))]
+    expected, got = host.decide(frames), bound.decide(frames)
+    assert [d.reason for d in got] == [d.reason for d in expected]
+    assert all(d.reason is Reason.OUT_OF_DISTRIBUTION for d in got[:8]), [d.reason for d in got]
+    assert [d.detail for d in got] == [d.detail for d in expected]
