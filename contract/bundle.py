@@ -3,6 +3,7 @@
     bundle/
         prototypes.npz    text_prototypes, image_prototypes (float32, C x D, unit rows)
         trust_head.onnx   the fused trust head (calibration/trust_head.py) built from them
+        ood_gate.onnx     the out-of-distribution gate (contract/ood_gate.py), when it has one
         bundle.json       how it was made: model, weights, engine sha256s, preprocessing, class
                           names, prompts, shots, k, seed, lambda, T, accept threshold, file sha256s
 
@@ -146,7 +147,8 @@ class BundleInfo:
         aux_encoder: The auxiliary image encoder of the image prototypes, or None when they
             come from the VLM's own image encoder.
         ood_gate: The out-of-distribution gate (``ood_gate.onnx``), or None: no gate.
-        files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
+        files: sha256 of ``prototypes.npz``, ``trust_head.onnx`` and ``ood_gate.onnx`` if any (filled in when
+            the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
     """

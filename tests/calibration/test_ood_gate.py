@@ -13,27 +13,24 @@ from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.ood_gate import (conformal_threshold, fit_calibration_gate, fit_ood_gate, frame_features)
 from trustvlm.calibration.ood_gate_graph import build_ood_gate_graph
 from trustvlm.contract.bundle import BUNDLE_JSON, load_bundle, read_bundle_info
-from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.contract.ood_gate import OOD_GATE_FILE, OodGateInfo
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def encoded(demo_artifacts):
-    """Pixels, raw embeddings, frame statistics and labels of the calibration split and of 2,000 test images."""
+def encoded(demo_embeddings):
+    """Pixels, raw float32 embeddings, frame statistics and labels of the calibration split and 2,000 test images."""
     from trustvlm.data.fashion_mnist import load_split, to_rgb  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
     from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch  # noqa: PLC0415
 
-    manifest = read_manifest(demo_artifacts)
-    encoder = OnnxEncoder(encoder_path(demo_artifacts, manifest, "image"), threads=1)
-    config = PreprocessConfig.from_dict(manifest["preprocess"])
+    config = PreprocessConfig.from_dict(read_manifest(demo_embeddings.artifacts)["preprocess"])
     out = {}
-    for split, count in (("calib", None), ("test", 2000)):
+    for split, embeddings, count in (("calib", demo_embeddings.calib, None), ("test", demo_embeddings.test, 2000)):
         data = load_split(split)
         pixels = preprocess_batch(to_rgb(data.images[:count]), config)
-        out[split] = (pixels, encoder.encode(pixels), frame_features(pixels), data.labels[:count])
+        out[split] = (pixels, embeddings[:count].astype(np.float32), frame_features(pixels), data.labels[:count])
     return out
 
 
