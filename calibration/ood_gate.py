@@ -12,7 +12,9 @@ Mahalanobis OOD detection, Lee et al. 2018) plus a ridge; a frame's distance is
 ``min_c (x - mu_c)^T S^-1 (x - mu_c)``, divided by its median on the fit images. The ridge of the
 ``frame`` component is one grey level squared per feature (a statistic that never moved in
 calibration may move by a grey level without the frame being atypical); the ``embedding``
-component's is 1e-6 of the mean variance (numerical only).
+component's is 1e-6 of the mean variance (numerical only). The frame's spreads (standard
+deviations, sharpness) enter as logarithms (:func:`log_spread`): measured on the demo camera, this
+is what tells a uniform dark frame from a dark photograph of a small object.
 
 Threshold (split conformal): with typicalities ``t_1..t_n`` of ``n`` held-out images not used in
 the fit, the threshold is the ``k``-th smallest, ``k = floor(rate * (n + 1))``; a frame is
@@ -45,6 +47,12 @@ BORDER_PX = 2
 _EMBEDDING_RIDGE = 1e-6
 
 
+def log_spread(values: np.ndarray) -> np.ndarray:
+    """``log(max(values, GREY_LEVEL))``: spreads (standard deviations, sharpness) on a log scale, floored at one grey
+    level, so a frame without any spread (uniform, a covered lens) is as atypical as one with far too much."""
+    return np.log(np.maximum(values, GREY_LEVEL))
+
+
 def frame_features(pixels: np.ndarray) -> np.ndarray:
     """The ``frame`` component's statistics (``FRAME_FEATURES``) of uint8 ``N x S x S x 3`` frames, float64."""
     x = np.asarray(pixels, dtype=np.float64) / 255.0
@@ -59,7 +67,7 @@ def frame_features(pixels: np.ndarray) -> np.ndarray:
                       np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))], axis=1)
     border = (grey * border_mask(grey.shape[1], grey.shape[2])).sum(axis=(1, 2)) / border_mask(
         grey.shape[1], grey.shape[2]).sum()
-    return np.concatenate([mean, std, colour, sharp, border[:, None]], axis=1)
+    return np.concatenate([mean, log_spread(std), colour, log_spread(sharp), border[:, None]], axis=1)
 
 
 def border_mask(height: int, width: int) -> np.ndarray:

@@ -11,7 +11,8 @@ trust head never sees, and a bundle without it (older bundles, ``--ood-gate off`
 such file, while the trust head's inputs and outputs stay the same for every bundle.
 
 Float32: the statistics are means of values in [0, 1] (relative error about 1e-7 times the
-pixel count's log); the Mahalanobis distances are sums of squares of whitened differences, with
+pixel count's log; the spreads then go through ``log(max(., 1/255))``, whose absolute error is
+their relative one); the Mahalanobis distances are sums of squares of whitened differences, with
 no cancellation-prone expansion, so the typicality's relative error stays near 1e-6.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from trustvlm.calibration.ood_gate import BORDER_PX, OodGate, border_mask
+from trustvlm.calibration.ood_gate import BORDER_PX, GREY_LEVEL, OodGate, border_mask
 from trustvlm.calibration.trust_head import IR_VERSION, OPSET, _GraphBuilder
 from trustvlm.contract.ood_gate import GATE_EMBEDDING_INPUT, GATE_OUTPUT, GATE_PIXELS_INPUT
 
@@ -30,13 +31,18 @@ __all__ = ["build_ood_gate_graph"]
 _F32 = TensorProto.FLOAT
 
 
+def _log_spread(g: _GraphBuilder, values: str, name: str) -> str:
+    """``log(max(values, GREY_LEVEL))``, as :func:`trustvlm.calibration.ood_gate.log_spread`."""
+    return g.op("Log", [g.op("Max", [values, "grey_level"], f"{name}_floored")], f"{name}_log")
+
+
 def _frame_statistics(g: _GraphBuilder, size: int) -> str:
     """``[B, 11]`` frame statistics (``FRAME_FEATURES`` order) of the ``pixels`` input."""
     x = g.op("Div", [g.op("Cast", [GATE_PIXELS_INPUT], "px_float", to=_F32), "c255"], "px")
     mean = g.op("ReduceMean", [x], "px_mean", axes=[1, 2], keepdims=1)  # [B, 1, 1, 3]
     centred = g.op("Sub", [x, mean], "px_centred")
     var = g.op("ReduceMean", [g.op("Mul", [centred, centred], "px_sq")], "px_var", axes=[1, 2], keepdims=0)
-    std = g.op("Sqrt", [var], "px_std")
+    std = _log_spread(g, g.op("Sqrt", [var], "px_std"), "px_std")
 
     def channel(i: int) -> str:
         return g.op("Slice", [x, g.const(f"ch{i}_start", np.array([i], np.int64)),
@@ -54,7 +60,7 @@ def _frame_statistics(g: _GraphBuilder, size: int) -> str:
         return g.op("ReduceMean", [g.op("Abs", [g.op("Sub", [ahead, behind], f"{name}_d")], f"{name}_abs")],
                     name, axes=[1, 2], keepdims=0)
 
-    sharp = [shifted_diff(2, "sharp_x"), shifted_diff(1, "sharp_y")]
+    sharp = [_log_spread(g, shifted_diff(axis, name), name) for axis, name in ((2, "sharp_x"), (1, "sharp_y"))]
     mask = border_mask(size, size)
     weights = g.const("border_weights", (mask / mask.sum()).astype(np.float32))
     axes12 = g.const("axes12", np.array([1, 2], np.int64))
@@ -92,6 +98,7 @@ def build_ood_gate_graph(gate: OodGate, image_size: int, embed_dim: int) -> onnx
         raise ValueError(f"the image size {image_size} is too small for the frame statistics")
     g = _GraphBuilder()
     for name, value in (("tiny", np.float32(np.finfo(np.float32).tiny)), ("c255", np.float32(255.0)),
+                        ("grey_level", np.float32(GREY_LEVEL)),
                         ("axis1", np.array([1], np.int64)), ("axis3", np.array([3], np.int64)),
                         ("zero", np.array([0], np.int64)), ("one", np.array([1], np.int64)),
                         ("minus_one", np.array([-1], np.int64)), ("big", np.array([2**62], np.int64))):

@@ -21,7 +21,8 @@ component      features
 ``embedding``  the L2-normalized image embedding (``D`` values)
 ``frame``      11 statistics of the pixels in [0, 1]: mean and standard deviation of each
                channel, mean ``|R - G|`` and ``|G - B|`` (colour), mean absolute horizontal and
-               vertical difference of the grey image (sharpness), mean grey of the 2-pixel border
+               vertical difference of the grey image (sharpness), mean grey of the 2-pixel border;
+               the standard deviations and sharpness as ``log(max(value, 1/255))``
 =============  ==============================================================================
 
 A bundle without a gate (``ood_gate`` null: written before the gate existed, or calibrated with
@@ -46,8 +47,9 @@ GATE_OUTPUT = "typicality"
 #: The feature groups a gate may combine, in graph order.
 COMPONENTS: tuple[str, ...] = ("embedding", "frame")
 #: The ``frame`` component's features, in order.
-FRAME_FEATURES: tuple[str, ...] = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "abs_r_minus_g",
-                                   "abs_g_minus_b", "sharpness_x", "sharpness_y", "border_mean")
+FRAME_FEATURES: tuple[str, ...] = ("mean_r", "mean_g", "mean_b", "log_std_r", "log_std_g", "log_std_b",
+                                   "abs_r_minus_g", "abs_g_minus_b", "log_sharpness_x", "log_sharpness_y",
+                                   "border_mean")
 
 
 @dataclass(frozen=True)

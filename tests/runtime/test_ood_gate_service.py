@@ -33,7 +33,7 @@ def unseen_frames() -> list[np.ndarray]:
     """Uniform random noise and uniform grey frames (BGR), which no clothing camera produces."""
     rng = np.random.default_rng(7)
     noise = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
-    grey = [np.full((96, 128, 3), level, np.uint8) for level in (64, 128, 192, 255)]
+    grey = [np.full((96, 128, 3), level, np.uint8) for level in (0, 64, 128, 255)]
     return noise + grey
 
 
