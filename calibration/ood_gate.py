@@ -35,8 +35,8 @@ from trustvlm.contract.ood_gate import COMPONENTS, OodGateInfo
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 
 __all__ = ["DEFAULT_FALSE_REJECT_RATE", "DEFAULT_COMPONENTS", "GREY_LEVEL", "BORDER_PX", "GaussianComponent",
-           "OodGate", "frame_features", "image_frame_features", "fit_component", "conformal_threshold",
-           "fit_ood_gate", "GATE_MODES", "check_gate_args", "fit_calibration_gate"]
+           "OodGate", "log_spread", "border_mask", "frame_features", "image_frame_features", "fit_component",
+           "conformal_threshold", "fit_ood_gate", "GATE_MODES", "check_gate_args", "fit_calibration_gate"]
 
 DEFAULT_FALSE_REJECT_RATE = 0.01
 DEFAULT_COMPONENTS: tuple[str, ...] = ("embedding", "frame")
@@ -65,8 +65,8 @@ def frame_features(pixels: np.ndarray) -> np.ndarray:
     grey = x.mean(axis=3)
     sharp = np.stack([np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2)),
                       np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))], axis=1)
-    border = (grey * border_mask(grey.shape[1], grey.shape[2])).sum(axis=(1, 2)) / border_mask(
-        grey.shape[1], grey.shape[2]).sum()
+    mask = border_mask(grey.shape[1], grey.shape[2])
+    border = (grey * mask).sum(axis=(1, 2)) / mask.sum()
     return np.concatenate([mean, log_spread(std), colour, log_spread(sharp), border[:, None]], axis=1)
 
 
