@@ -46,7 +46,7 @@ SATURATION_CAMERAS = 2 * MAX_BATCH
 LOAD_FRACTION = 0.7
 FLOOD_FACTOR = 10.0
 BURST_GAP_S = 0.02
-SCORED_REASONS = ("meets_threshold", "below_threshold", "no_threshold")
+SCORED_REASONS = ("meets_threshold", "below_threshold", "no_threshold", "out_of_distribution")
 STALENESS_MS = 5000
 
 

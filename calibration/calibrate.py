@@ -21,7 +21,9 @@ Steps (:func:`calibrate`):
    Test fixed-sequence testing by default, SGR on request (:mod:`~trustvlm.calibration.threshold_selection`);
    the bundle also records the certifiable limit of the threshold half
    (:func:`trustvlm.calibration.coverage_limits.certifiable_limit`).
-5. prototypes.npz + trust_head.onnx + bundle.json, published atomically.
+5. The out-of-distribution gate (:mod:`trustvlm.calibration.ood_gate`), fitted on the shots and a
+   seeded half of the held-out images, its threshold set on the other half at the false-reject rate.
+6. prototypes.npz + trust_head.onnx (+ ood_gate.onnx) + bundle.json, published atomically.
 
 For Fashion-MNIST the pool is the 5,000-image calibration split, never the test split.
 """
@@ -41,6 +43,7 @@ from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe,
                                                    prototypes_from_embeddings, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import l2_normalize, softmax
+from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, check_gate_args, fit_calibration_gate
 from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shots, load_pool, read_class_names
 from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
@@ -229,7 +232,8 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
               threads: int | None = None, prototype_encoder: str | os.PathLike = VLM_PROTOTYPES,
               image_root: str | os.PathLike | None = None,
               threshold_method: str = DEFAULT_THRESHOLD_METHOD, prototype_recipe: str | None = None,
-              allow_unknown_words: bool = False) -> PrototypeBundle:
+              allow_unknown_words: bool = False, ood_gate: str = "auto",
+              ood_false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> PrototypeBundle:
     """Build and write a prototype bundle (see the module docstring).
 
     Args:
@@ -256,6 +260,10 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
         prototype_recipe: How shots are averaged (``unit-mean`` or ``raw-mean``); None: the
             official ``raw-mean`` for an auxiliary encoder, ``unit-mean`` for the VLM's own.
         allow_unknown_words: Go on when class names are outside the model's vocabulary.
+        ood_gate: The out-of-distribution gate: ``"auto"`` (fitted when the held-out images can set
+            its false-reject rate, else none, with a note in ``selection``), ``"on"`` (refuse
+            otherwise) or ``"off"``.
+        ood_false_reject_rate: Share of in-distribution frames the gate may defer, in (0, 1).
 
     Returns:
         The written bundle.
@@ -270,6 +278,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     """
     lam = _parse_lambda(lam)
     _check_risk_targets(alpha, delta)
+    check_gate_args(ood_gate, ood_false_reject_rate)
     if threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method should be one of {list(THRESHOLD_METHODS)}, but got {threshold_method!r}")
     if score != AUTO_SCORE and score not in SCORES:
@@ -308,9 +317,13 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     confidence, correct = scoring.score_and_correct(choice.score, threshold_part, choice)
     threshold = select_threshold(confidence, correct, alpha, delta, method=threshold_method)
     selection["certifiable_limit"] = certifiable_limit(confidence, correct, alpha, delta).coverage
+    gate, gate_note = fit_calibration_gate(ood_gate, ood_false_reject_rate, embeddings, pool.images,
+                                           encoders.preprocess, pool.labels, shots, rest, seed)
+    if gate_note:
+        selection["ood_gate"] = gate_note
     info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, choice.score, threshold,
                         selection, aux)
-    return write_bundle(out_dir, text, image, replace(info, prototype_recipe=recipe))
+    return write_bundle(out_dir, text, image, replace(info, prototype_recipe=recipe), ood_gate=gate)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,12 @@ def add_calibrate_parser(subparsers) -> None:
                              "the one whose threshold can guarantee the most coverage at --alpha/--delta (MSP, "
                              "trustvlm, trustvlm_star over their lambda/T grids, or a fused score: a logistic "
                              "model of the trust signals fitted there); the fused scores need --lam auto")
+    parser.add_argument("--ood-gate", default="auto", choices=["auto", "on", "off"],
+                        help="out-of-distribution gate: defer frames unlike every calibration image (reason "
+                             "out_of_distribution) before the trust threshold. auto: on when the held-out images "
+                             "can set --ood-false-reject-rate; on: refuse otherwise; off: no gate")
+    parser.add_argument("--ood-false-reject-rate", type=float, default=0.01,
+                        help="share of in-distribution frames the gate may defer (set on held-out calibration images)")
     parser.set_defaults(handler=run_calibrate)
 
 
@@ -125,10 +131,13 @@ def run_calibrate(args) -> int:
                            precision=args.precision, threads=args.threads,
                            prototype_encoder=args.prototype_encoder, image_root=args.image_root,
                            threshold_method=args.threshold_method, prototype_recipe=args.prototype_recipe,
-                           allow_unknown_words=args.allow_unknown_words)
+                           allow_unknown_words=args.allow_unknown_words, ood_gate=args.ood_gate,
+                           ood_false_reject_rate=args.ood_false_reject_rate)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
+    if bundle.info.selection.get("ood_gate"):
+        print(bundle.info.selection["ood_gate"])
     return 0
 
 

@@ -3,6 +3,7 @@
     bundle/
         prototypes.npz    text_prototypes, image_prototypes (float32, C x D, unit rows)
         trust_head.onnx   the fused trust head (calibration/trust_head.py) built from them
+        ood_gate.onnx     the out-of-distribution gate (contract/ood_gate.py), when it has one
         bundle.json       how it was made: model, weights, engine sha256s, preprocessing, class
                           names, prompts, shots, k, seed, lambda, T, accept threshold, file sha256s
 
@@ -28,9 +29,13 @@ How the image prototypes were averaged is ``prototype_recipe`` (:data:`PROTOTYPE
 ``raw-mean`` averages the raw embeddings and normalizes once (the official TrustVLM code's recipe
 for its DINOv2 prototypes).
 
-Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent) and
-``prototype_recipe`` (absent in older bundles, which all used ``unit-mean``); 1.1 added
-``aux_encoder`` (null for the VLM's own prototypes); 1.0 and 1.1 bundles still load.
+A bundle may hold an out-of-distribution gate, ``ood_gate.onnx``, recorded in ``ood_gate``
+(:class:`~trustvlm.contract.ood_gate.OodGateInfo`); without one, frames go straight to the trust
+threshold.
+
+Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent), ``prototype_recipe``
+(absent in older bundles, which all used ``unit-mean``) and ``ood_gate`` (absent or null: no gate);
+1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 and 1.1 bundles still load.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy as np
 from trustvlm.contract.files import json_safe, sha256_file
 from trustvlm.contract.fused import FusedModel
 from trustvlm.contract.manifest import TOWERS, read_manifest
+from trustvlm.contract.ood_gate import OOD_GATE_FILE, OodGateInfo
 from trustvlm.contract.scores import SCORES
 from trustvlm.contract.threshold import ThresholdChoice
 
@@ -161,7 +167,9 @@ class BundleInfo:
             candidates with their guaranteed coverage and AURC, the winner); empty otherwise.
         prototype_recipe: How the shots were averaged, one of :data:`PROTOTYPE_RECIPES`
             (``unit-mean`` when bundle.json predates the field).
-        files: sha256 of ``prototypes.npz`` and ``trust_head.onnx`` (filled in when the bundle is written).
+        ood_gate: The out-of-distribution gate (``ood_gate.onnx``), or None: no gate.
+        files: sha256 of ``prototypes.npz``, ``trust_head.onnx`` and ``ood_gate.onnx`` if any (filled in when
+            the bundle is written).
         created_utc: ISO time of writing.
         schema_version: bundle.json schema.
     """
@@ -191,6 +199,7 @@ class BundleInfo:
     fused: dict[str, FusedModel] = field(default_factory=dict)
     score_choice: dict = field(default_factory=dict)
     prototype_recipe: str = UNIT_MEAN
+    ood_gate: OodGateInfo | None = None
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -219,6 +228,7 @@ class BundleInfo:
         data["threshold"] = self.threshold.to_dict()
         data["aux_encoder"] = None if self.aux_encoder is None else self.aux_encoder.to_dict()
         data["fused"] = {name: model.to_dict() for name, model in self.fused.items()}
+        data["ood_gate"] = None if self.ood_gate is None else self.ood_gate.to_dict()
         data["class_names"], data["templates"] = list(self.class_names), list(self.templates)
         data["prompts"] = [list(per_class) for per_class in self.prompts]
         return json_safe(data)
@@ -236,6 +246,8 @@ class BundleInfo:
         aux = data.get("aux_encoder")
         values["aux_encoder"] = None if aux is None else AuxEncoderInfo.from_dict(aux)
         values["fused"] = {name: FusedModel.from_dict(model) for name, model in data.get("fused", {}).items()}
+        gate = data.get("ood_gate")
+        values["ood_gate"] = None if gate is None else OodGateInfo.from_dict(gate)
         values["class_names"] = tuple(data["class_names"])
         values["templates"] = tuple(data["templates"])
         values["prompts"] = tuple(tuple(per_class) for per_class in data["prompts"])
@@ -263,6 +275,11 @@ class PrototypeBundle:
     @property
     def trust_head_path(self) -> Path:
         return self.path / TRUST_HEAD_FILE
+
+    @property
+    def ood_gate_path(self) -> Path | None:
+        """The out-of-distribution gate's graph, or None for a bundle without one."""
+        return None if self.info.ood_gate is None else self.path / OOD_GATE_FILE
 
 
 def engine_sha256(manifest: dict, precision: str, towers: tuple[str, ...] = TOWERS) -> dict[str, str]:
@@ -299,7 +316,7 @@ def read_bundle_info(bundle_dir: str | os.PathLike) -> BundleInfo:
 
 
 def _check_own_files(bundle_dir: Path, info: BundleInfo) -> None:
-    for name in (PROTOTYPES_FILE, TRUST_HEAD_FILE):
+    for name in (PROTOTYPES_FILE, TRUST_HEAD_FILE, *([OOD_GATE_FILE] if info.ood_gate is not None else [])):
         path = bundle_dir / name
         if not path.exists():
             raise BundleMismatchError(f"{path} is missing; {rebuild_hint(info.model)}")
@@ -404,6 +421,6 @@ def describe_bundle(bundle: PrototypeBundle) -> str:
     aux = info.aux_encoder
     source = "" if aux is None else (f", image prototypes from {aux.model}"
                                      f"{' (random-init weights)' if aux.random_init else ''}")
+    gate = "" if info.ood_gate is None else f"; {info.ood_gate.describe()}"
     return (f"{info.model}: {len(info.class_names)} classes, k={info.k}{source} ({info.prototype_recipe}), "
-            f"lambda={info.lam:g} "
-            f"({info.lam_method}), T={info.temperature:g}; {accept}")
+            f"lambda={info.lam:g} ({info.lam_method}), T={info.temperature:g}; {accept}{gate}")

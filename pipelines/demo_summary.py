@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustvlm.pipelines.calibration_set import CalibrationSet
+from trustvlm.pipelines.demo_ood import format_ood_line
 
 if TYPE_CHECKING:  # only for the annotations: the demo module imports this one
     from trustvlm.pipelines.demo import DemoConfig
@@ -55,6 +56,7 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibration: Calibrat
         video = cams[video_camera]
         lines.append(f"camera {video_camera}: {config.video.name} street scene (not clothing) through the video "
                      f"path: frames {video['decisions']} | accepted {video['accepted']} | deferred {video['deferred']}")
+        lines.append(format_ood_line(config.out / "decisions.jsonl", video_camera, camera))
     unanswered = sum(labelled["unanswered"].values())
     lines += [
         f"all cameras: frames {summary['decisions']} | accepted {summary['accepted']} | deferred "

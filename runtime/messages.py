@@ -37,6 +37,7 @@ class Reason(str, Enum):
     MEETS_THRESHOLD = "meets_threshold"
     BELOW_THRESHOLD = "below_threshold"
     NO_THRESHOLD = "no_threshold"
+    OUT_OF_DISTRIBUTION = "out_of_distribution"
     STALE = "stale"
     DUPLICATE = "duplicate"
     OUT_OF_ORDER = "out_of_order"

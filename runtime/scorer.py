@@ -10,8 +10,10 @@ fallback was asked for.
 
 Decision rule: accept iff the bundle's score (the trust head output its entry of
 :data:`trustvlm.contract.scores.SCORES` names: ``kappa`` for ``trustvlm``, ``kappa_star`` for
-``trustvlm_star``) ``>= threshold``. A bundle without a feasible, finite threshold (``inf``, NaN,
-or ``-inf``, which would accept everything) defers everything (``no_threshold``). A predicted
+``trustvlm_star``) ``>= threshold``, once the bundle's out-of-distribution gate, if it has one,
+passed the frame (:mod:`trustvlm.runtime.ood_gate`; an atypical frame defers, ``out_of_distribution``).
+A bundle without a feasible, finite threshold (``inf``, NaN, or ``-inf``, which would accept
+everything) defers everything (``no_threshold``). A predicted
 class outside the bundle's classes is an engine error for that frame. Failures never stop the
 stream: an undecodable or misshaped frame, a non-finite output row, or an engine error on the
 batch (every frame of it) becomes ``defer`` with its reason.
@@ -50,6 +52,7 @@ from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
+from trustvlm.runtime.ood_gate import open_ood_gate
 from trustvlm.runtime.ort_providers import TensorRTProviderSettings
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
@@ -208,6 +211,7 @@ class BundleScorer:
             raise EngineError(f"{bundle.trust_head_path}: expected inputs {list(self.towers)} and outputs "
                               f"{expected}, got {inputs} and {names}")
         self.head_outputs = tuple(names)
+        self.gate = open_ood_gate(bundle, config.providers, config.allow_fallback, config.threads, config.max_batch)
         self.class_names = info.class_names
         self.score_name = info.score
         self.score = score_spec(info.score)
@@ -224,7 +228,11 @@ class BundleScorer:
         self.batch_limit = check_batch_limits(towers, config.max_batch)
 
     def run(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
-        """Encoders then trust head: `batches` maps each head input to its uint8 N x S x S x 3 pixels.
+        """Encoders then trust head: `batches` maps each head input to its uint8 N x S x S x 3 pixels."""
+        return self.run_gated(batches)[0]
+
+    def run_gated(self, batches: dict[str, np.ndarray]) -> tuple[TrustHeadOutput, np.ndarray]:
+        """:meth:`run`, and the out-of-distribution gate's typicality per row (+inf without a gate).
 
         Batches larger than the smallest engine batch limit run in chunks.
 
@@ -236,10 +244,10 @@ class BundleScorer:
             return self._run_chunk(batches)
         chunks = [self._run_chunk({name: pixels[start:start + self.batch_limit] for name, pixels in batches.items()})
                   for start in range(0, rows, self.batch_limit)]
-        return TrustHeadOutput(**{name: np.concatenate([getattr(chunk, name) for chunk in chunks])
-                                  for name in self.head_outputs})
+        return (TrustHeadOutput(**{name: np.concatenate([getattr(chunk, name) for chunk, _ in chunks])
+                                   for name in self.head_outputs}), np.concatenate([t for _, t in chunks]))
 
-    def _run_chunk(self, batches: dict[str, np.ndarray]) -> TrustHeadOutput:
+    def _run_chunk(self, batches: dict[str, np.ndarray]) -> tuple[TrustHeadOutput, np.ndarray]:
         if self._device is None:
             feed = {name: self.towers[name].engine.encode(pixels) for name, pixels in batches.items()}
             try:
@@ -247,11 +255,14 @@ class BundleScorer:
             except Exception as error:  # onnxruntime raises its own exception types
                 shapes = {name: value.shape for name, value in feed.items()}
                 raise EngineError(f"trust head failed on embeddings of shapes {shapes}: {error}") from error
+            embedding = feed[HEAD_INPUT]
         else:
-            values = self._run_bound(batches)
-        return TrustHeadOutput(**dict(zip(self.head_outputs, values)))
+            values, embedding = self._run_bound(batches)
+        typicality = (np.full(len(values[0]), np.inf, np.float32) if self.gate is None
+                      else self.gate.typicality(batches[HEAD_INPUT], embedding))
+        return TrustHeadOutput(**dict(zip(self.head_outputs, values))), typicality
 
-    def _run_bound(self, batches: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_bound(self, batches: dict[str, np.ndarray]) -> tuple[list[np.ndarray], object]:
         """IOBinding path (GPU): the embeddings stay on the device between the encoders and the head."""
         embeddings = {name: self.towers[name].engine.encode_to_ortvalue(pixels, self._device)
                       for name, pixels in batches.items()}
@@ -262,7 +273,7 @@ class BundleScorer:
             for name in self.head_outputs:
                 head_binding.bind_output(name, "cpu")
             self.head.session.run_with_iobinding(head_binding)
-            return head_binding.copy_outputs_to_cpu()
+            return head_binding.copy_outputs_to_cpu(), embeddings[HEAD_INPUT]
         except Exception as error:
             shapes = {name: pixels.shape for name, pixels in batches.items()}
             raise EngineError(f"trust head (IOBinding on {self._device}) failed for batches of shapes {shapes}: "
@@ -309,17 +320,18 @@ class BundleScorer:
                 decisions[index] = self.defer(Notice.for_frame(frame, Reason.BAD_SHAPE, f"preprocess: {error}"))
         if rows:
             try:
-                output = self.run({name: np.stack([item[name] for item in pixels]) for name in self.towers})
+                output, typicality = self.run_gated({name: np.stack([item[name] for item in pixels])
+                                                     for name in self.towers})
             except EngineError as error:
                 for index in rows:
                     decisions[index] = self.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR,
                                                                    str(error)[:500]))
             else:
                 for row, index in enumerate(rows):
-                    decisions[index] = self._decision(frames[index], output, row)
+                    decisions[index] = self._decision(frames[index], output, row, float(typicality[row]))
         return decisions
 
-    def _decision(self, frame: ReceivedFrame, output: TrustHeadOutput, row: int) -> DecisionMessage:
+    def _decision(self, frame: ReceivedFrame, output: TrustHeadOutput, row: int, typicality: float) -> DecisionMessage:
         bad = output.non_finite_fields(row)
         if bad:
             return self.defer(Notice.for_frame(frame, Reason.NON_FINITE, f"non-finite trust head outputs: {bad}"))
@@ -329,7 +341,10 @@ class BundleScorer:
         if not all(0 <= c < len(self.class_names) for c in [class_id, *top_ids]):
             return self.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"trust head predicted class {class_id} "
                                                f"(top-k {top_ids}); the bundle has {len(self.class_names)} classes"))
-        if self.threshold == float("inf"):
+        atypical = self.gate is not None and not self.gate.passes(typicality)
+        if atypical:
+            decision, reason = Decision.DEFER, Reason.OUT_OF_DISTRIBUTION
+        elif self.threshold == float("inf"):
             decision, reason = Decision.DEFER, Reason.NO_THRESHOLD
         elif kappa >= self.threshold:
             decision, reason = Decision.ACCEPT, Reason.MEETS_THRESHOLD
@@ -339,6 +354,7 @@ class BundleScorer:
         header = frame.header
         return DecisionMessage(header.camera_id, header.seq, header.capture_ts_ns, frame.receipt_ts_ns, decision,
                                reason, self.threshold, self.score_name, self.model_id, self.bundle_id,
+                               detail=f"typicality {typicality:.4g} < {self.gate.threshold:.4g}" if atypical else "",
                                label=self.class_names[class_id], class_id=class_id, kappa=kappa,
                                msp=float(output.msp[row]), s_ii=float(output.s_ii[row]), top_k=top_k)
 

@@ -7,7 +7,9 @@
 * ``fault_export`` is a synthetic export whose image encoder misbehaves on purpose, keyed by the
   first pixel of an image (all three channels): 13 -> a NaN embedding for that row, 7 -> a runtime
   error for the whole batch; any other value gives a finite embedding. ``make_fault_bundle`` writes
-  bundles for it (threshold -10: every finite frame is accepted; +10: none is).
+  bundles for it (threshold -10: every finite frame is accepted; +10: none is), each with an
+  out-of-distribution gate whose threshold passes every finite frame, so the gate runs on every
+  batch of the fault and hostile-input tests without changing their outcomes.
 * ``serve`` starts ``python -m trustvlm.runtime.cli serve`` on random loopback ports and parses the
   line that says where it listens; ``Subscriber`` reads decisions and heartbeats. Unless a test passes
   ``--staleness-ms`` itself, the service runs without a staleness deadline: whether a frame is stale
@@ -158,9 +160,22 @@ def make_fault_bundle(fault_export):
         rng = np.random.default_rng(seed)
         manifest = read_manifest(fault_export)
         write_bundle(out, rng.normal(size=(3, 8)), rng.normal(size=(3, 8)),
-                     make_info(manifest, FAULT_CLASSES, threshold, feasible))
+                     make_info(manifest, FAULT_CLASSES, threshold, feasible), ood_gate=open_gate(8, seed))
         return out
     return make
+
+
+def open_gate(embed_dim: int, seed: int = 0, threshold: float = float(np.finfo(np.float32).min)):
+    """An out-of-distribution gate fitted on random features; its `threshold` (default) passes every finite frame."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from trustvlm.calibration.ood_gate import fit_ood_gate  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    rows = np.arange(300)
+    gate = fit_ood_gate(rng.normal(size=(300, embed_dim)), rng.uniform(size=(300, 11)), rows % 3, rows[:150],
+                        rows[150:], rate=0.05)
+    return replace(gate, info=replace(gate.info, threshold=threshold))
 
 
 def fault_image(first_pixel: int = 100, fill: int = 100) -> np.ndarray:

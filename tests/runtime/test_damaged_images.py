@@ -25,7 +25,7 @@ from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 from trustvlm.runtime.wire import parse_message
 
 from . import damaged
-from .conftest import FAULT_CLASSES, make_info
+from .conftest import FAULT_CLASSES, make_info, open_gate
 
 pytestmark = pytest.mark.timeout(120)
 LIMITS = FrameLimits(max_message_bytes=1 << 22, max_width=1024, max_height=1024)
@@ -33,11 +33,11 @@ LIMITS = FrameLimits(max_message_bytes=1 << 22, max_width=1024, max_height=1024)
 
 @pytest.fixture(scope="module")
 def accept_all(fault_export, tmp_path_factory):
-    """The fault model with threshold -10: every frame it can score is accepted."""
+    """The fault model with threshold -10: every frame it can score is accepted (its gate passes them all)."""
     rng = np.random.default_rng(0)
     bundle = tmp_path_factory.mktemp("damaged") / "bundle"
     write_bundle(bundle, rng.normal(size=(3, 8)), rng.normal(size=(3, 8)),
-                 make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0))
+                 make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0), ood_gate=open_gate(8))
     return load_scorer(fault_export, bundle, ScorerConfig(threads=1))
 
 
