@@ -1,7 +1,10 @@
 """The reduced-decode gate record (``decode_gate.json`` in an artifacts folder), written by ``trustvlm decode-gate``.
 
 Decoding a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain changes the pixels the encoder sees a
-little (the resize then starts from fewer samples). Like an export's parity record, the gate
+little (the resize then starts from fewer samples, and a DCT scale is a box filter where the resize
+is antialiased bilinear or bicubic). How much depends on the headroom left to the resize: the
+reduced image's short side is at least ``headroom`` x the input size. The gate tries headroom 1,
+then 2, and records the first that passes. Like an export's parity record, the gate
 measures what that does to this model: embeddings of real frames decoded reduced against the same
 frames decoded at full size (cosine), and the top-1 class on a labelled set with both paths. The
 service decodes reduced only for an encoder whose record says it passed, for the same encoder file
@@ -11,7 +14,8 @@ Format (JSON, ``schema_version`` 1.x)::
 
     {"schema_version": "1.0", "model": "demo_fmnist", "passed": true,
      "encoders": {"fp32": {"sha256": "...", "passed": true, "min_cosine": 0.9991, "mean_cosine": 0.9998,
-                           "top1_agreement": 1.0, "frames": 300, "labelled": 1000, "scales": [2, 4, 8]}},
+                           "top1_agreement": 1.0, "frames": 300, "labelled": 1000, "scales": [2, 4, 8],
+                           "headroom": 2, "tried": {"1": {...}, "2": {...}}}},
      "preprocess": {...}, "required": {"min_cosine": 0.995, "min_top1_agreement": 0.99},
      "sources": ["vtest.avi", ...], "created_utc": "..."}
 """
@@ -39,6 +43,7 @@ class GateVerdict:
 
     passed: bool
     reason: str
+    headroom: int = 0
 
 
 def read_decode_gate(artifacts_dir: str | os.PathLike) -> dict | None:
@@ -81,5 +86,8 @@ def check_decode_gate(artifacts_dir: str | os.PathLike, precision: str, encoder_
     if entry.get("passed") is not True:
         return GateVerdict(False, f"{where}: the {precision} encoder failed the gate (min cosine "
                                   f"{entry.get('min_cosine')}, top-1 agreement {entry.get('top1_agreement')})")
-    return GateVerdict(True, f"{where}: passed (min cosine {entry.get('min_cosine'):.4f}, top-1 agreement "
-                             f"{entry.get('top1_agreement'):.4f})")
+    headroom = entry.get("headroom", 1)
+    if isinstance(headroom, bool) or not isinstance(headroom, int) or headroom < 1:
+        return GateVerdict(False, f"{where}: headroom should be an integer >= 1, but got {headroom!r}")
+    return GateVerdict(True, f"{where}: passed with headroom {headroom} (min cosine {entry.get('min_cosine'):.4f}, "
+                             f"top-1 agreement {entry.get('top1_agreement'):.4f})", headroom)

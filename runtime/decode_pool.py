@@ -14,8 +14,9 @@ thread at 768x576, 1.95x at 1920x1080) without copying payloads and pixels betwe
 
 Reduced-resolution decoding (``scale="auto"``): a JPEG is decoded at 1/2, 1/4 or 1/8 of its size
 in the DCT domain when that is still at least the encoders' input size on its short side, which
-costs a fraction of a full decode and of the resize after it. The strict decoder is the same at
-every scale. It is used only for a model whose artifacts folder holds a passed decode gate
+costs a fraction of a full decode and of the resize after it; the gate may ask for headroom (a
+short side of at least 2x the input size), which it measured to keep the model's answers. The
+strict decoder is the same at every scale. It is used only for a model whose artifacts folder holds a passed decode gate
 (:mod:`trustvlm.contract.decode_gate`); otherwise the pool decodes at full size and says why once.
 """
 
@@ -135,18 +136,24 @@ class PendingBatch:
         return [part.result() for part in self._parts]
 
 
-#: Whether reduced decode may be used for a scorer's encoders: (allowed, why) from their gate records.
-ReducedPolicy = Callable[[Towers], tuple[bool, str]]
+#: Whether reduced decode may be used for a scorer's encoders: (headroom, why) from their gate records; 0: no.
+ReducedPolicy = Callable[[Towers], tuple[int, str]]
 
 
-def gate_policy(scorer: Towers) -> tuple[bool, str]:
-    """Reduced decode only when every image encoder of `scorer` passed its decode gate (the record beside it)."""
+def gate_policy(scorer: Towers) -> tuple[int, str]:
+    """Reduced decode only when every image encoder of `scorer` passed its decode gate (the record beside it).
+
+    Returns:
+        The largest headroom the encoders' records ask for (0: refused), and why.
+    """
+    headroom, reasons = 1, []
     for tower in scorer.towers.values():
         folder, precision, _, sha256, preprocess = tower.source
         verdict = check_decode_gate(folder, precision, sha256, json.loads(preprocess))
         if not verdict.passed:
-            return False, verdict.reason
-    return True, "every image encoder passed its decode gate"
+            return 0, verdict.reason
+        headroom, reasons = max(headroom, verdict.headroom), reasons + [verdict.reason]
+    return headroom, "; ".join(reasons)
 
 
 class DecodePool:
@@ -172,12 +179,12 @@ class DecodePool:
         """The short side frames for `scorer` are decoded to (0: full size)."""
         key = tuple(tower.source for tower in scorer.towers.values())
         if key not in self._min_sides:
-            allowed, why = (self._policy(scorer) if self.config.scale is DecodeScale.AUTO
-                            else (False, "decode scale full"))
+            headroom, why = (self._policy(scorer) if self.config.scale is DecodeScale.AUTO
+                             else (0, "decode scale full"))
             if self.config.scale is DecodeScale.AUTO:
-                log.log(logging.INFO if allowed else logging.WARNING, "reduced-resolution decode %s: %s",
-                        "on" if allowed else "refused, decoding at full size", why)
-            self._min_sides[key] = max(c.size for c in scorer.tower_preprocess().values()) if allowed else 0
+                log.log(logging.INFO if headroom else logging.WARNING, "reduced-resolution decode %s: %s",
+                        "on" if headroom else "refused, decoding at full size", why)
+            self._min_sides[key] = headroom * max(c.size for c in scorer.tower_preprocess().values())
         return self._min_sides[key]
 
     @property

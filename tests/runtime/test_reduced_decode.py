@@ -64,10 +64,10 @@ def demo_scorer(demo_export, demo_bundle):
     return load_scorer(demo_export, demo_bundle, ScorerConfig(threads=1))
 
 
-def write_gate(folder, precision: str, sha256: str, preprocess: dict, passed: bool) -> None:
+def write_gate(folder, precision: str, sha256: str, preprocess: dict, passed: bool, headroom: int = 1) -> None:
     record = {"schema_version": "1.0", "model": "demo_fmnist", "passed": passed, "preprocess": preprocess,
               "encoders": {precision: {"sha256": sha256, "passed": passed, "min_cosine": 0.999 if passed else 0.98,
-                                       "top1_agreement": 1.0 if passed else 0.9}}}
+                                       "top1_agreement": 1.0 if passed else 0.9, "headroom": headroom}}}
     (folder / DECODE_GATE_FILE).write_text(json.dumps(record))
 
 
@@ -85,6 +85,8 @@ def test_the_gate_refuses_a_model_without_a_passed_record_for_its_encoder(demo_e
     write_gate(tmp_path, "fp32", sha, preprocess, passed=True)
     assert not check_decode_gate(tmp_path, "fp16", sha, preprocess).passed  # another precision
     assert check_decode_gate(tmp_path, "fp32", sha, preprocess).passed
+    write_gate(tmp_path, "fp32", sha, preprocess, passed=True, headroom=2)
+    assert check_decode_gate(tmp_path, "fp32", sha, preprocess).headroom == 2
 
 
 def test_the_pool_decodes_reduced_only_for_a_model_that_passed(demo_scorer, demo_export, vtest_frames, caplog):
@@ -94,8 +96,8 @@ def test_the_pool_decodes_reduced_only_for_a_model_that_passed(demo_scorer, demo
     payload = damaged.originals(vtest_frames[0])["jpeg_baseline_colour"][1]
     seen = []
     try:
-        for passed, expected_side in ((False, 0), (True, 32)):
-            write_gate(demo_export, precision, sha, json.loads(preprocess), passed)
+        for passed, headroom, expected_side in ((False, 1, 0), (True, 1, 32), (True, 2, 64)):
+            write_gate(demo_export, precision, sha, json.loads(preprocess), passed, headroom)
             pool = DecodePool(DecodeConfig(workers=0), policy=gate_policy)
             pool.preparer._decode = lambda frame, side: seen.append(side) or decode_image(frame, side)
             caplog.clear()
