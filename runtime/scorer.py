@@ -273,7 +273,7 @@ class BundleScorer:
         """The decision message of a frame that was decided before scoring."""
         return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
                                Decision.DEFER, notice.reason, self.threshold, self.score_name, self.model_id,
-                               self.bundle_id, detail=notice.detail)
+                               self.bundle_id, detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
 
     def preprocess_frame(self, frame: ReceivedFrame) -> dict[str, np.ndarray]:
         """Decode `frame` once and resize it for every image tower.
