@@ -1,4 +1,4 @@
-"""The frame path in front of the encoder, through the real service: decode pool and reduced decode against the old path.
+"""The frame path in front of the encoder, through the real service: the decode pool against the old path.
 
 ``python -m trustvlm.benchmarks.frame_path --artifacts artifacts/demo_fmnist`` (also part of
 ``make bench``) runs, side by side in one run, for 768x576 and 1920x1080 JPEG frames (OpenCV's
@@ -11,7 +11,8 @@ vtest.avi, resized, quality 90) from 4 and 8 cameras:
 each through a fresh ``trustvlm serve`` on loopback with the old path (``--decode-workers 0
 --decode-scale full``: the scoring thread decodes every frame at full size) and the new default
 (a decode pool of one worker per core, pipelined with the encoder; reduced decode when the export
-passed ``trustvlm decode-gate``, which this command runs first unless ``--no-gate``). Reported:
+passed ``trustvlm decode-gate``, which this command runs first unless ``--no-gate``), and the new
+default with ``--dropped-runs`` (one message per run of superseded frames). Reported:
 scored frames/s over the measured window (decisions received, by receive time), p50/p99 latency
 from capture (the send time) to the decision's arrival, outcomes, and the ``decode_calls`` counter
 of the last heartbeat. Beside them, the machine's decode ceiling: decode-only frames/s of one
@@ -37,7 +38,10 @@ import numpy as np
 SIZES = {"768x576": (768, 576), "1920x1080": (1920, 1080)}
 CAMERA_COUNTS = (4, 8)
 MODES = ("paced", "flood")
-PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full"), "new": ()}
+PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full", "--max-superseded-per-take", "0"), "new": (),
+         "new+runs": ("--dropped-runs",), "new-no-wait": ("--max-superseded-per-take", "0")}
+#: Messages the cameras' PUSH socket queues: a camera that keeps only its newest few frames, as latest-frame-wins wants.
+SEND_HWM = 16
 PACED_FPS_PER_CAMERA = 150.0
 SCORED = ("meets_threshold", "below_threshold", "no_threshold")
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -77,6 +81,7 @@ class CaseResult:
     outcomes: dict
     decode_calls: int | None
     rss_mib: tuple[float, ...]
+    encoder_busy: float
 
 
 def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], size: str, cameras: int, mode: str,
@@ -94,6 +99,7 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
     push, sub = context.socket(zmq.PUSH), context.socket(zmq.SUB)
     try:
         push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.SNDHWM, SEND_HWM)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"trust/")
         sub.connect(service.publish)
@@ -107,7 +113,7 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
         measure_from, end = started + warmup_s, started + warmup_s + measure_s
         interval = 1.0 / (PACED_FPS_PER_CAMERA * cameras)
         sent = refused = scored = 0
-        latencies, outcomes, health, rss = [], {}, None, []
+        latencies, outcomes, health, rss, beats = [], {}, None, [], []
         next_rss = started
         while (now := time.monotonic()) < end:
             if mode == "paced":
@@ -136,10 +142,12 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
                 message = decode_body(body)
                 if not isinstance(message, DecisionMessage):
                     health = message
+                    if arrived >= measure_from:
+                        beats.append((message.ts_ns, message.counters.get("scoring_busy_us", 0)))
                     continue
                 if arrived < measure_from:
                     continue
-                outcomes[message.reason.value] = outcomes.get(message.reason.value, 0) + 1
+                outcomes[message.reason.value] = outcomes.get(message.reason.value, 0) + message.frames
                 if message.reason.value in SCORED:
                     scored += 1
                     latencies.append((arrived_ns - message.capture_ts_ns) / 1e6)
@@ -148,9 +156,11 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
                 next_rss += 1.0
         offered = sent / (time.monotonic() - started)
         decode_calls = None if health is None else health.counters.get("decode_calls")
+        busy = ((beats[-1][1] - beats[0][1]) / 1e6 / ((beats[-1][0] - beats[0][0]) / 1e9)
+                if len(beats) > 1 and beats[-1][0] > beats[0][0] else float("nan"))
         return CaseResult(size, cameras, mode, path, round(offered, 1), refused, round(scored / measure_s, 1),
                           round(percentile(latencies, 50), 1), round(percentile(latencies, 99), 1), outcomes,
-                          decode_calls, tuple(rss))
+                          decode_calls, tuple(rss), round(busy, 3))
     finally:
         push.close()
         sub.close()
@@ -201,7 +211,8 @@ def reduced_min_side(artifacts: Path) -> int:
 
 
 def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CAMERA_COUNTS, modes=MODES,
-                   warmup_s: float = 3.0, measure_s: float = 8.0, gate: bool = True, log=print) -> dict:
+                   warmup_s: float = 3.0, measure_s: float = 8.0, gate: bool = True, log=print,
+                   paths=tuple(PATHS)) -> dict:
     """Every case, old and new path side by side (see the module docstring); returns the results as data."""
     from trustvlm.runtime.decode_pool import default_workers  # noqa: PLC0415
 
@@ -220,7 +231,7 @@ def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CA
             log(f"decode ceiling {size}: {results['ceiling'][size]}")
             for count in cameras:
                 for mode in modes:
-                    for path in PATHS:
+                    for path in paths:
                         case = run_case(artifacts, bundle, Path(workdir), jpegs, size, count, mode, path, warmup_s,
                                         measure_s)
                         log(f"{size} {count} cameras {mode} {path}: {case.scored_per_s} scored/s, p50 "
@@ -234,14 +245,16 @@ def markdown(results: dict) -> str:
     lines = [f"Cores: {results['cores']} (decode pool default); reduced decode to a short side >= "
              f"{results['reduced_min_side']} px (0: gate not passed, full decode); paced: "
              f"{results['paced_fps_per_camera']:g} frames/s per camera.", "",
-             "| frames | cameras | traffic | path | offered/s | scored/s | new/old | p50 ms | p99 ms | RSS MiB (min-max) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| frames | cameras | traffic | path | offered/s | scored/s | x old | p50 ms | p99 ms | encoder busy | "
+             "RSS MiB (min-max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     old = {(c["size"], c["cameras"], c["mode"]): c["scored_per_s"] for c in results["cases"] if c["path"] == "old"}
     for c in results["cases"]:
-        ratio = c["scored_per_s"] / old[(c["size"], c["cameras"], c["mode"])] if c["path"] == "new" else 1.0
+        reference = old.get((c["size"], c["cameras"], c["mode"]))
+        ratio = c["scored_per_s"] / reference if reference else float("nan")
         rss = f"{min(c['rss_mib']):.0f}-{max(c['rss_mib']):.0f}" if c["rss_mib"] else "-"
         lines.append(f"| {c['size']} | {c['cameras']} | {c['mode']} | {c['path']} | {c['offered_per_s']:.0f} | "
-                     f"{c['scored_per_s']:.0f} | {ratio:.2f}x | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {rss} |")
+                     f"{c['scored_per_s']:.0f} | {ratio:.2f}x | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
+                     f"{c['encoder_busy']:.0%} | {rss} |")
     lines += ["", "| frames | decode | 1 thread /s | x cores /s | all cores measured /s |", "|---|---|---|---|---|"]
     for size, ceiling in results["ceiling"].items():
         for name in ("full", "reduced"):
@@ -249,6 +262,34 @@ def markdown(results: dict) -> str:
             lines.append(f"| {size} | {name} | {row['one_thread']:.0f} | {row['one_thread_x_cores']:.0f} | "
                          f"{row['all_threads']:.0f} |")
     return "\n".join(lines)
+
+
+def run_suite_section(demo: Path, demo_bundle: Path, vitb32: Path, vitb32_bundle: Path, quick: bool = False,
+                      log=print) -> dict:
+    """The frame path part of ``make bench``: every case on the demo model, and the ViT-B/32 encoder's busy share."""
+    small = dict(sizes=("768x576",), cameras=(4,), measure_s=2.0, warmup_s=1.0) if quick else {}
+    results = run_frame_path(demo, demo_bundle, log=log, **small)
+    busy = run_frame_path(vitb32, vitb32_bundle, sizes=("768x576",), cameras=(4,), paths=("new",), gate=False,
+                          measure_s=2.0 if quick else 8.0, warmup_s=1.0 if quick else 3.0, log=log)
+    results["vitb32_busy"] = busy["cases"]
+    return results
+
+
+def render_section(results: dict) -> str:
+    """Section 8 of BENCHMARKS.md (empty when the run has no frame path results)."""
+    data = results.get("frame_path")
+    if not data:
+        return ""
+    busy = ", ".join(f"{c['mode']}: {c['encoder_busy']:.0%} busy at {c['scored_per_s']:.1f} scored/s"
+                     for c in data.get("vitb32_busy", []))
+    return ("## 8. Frame path: decode pool, reduced decode, goodput under a flood (demo model)\n\n"
+            "Through the real service, side by side in one run (`python -m trustvlm.benchmarks.frame_path`, see its "
+            "docstring): `old` is `--decode-workers 0 --decode-scale full --max-superseded-per-take 0` (the scoring "
+            "thread decodes every frame at full size, the ingest never waits), `new` the defaults. Paced: every "
+            "camera above what the service scores; flood: as fast as ZeroMQ takes frames. Latency: capture to the "
+            "decision's arrival. The cameras run in the benchmark's process, on the same cores.\n\n"
+            + markdown(data) + (f"\n\nViT-B/32 (random-init) image encoder, 4 cameras 768x576, new path: {busy}"
+                                " (time in encoder and trust head / wall time)." if busy else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="frame sizes")
     parser.add_argument("--cameras", nargs="+", type=int, default=list(CAMERA_COUNTS), help="camera counts")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="traffic patterns")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="service variants: old (--decode-workers 0, full decode, no ingest wait), new (defaults), "
+                             "new+runs (--dropped-runs), new-no-wait (--max-superseded-per-take 0)")
     parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case (after 3 s warm-up)")
     parser.add_argument("--no-gate", dest="gate", action="store_false",
                         help="use the export's decode_gate.json as it is (default: run the gate first)")
@@ -267,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run_frame_path(args.artifacts, args.bundle or args.artifacts / "bundle", tuple(args.sizes),
                              tuple(args.cameras), tuple(args.modes), measure_s=args.measure_s, gate=args.gate,
-                             log=lambda line: print(line, file=sys.stderr, flush=True))
+                             log=lambda line: print(line, file=sys.stderr, flush=True), paths=tuple(args.paths))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))

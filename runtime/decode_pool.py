@@ -36,6 +36,7 @@ import numpy as np
 
 from trustvlm.contract.decode_gate import check_decode_gate
 from trustvlm.runtime.frames import Notice, ReceivedFrame
+from trustvlm.runtime.gpu_decode import DECODER_BACKENDS, NvImageCodecBatch
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
@@ -69,15 +70,20 @@ class DecodeConfig:
         workers: Decode threads; None: one per core; 0: decode on the scoring thread, not pipelined.
         scale: ``auto``: JPEG at 1/2, 1/4 or 1/8 scale when still >= the model's input size (only for a
             model that passed its decode gate); ``full``: always full size.
+        decoder: A key of :data:`~trustvlm.runtime.gpu_decode.DECODER_BACKENDS`: ``cpu`` (libjpeg-turbo,
+            strict) or ``nvimgcodec`` (JPEG batches on the GPU, validated strictly on the CPU first).
     """
 
     workers: int | None = None
     scale: DecodeScale = DecodeScale.AUTO
+    decoder: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 0):
             raise ValueError(f"decode workers should be >= 0 (0: decode on the scoring thread), but got "
                              f"{self.workers}")
+        if self.decoder not in DECODER_BACKENDS:
+            raise ValueError(f"decoder should be one of {sorted(DECODER_BACKENDS)}, but got {self.decoder!r}")
 
     @property
     def worker_count(self) -> int:
@@ -111,12 +117,18 @@ class FramePreparer:
         with self._lock:
             return self._calls
 
-    def __call__(self, frame: ReceivedFrame, towers: dict[str, PreprocessConfig], min_side: int = 0) -> Prepared:
-        """`frame` decoded with a short side of at least `min_side` (0: full size), resized for each of `towers`."""
+    def __call__(self, frame: ReceivedFrame, towers: dict[str, PreprocessConfig], min_side: int = 0,
+                 image: np.ndarray | FrameDecodeError | None = None) -> Prepared:
+        """`frame` decoded with a short side of at least `min_side` (0: full size), resized for each of `towers`.
+
+        `image`: the frame already decoded elsewhere (the GPU), or its decode error.
+        """
         with self._lock:
             self._calls += 1
         try:
-            image = self._decode(frame, min_side)
+            if isinstance(image, FrameDecodeError):
+                raise image
+            image = self._decode(frame, min_side) if image is None else image
             return {name: resize_and_crop(image, config) for name, config in towers.items()}
         except FrameDecodeError as error:
             return Notice.for_frame(frame, error.reason, str(error))
@@ -127,10 +139,12 @@ class FramePreparer:
 class PendingBatch:
     """The frames of one batch being prepared; :meth:`result` waits for all of them, in order."""
 
-    def __init__(self, parts: list[Future] | Callable[[], list[Prepared]]):
-        self._parts = parts
+    def __init__(self, parts: list[Future] | Future | Callable[[], list[Prepared]]):
+        self._parts = parts  # a future per frame, one future of the whole list, or the work to do inline
 
     def result(self) -> list[Prepared]:
+        if isinstance(self._parts, Future):
+            return self._parts.result()
         if callable(self._parts):
             return self._parts()
         return [part.result() for part in self._parts]
@@ -174,6 +188,7 @@ class DecodePool:
         self._policy = policy
         self._min_sides: dict[tuple, int] = {}
         self._executor = (ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else None)
+        self._gpu = NvImageCodecBatch() if self.config.decoder == "nvimgcodec" else None
 
     def min_side(self, scorer: Towers) -> int:
         """The short side frames for `scorer` are decoded to (0: full size)."""
@@ -195,6 +210,11 @@ class DecodePool:
     def submit(self, frames: list[ReceivedFrame], scorer: Towers) -> PendingBatch:
         """Start preparing `frames` for the encoders of `scorer`; the result keeps their order."""
         towers, min_side = scorer.tower_preprocess(), self.min_side(scorer)
+        if self._gpu is not None:  # one GPU batch for the batch's JPEGs, beside the encoder when there are workers
+            def on_gpu() -> list[Prepared]:
+                images = self._gpu.decode(frames, min_side)
+                return [self.preparer(frame, towers, min_side, image) for frame, image in zip(frames, images)]
+            return PendingBatch(on_gpu if self._executor is None else self._executor.submit(on_gpu))
         if self._executor is None:
             return PendingBatch(lambda: [self.preparer(frame, towers, min_side) for frame in frames])
         return PendingBatch([self._executor.submit(self.preparer, frame, towers, min_side) for frame in frames])

@@ -4,8 +4,8 @@ Drop policy (:attr:`DropPolicy.LATEST_WINS`): each camera holds at most one fram
 scored. A newer frame from the same camera supersedes it, and the superseded frame becomes a
 ``dropped`` notice (with ``dropped_runs``, a frame superseded right after another one, with no
 other outcome of that camera between them, joins that notice: one ``dropped`` message then covers
-the run ``seq``..``seq_last``, decision schema 1.2); a frame older than the staleness deadline when scoring picks it up becomes a
-``stale`` notice. Notices wait in the camera's queue in arrival order, so a camera's outcomes are
+the run ``seq``..``seq_last``, decision schema 1.2); a frame older than the staleness deadline
+when scoring picks it up becomes a ``stale`` notice. Notices wait in the camera's queue in arrival order, so a camera's outcomes are
 published in the order its frames arrived: the scoring loop is sequential and publishes, for each
 batch, every taken item in arrival order.
 
@@ -17,6 +17,13 @@ else its frame is deferred ``camera_limit``). ``dropped``, ``camera_limit`` and 
 of the outcome; ``notices_suppressed`` counts outcomes lost to the bound (reported to
 ``on_suppressed`` with the reason the outcome would have had). Memory is bounded by ``max_cameras`` payloads plus
 small notices.
+
+Receive livelock: under a flood, receiving frames only to supersede them can take the time
+scoring needs (every message is parsed and answered). With ``max_superseded_per_take``, once that
+many frames were superseded since scoring last took a batch, :meth:`FrameBuffer.put` waits (up to
+``superseded_wait_ms``) for the next take: the ingest then takes no more from ZeroMQ, whose bounded
+queues push back on the senders (a PUSH camera blocks, or sees its frame refused), so the frames
+that are received are scored, not only superseded, and each still gets its outcome.
 
 Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
 assumes synchronized clocks (PTP or chrony) when cameras run on other hosts. A capture time more
@@ -60,6 +67,9 @@ class BufferConfig:
             for the run (``seq``..``seq_last``, ``frames``) instead of one message each: under a
             flood, answering every superseded frame costs the time scoring needs. Subscribers must
             read decision schema 1.2 (``frames``) to count outcomes.
+        max_superseded_per_take: Frames superseded between two takes after which put() waits for
+            the next take (see the module docstring); 0: never wait.
+        superseded_wait_ms: The longest one such wait.
     """
 
     max_cameras: int = 64
@@ -67,8 +77,13 @@ class BufferConfig:
     max_notices_per_camera: int = 256
     drop_policy: DropPolicy = DropPolicy.LATEST_WINS
     dropped_runs: bool = False
+    max_superseded_per_take: int = 32
+    superseded_wait_ms: float = 20.0
 
     def __post_init__(self) -> None:
+        if self.max_superseded_per_take < 0 or not self.superseded_wait_ms >= 0:
+            raise ValueError(f"max_superseded_per_take and superseded_wait_ms should be >= 0, but got "
+                             f"{self.max_superseded_per_take} and {self.superseded_wait_ms}")
         if self.max_cameras < 1 or self.max_notices_per_camera < 1:
             raise ValueError(f"max_cameras and max_notices_per_camera should be >= 1, but got "
                              f"{self.max_cameras} and {self.max_notices_per_camera}")
@@ -88,6 +103,7 @@ class BufferStats:
     notices_suppressed: int
     pending_frames: int
     cameras: int
+    ingest_waits: int = 0
 
 
 class _Camera:
@@ -116,6 +132,8 @@ class FrameBuffer:
         self._closed = False
         self._pending_frames = 0
         self._counts = dict(frames_in=0, notices_in=0, dropped=0, stale=0, camera_limit=0, notices_suppressed=0)
+        self._waits = 0
+        self._superseded_since_take = 0
 
     def put(self, item: BufferItem) -> None:
         """Add a frame (latest wins) or a notice to its camera's queue."""
@@ -144,6 +162,11 @@ class FrameBuffer:
             else:
                 self._suppress(item.reason)
             self._cond.notify_all()
+            bound = self.config.max_superseded_per_take
+            if bound and self._superseded_since_take >= bound and not self._closed:
+                self._waits += 1  # scoring is behind: leave the next frames in ZeroMQ's bounded queues for now
+                self._cond.wait_for(lambda: self._superseded_since_take < bound or self._closed,
+                                    self.config.superseded_wait_ms / 1e3)
 
     def _slot(self, camera_id: str) -> _Camera | None:
         camera = self._cameras.get(camera_id)
@@ -176,6 +199,7 @@ class FrameBuffer:
         camera.frames -= 1
         self._pending_frames -= 1
         self._counts["dropped"] += 1
+        self._superseded_since_take += 1
         before = camera.items[-2][1] if len(camera.items) > 1 and camera.items[-1] is entry else None
         if (self.config.dropped_runs and isinstance(before, Notice) and before.reason is Reason.DROPPED
                 and item.header.seq > (before.seq_last if before.seq_last is not None else before.seq)):
@@ -213,6 +237,9 @@ class FrameBuffer:
                 self._cond.wait(remaining)
             taken = list(self._orphans)
             self._orphans.clear()
+            if self._superseded_since_take:
+                self._superseded_since_take = 0
+                self._cond.notify_all()  # an ingest waiting in put() may go on
             frames = 0
             for camera in sorted(self._cameras.values(), key=lambda cam: cam.items[0][0] if cam.items else 1 << 62):
                 if not camera.items or frames + camera.frames > max_frames:
@@ -251,4 +278,5 @@ class FrameBuffer:
 
     def stats(self) -> BufferStats:
         with self._cond:
-            return BufferStats(**self._counts, pending_frames=self._pending_frames, cameras=len(self._cameras))
+            return BufferStats(**self._counts, pending_frames=self._pending_frames, cameras=len(self._cameras),
+                               ingest_waits=self._waits)

@@ -105,8 +105,9 @@ class DecisionMessage:
     ``kappa`` / ``msp`` / ``s_ii`` / ``label`` / ``class_id`` are None when the frame was not
     scored (or its scores were not finite). Since schema 1.2 one ``dropped`` message may cover a
     run of superseded frames of its camera: ``seq`` to ``seq_last``, ``frames`` of them (a message
-    of one frame has ``seq_last`` None and ``frames`` 1; 1.1 messages, without the two keys, read so). ``publish_ts_ns`` and the latencies are set by the
-    publisher when it sends the message (:meth:`stamped`).
+    of one frame has ``seq_last`` None and ``frames`` 1; 1.1 messages, without the two keys, read
+    so). ``publish_ts_ns`` and the latencies are set by the publisher when it sends the message
+    (:meth:`stamped`).
     """
 
     camera_id: str

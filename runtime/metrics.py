@@ -162,6 +162,7 @@ class ServiceStats(Observer):
         with self._lock:
             self._counts["batches"] += 1
             self._counts["frames_scored"] += size
+            self._counts["scoring_busy_us"] += int(seconds * 1e6)  # encoders and trust head: their busy share
             if error:
                 self._counts["engine_errors"] += 1
                 self.last_error = error

@@ -87,7 +87,8 @@ class HealthReporter:
         # Buffer events overlap the outcomes above (a superseded frame is a 'dropped' decision or a suppressed
         # one): prefixed, so that no buffer counter reads as a term of the accounting identity.
         counters.update(buffer_superseded=buffer.dropped, buffer_stale=buffer.stale,
-                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames)
+                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames,
+                        buffer_ingest_waits=buffer.ingest_waits)
         counters.update(self.sequence.stats())
         if self.decode is not None:  # decode calls, not outcomes: prefixed like the buffer's counters
             counters["decode_calls"] = self.decode.preparer.decoded
@@ -290,7 +291,9 @@ class TrustService:
         if frames:
             started = time.perf_counter()
             try:
-                decisions = scorer.decide(frames, prepared.result())
+                pixels = prepared.result()  # the workers' part: not timed as the batch's
+                started = time.perf_counter()
+                decisions = scorer.decide(frames, pixels)
             except Exception as error:  # a bug, not a bad frame: still answer every frame
                 log.exception("scoring a batch failed")
                 decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 
@@ -83,3 +84,45 @@ def test_a_flood_answered_with_runs_gives_every_frame_one_outcome_in_camera_orde
     assert subscriber.health[-1].counters["reason_dropped"] == sum(d.frames for d in subscriber.decisions
                                                                    if d.reason is Reason.DROPPED)
     assert service.stop() == 0
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_the_ingest_waits_for_scoring_once_enough_frames_were_superseded():
+    # Given a buffer that lets 2 frames be superseded between takes, with a long wait bound
+    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=2, superseded_wait_ms=60_000), clock_ns=lambda: NOW_NS)
+    done = threading.Event()
+
+    def produce():
+        for seq in range(4):
+            buffer.put(frame("a", seq))
+        done.set()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    # When the third frame supersedes the second (2 superseded), the put waits ...
+    assert wait_until(lambda: buffer.stats().ingest_waits == 1), "put() did not wait"
+    assert buffer.stats().frames_in == 3 and not done.is_set()
+    # ... until scoring takes a batch; then the ingest goes on
+    assert describe(buffer.take(8)) == [("a", 0, None, 1, "dropped"), ("a", 1, None, 1, "dropped"),
+                                        ("a", 2, "frame")]
+    assert done.wait(10), "put() still waits after a take"
+    producer.join(10)
+    assert buffer.stats().frames_in == 4 and buffer.stats().ingest_waits == 1
+
+
+def test_closing_the_buffer_ends_a_waiting_put():
+    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=1, superseded_wait_ms=60_000), clock_ns=lambda: NOW_NS)
+    producer = threading.Thread(target=lambda: [buffer.put(frame("a", seq)) for seq in range(2)], daemon=True)
+    producer.start()
+    assert wait_until(lambda: buffer.stats().ingest_waits == 1)
+    buffer.close()
+    producer.join(10)
+    assert not producer.is_alive()
