@@ -12,7 +12,8 @@ each through a fresh ``trustvlm serve`` on loopback with the old path (``--decod
 --decode-scale full``: the scoring thread decodes every frame at full size) and the new default
 (a decode pool of one worker per core, pipelined with the encoder; reduced decode when the export
 passed ``trustvlm decode-gate``, which this command runs first unless ``--no-gate``), and the new
-default with ``--dropped-runs`` (one message per run of superseded frames). Reported:
+default with ``--dropped-runs`` (one message per run of superseded frames), and with
+``--max-superseded-per-take 32`` (the ingest waits for scoring under a flood). Reported:
 scored frames/s over the measured window (decisions received, by receive time), p50/p99 latency
 from capture (the send time) to the decision's arrival, outcomes, and the ``decode_calls`` counter
 of the last heartbeat. Beside them, the machine's decode ceiling: decode-only frames/s of one
@@ -38,8 +39,8 @@ import numpy as np
 SIZES = {"768x576": (768, 576), "1920x1080": (1920, 1080)}
 CAMERA_COUNTS = (4, 8)
 MODES = ("paced", "flood")
-PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full", "--max-superseded-per-take", "0"), "new": (),
-         "new+runs": ("--dropped-runs",), "new-no-wait": ("--max-superseded-per-take", "0")}
+PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full"), "new": (), "new+runs": ("--dropped-runs",),
+         "new+wait": ("--max-superseded-per-take", "32")}
 #: Messages the cameras' PUSH socket queues: a camera that keeps only its newest few frames, as latest-frame-wins wants.
 SEND_HWM = 16
 PACED_FPS_PER_CAMERA = 150.0
@@ -284,8 +285,9 @@ def render_section(results: dict) -> str:
                      for c in data.get("vitb32_busy", []))
     return ("## 8. Frame path: decode pool, reduced decode, goodput under a flood (demo model)\n\n"
             "Through the real service, side by side in one run (`python -m trustvlm.benchmarks.frame_path`, see its "
-            "docstring): `old` is `--decode-workers 0 --decode-scale full --max-superseded-per-take 0` (the scoring "
-            "thread decodes every frame at full size, the ingest never waits), `new` the defaults. Paced: every "
+            "docstring): `old` is `--decode-workers 0 --decode-scale full` (the scoring thread decodes every frame "
+            "at full size), `new` the defaults, `new+runs` with `--dropped-runs`, `new+wait` with "
+            "`--max-superseded-per-take 32`. Paced: every "
             "camera above what the service scores; flood: as fast as ZeroMQ takes frames. Latency: capture to the "
             "decision's arrival. The cameras run in the benchmark's process, on the same cores.\n\n"
             + markdown(data) + (f"\n\nViT-B/32 (random-init) image encoder, 4 cameras 768x576, new path: {busy}"
@@ -302,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", nargs="+", type=int, default=list(CAMERA_COUNTS), help="camera counts")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="traffic patterns")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
-                        help="service variants: old (--decode-workers 0, full decode, no ingest wait), new (defaults), "
-                             "new+runs (--dropped-runs), new-no-wait (--max-superseded-per-take 0)")
+                        help="service variants: old (--decode-workers 0, full decode), new (defaults), "
+                             "new+runs (--dropped-runs), new+wait (--max-superseded-per-take 32)")
     parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case (after 3 s warm-up)")
     parser.add_argument("--no-gate", dest="gate", action="store_false",
                         help="use the export's decode_gate.json as it is (default: run the gate first)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trustvlm.cli_common import CliError, help_formatter, positive
+from trustvlm.cli_common import CliError, ExamplesHelpFormatter, positive
 
 EPILOG = """examples:
   trustvlm decode-gate --artifacts artifacts/demo_fmnist
@@ -16,7 +16,7 @@ EPILOG = """examples:
 def add_decode_gate_parser(subparsers) -> None:
     """Add `decode-gate`: allow (or not) reduced-resolution JPEG decoding for an export."""
     parser = subparsers.add_parser(
-        "decode-gate", formatter_class=help_formatter, epilog=EPILOG,
+        "decode-gate", formatter_class=ExamplesHelpFormatter, epilog=EPILOG,
         help="check whether JPEG decoded at 1/2, 1/4, 1/8 scale keeps the model's embeddings (serve uses it if so)",
         description="Embed real video frames and labelled images decoded at full size and at a reduced JPEG scale "
                     "(what `serve --decode-scale auto` does), compare (cosine >= 0.995, top-1 agreement >= 99%), "
@@ -24,11 +24,11 @@ def add_decode_gate_parser(subparsers) -> None:
                     "for an encoder that passed; re-run after every export.")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "fp16", "int8"],
-                        help="encoders to check (default: every precision of the export)")
+                        help="encoders to check (none: every precision of the export)")
     parser.add_argument("--frames-per-video", type=positive(int), default=40,
                         help="frames of each OpenCV sample video (vtest, Megamind, tree), each also at 1920x1080")
     parser.add_argument("--labelled", type=positive(int), default=1200, help="Fashion-MNIST test images")
-    parser.add_argument("--threads", type=positive(int), default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=positive(int), default=None, help="ONNX Runtime intra-op threads (none: its choice)")
     parser.set_defaults(handler=run_decode_gate_command)
 
 
