@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -43,6 +44,8 @@ from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
 
 log = logging.getLogger("trustvlm.runtime.decode")
 
+#: Prefetch the next batch only while encoding a batch takes less than this many times decoding one.
+PREFETCH_MIN_RATIO = 4.0
 #: What one frame becomes: the pixels of each image tower (by head input), or its defer notice.
 Prepared = dict[str, np.ndarray] | Notice
 
@@ -137,17 +140,38 @@ class FramePreparer:
 
 
 class PendingBatch:
-    """The frames of one batch being prepared; :meth:`result` waits for all of them, in order."""
+    """The frames of one batch being prepared; :meth:`result` waits for all of them, in order.
+
+    ``decode_s`` is the wall time from submission until the last frame was ready (None until then).
+    """
 
     def __init__(self, parts: list[Future] | Future | Callable[[], list[Prepared]]):
         self._parts = parts  # a future per frame, one future of the whole list, or the work to do inline
+        self.started = time.perf_counter()
+        self.decode_s: float | None = None
+        futures = [parts] if isinstance(parts, Future) else parts if isinstance(parts, list) else []
+        self._left = len(futures)
+        self._lock = threading.Lock()
+        for future in futures:
+            future.add_done_callback(self._one_done)
+
+    def _one_done(self, _future: Future) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self.decode_s = time.perf_counter() - self.started
 
     def result(self) -> list[Prepared]:
-        if isinstance(self._parts, Future):
-            return self._parts.result()
-        if callable(self._parts):
-            return self._parts()
-        return [part.result() for part in self._parts]
+        if callable(self._parts) and not isinstance(self._parts, Future):
+            started = time.perf_counter()
+            prepared = self._parts()
+            self.decode_s = time.perf_counter() - started
+            return prepared
+        prepared = self._parts.result() if isinstance(self._parts, Future) else [p.result() for p in self._parts]
+        with self._lock:  # a done-callback may run just after result() returns: the time is now at the latest
+            if self.decode_s is None:
+                self.decode_s = time.perf_counter() - self.started
+        return prepared
 
 
 #: Whether reduced decode may be used for a scorer's encoders: (headroom, why) from their gate records; 0: no.
@@ -187,6 +211,8 @@ class DecodePool:
         self.preparer = preparer or FramePreparer()
         self._policy = policy
         self._min_sides: dict[tuple, int] = {}
+        self._decode_s: float | None = None
+        self._encode_s: float | None = None
         self._executor = (ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else None)
         self._gpu = NvImageCodecBatch() if self.config.decoder == "nvimgcodec" else None
 
@@ -206,6 +232,25 @@ class DecodePool:
     def pipelined(self) -> bool:
         """True when decoding runs beside scoring (the service keeps a batch in flight)."""
         return self._executor is not None
+
+    def record(self, decode_s: float | None, encode_s: float) -> None:
+        """One batch's decode and encode wall times (moving averages: what :meth:`prefetch_pays` weighs)."""
+        weight = 0.2
+        if decode_s is not None:
+            self._decode_s = decode_s if self._decode_s is None else (1 - weight) * self._decode_s + weight * decode_s
+        self._encode_s = encode_s if self._encode_s is None else (1 - weight) * self._encode_s + weight * encode_s
+
+    def prefetch_pays(self) -> bool:
+        """Decode the next batch while the encoder runs this one? Only when decoding is a real share of the time.
+
+        Taking the next batch early commits its frames: ones arriving meanwhile cannot supersede them,
+        so prefetching adds up to one encoder batch of latency. Where the encoder takes 4x the decode
+        time or more (ViT-B/32 on a CPU), overlapping saves under a fifth of it: then the batch is
+        taken after the encoder finishes, as the freshest frames.
+        """
+        if self._decode_s is None or self._encode_s is None:
+            return True
+        return self._decode_s * PREFETCH_MIN_RATIO >= self._encode_s
 
     def submit(self, frames: list[ReceivedFrame], scorer: Towers) -> PendingBatch:
         """Start preparing `frames` for the encoders of `scorer`; the result keeps their order."""

@@ -9,8 +9,10 @@ reload) beside the publisher's own:
 * scoring: take a micro-batch across cameras, hand its frames to the decode pool
   (:mod:`~trustvlm.runtime.decode_pool`), and while they decode, score the batch before it; decide
   every item (scored frames, and notices of dropped / stale / bad frames) and submit the decisions
-  in arrival order. One batch is in flight beside the one being scored; with ``decode.workers`` 0
-  the scoring thread decodes itself, one batch at a time;
+  in arrival order. One batch is in flight beside the one being scored, unless the encoder takes 4x
+  the decode time or more (then the next batch is taken after it, as the freshest frames: see
+  :meth:`~trustvlm.runtime.decode_pool.DecodePool.prefetch_pays`); with ``decode.workers`` 0 the
+  scoring thread decodes itself, one batch at a time;
 * reload: on :meth:`TrustService.request_reload` (SIGHUP) or when the bundle's files change and
   have stayed unchanged for one poll, load and self-check the new bundle, then swap it in; a bad
   bundle is refused with one log line and the old one stays.
@@ -249,6 +251,9 @@ class TrustService:
         pending = None  # the batch whose frames the pool is decoding, scored once the next one is submitted
         try:
             while True:
+                if pending is not None and not self.decode.prefetch_pays():
+                    self._decide(*pending)  # the encoder is the bottleneck: take the next batch fresh, after it
+                    pending = None
                 ahead = pending is not None  # then take what is there now: the encoder should not wait
                 items = self.buffer.take(config.max_batch, 0.0 if ahead else config.max_wait_ms / 1e3,
                                          timeout_s=0.0 if ahead else 0.1)
@@ -299,7 +304,9 @@ class TrustService:
                 decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
                              for frame in frames]
             errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
-            self.observer.on_batch(len(frames), time.perf_counter() - started, errors[0] if errors else None)
+            encode_s = time.perf_counter() - started
+            self.decode.record(prepared.decode_s, encode_s)
+            self.observer.on_batch(len(frames), encode_s, errors[0] if errors else None)
             if errors and not self.health.degraded:
                 log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])
             self.health.degraded = errors[0] if errors else ""

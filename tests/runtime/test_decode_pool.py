@@ -102,3 +102,25 @@ def test_a_jpeg_flood_through_the_pool_gets_one_outcome_per_frame_in_camera_orde
     scored = sum(reason in SCORED for reason in reasons)
     assert subscriber.health[-1].counters["decode_calls"] == scored, (subscriber.health[-1].counters, scored)
     assert service.stop() == 0
+
+
+def test_the_next_batch_is_decoded_ahead_only_while_decoding_is_a_real_share_of_the_time():
+    pool = DecodePool(DecodeConfig(workers=1))
+    assert pool.prefetch_pays(), "nothing measured yet: decode ahead"
+    pool.record(decode_s=0.010, encode_s=0.020)  # encoder 2x decode: overlapping pays
+    assert pool.prefetch_pays()
+    for _ in range(30):  # encoder 100x decode (a large model on a CPU): take the next batch after encoding
+        pool.record(decode_s=0.010, encode_s=1.0)
+    assert not pool.prefetch_pays()
+    pool.close()
+
+
+def test_a_pending_batch_says_how_long_its_decoding_took(demo_scorer, fmnist_images):
+    images, _ = fmnist_images
+    frames = [frame(f"cam{i}", 0, jpeg(images[i])) for i in range(3)]
+    for workers in (0, 2):
+        pool = DecodePool(DecodeConfig(workers=workers))
+        pending = pool.submit(frames, demo_scorer)
+        assert len(pending.result()) == 3
+        assert pending.decode_s is not None and pending.decode_s > 0, workers
+        pool.close()
