@@ -342,9 +342,10 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     Raises:
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
             used; the service refuses to start rather than run without a verified bundle.
-        RuntimeError: Metrics asked for without prometheus_client.
+        RuntimeError: Metrics asked for without prometheus_client, or a --decoder that cannot run here.
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
+    decode = DecodePool(config.decode)  # a decoder that cannot run here is refused before the model loads
     slot = ScorerSlot(load_scorer(config.artifacts, config.bundle, config.scorer,
                                   aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
@@ -352,7 +353,6 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     observers: list[Observer] = [stats]
     metrics_server = None
     buffer = FrameBuffer(config.buffer, on_suppressed=stats.on_suppressed)
-    decode = DecodePool(config.decode)
     health = HealthReporter(stats, buffer, slot, decode=decode)
     if config.metrics:
         prometheus = PrometheusObserver()
