@@ -5,9 +5,9 @@ scored. A newer frame from the same camera supersedes it, and the superseded fra
 ``dropped`` notice (with ``dropped_runs``, a frame superseded right after another one, with no
 other outcome of that camera between them, joins that notice: one ``dropped`` message then covers
 the run ``seq``..``seq_last``, decision schema 1.2); a frame older than the staleness deadline
-when scoring picks it up becomes a ``stale`` notice. Notices wait in the camera's queue in arrival order, so a camera's outcomes are
-published in the order its frames arrived: the scoring loop is sequential and publishes, for each
-batch, every taken item in arrival order.
+when scoring picks it up becomes a ``stale`` notice. Notices wait in the camera's queue in arrival
+order, so a camera's outcomes are published in the order its frames arrived: the scoring loop is
+sequential and publishes, for each batch, every taken item in arrival order.
 
 Every item that enters gets exactly one outcome, or is counted: a camera's queue holds at most
 ``max_notices_per_camera`` notices (further ones are counted as ``notices_suppressed``), and at
