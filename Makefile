@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed-$(ORT)
 DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-frame-path decode-gate bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -81,6 +81,12 @@ soak: setup ## bounded soak of `serve` on artifacts/MODEL: SOAK_RATE frames/s fo
 
 bench: setup ## CPU benchmarks -> BENCHMARKS.md (first run exports clip_vitb32 random-init + demo, fp32 + int8, into ARTIFACTS/bench) [BENCH_ARGS=--quick]
 	$(PY) -m trustvlm.benchmarks --artifacts-root $(ARTIFACTS)/bench --output BENCHMARKS.md $(BENCH_ARGS)
+
+bench-frame-path: setup ## the frame path alone (section 8 of BENCHMARKS.md): old path vs decode pool, 768x576 and 1920x1080 JPEG, 4 and 8 cameras, paced and flooding, on artifacts/MODEL [FRAME_PATH_ARGS]
+	$(PY) -m trustvlm.benchmarks.frame_path --artifacts $(ARTIFACTS)/$(MODEL) --output $(ARTIFACTS)/$(MODEL)/frame_path.json $(FRAME_PATH_ARGS)
+
+decode-gate: setup ## may serve decode JPEG of artifacts/MODEL at reduced scale? embeddings reduced vs full decode -> decode_gate.json
+	$(PY) -m trustvlm decode-gate --artifacts $(ARTIFACTS)/$(MODEL)
 
 bench-gpu: setup ## GPU benchmarks on a CUDA machine (first `make setup ORT=gpu`): ORT CUDA/TensorRT EPs, TensorRT engines, torch CUDA
 	$(PY) -m trustvlm.benchmarks.gpu --artifacts-root $(ARTIFACTS)/bench-gpu $(BENCH_GPU_ARGS)

@@ -334,9 +334,15 @@ GAPS_TEXT = """
   try `session.intra_op.allow_spinning = 0` or `--threads` = cores - 1 and compare section 4's overhead ratio.
 """
 
-SECTIONS = (header, targets, throughput, limit, head_cost, service, memory, build, int8, gaps)
+def frame_path(results: dict) -> str:
+    from trustvlm.benchmarks.frame_path import render_section  # noqa: PLC0415
+
+    return render_section(results)
+
+
+SECTIONS = (header, targets, throughput, limit, head_cost, service, memory, build, int8, frame_path, gaps)
 
 
 def render_benchmarks(results: dict) -> str:
     """BENCHMARKS.md from the results of a CPU run (see :mod:`trustvlm.benchmarks.suite`)."""
-    return "\n\n".join(section(results) for section in SECTIONS).rstrip() + "\n"
+    return "\n\n".join(text for text in (section(results) for section in SECTIONS) if text).rstrip() + "\n"

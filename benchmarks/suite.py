@@ -189,6 +189,14 @@ def run_suite(config: SuiteConfig) -> dict:
     log.step("end to end", tick)
 
     tick = time.perf_counter()
+    from trustvlm.benchmarks import frame_path  # noqa: PLC0415
+
+    log("frame path: decode pool and reduced decode against the old path (demo model); ViT-B/32 encoder busy share")
+    demo_bundle = bench_artifacts.ensure_bundle(demo, threads=config.threads)
+    results["frame_path"] = frame_path.run_suite_section(demo, demo_bundle, vitb32, bundle, quick=config.quick, log=log)
+    log.step("frame path", tick)
+
+    tick = time.perf_counter()
     log(f"text prototypes for {config.text_classes} classes ({config.text_repeats} runs)")
     text = build_times.measure_text_prototypes(vitb32, config.text_classes, config.text_repeats)
     log(f"calibration {config.calibration_shots} shots x {config.calibration_classes} classes on {demo.name} "

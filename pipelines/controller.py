@@ -295,8 +295,11 @@ class Controller:
         record = DecisionRecord.from_message(message, received_ts_ns)
         action = (Action.ACT if message.decision is Decision.ACCEPT and self.watch.state is ControllerState.OK
                   else Action.HOLD)
-        self.actions[action] += 1
-        self.scoreboard.add_decision(record)
+        self.actions[action] += message.frames
+        if message.seq_last is not None:  # schema 1.2: one message for a run of superseded frames
+            self.scoreboard.add_run(record, message.seq_last, message.frames)
+        else:
+            self.scoreboard.add_decision(record)
         self.observer.on_decision(message, record, action, self.watch.state)
 
     def _poll_truth(self) -> None:

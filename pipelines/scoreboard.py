@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,22 @@ class Scoreboard:
             self._score(record, self._truth[key])
         else:
             self._unmatched.add(key)
+
+    def add_run(self, record: DecisionRecord, seq_last: int, frames: int) -> None:
+        """One message for a run of `frames` superseded frames, seq `record.seq`..`seq_last` (decision schema 1.2).
+
+        Every seq of the range is decided when the run has no gap; otherwise (frames lost before the
+        service) only its two ends are known by seq, and the other outcomes are counted without one.
+        """
+        span = range(record.seq, seq_last + 1)
+        seqs = list(span) if len(span) == frames else sorted({record.seq, seq_last})[:frames]
+        for seq in seqs:
+            self.add_decision(replace(record, seq=seq))
+        unnamed = frames - len(seqs)
+        self.decisions += unnamed
+        self.by_camera[record.camera_id]["decisions"] += unnamed
+        self.by_camera[record.camera_id][record.decision.value] += unnamed
+        self.reasons[record.reason] += unnamed
 
     def add_truth(self, truth: Truth) -> None:
         key = (truth.camera_id, truth.seq)

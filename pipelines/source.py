@@ -144,7 +144,9 @@ class DecisionWindowPacer:
         if isinstance(message, HealthMessage):
             return "health"
         if isinstance(message, DecisionMessage) and message.camera_id == self.camera_id:  # topics match by prefix
-            self.in_flight.pop(message.seq, None)
+            last = message.seq if message.seq_last is None else message.seq_last  # schema 1.2: a run of frames
+            for seq in [seq for seq in self.in_flight if message.seq <= seq <= last]:
+                del self.in_flight[seq]
             return "decision"
         return None
 

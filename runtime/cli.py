@@ -40,6 +40,9 @@ _FLAG_KEYS = {
     "publish_queue_size": ("publish", "queue_size"), "send_hwm": ("publish", "send_hwm"),
     "curve_server_key": ("security", "server_key"), "curve_ingest_clients": ("security", "ingest_clients"),
     "curve_publish_clients": ("security", "publish_clients"),
+    "decode_workers": ("decode", "workers"), "decode_scale": ("decode", "scale"),
+    "decoder": ("decode", "decoder"), "dropped_runs": ("buffer", "dropped_runs"),
+    "max_superseded_per_take": ("buffer", "max_superseded_per_take"),
     "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
 }
 #: Flags that name files: taken relative to the working directory, not to the --config file.
@@ -132,6 +135,25 @@ def add_serve_parser(subparsers) -> None:
     add("--curve-publish-clients", type=Path,
         help="CurveZMQ on the publisher: folder of the public keys (*.key) of the subscribers allowed to read "
              "(default: publish open)")
+    add("--decode-workers", type=int,
+        help="threads decoding frames beside the encoder (default: one per core; 0: the scoring thread decodes "
+             "each batch itself, not pipelined)")
+    add("--decode-scale", choices=["auto", "full"],
+        help="auto: decode JPEG at 1/2, 1/4 or 1/8 scale when still >= the model's input size, for a model that "
+             "passed `trustvlm decode-gate` (else full, said in one log line); full: always full size "
+             f"(default: {_default('decode', 'scale')})")
+    add("--decoder", choices=["cpu", "nvimgcodec"],
+        help="cpu: libjpeg-turbo, strict, on the decode threads; nvimgcodec: JPEG batches on the GPU "
+             "(nvidia-nvimgcodec-cu12; each JPEG validated by the strict CPU decoder first); refused at start where "
+             f"it cannot run (default: {_default('decode', 'decoder')})")
+    add("--dropped-runs", action="store_true",
+        help="answer consecutive superseded frames of a camera with one 'dropped' message for the run (seq..seq_last, "
+             "frames; decision schema 1.2) instead of one each: keeps scoring going under a flood; subscribers "
+             "must count outcomes by 'frames' (default: one message per frame)")
+    add("--max-superseded-per-take", type=int,
+        help="frames superseded between two batches after which the ingest waits for scoring, leaving the next "
+             "frames in ZeroMQ's bounded queues (against receive livelock under a flood); 0: never wait "
+             f"(default: {_default('buffer', 'max_superseded_per_take')})")
     add("--no-watch", dest="watch", action="store_false",
         help="reload the bundle on SIGHUP only, not when its files change")
     add("--metrics", help="host:port of the Prometheus /metrics and /healthz endpoint (default: off)")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 
+from trustvlm.runtime.decode_pool import DecodeConfig
 from trustvlm.runtime.frame_buffer import BufferConfig
 from trustvlm.runtime.ingest import FrameLimits
 from trustvlm.runtime.publisher import PublishConfig
@@ -69,6 +70,7 @@ class ServiceConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     metrics: str | None = None
     log_level: str = "info"
 

@@ -2,10 +2,12 @@
 
 Drop policy (:attr:`DropPolicy.LATEST_WINS`): each camera holds at most one frame waiting to be
 scored. A newer frame from the same camera supersedes it, and the superseded frame becomes a
-``dropped`` notice; a frame older than the staleness deadline when scoring picks it up becomes a
-``stale`` notice. Notices wait in the camera's queue in arrival order, so a camera's outcomes are
-published in the order its frames arrived: the scoring loop is sequential and publishes, for each
-batch, every taken item in arrival order.
+``dropped`` notice (with ``dropped_runs``, a frame superseded right after another one, with no
+other outcome of that camera between them, joins that notice: one ``dropped`` message then covers
+the run ``seq``..``seq_last``, decision schema 1.2); a frame older than the staleness deadline
+when scoring picks it up becomes a ``stale`` notice. Notices wait in the camera's queue in arrival
+order, so a camera's outcomes are published in the order its frames arrived: the scoring loop is
+sequential and publishes, for each batch, every taken item in arrival order.
 
 Every item that enters gets exactly one outcome, or is counted: a camera's queue holds at most
 ``max_notices_per_camera`` notices (further ones are counted as ``notices_suppressed``), and at
@@ -15,6 +17,13 @@ else its frame is deferred ``camera_limit``). ``dropped``, ``camera_limit`` and 
 of the outcome; ``notices_suppressed`` counts outcomes lost to the bound (reported to
 ``on_suppressed`` with the reason the outcome would have had). Memory is bounded by ``max_cameras`` payloads plus
 small notices.
+
+Receive livelock: under a flood, receiving frames only to supersede them can take the time
+scoring needs (every message is parsed and answered). With ``max_superseded_per_take``, once that
+many frames were superseded since scoring last took a batch, :meth:`FrameBuffer.put` waits (up to
+``superseded_wait_ms``) for the next take: the ingest then takes no more from ZeroMQ, whose bounded
+queues push back on the senders (a PUSH camera blocks, or sees its frame refused), so the frames
+that are received are scored, not only superseded, and each still gets its outcome.
 
 Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
 assumes synchronized clocks (PTP or chrony) when cameras run on other hosts. A capture time more
@@ -27,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from itertools import count
 from typing import Callable
@@ -54,14 +63,28 @@ class BufferConfig:
             captured more than this in the future, are deferred ``stale``; 0 disables both.
         max_notices_per_camera: Notices (already decided frames) waiting per camera.
         drop_policy: Only ``latest_wins``.
+        dropped_runs: Answer consecutive superseded frames of a camera with one ``dropped`` message
+            for the run (``seq``..``seq_last``, ``frames``) instead of one message each: under a
+            flood, answering every superseded frame costs the time scoring needs. Subscribers must
+            read decision schema 1.2 (``frames``) to count outcomes.
+        max_superseded_per_take: Frames superseded between two takes after which put() waits for
+            the next take (see the module docstring); 0 (default): never wait. Measured on 2 shared cores
+            (benchmarks/frame_path.py), 32 gave fewer scored frames/s under a flood than 0, not more.
+        superseded_wait_ms: The longest one such wait.
     """
 
     max_cameras: int = 64
     staleness_ms: float = 1000.0
     max_notices_per_camera: int = 256
     drop_policy: DropPolicy = DropPolicy.LATEST_WINS
+    dropped_runs: bool = False
+    max_superseded_per_take: int = 0
+    superseded_wait_ms: float = 20.0
 
     def __post_init__(self) -> None:
+        if self.max_superseded_per_take < 0 or not self.superseded_wait_ms >= 0:
+            raise ValueError(f"max_superseded_per_take and superseded_wait_ms should be >= 0, but got "
+                             f"{self.max_superseded_per_take} and {self.superseded_wait_ms}")
         if self.max_cameras < 1 or self.max_notices_per_camera < 1:
             raise ValueError(f"max_cameras and max_notices_per_camera should be >= 1, but got "
                              f"{self.max_cameras} and {self.max_notices_per_camera}")
@@ -81,16 +104,18 @@ class BufferStats:
     notices_suppressed: int
     pending_frames: int
     cameras: int
+    ingest_waits: int = 0
 
 
 class _Camera:
-    __slots__ = ("items", "frames", "notices", "last_seen")
+    __slots__ = ("items", "frames", "notices", "last_seen", "waiting")
 
     def __init__(self) -> None:
-        self.items: deque[tuple[int, BufferItem]] = deque()
+        self.items: deque[list] = deque()  # [arrival, item] entries, in arrival order
         self.frames = 0
         self.notices = 0
         self.last_seen = 0.0
+        self.waiting: list | None = None  # the entry of the frame waiting to be scored: superseded in O(1)
 
 
 class FrameBuffer:
@@ -102,12 +127,14 @@ class FrameBuffer:
         self._clock_ns = clock_ns
         self._on_suppressed = on_suppressed or (lambda reason: None)
         self._cameras: OrderedDict[str, _Camera] = OrderedDict()
-        self._orphans: deque[tuple[int, Notice]] = deque()  # notices of cameras that got no slot
+        self._orphans: deque[list] = deque()  # notices of cameras that got no slot
         self._arrival = count()
         self._cond = threading.Condition()
         self._closed = False
         self._pending_frames = 0
         self._counts = dict(frames_in=0, notices_in=0, dropped=0, stale=0, camera_limit=0, notices_suppressed=0)
+        self._waits = 0
+        self._superseded_since_take = 0
 
     def put(self, item: BufferItem) -> None:
         """Add a frame (latest wins) or a notice to its camera's queue."""
@@ -126,15 +153,21 @@ class FrameBuffer:
             camera.last_seen = time.monotonic()
             if isinstance(item, ReceivedFrame):
                 self._supersede(camera, item)
-                camera.items.append((next(self._arrival), item))
+                camera.waiting = [next(self._arrival), item]
+                camera.items.append(camera.waiting)
                 camera.frames += 1
                 self._pending_frames += 1
             elif camera.notices < self.config.max_notices_per_camera:
-                camera.items.append((next(self._arrival), item))
+                camera.items.append([next(self._arrival), item])
                 camera.notices += 1
             else:
                 self._suppress(item.reason)
             self._cond.notify_all()
+            bound = self.config.max_superseded_per_take
+            if bound and self._superseded_since_take >= bound and not self._closed:
+                self._waits += 1  # scoring is behind: leave the next frames in ZeroMQ's bounded queues for now
+                self._cond.wait_for(lambda: self._superseded_since_take < bound or self._closed,
+                                    self.config.superseded_wait_ms / 1e3)
 
     def _slot(self, camera_id: str) -> _Camera | None:
         camera = self._cameras.get(camera_id)
@@ -151,7 +184,7 @@ class FrameBuffer:
 
     def _add_orphan(self, notice: Notice) -> None:
         if len(self._orphans) < self.config.max_notices_per_camera:
-            self._orphans.append((next(self._arrival), notice))
+            self._orphans.append([next(self._arrival), notice])
         else:
             self._suppress(notice.reason)
 
@@ -160,20 +193,28 @@ class FrameBuffer:
         self._on_suppressed(reason)
 
     def _supersede(self, camera: _Camera, newer: ReceivedFrame) -> None:
-        for index, (arrival, item) in enumerate(camera.items):
-            if isinstance(item, ReceivedFrame):
-                camera.frames -= 1
-                self._pending_frames -= 1
-                self._counts["dropped"] += 1
-                if camera.notices < self.config.max_notices_per_camera:
-                    camera.items[index] = (arrival, Notice.for_frame(
-                        item, Reason.DROPPED, f"superseded by seq {newer.header.seq} before scoring "
-                                              "(latest frame wins)"))
-                    camera.notices += 1
-                else:  # the notice bound holds for dropped frames too: counted, not queued
-                    del camera.items[index]
-                    self._suppress(Reason.DROPPED)
-                return  # latest frame wins: a camera never has more than one frame waiting
+        entry, camera.waiting = camera.waiting, None
+        if entry is None:
+            return  # latest frame wins: a camera never has more than one frame waiting
+        item: ReceivedFrame = entry[1]
+        camera.frames -= 1
+        self._pending_frames -= 1
+        self._counts["dropped"] += 1
+        self._superseded_since_take += 1
+        before = camera.items[-2][1] if len(camera.items) > 1 and camera.items[-1] is entry else None
+        if (self.config.dropped_runs and isinstance(before, Notice) and before.reason is Reason.DROPPED
+                and item.header.seq > (before.seq_last if before.seq_last is not None else before.seq)):
+            camera.items.pop()  # the frame joins the run of dropped frames just before it
+            camera.items[-1][1] = replace(before, seq_last=item.header.seq, frames=before.frames + 1,
+                                          detail=f"{before.frames + 1} frames superseded before scoring "
+                                                 "(latest frame wins)")
+        elif camera.notices < self.config.max_notices_per_camera:
+            entry[1] = Notice.for_frame(item, Reason.DROPPED, f"superseded by seq {newer.header.seq} before "
+                                                              "scoring (latest frame wins)")
+            camera.notices += 1
+        else:  # the notice bound holds for dropped frames too: counted, not queued
+            camera.items.remove(entry)
+            self._suppress(Reason.DROPPED)
 
     def take(self, max_frames: int, max_wait_s: float = 0.0, timeout_s: float = 0.1) -> list[BufferItem] | None:
         """Take up to `max_frames` frames (at most one per camera) and the notices queued with them.
@@ -197,6 +238,9 @@ class FrameBuffer:
                 self._cond.wait(remaining)
             taken = list(self._orphans)
             self._orphans.clear()
+            if self._superseded_since_take:
+                self._superseded_since_take = 0
+                self._cond.notify_all()  # an ingest waiting in put() may go on
             frames = 0
             for camera in sorted(self._cameras.values(), key=lambda cam: cam.items[0][0] if cam.items else 1 << 62):
                 if not camera.items or frames + camera.frames > max_frames:
@@ -206,6 +250,7 @@ class FrameBuffer:
                 taken.extend(camera.items)
                 camera.items.clear()
                 camera.frames = camera.notices = 0
+                camera.waiting = None
             taken.sort(key=lambda pair: pair[0])
             return [self._check_stale(item) for _, item in taken]
 
@@ -234,4 +279,5 @@ class FrameBuffer:
 
     def stats(self) -> BufferStats:
         with self._cond:
-            return BufferStats(**self._counts, pending_frames=self._pending_frames, cameras=len(self._cameras))
+            return BufferStats(**self._counts, pending_frames=self._pending_frames, cameras=len(self._cameras),
+                               ingest_waits=self._waits)

@@ -151,6 +151,10 @@ class Notice:
         receipt_ts_ns: When the service received the frame.
         reason: Why it is deferred.
         detail: Human-readable detail.
+        seq_last: For a run of superseded frames (``dropped``): the seq of the run's last frame;
+            the notice then covers every frame of the camera the service received with a seq from
+            `seq` to `seq_last`, `frames` of them (see :class:`~trustvlm.runtime.frame_buffer.BufferConfig`).
+        frames: How many frames this outcome covers (1 unless it is a run).
     """
 
     camera_id: str
@@ -159,6 +163,8 @@ class Notice:
     receipt_ts_ns: int
     reason: Reason
     detail: str = ""
+    seq_last: int | None = None
+    frames: int = 1
 
     @classmethod
     def for_frame(cls, frame: ReceivedFrame, reason: Reason, detail: str = "") -> "Notice":

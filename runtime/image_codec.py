@@ -204,8 +204,13 @@ def decode_raw(header: FrameHeader, payload: bytes) -> np.ndarray:
     return pixels.copy() if pixel_format is PixelFormat.RGB8 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-def decode_jpeg(header: FrameHeader, payload: bytes) -> np.ndarray:
+def decode_jpeg(header: FrameHeader, payload: bytes, min_side: int = 0) -> np.ndarray:
     """A complete, undamaged JPEG of at most :data:`MAX_JPEG_SCANS` scans to RGB, with libjpeg-turbo (strict).
+
+    Args:
+        min_side: When > 0, decode at the smallest of 1/2, 1/4, 1/8 scale (in the DCT domain) whose
+            short side is still >= `min_side`; full size when none is. The guards and the strictness
+            are the same at every scale.
 
     Raises:
         FrameDecodeError: UNDECODABLE for a truncated, scan-heavy or corrupt payload, including
@@ -214,11 +219,28 @@ def decode_jpeg(header: FrameHeader, payload: bytes) -> np.ndarray:
     if JPEG_EOI not in payload[-64:]:
         raise FrameDecodeError(Reason.UNDECODABLE, "truncated JPEG: no end-of-image marker (ffd9) at the end")
     check_jpeg_scans(payload)
+    min_width = min_height = 0
+    if min_side > 0:
+        width, height = probe_jpeg_size(payload)
+        factor = jpeg_scale_factor(width, height, min_side)
+        # libjpeg takes the smallest scale meeting both minimums; ceil(size / factor) rules out those below 1/factor
+        min_width, min_height = -(-width // factor), -(-height // factor)
     try:
-        return simplejpeg.decode_jpeg(payload, colorspace="RGB", strict=True)
+        return simplejpeg.decode_jpeg(payload, colorspace="RGB", strict=True, min_height=min_height,
+                                      min_width=min_width)
     except (ValueError, TypeError) as error:
         raise FrameDecodeError(Reason.UNDECODABLE, f"JPEG damaged or not decodable ({len(payload)} bytes): "
                                                    f"{error}") from None
+
+
+#: DCT-domain scales used for reduced decoding (libjpeg-turbo also has 3/8, 5/8, ...; these are the cheap ones).
+JPEG_SCALE_FACTORS = (8, 4, 2)
+
+
+def jpeg_scale_factor(width: int, height: int, min_side: int) -> int:
+    """The largest of 8, 4, 2 whose scaled short side (rounded up, as libjpeg does) is >= `min_side`; else 1."""
+    short = min(width, height)
+    return next((f for f in JPEG_SCALE_FACTORS if -(-short // f) >= min_side), 1)
 
 
 #: Samples per pixel of each PNG colour type (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA).
@@ -302,15 +324,18 @@ class Decoder:
         probe: (width, height) from the payload's own header, without decoding; None when the
             frame header carries the size (raw). Raises FrameDecodeError.
         decode: The payload, behind its guards, as uint8 RGB (H x W x 3). Raises FrameDecodeError.
+        decode_reduced: Same, at a reduced scale whose short side is still >= the third argument;
+            None for encodings that decode only at full size.
     """
 
     probe: Callable[[bytes], tuple[int, int]] | None
     decode: Callable[[FrameHeader, bytes], np.ndarray]
+    decode_reduced: Callable[[FrameHeader, bytes, int], np.ndarray] | None = None
 
 
 #: One entry per encoding; a new decoder replaces its encoding's entry.
 DECODERS: dict[Encoding, Decoder] = {
-    Encoding.JPEG: Decoder(probe_jpeg_size, decode_jpeg),
+    Encoding.JPEG: Decoder(probe_jpeg_size, decode_jpeg, decode_jpeg),
     Encoding.PNG: Decoder(probe_png_size, decode_png),
     Encoding.RAW: Decoder(None, decode_raw),
 }
@@ -330,11 +355,17 @@ def probe_image_size(payload: bytes, encoding: Encoding) -> tuple[int, int]:
     return probe(payload)
 
 
-def decode_image(frame: ReceivedFrame) -> np.ndarray:
+def decode_image(frame: ReceivedFrame, min_side: int = 0) -> np.ndarray:
     """Decode a checked frame to uint8 RGB (H x W x 3) with its encoding's decoder.
+
+    `min_side` > 0 lets a decoder that can decode at reduced scale (JPEG) return an image whose
+    short side is at least `min_side` instead of the full one; the others ignore it.
 
     Raises:
         FrameDecodeError: UNDECODABLE (corrupt or truncated JPEG/PNG) or BAD_SHAPE (raw pixels
             that do not fit their pixel format).
     """
-    return DECODERS[frame.header.encoding].decode(frame.header, frame.payload)
+    decoder = DECODERS[frame.header.encoding]
+    if min_side > 0 and decoder.decode_reduced is not None:
+        return decoder.decode_reduced(frame.header, frame.payload, min_side)
+    return decoder.decode(frame.header, frame.payload)

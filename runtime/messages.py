@@ -95,13 +95,20 @@ class TopKEntry:
     prob: float
 
 
+#: Keys added in decision schema 1.2 (runs of superseded frames), with what a 1.1 message means by leaving them out.
+RUN_KEYS_BEFORE_1_2 = {"seq_last": None, "frames": 1}
+
+
 @dataclass(frozen=True)
 class DecisionMessage:
     """One frame's outcome, published on ``trust/<camera_id>`` (schemas/decision_v1.json).
 
     ``kappa`` / ``msp`` / ``s_ii`` / ``label`` / ``class_id`` are None when the frame was not
-    scored (or its scores were not finite). ``publish_ts_ns`` and the latencies are set by the
-    publisher when it sends the message (:meth:`stamped`).
+    scored (or its scores were not finite). Since schema 1.2 one ``dropped`` message may cover a
+    run of superseded frames of its camera: ``seq`` to ``seq_last``, ``frames`` of them (a message
+    of one frame has ``seq_last`` None and ``frames`` 1; 1.1 messages, without the two keys, read
+    so). ``publish_ts_ns`` and the latencies are set by the publisher when it sends the message
+    (:meth:`stamped`).
     """
 
     camera_id: str
@@ -125,8 +132,14 @@ class DecisionMessage:
     latency_from_capture_ms: float | None = None
     latency_from_receipt_ms: float | None = None
     schema_version: str = DECISION_SCHEMA_VERSION
+    seq_last: int | None = None
+    frames: int = 1
 
     def __post_init__(self) -> None:
+        if self.frames < 1 or (self.seq_last is not None and (self.seq_last < self.seq or self.reason is not
+                                                              Reason.DROPPED)):
+            raise ValueError(f"a message covers frames >= 1 and only a dropped run has seq_last >= seq, but got "
+                             f"frames {self.frames}, seq {self.seq}, seq_last {self.seq_last}, {self.reason.value}")
         if (self.decision is Decision.ACCEPT) != (self.reason is Reason.MEETS_THRESHOLD):
             raise ValueError(f"decision {self.decision.value} cannot go with reason {self.reason.value}; "
                              f"only {Reason.MEETS_THRESHOLD.value} goes with {Decision.ACCEPT.value}")
@@ -156,9 +169,14 @@ class DecisionMessage:
                                f"{data.get('kind') if isinstance(data, dict) else type(data).__name__!r}")
         known = {f.name for f in fields(cls)} | {"kind"}
         check_schema_version(data.get("schema_version"), DECISION_SCHEMA_VERSION, set(data) - known, known, what)
+        data = {**RUN_KEYS_BEFORE_1_2, **data}
         missing = sorted(known - set(data))
         if missing:
             raise MessageError(f"{what}: missing keys {missing}")
+        for key, value in (("frames", data["frames"]), ("seq_last", data["seq_last"])):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise MessageError(f"{what}: {key} should be an integer{' or null' if key == 'seq_last' else ''}, "
+                                   f"but got {value!r}")
         try:
             top_k = tuple(TopKEntry(int(e["class_id"]), str(e["label"]), float(e["prob"])) for e in data["top_k"])
         except (TypeError, KeyError, ValueError) as error:

@@ -136,13 +136,14 @@ class ServiceStats(Observer):
             self._counts[f"rejected_{reason.value}"] += 1
 
     def on_published(self, message):
+        frames = getattr(message, "frames", 1)  # a run of superseded frames is one message, several outcomes
         with self._lock:
-            self._counts[f"decisions_{message.decision.value}"] += 1
-            self._counts[f"reason_{message.reason.value}"] += 1
+            self._counts[f"decisions_{message.decision.value}"] += frames
+            self._counts[f"reason_{message.reason.value}"] += frames
 
     def on_publish_overflow(self, message):
         with self._lock:
-            self._counts["publish_overflow"] += 1
+            self._counts["publish_overflow"] += getattr(message, "frames", 1)
 
     def on_publish_error(self, detail):
         with self._lock:
@@ -161,6 +162,7 @@ class ServiceStats(Observer):
         with self._lock:
             self._counts["batches"] += 1
             self._counts["frames_scored"] += size
+            self._counts["scoring_busy_us"] += int(seconds * 1e6)  # encoders and trust head: their busy share
             if error:
                 self._counts["engine_errors"] += 1
                 self.last_error = error
@@ -270,7 +272,8 @@ class PrometheusObserver(Observer):
         self.rejections.labels(reason=reason.value).inc()
 
     def on_published(self, message):
-        self.decisions.labels(decision=message.decision.value, reason=message.reason.value).inc()
+        self.decisions.labels(decision=message.decision.value, reason=message.reason.value).inc(
+            getattr(message, "frames", 1))
         if message.label is not None:
             self.class_decisions.labels(label=message.label, decision=message.decision.value).inc()
         if message.latency_from_capture_ms is not None:

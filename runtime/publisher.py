@@ -147,7 +147,8 @@ class Publisher:
         except (ValueError, TypeError, OverflowError) as error:  # a bug upstream; never the end of the stream
             log.error("cannot serialize a message for %s: %s", topic.decode(errors="replace"), error)
             if isinstance(message, DecisionMessage):  # publish_errors counts frames; a lost heartbeat shows by absence
-                self._observer.on_publish_error(str(error))
+                for _ in range(message.frames):
+                    self._observer.on_publish_error(str(error))
             return False
         try:
             self._socket.send_multipart([topic, body])
@@ -155,7 +156,8 @@ class Publisher:
         except zmq.ZMQError as error:
             log.warning("publish failed on %s: %s", topic.decode(errors="replace"), error)
             if isinstance(message, DecisionMessage):
-                self._observer.on_publish_error(str(error))
+                for _ in range(message.frames):
+                    self._observer.on_publish_error(str(error))
             return False
 
     def _send_decision(self, message: DecisionMessage) -> None:

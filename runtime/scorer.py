@@ -291,7 +291,7 @@ class BundleScorer:
         """The decision message of a frame that was decided before scoring."""
         return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
                                Decision.DEFER, notice.reason, self.threshold, self.score_name, self.model_id,
-                               self.bundle_id, detail=notice.detail)
+                               self.bundle_id, detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
 
     def preprocess_frame(self, frame: ReceivedFrame) -> dict[str, np.ndarray]:
         """Decode `frame` once and resize it for every image tower.
@@ -303,21 +303,31 @@ class BundleScorer:
         image = decode_image(frame)
         return {name: resize_and_crop(image, tower.preprocess) for name, tower in self.towers.items()}
 
-    def decide(self, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
+    def tower_preprocess(self) -> dict[str, PreprocessConfig]:
+        """Each head input's preprocessing (what a decode pool resizes frames to)."""
+        return {name: tower.preprocess for name, tower in self.towers.items()}
+
+    def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """Decode, preprocess and score `frames` as one batch; one decision per frame, in order.
 
-        Never raises for a frame or engine failure: those frames are deferred with the reason.
+        `prepared` (from :mod:`trustvlm.runtime.decode_pool`): per frame, its pixels by head input or
+        its defer Notice; None decodes here. Never raises for a frame or engine failure: those frames
+        are deferred with the reason.
         """
         decisions: list[DecisionMessage | None] = [None] * len(frames)
         pixels, rows = [], []
         for index, frame in enumerate(frames):
             try:
-                pixels.append(self.preprocess_frame(frame))
-                rows.append(index)
+                item = prepared[index] if prepared is not None else self.preprocess_frame(frame)
             except FrameDecodeError as error:
-                decisions[index] = self.defer(Notice.for_frame(frame, error.reason, str(error)))
+                item = Notice.for_frame(frame, error.reason, str(error))
             except (ValueError, cv2.error) as error:
-                decisions[index] = self.defer(Notice.for_frame(frame, Reason.BAD_SHAPE, f"preprocess: {error}"))
+                item = Notice.for_frame(frame, Reason.BAD_SHAPE, f"preprocess: {error}")
+            if isinstance(item, Notice):
+                decisions[index] = self.defer(item)
+            else:
+                pixels.append(item)
+                rows.append(index)
         if rows:
             try:
                 output, typicality = self.run_gated({name: np.stack([item[name] for item in pixels])

@@ -6,8 +6,13 @@ ZeroMQ one); :class:`TrustService` only runs them, on three threads (ingest, sco
 reload) beside the publisher's own:
 
 * ingest: receive, check, put into the latest-frame-wins buffer (or count a rejection);
-* scoring: take a micro-batch across cameras, decide every item (scored frames, and notices of
-  dropped / stale / bad frames) and submit the decisions in arrival order;
+* scoring: take a micro-batch across cameras, hand its frames to the decode pool
+  (:mod:`~trustvlm.runtime.decode_pool`), and while they decode, score the batch before it; decide
+  every item (scored frames, and notices of dropped / stale / bad frames) and submit the decisions
+  in arrival order. One batch is in flight beside the one being scored, unless the encoder takes 4x
+  the decode time or more (then the next batch is taken after it, as the freshest frames: see
+  :meth:`~trustvlm.runtime.decode_pool.DecodePool.prefetch_pays`); with ``decode.workers`` 0 the
+  scoring thread decodes itself, one batch at a time;
 * reload: on :meth:`TrustService.request_reload` (SIGHUP) or when the bundle's files change and
   have stayed unchanged for one poll, load and self-check the new bundle, then swap it in; a bad
   bundle is refused with one log line and the old one stays.
@@ -41,6 +46,7 @@ import zmq
 from trustvlm.contract.bundle import BUNDLE_JSON, BundleError, PROTOTYPES_FILE, TRUST_HEAD_FILE
 from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
+from trustvlm.runtime.decode_pool import DecodePool, PendingBatch
 from trustvlm.runtime.frame_buffer import FrameBuffer
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.ingest import Ingest, IngestFactory, Rejection
@@ -75,8 +81,8 @@ class HealthReporter:
     """Builds heartbeats from the counters, the buffer and the current bundle."""
 
     def __init__(self, stats: ServiceStats, buffer: FrameBuffer, slot: ScorerSlot,
-                 sequence: SequenceGuard | None = None):
-        self.stats, self.buffer, self.slot = stats, buffer, slot
+                 sequence: SequenceGuard | None = None, decode: DecodePool | None = None):
+        self.stats, self.buffer, self.slot, self.decode = stats, buffer, slot, decode
         self.sequence = sequence or SequenceGuard()
         self.started = time.monotonic()
         self.stopping = False
@@ -91,8 +97,11 @@ class HealthReporter:
         # Buffer events overlap the outcomes above (a superseded frame is a 'dropped' decision or a suppressed
         # one): prefixed, so that no buffer counter reads as a term of the accounting identity.
         counters.update(buffer_superseded=buffer.dropped, buffer_stale=buffer.stale,
-                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames)
+                        buffer_camera_limit=buffer.camera_limit, buffer_pending_frames=buffer.pending_frames,
+                        buffer_ingest_waits=buffer.ingest_waits)
         counters.update(self.sequence.stats())
+        if self.decode is not None:  # decode calls, not outcomes: prefixed like the buffer's counters
+            counters["decode_calls"] = self.decode.preparer.decoded
         return counters
 
     def __call__(self, requested: HealthStatus = HealthStatus.OK) -> HealthMessage:
@@ -158,8 +167,9 @@ class TrustService:
                  health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
                  reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
                  metrics_server: MetricsServer | None = None, gate: CurveGate | None = None,
-                 sequence: SequenceGuard | None = None):
+                 sequence: SequenceGuard | None = None, decode: DecodePool | None = None):
         self.ingest, self.buffer, self.slot, self.publisher = ingest, buffer, slot, publisher
+        self.decode = decode or health.decode or DecodePool()
         self.sequence = sequence or health.sequence
         self.health, self.observer, self.scorer_config = health, observer, scorer_config
         self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
@@ -247,13 +257,24 @@ class TrustService:
 
     def _score_loop(self) -> None:
         config = self.scorer_config
+        pending = None  # the batch whose frames the pool is decoding, scored once the next one is submitted
         try:
             while True:
-                items = self.buffer.take(config.max_batch, config.max_wait_ms / 1e3, timeout_s=0.1)
+                if pending is not None and not self.decode.prefetch_pays():
+                    self._decide(*pending)  # the encoder is the bottleneck: take the next batch fresh, after it
+                    pending = None
+                ahead = pending is not None  # then take what is there now: the encoder should not wait
+                items = self.buffer.take(config.max_batch, 0.0 if ahead else config.max_wait_ms / 1e3,
+                                         timeout_s=0.0 if ahead else 0.1)
+                current = self._submit(items) if items else None
+                if pending is not None:
+                    self._decide(*pending)
                 if items is None:
                     break
-                if items:
-                    self._decide(items)
+                pending = current
+                if pending is not None and not self.decode.pipelined:
+                    self._decide(*pending)
+                    pending = None
                 if not self.publisher.alive and not self.failed:
                     self.failed = True
                     log.error("the publisher thread has died; shutting down")
@@ -268,22 +289,33 @@ class TrustService:
             log.exception("scoring thread failed; shutting down")
             self.request_stop()
         finally:
+            self.decode.close()
             self.publisher.stop()
 
-    def _decide(self, items: list[ReceivedFrame | Notice]) -> None:
+    def _submit(self, items: list[ReceivedFrame | Notice]) -> tuple:
+        """Start decoding the batch's frames with the current scorer's preprocessing (it scores them too)."""
         scorer: BundleScorer = self.slot.current()
+        frames = [item for item in items if isinstance(item, ReceivedFrame)]
+        return items, scorer, self.decode.submit(frames, scorer) if frames else None
+
+    def _decide(self, items: list[ReceivedFrame | Notice], scorer: BundleScorer,
+                prepared: PendingBatch | None) -> None:
         frames = [item for item in items if isinstance(item, ReceivedFrame)]
         decisions = []
         if frames:
             started = time.perf_counter()
             try:
-                decisions = scorer.decide(frames)
+                pixels = prepared.result()  # the workers' part: not timed as the batch's
+                started = time.perf_counter()
+                decisions = scorer.decide(frames, pixels)
             except Exception as error:  # a bug, not a bad frame: still answer every frame
                 log.exception("scoring a batch failed")
                 decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
                              for frame in frames]
             errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
-            self.observer.on_batch(len(frames), time.perf_counter() - started, errors[0] if errors else None)
+            encode_s = time.perf_counter() - started
+            self.decode.record(prepared.decode_s, encode_s)
+            self.observer.on_batch(len(frames), encode_s, errors[0] if errors else None)
             if errors and not self.health.degraded:
                 log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])
             self.health.degraded = errors[0] if errors else ""
@@ -321,9 +353,10 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     Raises:
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
             used; the service refuses to start rather than run without a verified bundle.
-        RuntimeError: Metrics asked for without prometheus_client.
+        RuntimeError: Metrics asked for without prometheus_client, or a --decoder that cannot run here.
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
+    decode = DecodePool(config.decode)  # a decoder that cannot run here is refused before the model loads
     slot = ScorerSlot(load(config.artifacts, config.bundle, config.scorer,
                            aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
@@ -331,7 +364,7 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     observers: list[Observer] = [stats]
     metrics_server = None
     buffer = FrameBuffer(config.buffer, on_suppressed=stats.on_suppressed)
-    health = HealthReporter(stats, buffer, slot)
+    health = HealthReporter(stats, buffer, slot, decode=decode)
     if config.metrics:
         prometheus = PrometheusObserver()
         observers.append(prometheus)
@@ -345,4 +378,4 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer,
                               config.prototype_encoder, load)
     return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
-                        config.reload.watch, config.reload.poll_ms, metrics_server, gate)
+                        config.reload.watch, config.reload.poll_ms, metrics_server, gate, decode=decode)

@@ -172,3 +172,23 @@ def test_console_printer_prints_the_summary_with_nan_as_n_a(capsys):
     out = capsys.readouterr().out
     assert "latency from capture to the controller: p50 n/a" in out and "service never heard from" in out
     assert not math.isnan(summary["seconds"])
+
+
+def test_controller_counts_a_run_of_dropped_frames_as_each_of_its_frames(zmq_context, publisher):
+    # Given a controller that ends after 6 decisions
+    socket, endpoint = publisher
+    recorder = Recorder()
+    config = ControllerConfig(endpoint, heartbeat_timeout_ms=5000, max_decisions=6)
+    with Controller(config, zmq_context, recorder) as controller:
+        running = Running(controller, recorder, socket)
+        # When seq 0 is accepted, one schema-1.2 message covers seq 1..4 as dropped, and seq 5 is accepted
+        now = time.time_ns()
+        run = DecisionMessage("cam", 1, now - 5_000_000, now - 2_000_000, Decision.DEFER, Reason.DROPPED, 0.5,
+                              "trustvlm", "model", "bundle", seq_last=4, frames=4).stamped(now)
+        for message in (decision("cam", 0, True), run, decision("cam", 5, True)):
+            socket.send_multipart([topic_for("cam"), encode_body(message)])
+        summary = running.join()
+    # Then the 3 messages are the outcomes of 6 frames, and the run is held
+    assert summary["ended_by"] == "max_decisions" and summary["decisions"] == 6
+    assert summary["actions"] == {"act": 2, "hold": 4}
+    assert summary["reasons"] == {"meets_threshold": 2, "dropped": 4}

@@ -82,3 +82,22 @@ def test_truth_tail_reads_only_complete_lines_as_the_file_grows(tmp_path):
     # Then each complete row is read once, and the bad one is counted
     assert [t.seq for t in tail.poll()] == [1]
     assert tail.poll() == [] and tail.bad_rows == 1
+
+
+def test_a_run_of_dropped_frames_counts_each_frame_and_joins_each_truth_row():
+    # Given truth for seq 0..5 of one camera, and one dropped run for seq 1..4 (schema 1.2), then seq 5 scored
+    board = Scoreboard()
+    for seq in range(6):
+        board.add_truth(Truth("cam", seq, "bag"))
+    board.add_decision(record("cam", 0, "accept", "bag"))
+    board.add_run(record("cam", 1, "defer", None, reason="dropped"), seq_last=4, frames=4)
+    board.add_decision(record("cam", 5, "accept", "bag"))
+    summary = board.summary()
+    # Then 6 decisions, 4 of them dropped, and every labelled frame answered
+    assert (summary["decisions"], summary["deferred"], summary["reasons"]["dropped"]) == (6, 4, 4)
+    assert summary["labelled"]["frames"] == 6 and summary["labelled"]["unanswered"] == {}
+    # And a run with a gap (seq 7..10 as 3 frames: one never reached the service) counts 3, named by its ends
+    board.add_run(record("cam", 7, "defer", None, reason="dropped"), seq_last=10, frames=3)
+    summary = board.summary()
+    assert (summary["decisions"], summary["reasons"]["dropped"]) == (9, 7)
+    assert summary["cameras"]["cam"]["deferred"] == 7

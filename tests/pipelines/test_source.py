@@ -146,3 +146,38 @@ def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
         heartbeats.join()
         pacer.close()
         pub.close()
+
+
+def test_a_run_of_dropped_frames_answers_each_of_its_frames_in_the_window(zmq_context):
+    # Given a window of 4 frames of 'cam', all sent and unanswered
+    pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    pacer = DecisionWindowPacer(endpoint, "cam", 4, zmq_context, answer_timeout_ms=60_000)
+    stop, beating = threading.Event(), threading.Event()
+
+    def beat():
+        while not beating.wait(0.02):
+            pub.send_multipart([HEALTH_TOPIC, encode_body(HealthMessage(HealthStatus.OK, 0, 0.0, "m", "b", 0.5, 0))])
+
+    heartbeats = threading.Thread(target=beat)
+    heartbeats.start()
+    try:
+        pacer.wait_ready(5, stop)
+        for seq in range(4):
+            pacer.on_sent(seq)
+        # When one schema-1.2 message answers seq 0..2 as a run of dropped frames
+        now = time.time_ns()
+        run = DecisionMessage("cam", 0, now, now, Decision.DEFER, Reason.DROPPED, 0.5, "trustvlm", "m", "b",
+                              seq_last=2, frames=3)
+        pub.send_multipart([topic_for("cam"), encode_body(run)])
+        deadline = time.monotonic() + 10
+        while set(pacer.in_flight) != {3} and time.monotonic() < deadline:
+            pacer._receive(0.1)
+        # Then only seq 3 is still waiting for its decision
+        assert set(pacer.in_flight) == {3}
+    finally:
+        beating.set()
+        heartbeats.join()
+        pacer.close()
+        pub.close()

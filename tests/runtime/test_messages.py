@@ -160,7 +160,7 @@ def test_bad_frame_headers_say_what_was_expected(change, message):
 
 def test_messages_follow_the_schema_documents():
     assert FRAME_SCHEMA["version"] == FRAME_SCHEMA_VERSION == "1.0"
-    # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution
+    # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution, runs of superseded frames (seq_last, frames)
     assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.2"
     raw = FrameHeader("cam", 1, 2, Encoding.RAW, (2, 3), "uint8", PixelFormat.MONO8).to_dict()
     validate(raw, FRAME_SCHEMA, FRAME_SCHEMA)
@@ -188,3 +188,20 @@ def test_topics_and_unknown_bodies():
         decode_body(msgpack.packb({"kind": "frame"}))
     with pytest.raises(MessageError, match="neither msgpack nor JSON"):
         decode_body(b"{not json")
+
+
+def test_a_run_of_dropped_frames_round_trips_and_a_1_1_message_reads_as_one_frame():
+    run = a_decision(decision=Decision.DEFER, reason=Reason.DROPPED, label=None, class_id=None, kappa=None, msp=None,
+                     s_ii=None, top_k=(), seq=4, seq_last=9, frames=5).stamped(7)
+    for wire_format in WireFormat:
+        assert decode_body(encode_body(run, wire_format)) == run
+    validate(json.loads(encode_body(run, WireFormat.JSON)), DECISION_SCHEMA, DECISION_SCHEMA)
+    # A 1.1 message (no seq_last, no frames) is the outcome of one frame
+    old = {k: v for k, v in a_decision().stamped(5).to_dict().items() if k not in ("seq_last", "frames")}
+    message = DecisionMessage.from_dict({**old, "schema_version": "1.1"})
+    assert (message.seq_last, message.frames) == (None, 1)
+    # Only a dropped message covers a run, and a run goes forward
+    with pytest.raises(ValueError, match="only a dropped run has seq_last"):
+        a_decision(seq=4, seq_last=9, frames=5)
+    with pytest.raises(MessageError, match="frames should be an integer"):
+        DecisionMessage.from_dict({**run.to_dict(), "frames": "5"})
