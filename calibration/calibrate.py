@@ -200,16 +200,6 @@ def score_and_correct(score: str, embeddings: np.ndarray, labels: np.ndarray, te
     return getattr(scores, score), scores.prediction_for(score) == labels
 
 
-def select_score_threshold(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
-                           image: np.ndarray, logit_scale: float, choice: LambdaChoice, alpha: float,
-                           delta: float, aux_embeddings: np.ndarray | None = None, *,
-                           method: str = DEFAULT_THRESHOLD_METHOD) -> ThresholdChoice:
-    """The guaranteed-risk threshold on `score` (its own prediction decides correctness), by `method`."""
-    confidence, correct = score_and_correct(score, embeddings, labels, text, image, logit_scale, choice,
-                                            aux_embeddings)
-    return select_threshold(confidence, correct, alpha, delta, method=method)
-
-
 def _parse_lambda(lam) -> str | float:
     if isinstance(lam, str) and lam == "auto":
         return lam

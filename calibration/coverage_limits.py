@@ -22,9 +22,9 @@ import numpy as np
 
 from trustvlm.calibration.ranking import validate_scores
 from trustvlm.calibration.risk_bound import binomial_critical_errors, check_unit_interval
-from trustvlm.calibration.threshold_selection import score_blocks
+from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, score_blocks, select_threshold
 
-__all__ = ["CoverageLimit", "certifiable_limit", "oracle_coverage"]
+__all__ = ["CoverageLimit", "certifiable_limit", "oracle_coverage", "risk_control_row"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,20 @@ def oracle_coverage(confidence, correct, alpha: float) -> CoverageLimit:
     thresholds, accepted, errors, m = _checked_blocks(confidence, correct)
     # e / n <= alpha without dividing (every block accepts n >= 1)
     return _lowest(errors <= alpha * accepted, thresholds, accepted, errors, m)
+
+
+def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_conf: np.ndarray,
+                     test_correct: np.ndarray, alpha: float, delta: float, *,
+                     method: str = DEFAULT_THRESHOLD_METHOD) -> dict:
+    """The risk-guaranteed threshold (`method`) on calibration scores, what it does on the test set, and the two limits.
+
+    ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones.
+    """
+    choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method)
+    accepted = test_conf >= choice.threshold
+    n_accepted = int(accepted.sum())
+    return {"threshold": choice.to_dict(), "test_coverage": float(accepted.mean()),
+            "test_accepted": n_accepted,
+            "test_risk": float(np.mean(~test_correct[accepted])) if n_accepted else float("nan"),
+            "certifiable_limit": certifiable_limit(calib_conf, calib_correct, alpha, delta).coverage,
+            "oracle_coverage": oracle_coverage(test_conf, test_correct, alpha).coverage}

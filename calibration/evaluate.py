@@ -40,7 +40,7 @@ import numpy as np
 
 from trustvlm.calibration.calibrate import (LAMBDA_GRID, PAPER_LAMBDA, VLM_PROTOTYPES, Encoders, open_encoders,
                                             open_prototype_encoder, split_held_out)
-from trustvlm.calibration.coverage_limits import certifiable_limit, oracle_coverage
+from trustvlm.calibration.coverage_limits import risk_control_row
 from trustvlm.calibration.eval_ablations import ablate_lambda, ablate_shots
 from trustvlm.calibration.eval_data import load_eval_data
 from trustvlm.calibration.eval_fused import FUSED_METHODS, FUSED_STAR_PREDICTIONS, evaluate_fused
@@ -52,7 +52,7 @@ from trustvlm.calibration.pools import read_class_names
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
-from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
+from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
 from trustvlm.calibration.vocabulary import check_class_vocabulary
 from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
@@ -249,23 +249,6 @@ def method_scores(paper: TrustScores, auto: TrustScores) -> dict[str, tuple[np.n
         "trustvlm_auto": (auto.trustvlm, auto.pred),
         "trustvlm_star": (paper.trustvlm_star, paper.pred_star),
     }
-
-
-def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_conf: np.ndarray,
-                     test_correct: np.ndarray, alpha: float, delta: float, *,
-                     method: str = DEFAULT_THRESHOLD_METHOD) -> dict:
-    """The risk-guaranteed threshold (`method`) on calibration scores, what it does on the test set, and the two limits.
-
-    ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones.
-    """
-    choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method)
-    accepted = test_conf >= choice.threshold
-    n_accepted = int(accepted.sum())
-    return {"threshold": choice.to_dict(), "test_coverage": float(accepted.mean()),
-            "test_accepted": n_accepted,
-            "test_risk": float(np.mean(~test_correct[accepted])) if n_accepted else float("nan"),
-            "certifiable_limit": certifiable_limit(calib_conf, calib_correct, alpha, delta).coverage,
-            "oracle_coverage": oracle_coverage(test_conf, test_correct, alpha).coverage}
 
 
 def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: float, config: EvalConfig,

@@ -37,17 +37,16 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from trustvlm.contract.bundle import (BundleError, BundleMismatchError, PrototypeBundle, engine_sha256, load_bundle,
+from trustvlm.contract.bundle import (BundleError, PrototypeBundle, load_bundle,
                                       read_bundle_info)
-from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.manifest import read_manifest
 from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
                                       score_spec)
-from trustvlm.runtime.engines import ONNXRUNTIME, ImageEngine, backend_spec, device_of, open_image_engine
+from trustvlm.runtime.engines import ONNXRUNTIME, backend_spec, device_of
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
@@ -55,6 +54,7 @@ from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.ood_gate import open_ood_gate
 from trustvlm.runtime.ort_providers import TensorRTProviderSettings
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
+from trustvlm.runtime.towers import ImageTower, check_batch_limits, open_tower
 
 __all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
            "bundle_id_of", "model_id_of"]
@@ -123,63 +123,6 @@ def bundle_id_of(bundle: PrototypeBundle) -> str:
 def model_id_of(manifest: dict) -> str:
     """``<model>@<weights id, 19 characters>``."""
     return f"{manifest['model']}@{str(manifest.get('weights', {}).get('id', 'unknown'))[:19]}"
-
-
-@dataclass(frozen=True)
-class ImageTower:
-    """One image encoder the trust head takes an input from, with its own preprocessing.
-
-    Attributes:
-        head_input: The trust head input it feeds (``embedding`` or ``aux_embedding``).
-        engine: The encoder (ONNX Runtime session or TensorRT engine).
-        preprocess: Resize and crop of that encoder (normalization is inside the graph).
-        source: (artifacts folder, precision, backend, ONNX sha256): what a reload may reuse.
-    """
-
-    head_input: str
-    engine: ImageEngine
-    preprocess: PreprocessConfig
-    source: tuple
-
-
-def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str, config: ScorerConfig,
-               recorded_preprocess: dict, previous: "BundleScorer | None" = None) -> ImageTower:
-    """Open (or reuse from `previous`, when the same file would be opened) one image encoder.
-
-    Raises:
-        BundleMismatchError: The manifest's preprocessing is not the one the bundle recorded.
-    """
-    manifest = read_manifest(artifacts_dir)
-    if dict(manifest["preprocess"]) != dict(recorded_preprocess):
-        raise BundleMismatchError(f"{artifacts_dir}: its preprocessing {manifest['preprocess']} is not the one the "
-                                  f"bundle was calibrated with ({recorded_preprocess}); recalibrate")
-    source = (str(Path(artifacts_dir).resolve()), precision, config.backend,
-              engine_sha256(manifest, precision, towers=("image",))["image_encoder"],
-              json.dumps(manifest["preprocess"], sort_keys=True))
-    reusable = previous.towers.get(head_input) if previous is not None else None
-    if reusable is not None and reusable.source == source:
-        encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must still match
-        return reusable
-    engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
-                               config.allow_fallback, config.threads, config.max_batch)
-    return ImageTower(head_input, engine, PreprocessConfig.from_dict(manifest["preprocess"]), source)
-
-
-def check_batch_limits(towers: list[ImageTower], max_batch: int) -> int | float:
-    """The most rows one engine run takes (inf for ONNX Runtime); refuse engines the config cannot feed.
-
-    Raises:
-        EngineError: An engine whose batch profile starts above 1 (one camera sends batches of 1),
-            or ends below the configured max_batch.
-    """
-    limit = math.inf
-    for tower in towers:
-        low, high = getattr(tower.engine, "min_batch", 1), getattr(tower.engine, "max_batch", math.inf)
-        if low > 1 or high < max_batch:
-            raise EngineError(f"{tower.engine.path.name} takes batches of {low}..{high}, but the service batches "
-                              f"1..{max_batch} frames: lower --max-batch, or rebuild the engine with that profile")
-        limit = min(limit, high)
-    return limit
 
 
 class BundleScorer:
