@@ -48,7 +48,8 @@ from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shot
 from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
-from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, select_threshold
+from trustvlm.calibration.threshold_selection import (DEFAULT_THRESHOLD_METHOD, GRID_NOTES, THRESHOLD_METHODS,
+                                                      select_threshold, threshold_grid)
 from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.calibration.vocabulary import check_class_vocabulary
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
@@ -303,9 +304,12 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     check_prototype_shapes(text.shape, image.shape, same_dim=aux is None)
     rest = pool.held_out(shots)
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
-    choice, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots, alpha, delta)
+    choice, lambda_part, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots,
+                                                                    alpha, delta)
     confidence, correct = scoring.score_and_correct(choice.score, threshold_part, choice)
-    threshold = select_threshold(confidence, correct, alpha, delta, method=threshold_method)
+    grid = threshold_grid(scoring.score_and_correct(choice.score, lambda_part, choice)[0], threshold_method)
+    selection["threshold_grid"] = GRID_NOTES[grid is not None]
+    threshold = select_threshold(confidence, correct, alpha, delta, method=threshold_method, grid=grid)
     selection["certifiable_limit"] = certifiable_limit(confidence, correct, alpha, delta).coverage
     gate, gate_note = fit_calibration_gate(ood_gate, ood_false_reject_rate, embeddings, pool.images,
                                            encoders.preprocess, pool.labels, shots, rest, seed)
@@ -357,8 +361,8 @@ class _Scoring:
 
 
 def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool, shots: np.ndarray, alpha: float,
-                   delta: float) -> tuple[LambdaChoice, np.ndarray, dict]:
-    """Lambda (fixed or auto on one half of `rest`), the score, and the indices left to select the threshold on."""
+                   delta: float) -> tuple[LambdaChoice, np.ndarray, np.ndarray, dict]:
+    """Lambda (fixed or auto on one half of `rest`), the score, and the indices of the two halves."""
     if lam == "auto":
         lambda_part, threshold_part = split_held_out(rest, seed)
         if len(lambda_part) < 4 or len(threshold_part) < 1:
@@ -372,7 +376,7 @@ def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool
         choice = replace(fixed_lambda(lam), score=DEFAULT_SCORE if score == AUTO_SCORE else score)
     selection = {"data": pool.source, "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),
                  "threshold_images": int(len(threshold_part)), "lambda_table": json_safe(choice.table)}
-    return choice, threshold_part, selection
+    return choice, lambda_part, threshold_part, selection
 
 
 def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, template_list: list[str],

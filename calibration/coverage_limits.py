@@ -110,12 +110,12 @@ def oracle_coverage(confidence, correct, alpha: float) -> CoverageLimit:
 
 def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_conf: np.ndarray,
                      test_correct: np.ndarray, alpha: float, delta: float, *,
-                     method: str = DEFAULT_THRESHOLD_METHOD) -> dict:
+                     method: str = DEFAULT_THRESHOLD_METHOD, grid=None) -> dict:
     """The risk-guaranteed threshold (`method`) on calibration scores, what it does on the test set, and the two limits.
 
     ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones.
     """
-    choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method)
+    choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method, grid=grid)
     accepted = test_conf >= choice.threshold
     n_accepted = int(accepted.sum())
     return {"threshold": choice.to_dict(), "test_coverage": float(accepted.mean()),

@@ -44,16 +44,18 @@ def evaluate_fused(calib: np.ndarray, calib_labels: np.ndarray, test: np.ndarray
 
     Returns:
         ``{"scored": {key: (test confidence, test prediction)}, "calib_scored": {key: (threshold-half
-        confidence, prediction)}, "per_sample": {...}, "info": {"auto_choice": ...}}``.
+        confidence, prediction)}, "grids": {key: lambda-half confidence (the LTT grid)},
+        "per_sample": {...}, "info": {"auto_choice": ...}}``.
     """
     logits, sims = logits_and_similarities(calib[lambda_part], text, image, logit_scale)
     choice = choose_score(logits, sims, calib_labels[lambda_part], alpha, delta, LAMBDA_GRID, TEMPERATURE_GRID,
                           seed)
-    scored, calib_scored = {}, {}
+    scored, calib_scored, grids = {}, {}, {}
     for key, score in (("fused", "fused"), ("fused_star", "fused_star"), ("auto", choice.score)):
         scored[key] = _scored(choice, score, test, text, image, logit_scale)
         calib_scored[key] = _scored(choice, score, calib[threshold_part], text, image, logit_scale)
+        grids[key] = _scored(choice, score, calib[lambda_part], text, image, logit_scale)[0]
     chosen = {"score": choice.score, "label": choice.label, "lambda": choice.lam, "temperature": choice.temperature}
-    return {"scored": scored, "calib_scored": calib_scored,
+    return {"scored": scored, "calib_scored": calib_scored, "grids": grids,
             "per_sample": {"pred_fused_star": scored["fused_star"][1], "pred_auto": scored["auto"][1]},
             "info": {"auto_choice": chosen, "auto_table": choice.table}}

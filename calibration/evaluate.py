@@ -52,7 +52,7 @@ from trustvlm.calibration.pools import read_class_names
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
-from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
+from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, threshold_grid
 from trustvlm.calibration.vocabulary import check_class_vocabulary
 from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
@@ -266,6 +266,8 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
     calib_auto = compute_scores(data.calib[threshold_part], text, image, logit_scale, lam_auto)
     calib_labels = data.calib_labels[threshold_part]
     calib_scored = {"msp": (calib_auto.msp, calib_auto.pred), "trustvlm_auto": (calib_auto.trustvlm, calib_auto.pred)}
+    grid_auto = compute_scores(data.calib[lambda_part], text, image, logit_scale, lam_auto)
+    grids = {"msp": grid_auto.msp, "trustvlm_auto": grid_auto.trustvlm}  # LTT grids: lambda-half scores
     per_sample = {"labels": data.test_labels, "pred": paper.pred, "pred_star": paper.pred_star,
                   "proto_pred": paper.proto_pred}
     info = {"n_calib_shots": int(shots.size), "n_calib_lambda": int(len(lambda_part)),
@@ -278,6 +280,7 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
                            threshold_part, config.alpha, config.delta, config.seed)
     scored.update(fused["scored"])
     calib_scored.update(fused["calib_scored"])
+    grids.update(fused["grids"])
     per_sample.update(fused["per_sample"])
     info.update(fused["info"])
     if data.aux_calib is not None:
@@ -289,7 +292,8 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
     metrics = {key: evaluate_selective(conf, pred == data.test_labels) for key, (conf, pred) in scored.items()}
     risk = {key: risk_control_row(conf, calib_pred == calib_labels, scored[key][0],
                                   scored[key][1] == data.test_labels, config.alpha, config.delta,
-                                  method=config.threshold_method)
+                                  method=config.threshold_method,
+                                  grid=threshold_grid(grids.get(key), config.threshold_method))
             for key, (conf, calib_pred) in calib_scored.items()}
     per_sample.update({key: conf for key, (conf, _) in scored.items()})
     return DatasetResult(data.name, metrics, per_sample, float(lam_auto), lambda_table, risk, info)

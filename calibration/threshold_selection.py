@@ -56,6 +56,11 @@ testing.
   score-chosen t is a sampling fluctuation; its effect on the violation rate is measured by
   ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md section 8: at most
   3.8% violations at delta = 10% in 24 settings).
+* **What calibration uses.** ``trustvlm calibrate`` and ``trustvlm eval`` pass the scores of the
+  lambda half of the held-out images as the grid (:func:`threshold_grid`): those images never
+  take part in the threshold test, so the bundle's guarantee is the exact one. Only with a fixed
+  lambda (no lambda half) does calibration fall back to the default grid; the bundle says which
+  (``selection["threshold_grid"]``).
 
 ``method="sgr"``: Selection with Guaranteed Risk (Geifman & El-Yaniv, "Selective Classification
 for Deep Neural Networks", NeurIPS 2017, Algorithm 1), kept for comparison:
@@ -83,8 +88,8 @@ from trustvlm.calibration.ranking import tie_blocks, validate_scores
 from trustvlm.calibration.risk_bound import binomial_critical_errors, binomial_upper_bound, check_unit_interval
 from trustvlm.contract.threshold import ThresholdChoice
 
-__all__ = ["LTT_METHOD", "SGR_METHOD", "THRESHOLD_METHODS", "DEFAULT_THRESHOLD_METHOD", "START_RATIO",
-           "select_threshold", "score_blocks", "sequence_starts", "ltt_block"]
+__all__ = ["GRID_NOTES", "threshold_grid", "LTT_METHOD", "SGR_METHOD", "THRESHOLD_METHODS", "DEFAULT_THRESHOLD_METHOD",
+           "START_RATIO", "select_threshold", "score_blocks", "sequence_starts", "ltt_block"]
 
 #: ``ThresholdChoice.method`` of the two procedures.
 LTT_METHOD = "ltt-fixed-sequence-binomial"
@@ -270,3 +275,24 @@ def select_threshold(confidence, correct, alpha: float, delta: float, *, method:
     if method == "sgr":
         return _select_sgr(conf, corr, alpha, delta)
     return _select_ltt(conf, corr, alpha, delta, grid)
+
+
+#: What ``selection["threshold_grid"]`` of a bundle says, by whether an independent grid was used.
+GRID_NOTES = {True: "ltt grid: scores of the lambda half, independent of the threshold half (exact guarantee)",
+              False: "grid: the threshold half's own scores (labels unused)"}
+
+
+def threshold_grid(independent_scores, method: str = DEFAULT_THRESHOLD_METHOD) -> np.ndarray | None:
+    """The LTT grid from scores of images the threshold is *not* selected on, or None to use the default.
+
+    The lambda half of the held-out calibration images never takes part in the threshold test, so
+    its scores are fixed independently of the threshold half: tested on them, the fixed-sequence
+    argument of this module holds exactly as written (see "The grid" above). None (the default
+    grid, the calibration scores themselves) for SGR or when there are no such scores.
+    """
+    if method != "ltt" or independent_scores is None:
+        return None
+    scores = np.asarray(independent_scores, dtype=np.float64).ravel()
+    scores = scores[np.isfinite(scores)]
+    return scores if scores.size else None
+

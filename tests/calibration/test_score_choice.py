@@ -13,7 +13,7 @@ from trustvlm.calibration.calibrate import calibrate, split_held_out
 from trustvlm.calibration.coverage_limits import certifiable_limit, oracle_coverage
 from trustvlm.calibration.fused_score import fit_fused_model
 from trustvlm.calibration.score_choice import choose_score
-from trustvlm.calibration.threshold_selection import select_threshold
+from trustvlm.calibration.threshold_selection import GRID_NOTES, select_threshold, threshold_grid
 from trustvlm.contract.bundle import BundleInfo, load_bundle, read_bundle_info
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.contract.scores import SCORES
@@ -50,12 +50,13 @@ def _threshold_half_files(folder, info) -> list:
 def test_auto_never_looks_at_the_threshold_half(tiny_artifacts, tmp_path):
     # Given a bundle calibrated with --score auto
     folder = write_image_folder(tmp_path / "data", per_class=16)
-    first = calibrate(tiny_artifacts, folder, tmp_path / "a", k=2, alpha=0.3, threads=1).info
+    # (SGR thresholds: any calibration score can be one, so the threshold shows the threshold half moved)
+    first = calibrate(tiny_artifacts, folder, tmp_path / "a", k=2, alpha=0.3, threads=1, threshold_method="sgr").info
     # When every threshold-half image becomes a patch of another class's colour (same files, same labels)
     for name in _threshold_half_files(folder, first):
         other = COLOURS["red_box" if name.startswith("green") else "green_box"]
         cv2.imwrite(str(folder / name), np.full((32, 32, 3), other[::-1], np.uint8))
-    second = calibrate(tiny_artifacts, folder, tmp_path / "b", k=2, alpha=0.3, threads=1).info
+    second = calibrate(tiny_artifacts, folder, tmp_path / "b", k=2, alpha=0.3, threads=1, threshold_method="sgr").info
     # Then the threshold moved, but the choice and the fused models did not
     assert second.threshold != first.threshold, "the construction must change what the threshold half says"
     assert second.score_choice == first.score_choice
@@ -118,3 +119,27 @@ def test_coverage_limits_by_hand():
 def test_a_fitted_score_with_a_fixed_lambda_is_refused_before_any_work(tiny_artifacts, tmp_path):
     with pytest.raises(ValueError, match="score fused is fitted on half of the held-out images.*--lam auto"):
         calibrate(tiny_artifacts, tmp_path / "no_such_folder", tmp_path / "b", lam=1.0, score="fused")
+
+
+def test_the_threshold_is_tested_on_a_grid_of_lambda_half_scores(tiny_artifacts, tmp_path):
+    # Given a folder calibrated with the default (LTT) threshold and lambda auto
+    folder = write_image_folder(tmp_path / "data", per_class=16)
+    info = calibrate(tiny_artifacts, folder, tmp_path / "a", k=2, alpha=0.3, threads=1).info
+    # Then the bundle says the grid came from the lambda half, so the guarantee is exact
+    assert info.selection["threshold_grid"] == GRID_NOTES[True]
+    # and a fixed lambda (no lambda half) falls back to the threshold half's own scores
+    fixed = calibrate(tiny_artifacts, folder, tmp_path / "b", k=2, alpha=0.3, threads=1, lam=0.5).info
+    assert fixed.selection["threshold_grid"] == GRID_NOTES[False]
+
+
+def test_threshold_grid_keeps_finite_independent_scores_for_ltt_only():
+    assert threshold_grid(np.array([0.2, np.nan, 0.9, np.inf]), "ltt").tolist() == [0.2, 0.9]
+    assert threshold_grid(np.array([0.2, 0.9]), "sgr") is None
+    assert threshold_grid(np.array([np.nan]), "ltt") is None
+    assert threshold_grid(None, "ltt") is None
+    # a feasible LTT threshold on a grid is one of the grid's points
+    rng = np.random.default_rng(1)
+    conf, grid = rng.random(3000), rng.random(3000)
+    right = rng.random(3000) < 0.6 + 0.4 * conf
+    choice = select_threshold(conf, right, 0.1, 0.1, grid=threshold_grid(grid))
+    assert choice.feasible and choice.threshold in set(grid.tolist())
