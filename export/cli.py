@@ -39,8 +39,8 @@ def add_export_parser(subparsers) -> None:
                              "cache, else the text parity gate runs on token ids within the vocabulary")
     parser.add_argument("--name", default=None,
                         help="name of the exported model: its folder <output>/<name> and the model name in its "
-                             "manifest and in every report (default: the registry name; for a checkpoint trained "
-                             "with `trustvlm train-demo` other than the shipped one, its file name without .pt)")
+                             "manifest and in every report; when not given, the registry name, or for a checkpoint "
+                             "trained with `trustvlm train-demo` other than the shipped one its file name without .pt")
     parser.add_argument("--output", type=Path, default=Path("artifacts"), help="artifacts root folder")
     parser.add_argument("--parity-images", type=int, default=200, help="real images used by the parity gates")
     parser.set_defaults(handler=run_export)

@@ -90,8 +90,9 @@ def train_from_args(data: str, output: Path | None, epochs: int | None, seed: in
     print(described)
     result = train_model(train, validation, templates, model_config, spec.preprocess, config)
     verdict = check_above_chance(*result["validation"], classes=len(train.class_names))
-    print(verdict.describe())
-    if not verdict.above_chance and not keep_weak:
+    if verdict.above_chance or keep_weak:
+        print(verdict.describe())
+    else:
         raise CliError(f"{verdict.describe()}; wrote no checkpoint. Check that each sub-folder holds its class's "
                        "images, train longer (--steps), or write it anyway with --keep-weak")
     sha256 = save_trained(result, output, {"validation": verdict.to_dict(), "weak": not verdict.above_chance,
@@ -102,10 +103,11 @@ def train_from_args(data: str, output: Path | None, epochs: int | None, seed: in
         accuracy, which = zero_shot_accuracy(result["model"], prepare_pixels(test.images, spec.preprocess),
                                              test.labels, tokens, len(test.class_names), spec.preprocess), "test"
     weak = " WEAK (kept with --keep-weak: not clearly above chance)" if not verdict.above_chance else ""
+    export = ("" if data == FASHION_MNIST else f"; export it with `trustvlm export --model {DEMO_MODEL} --weights "
+              f"{output}` (writes artifacts/{output.stem}/)")
     return (f"trained in {result['train_seconds']:.0f} s ({result['plan']['steps']} steps, augmentation "
             f"{augment}); zero-shot accuracy {100 * accuracy:.2f}% on {len(test)} {which} images; logit scale "
-            f"{result['logit_scale']:.2f}; wrote {output}{weak} (sha256 {sha256}); export it with "
-            f"`trustvlm export --model {DEMO_MODEL} --weights {output}` (artifacts/{output.stem})")
+            f"{result['logit_scale']:.2f}; wrote {output}{weak} (sha256 {sha256}){export}")
 
 
 def add_train_parser(subparsers) -> None:
@@ -124,11 +126,11 @@ def add_train_parser(subparsers) -> None:
                         help="'fashion-mnist' or an image folder with one sub-folder per class (the sub-folder "
                              "names are the class names the captions use)")
     parser.add_argument("--output", type=Path, default=None,
-                        help=f"checkpoint file to write (default: {SHIPPED_OUTPUT} for fashion-mnist, "
-                             "<folder name>.pt in the current folder for an image folder)")
+                        help=f"checkpoint file to write; when not given, {SHIPPED_OUTPUT} for fashion-mnist and "
+                             "<folder name>.pt in the current folder for an image folder")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive(), default=None,
-                        help="optimisation steps (default: 8 epochs' worth, at least 600, at most 2000)")
+                        help="optimisation steps; when not given, 8 epochs' worth, at least 600, at most 2000")
     length.add_argument("--epochs", type=positive(), default=None, help="the run's length in epochs instead")
     parser.add_argument("--augment", default=DEFAULT_AUGMENT, choices=AUGMENT_POLICIES,
                         help="shift: random shifts of up to 3 pixels (safe for any image); flip: also mirror "
