@@ -56,9 +56,10 @@ demo: setup ## the main job on the embedded demo model: export, check zero-shot,
 demo-stream: setup ## streaming demo on artifacts/demo_fmnist: calibrate on a degraded camera, serve, 2 cameras, controller [DEMO_ARGS=]
 	$(PY) -m trustvlm demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
-export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [WEIGHTS=random|/path] [TOKENIZER=/dir]
+export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [WEIGHTS=random|/path] [TOKENIZER=/dir] [NAME=]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
-		$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --output $(ARTIFACTS)
+		$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(NAME),--name $(NAME)) \
+		--output $(ARTIFACTS)
 
 calibrate: setup ## prototype bundle + accept threshold for artifacts/MODEL [DATA=fashion-mnist|/image/folder]
 	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/$(MODEL) --data $(DATA) $(CALIBRATE_ARGS)
@@ -101,7 +102,7 @@ models: setup ## list the model registry
 	$(PY) -m trustvlm models
 
 demo-model: setup ## retrain the embedded demo model (about 10 minutes on 2 cores)
-	$(PY) -m trustvlm train-demo --output models/checkpoints/demo_fmnist.pt
+	$(PY) -m trustvlm train-demo --augment flip --output models/checkpoints/demo_fmnist.pt
 
 test: setup ## run the test suite (all but the heavy registry walk)
 	$(PY) -m pytest -q -m "not heavy"

@@ -54,7 +54,7 @@ from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.calibration.vocabulary import check_class_vocabulary
 from trustvlm.contract.bundle import AuxEncoderInfo, BundleInfo, PrototypeBundle, engine_sha256
 from trustvlm.contract.files import json_safe
-from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.manifest import encoder_path, model_name, read_manifest
 from trustvlm.contract.fused import FusedModel
 from trustvlm.contract.scores import AUTO_SCORE, DEFAULT_SCORE, SCORES, STAR_PREDICTION
 from trustvlm.contract.threshold import ThresholdChoice
@@ -386,7 +386,7 @@ def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, temp
     proto_encoder = (encoders.image.path.name if aux is None
                      else f"{aux.manifest['model']}:{aux.image.path.name}")
     return BundleInfo(
-        model=manifest["model"], architecture=manifest["architecture"], weights_id=manifest["weights"]["id"],
+        model=model_name(manifest), architecture=manifest["architecture"], weights_id=manifest["weights"]["id"],
         precision=encoders.precision, engine_sha256=engine_sha256(manifest, encoders.precision),
         preprocess=dict(manifest["preprocess"]), logit_scale=float(manifest["logit_scale"]),
         class_names=tuple(pool.class_names), template_set=template_set, templates=tuple(template_list),

@@ -54,6 +54,7 @@ from trustvlm.calibration.shifts import SHIFTS, apply_shift
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, threshold_grid
 from trustvlm.calibration.vocabulary import check_class_vocabulary
+from trustvlm.contract.manifest import model_name
 from trustvlm.data.fashion_mnist import LabelledImages, load_split, to_rgb
 from trustvlm.models.prompts import get_templates
 
@@ -381,7 +382,7 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
                          "lambda": ablate_lambda(data, text, logit_scale, config.k, config.seed, **paper)}
         seconds[data.name], tick = time.perf_counter() - tick, time.perf_counter()
     manifest = encoders.manifest
-    meta = {"model": manifest["model"], "weights_id": manifest["weights"]["id"], "artifacts": str(artifacts_dir),
+    meta = {"model": model_name(manifest), "weights_id": manifest["weights"]["id"], "artifacts": str(artifacts_dir),
             "precision": config.precision, "logit_scale": logit_scale, "class_names": list(calib.class_names),
             "config": {**asdict(config), "shifts": list(config.shifts)}, "data": loaded.identity,
             "unreadable_class_names": {name: list(words) for name, words in unreadable.items()},

@@ -77,7 +77,8 @@ class BundleInfo:
     """The contents of bundle.json (see the module docstring).
 
     Attributes:
-        model: Registry name of the model.
+        model: Name of the model: the manifest's ``name`` (``trustvlm export --name``; the registry name unless
+            the export was given another).
         architecture: Its open_clip architecture.
         weights_id: The manifest's ``weights.id``.
         precision: Precision of the encoders used (``fp32``, ``fp16`` or ``int8``: quantized image encoder,

@@ -10,7 +10,7 @@ from pathlib import Path
 from trustvlm.contract.files import sha256_file
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_SCHEMA_VERSION", "PRECISIONS", "TOWERS", "ArtifactError", "encoder_file_name",
-           "installed_versions", "read_manifest", "encoder_path"]
+           "installed_versions", "read_manifest", "encoder_path", "model_name"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
@@ -55,6 +55,12 @@ def read_manifest(artifacts_dir: str | os.PathLike) -> dict:
         raise ArtifactError(f"{path}: manifest schema {data.get('schema_version')} is not supported "
                             f"(expected {MANIFEST_SCHEMA_VERSION.split('.')[0]}.x)")
     return data
+
+
+def model_name(manifest: dict) -> str:
+    """The exported model's name, as reports show it: ``name`` (``trustvlm export --name``), else the registry
+    ``model`` (manifests written before exports had names)."""
+    return str(manifest.get("name") or manifest["model"])
 
 
 def encoder_path(artifacts_dir: str | os.PathLike, manifest: dict, tower: str, precision: str = "fp32",

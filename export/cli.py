@@ -19,7 +19,9 @@ def add_export_parser(subparsers) -> None:
         help="turn a registry model into ONNX image/text encoders (fp16, int8, TensorRT optional), checked "
              "against the torch model",
         description="Export a registry model's image and text encoders to ONNX with dynamic batch, check them "
-                    "against the torch model (parity gates) and write artifacts/<model>/manifest.json. "
+                    "against the torch model (parity gates) and write artifacts/<name>/manifest.json (name: "
+                    "--name, else the model's; a checkpoint trained with `trustvlm train-demo` on your own data "
+                    "is named after its file: --weights digits.pt -> artifacts/digits). "
                     "Needs the [export] extra (torch, open_clip_torch, onnx).")
     parser.add_argument("--model", required=True, help="registry name (`trustvlm models` lists them)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
@@ -35,6 +37,10 @@ def add_export_parser(subparsers) -> None:
                              "timm/ViT-B-16-SigLIP without its weights), for offline machines; copied into the "
                              "export so that `trustvlm calibrate` finds it. Without it: the local Hugging Face "
                              "cache, else the text parity gate runs on token ids within the vocabulary")
+    parser.add_argument("--name", default=None,
+                        help="name of the exported model: its folder <output>/<name> and the model name in its "
+                             "manifest and in every report; when not given, the registry name, or for a checkpoint "
+                             "trained with `trustvlm train-demo` other than the shipped one its file name without .pt")
     parser.add_argument("--output", type=Path, default=Path("artifacts"), help="artifacts root folder")
     parser.add_argument("--parity-images", type=int, default=200, help="real images used by the parity gates")
     parser.set_defaults(handler=run_export)
@@ -50,13 +56,15 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         result = export_model(ExportRequest(args.model, args.precision, args.format, args.weights,
-                                            args.output, args.parity_images, tokenizer_dir=args.tokenizer))
+                                            args.output, args.parity_images, tokenizer_dir=args.tokenizer,
+                                            name=args.name))
     except (ExportError, WeightsUnavailableError, TensorRTUnavailableError, UnknownModelError,
             TokenizerUnavailableError) as error:
         raise CliError(str(error)) from error
     manifest = result.manifest
     stamp = " [random-init weights: speed work only]" if manifest["weights"]["random_init"] else ""
-    print(f"exported {manifest['model']}{stamp} to {result.output_dir} in "
+    named = manifest["name"] if manifest["name"] == manifest["model"] else f"{manifest['name']} ({manifest['model']})"
+    print(f"exported {named}{stamp} to {result.output_dir} in "
           f"{sum(result.step_seconds.values()):.1f} s "
           f"({', '.join(f'{k} {v:.1f}s' for k, v in result.step_seconds.items())})")
     return 0

@@ -15,6 +15,10 @@ different score; none is computed.
 Face tokenizer, SigLIP's); ``tokenizer_folder`` names the folder of the export holding the latter's
 files, when the export had them (``--tokenizer DIR``). ``parity_tokens`` says whether the text parity
 gate ran on tokenized prompts or on synthetic ids within the vocabulary (no tokenizer at hand).
+
+``model`` is the registry entry the export was made from (architecture, tokenizer, preprocessing);
+``name`` names the exported model itself: its folder, and the model in every report (calibrate,
+eval, serve). They differ for weights trained on your own data (``trustvlm export --name``).
 """
 
 from __future__ import annotations
@@ -38,16 +42,18 @@ def library_versions() -> dict[str, str]:
 def build_manifest(*, model: str, architecture: str, weights_id: str, weights_source: str, preprocess: dict,
                    embed_dim: int, logit_scale: float | None, context_length: int | None, eot_token_id: int,
                    opset: int, precisions: dict, engines: dict | None = None, kind: str = CLIP,
-                   logit_bias: float | None = None, text_tokens: dict | None = None) -> dict:
+                   logit_bias: float | None = None, text_tokens: dict | None = None, name: str | None = None) -> dict:
     """Assemble the manifest dictionary (see docs in README, 'Artifacts').
 
     An image encoder (``kind="image-encoder"``) has no ``text_input``, a null ``logit_scale`` and
     says how its embedding is pooled. `text_tokens` adds to ``text_input`` (tokenizer, vocab_size,
-    tokenizer_folder, parity_tokens; see the module docstring).
+    tokenizer_folder, parity_tokens; see the module docstring). `name` is the export's name
+    (:mod:`trustvlm.export.naming`; default: `model`, the registry entry).
     """
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model,
+        "name": name or model,
         "kind": kind,
         "architecture": architecture,
         "weights": {"id": weights_id, "source": weights_source, "random_init": weights_id == "random-init"},

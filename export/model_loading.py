@@ -52,7 +52,8 @@ def _finish(model: nn.Module, spec: ModelSpec, weights_id: str, source: str) -> 
                        None if bias is None else float(bias.detach().reshape(-1)[0]))
 
 
-def _is_compact_checkpoint(path: Path) -> bool:
+def is_compact_checkpoint(path: Path) -> bool:
+    """True for a checkpoint written by this project's trainer (a compact-vocabulary CLIP)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -64,7 +65,7 @@ def _load_file(spec: ModelSpec, path: Path) -> LoadedModel:
     if not path.is_file():
         raise WeightsUnavailableError(f"{spec.name}: checkpoint {path} does not exist")
     digest = sha256_file(path)
-    if _is_compact_checkpoint(path):
+    if is_compact_checkpoint(path):
         try:
             model, _ = load_checkpoint(path)
         except CheckpointError as error:

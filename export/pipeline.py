@@ -7,7 +7,9 @@ encoder quantized by ONNX Runtime (:mod:`trustvlm.export.quantize`, its own gate
 encoder stays fp32.
 
 Everything is written into a staging folder next to the output and moved into place only after
-every parity gate passed, manifest last: a failed export leaves no half-written artifact.
+every parity gate passed, manifest last: a failed export leaves no half-written artifact. The
+folder is ``<output_root>/<name>``: the registry name, or the name of weights trained on other data
+(:mod:`trustvlm.export.naming`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from trustvlm.export import onnx_export, parity, quantize, text_tokens
 from trustvlm.export.manifest import build_manifest
 from trustvlm.export.loaded_model import LoadedModel
 from trustvlm.export.model_loading import load_model
+from trustvlm.export.naming import ArtifactNameError, artifact_name
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import ModelSpec, get_model_spec
@@ -58,6 +61,7 @@ class ExportRequest:
     parity_images: int = PARITY_IMAGES
     trust_gate_images: int | None = None  # int8 trust gate: first N test images (None: all 10,000)
     tokenizer_dir: Path | None = None     # a local Hugging Face tokenizer folder (SigLIP), bundled into the export
+    name: str | None = None               # the export's name (folder, manifest, reports); see export/naming.py
 
     def __post_init__(self) -> None:
         if self.precision not in EXPORT_PRECISIONS:
@@ -70,7 +74,7 @@ class ExportRequest:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.output_root) / self.model
+        return Path(self.output_root) / (self.name or self.model)
 
 
 @dataclass
@@ -225,6 +229,10 @@ def _export_precision(towers, request, stage, reference, pixels, tokens, prompts
 def export_model(request: ExportRequest) -> ExportResult:
     """Run the whole export stage (see the module docstring)."""
     spec = get_model_spec(request.model)
+    try:
+        request = replace(request, name=artifact_name(spec, request.weights, request.name))
+    except ArtifactNameError as error:
+        raise ExportError(str(error)) from error
     towers = towers_of(spec)
     if request.format == "engine":
         from trustvlm.export.tensorrt_engine import describe_gpu, import_tensorrt  # noqa: PLC0415
@@ -264,7 +272,8 @@ def export_model(request: ExportRequest) -> ExportResult:
                     embed_dim=int(reference[0].shape[1]), logit_scale=loaded.logit_scale,
                     context_length=loaded.context_length, eot_token_id=EOT_TOKEN_ID, opset=onnx_export.OPSET,
                     precisions=precisions, engines=engines, kind=spec.kind, logit_bias=loaded.logit_bias,
-                    text_tokens=_text_tokens_record(prompt_tokenizer, token_source, tokenizer_files))
+                    text_tokens=_text_tokens_record(prompt_tokenizer, token_source, tokenizer_files),
+                    name=request.name)
                 manifest["export_seconds"] = steps.seconds
                 _publish(stage, request.output_dir, manifest)
     finally:

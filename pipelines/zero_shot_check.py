@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from trustvlm.calibration.text_prototypes import build_text_prototypes, normalize_rows
-from trustvlm.contract.manifest import encoder_path, read_manifest
+from trustvlm.contract.manifest import encoder_path, model_name, read_manifest
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.models.prompts import get_templates
 from trustvlm.runtime.onnx_engine import OnnxEncoder
@@ -45,5 +45,5 @@ def zero_shot_check(artifacts_dir: Path, precision: str = "fp32", templates: str
     pixels = preprocess_batch(to_rgb(images), PreprocessConfig.from_dict(manifest["preprocess"]))
     embeddings = normalize_rows(engine.encode_in_batches(pixels, 256).astype(np.float64))
     predictions = np.argmax(embeddings @ prototypes.T, axis=1)
-    return ZeroShotResult(manifest["model"], manifest["weights"]["id"], precision, templates, len(labels),
+    return ZeroShotResult(model_name(manifest), manifest["weights"]["id"], precision, templates, len(labels),
                           float(np.mean(predictions == labels)), float(manifest["logit_scale"]))

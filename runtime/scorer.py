@@ -43,7 +43,7 @@ import numpy as np
 
 from trustvlm.contract.bundle import (BundleError, PrototypeBundle, load_bundle,
                                       read_bundle_info)
-from trustvlm.contract.manifest import read_manifest
+from trustvlm.contract.manifest import model_name, read_manifest
 from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
                                       score_spec)
 from trustvlm.runtime.engines import ONNXRUNTIME, backend_spec, device_of
@@ -121,8 +121,8 @@ def bundle_id_of(bundle: PrototypeBundle) -> str:
 
 
 def model_id_of(manifest: dict) -> str:
-    """``<model>@<weights id, 19 characters>``."""
-    return f"{manifest['model']}@{str(manifest.get('weights', {}).get('id', 'unknown'))[:19]}"
+    """``<model name>@<weights id, 19 characters>`` (the name: ``trustvlm export --name``, else the registry's)."""
+    return f"{model_name(manifest)}@{str(manifest.get('weights', {}).get('id', 'unknown'))[:19]}"
 
 
 class BundleScorer:

@@ -9,8 +9,8 @@ in the batch (in-batch negatives of the same class would be false negatives with
 from __future__ import annotations
 
 import json
-import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,13 +25,17 @@ from trustvlm.export.torch_wrappers import normalize_uint8_nhwc
 from trustvlm.models.prompts import build_prompts
 from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
 from trustvlm.models.compact_clip import CompactVocabCLIP, compact_vocabulary, save_checkpoint
+from trustvlm.training.augment import DEFAULT_AUGMENT, augment
+from trustvlm.training.schedule import describe_expected_time, describe_plan, learning_rate_at, plan_training
+
+#: Steps (after the first) whose mean time sizes the expected time of a run.
+TIMED_STEPS = 5
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of the demo trainer."""
+    """Hyper-parameters of the demo trainer (the run's length: :mod:`trustvlm.training.schedule`)."""
 
-    epochs: int = 8
     batch_size: int = 256
     templates_per_step: int = 2  # captions per class encoded each step (sampled from the templates)
     learning_rate: float = 2e-3
@@ -39,21 +43,14 @@ class TrainConfig:
     warmup_steps: int = 200
     seed: int = 0
     threads: int = 2
+    steps: int | None = None   # None: automatic (8 epochs' worth, clipped to [600, 2000] steps)
+    epochs: int | None = None  # the length in epochs instead of steps
+    augment: str = DEFAULT_AUGMENT
 
 
 def prepare_pixels(images: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray:
     """Raw images -> uint8 N x S x S x 3 exactly as the runtime preprocesses camera frames."""
     return preprocess_batch(to_rgb(images), preprocess)
-
-
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to 3 pixels (uint8 N x H x W x 3)."""
-    flip = torch.rand(len(pixels), generator=generator) < 0.5
-    pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(2), pixels)
-    padded = F.pad(pixels.permute(0, 3, 1, 2).float(), (3, 3, 3, 3), mode="replicate")
-    dx, dy = torch.randint(0, 7, (2,), generator=generator).tolist()
-    size = pixels.shape[1]
-    return padded[:, :, dy:dy + size, dx:dx + size].permute(0, 2, 3, 1).to(torch.uint8)
 
 
 def tokenize_captions(class_names, templates, context_length: int) -> torch.Tensor:
@@ -93,9 +90,9 @@ def model_embed_dim(model) -> int:
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, pixels: np.ndarray, labels: np.ndarray, caption_tokens, num_classes,
-                       preprocess: PreprocessConfig, batch_size: int = 1000) -> float:
-    """Zero-shot top-1 accuracy with the template-ensemble text prototypes."""
+def zero_shot_correct(model, pixels: np.ndarray, labels: np.ndarray, caption_tokens, num_classes,
+                      preprocess: PreprocessConfig, batch_size: int = 1000) -> int:
+    """Images classified right zero-shot, with the template-ensemble text prototypes."""
     model.eval()
     prototypes = class_text_prototypes(model, caption_tokens, num_classes)
     mean, std = torch.tensor(preprocess.mean), torch.tensor(preprocess.std)
@@ -104,27 +101,43 @@ def zero_shot_accuracy(model, pixels: np.ndarray, labels: np.ndarray, caption_to
         batch = torch.from_numpy(pixels[start:start + batch_size])
         emb = model.encode_image(normalize_uint8_nhwc(batch, mean, std), normalize=True)
         correct += int((emb @ prototypes.T).argmax(1).eq(torch.from_numpy(labels[start:start + batch_size])).sum())
-    return correct / len(pixels)
+    return correct
 
 
-def effective_batch_size(num_images: int, batch_size: int) -> int:
-    """The configured batch, smaller for small image folders so that an epoch has >= 16 steps."""
-    return max(1, min(batch_size, max(16, num_images // 16)))
+def zero_shot_accuracy(model, pixels: np.ndarray, labels: np.ndarray, caption_tokens, num_classes,
+                       preprocess: PreprocessConfig, batch_size: int = 1000) -> float:
+    """Zero-shot top-1 accuracy with the template-ensemble text prototypes."""
+    return zero_shot_correct(model, pixels, labels, caption_tokens, num_classes, preprocess, batch_size) / len(pixels)
 
 
-def learning_rate_at(step: int, total: int, config: TrainConfig) -> float:
-    """Linear warm-up (at most a fifth of training, for small image folders) then cosine decay."""
-    warmup = max(1, min(config.warmup_steps, total // 5))
-    if step < warmup:
-        return config.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+class _Validation:
+    """Zero-shot validation passes, timed (the first one, before training, sizes the expected time)."""
+
+    def __init__(self, validation: LabelledImages | None, caption_tokens, preprocess: PreprocessConfig):
+        self.data, self.tokens, self.preprocess = validation, caption_tokens, preprocess
+        self.pixels = prepare_pixels(validation.images, preprocess) if validation is not None else None
+        self.seconds, self.correct = 0.0, None
+
+    def run(self, model) -> float | None:
+        """Accuracy now (None without validation data); the model is left in train mode."""
+        if self.data is None:
+            return None
+        started = time.perf_counter()
+        self.correct = zero_shot_correct(model, self.pixels, self.data.labels, self.tokens,
+                                         len(self.data.class_names), self.preprocess)
+        self.seconds = time.perf_counter() - started
+        model.train()
+        return self.correct / len(self.data)
 
 
 def train_model(train: LabelledImages, validation: LabelledImages | None, templates: list[str],
                 model_config: dict, preprocess: PreprocessConfig, config: TrainConfig,
-                output: Path) -> dict:
-    """Train, save the checkpoint to `output`, and return a summary (accuracies, time, sha256)."""
+                report: Callable[[str], None] = tqdm.write) -> dict:
+    """Train by the plan of `config` and return the model with its metadata (nothing is written).
+
+    `report` receives the plan, the expected time (measured over the first steps) and one JSON
+    line per validation pass. The returned ``validation`` is (correct, count) of the last pass.
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
@@ -133,42 +146,57 @@ def train_model(train: LabelledImages, validation: LabelledImages | None, templa
     caption_labels = torch.arange(num_classes).repeat_interleave(len(templates))
     model = CompactVocabCLIP(model_config, compact_vocabulary(caption_tokens))
     pixels = prepare_pixels(train.images, preprocess)
-    val_pixels = prepare_pixels(validation.images, preprocess) if validation is not None else None
+    checker = _Validation(validation, caption_tokens, preprocess)
     mean, std = torch.tensor(preprocess.mean), torch.tensor(preprocess.std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    batch_size = effective_batch_size(len(pixels), config.batch_size)
-    steps_per_epoch = len(pixels) // batch_size
-    total_steps = steps_per_epoch * config.epochs
-    history, step, started = [], 0, time.perf_counter()
+    plan = plan_training(len(pixels), config.batch_size, config.warmup_steps, config.steps, config.epochs)
+    report(describe_plan(plan, len(pixels), config.learning_rate) + f"; augmentation {config.augment}")
+    started_accuracy = checker.run(model)
+    history, started, timed = [], time.perf_counter(), []
     labels_all = torch.from_numpy(train.labels)
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(pixels), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
-        for batch_index in bar:
-            index = order[batch_index * batch_size:(batch_index + 1) * batch_size]
-            images = normalize_uint8_nhwc(augment(torch.from_numpy(pixels[index.numpy()]), generator), mean, std)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, config)
-            captions = sample_captions(num_classes, len(templates), config.templates_per_step, generator)
-            loss = contrastive_loss(model.encode_image(images), model.encode_text(caption_tokens[captions]),
-                                    labels_all[index], caption_labels[captions],
-                                    model.logit_scale.exp().clamp(max=100))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        entry = {"epoch": epoch + 1, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - started, 1)}
-        if val_pixels is not None:
-            entry["calib_zero_shot_accuracy"] = round(zero_shot_accuracy(
-                model, val_pixels, validation.labels, caption_tokens, num_classes, preprocess), 4)
-        history.append(entry)
-        tqdm.write(json.dumps(entry))
+    bar = tqdm(range(plan.steps), desc="train", unit="step")
+    order = torch.empty(0, dtype=torch.long)
+    for step in bar:
+        step_started = time.perf_counter()
+        position = (step % plan.steps_per_epoch) * plan.batch_size
+        if position == 0:
+            order = torch.randperm(len(pixels), generator=generator)
+        index = order[position:position + plan.batch_size]
+        images = normalize_uint8_nhwc(augment(torch.from_numpy(pixels[index.numpy()]), generator, config.augment),
+                                      mean, std)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, plan, config.learning_rate)
+        captions = sample_captions(num_classes, len(templates), config.templates_per_step, generator)
+        loss = contrastive_loss(model.encode_image(images), model.encode_text(caption_tokens[captions]),
+                                labels_all[index], caption_labels[captions], model.logit_scale.exp().clamp(max=100))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        if 1 <= step <= TIMED_STEPS:  # step 0 pays for first-call set-up
+            timed.append(time.perf_counter() - step_started)
+            if step == TIMED_STEPS or step + 1 == plan.steps:
+                report(describe_expected_time(sum(timed) / len(timed), len(timed), checker.seconds, plan))
+        if plan.is_evaluation_step(step):
+            entry = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 2),
+                     "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - started, 1)}
+            accuracy = checker.run(model)
+            if accuracy is not None:
+                entry["validation_zero_shot_accuracy"] = round(accuracy, 4)
+            history.append(entry)
+            report(json.dumps(entry))
+    bar.close()
     model.eval()
     metadata = {"class_names": list(train.class_names), "templates": templates,
-                "train_config": asdict(config), "preprocess": preprocess.to_dict(),
-                "logit_scale": float(model.logit_scale.exp().detach()), "history": history,
+                "train_config": asdict(config), "plan": plan.to_dict(), "augment": config.augment,
+                "preprocess": preprocess.to_dict(), "logit_scale": float(model.logit_scale.exp().detach()),
+                "history": history, "initial_validation_accuracy": started_accuracy,
                 "train_images": len(pixels), "train_seconds": round(time.perf_counter() - started, 1)}
-    sha256 = save_checkpoint(model, output, metadata)
-    return {**metadata, "checkpoint": str(output), "checkpoint_sha256": sha256, "model": model}
+    count = 0 if validation is None else len(validation)
+    return {**metadata, "model": model, "validation": (checker.correct, count)}
+
+
+def save_trained(result: dict, output: Path, extra: dict | None = None) -> str:
+    """Write the checkpoint of a :func:`train_model` result (metadata plus `extra`); return its sha256."""
+    metadata = {key: value for key, value in result.items() if key not in ("model", "validation")}
+    return save_checkpoint(result["model"], output, {**metadata, **(extra or {})})

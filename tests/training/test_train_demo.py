@@ -6,7 +6,8 @@ import torch
 from tests.conftest import require_fashion_mnist
 from trustvlm.data.fashion_mnist import load_split
 from trustvlm.models.compact_clip import CheckpointError, load_checkpoint
-from trustvlm.training.train_demo import augment, contrastive_loss
+from trustvlm.training.augment import augment
+from trustvlm.training.train_demo import contrastive_loss
 
 
 def test_contrastive_loss_by_hand():
@@ -29,7 +30,7 @@ def test_same_class_captions_are_not_negatives():
 
 def test_augment_keeps_shape_and_dtype_and_changes_pixels():
     pixels = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
-    out = augment(pixels, torch.Generator().manual_seed(1))
+    out = augment(pixels, torch.Generator().manual_seed(1), "flip")
     assert out.shape == pixels.shape and out.dtype == torch.uint8
     assert not torch.equal(out, pixels)
 
@@ -53,7 +54,7 @@ def test_trainer_learns_from_an_image_folder(tmp_path):
         folder.mkdir(parents=True)
         for i, index in enumerate(np.flatnonzero(train.labels == class_id)[:300]):
             cv2.imwrite(str(folder / f"{i}.png"), train.images[index])
-    summary = train_from_args(str(tmp_path / "data"), tmp_path / "domain.pt", epochs=3, seed=0)
+    summary = train_from_args(str(tmp_path / "data"), tmp_path / "domain.pt", epochs=3, seed=0, threads=1)
     model, metadata = load_checkpoint(tmp_path / "domain.pt")
     assert metadata["class_names"] == ["bag", "trouser"]
     accuracy = float(summary.split("zero-shot accuracy ")[1].split("%")[0])
