@@ -188,7 +188,7 @@ def render(results: dict) -> str:
                    "no core of its own and takes CPU the others needed. Replicas on machines of their own do not "
                    "compete with the gateway; there the limit is the gateway's CPU per frame (next point).")
     return f"""{MARK_BEGIN}
-## Cluster mode (`trustvlm serve --cluster`), measured by hand
+## 10. Cluster mode (`trustvlm serve --cluster`), measured by hand
 
 `{results['command']}` ({results['utc']}, {platform.machine()}, {os.cpu_count()} logical CPUs;
 load average {results['load_before']:.1f} before / {results['load_after']:.1f} after). **The machine was shared with

@@ -343,6 +343,17 @@ def frame_path(results: dict) -> str:
 SECTIONS = (header, targets, throughput, limit, head_cost, service, memory, build, int8, frame_path, gaps)
 
 
+#: Everything after this line of BENCHMARKS.md was measured by separate commands (each section says which);
+#: a `make bench` run rewrites what is above it and keeps what is below.
+KEPT_MARK = "<!-- sections below are measured by their own commands; make bench keeps them as they are -->"
+
+
+def with_kept_sections(rendered: str, previous: str) -> str:
+    """`rendered` followed by the part of the previous BENCHMARKS.md from :data:`KEPT_MARK` on (if any)."""
+    at = previous.find(KEPT_MARK)
+    return rendered if at < 0 else rendered.rstrip() + "\n\n" + previous[at:].rstrip() + "\n"
+
+
 def render_benchmarks(results: dict) -> str:
     """BENCHMARKS.md from the results of a CPU run (see :mod:`trustvlm.benchmarks.suite`)."""
     return "\n\n".join(text for text in (section(results) for section in SECTIONS) if text).rstrip() + "\n"

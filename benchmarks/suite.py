@@ -29,7 +29,7 @@ from pathlib import Path
 
 from trustvlm.benchmarks import bench_artifacts, build_times, e2e, encoder, flops, head_cost
 from trustvlm.benchmarks.machine import cpu_share_of_others, describe_machine, read_cpu_times
-from trustvlm.benchmarks.report_sections import render_benchmarks
+from trustvlm.benchmarks.report_sections import render_benchmarks, with_kept_sections
 from trustvlm.benchmarks.stats import Figure, time_calls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,11 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_report(output: Path, rendered: str) -> None:
+    """Write BENCHMARKS.md, keeping the sections measured by their own commands (see ``KEPT_MARK``)."""
+    output.write_text(with_kept_sections(rendered, output.read_text() if output.exists() else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CPU suite (or re-render a report) and write the files."""
     args = build_parser().parse_args(argv)
     if args.render is not None:
-        args.output.write_text(render_benchmarks(json.loads(args.render.read_text())))
+        _write_report(args.output, render_benchmarks(json.loads(args.render.read_text())))
         print(f"wrote {args.output} from {args.render}")
         return 0
     if args.repeats < 1 or args.threads < 1:
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     config.artifacts_root.mkdir(parents=True, exist_ok=True)
     results_path = config.artifacts_root / ("results.quick.json" if config.quick else "results.json")
     results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    config.output.write_text(render_benchmarks(results))
+    _write_report(config.output, render_benchmarks(results))
     print(f"wrote {config.output} and {results_path} in {results['total_s']:.0f} s")
     return 0
 

@@ -54,7 +54,7 @@ testing.
   ``rbar(t) > alpha`` and the whole argument holds exactly, conditional on the scores, for
   the in-sample risk ``rbar``. The gap between ``rbar(t)`` and the population ``R(t)`` at a
   score-chosen t is a sampling fluctuation; its effect on the violation rate is measured by
-  ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md section 8: at most
+  ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md section 9: at most
   3.8% violations at delta = 10% in 24 settings).
 * **What calibration uses.** ``trustvlm calibrate`` and ``trustvlm eval`` pass the scores of the
   lambda half of the held-out images as the grid (:func:`threshold_grid`): those images never

@@ -122,3 +122,14 @@ def test_render_benchmarks_names_the_steps_other_processes_slowed(results):
     assert "CPU taken by other processes during: end to end 21% + steal 1%" in text
     assert "exports 0%" not in text, "quiet steps are not listed"
     assert "| CPU taken by other processes / hypervisor steal over the run | 8.0% / 0.5% of the machine |" in text
+
+
+def test_a_rewrite_keeps_the_sections_measured_by_their_own_commands(results):
+    from trustvlm.benchmarks.report_sections import KEPT_MARK, with_kept_sections
+
+    previous = "old figures\n\n" + KEPT_MARK + "\n\n## 9. Measured by hand\n\n| a | 1 |\n"
+    text = with_kept_sections(render_benchmarks(results), previous)
+    assert "old figures" not in text
+    assert text.endswith(KEPT_MARK + "\n\n## 9. Measured by hand\n\n| a | 1 |\n")
+    assert text.startswith(render_benchmarks(results).rstrip())
+    assert with_kept_sections("new\n", "no mark here\n") == "new\n"
