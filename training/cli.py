@@ -130,7 +130,7 @@ def add_train_parser(subparsers) -> None:
                              "<folder name>.pt in the current folder for an image folder")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive(), default=None,
-                        help="optimisation steps; when not given, 8 epochs' worth, at least 600, at most 2000")
+                        help="optimisation steps; when not given, 8 epochs' worth, at least 1500, at most 2000")
     length.add_argument("--epochs", type=positive(), default=None, help="the run's length in epochs instead")
     parser.add_argument("--augment", default=DEFAULT_AUGMENT, choices=AUGMENT_POLICIES,
                         help="shift: random shifts of up to 3 pixels (safe for any image); flip: also mirror "

@@ -14,9 +14,10 @@ from trustvlm.training.schedule import learning_rate_at, plan_training
 def test_a_small_folder_gets_enough_steps_by_default():
     # Given 3,600 training images: batch 3600 // 16 = 225, 16 steps an epoch; 8 epochs would be 128 steps
     plan = plan_training(3600, batch_size=256, warmup_steps=200)
-    # then the run is the 600-step minimum, 37.5 epochs, warm-up a fifth of it
-    assert (plan.steps, plan.batch_size, plan.steps_per_epoch, plan.warmup_steps, plan.how) == (600, 225, 16, 120, "auto")
-    assert plan.epochs == 37.5 and plan.eval_every == 75
+    # then the run is the 1,500-step minimum, 93.75 epochs, warm-up 200 steps (a fifth of it would be 300)
+    assert (plan.steps, plan.batch_size, plan.steps_per_epoch, plan.warmup_steps, plan.how) == (1500, 225, 16, 200,
+                                                                                                "auto")
+    assert plan.epochs == 93.75 and plan.eval_every == 188
 
 
 def test_fashion_mnist_keeps_its_eight_epochs_and_a_huge_folder_is_capped():
