@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from trustvlm.contract.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE, BundleError, read_bundle_info
+from trustvlm.contract.ood_gate import OOD_GATE_FILE
 from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
 
 __all__ = ["PayloadError", "BundlePayload", "collect_payload", "materialize_payload"]
@@ -76,7 +77,8 @@ def collect_payload(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathL
     for name in (encoder, f"{encoder}.data"):  # an ONNX file over 2 GB keeps its weights beside it
         if name == encoder or (artifacts / name).exists():
             _read(artifacts / name, f"{ARTIFACTS_FOLDER}/{name}", files, digests)
-    for name in (BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE):
+    names = [BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE] + ([OOD_GATE_FILE] if info.ood_gate is not None else [])
+    for name in names:
         _read(bundle / name, f"{BUNDLE_FOLDER}/{name}", files, digests)
     return BundlePayload(bundle_id, files, digests)
 

@@ -293,10 +293,15 @@ class TrustService:
             self.publisher.stop()
 
     def _submit(self, items: list[ReceivedFrame | Notice]) -> tuple:
-        """Start decoding the batch's frames with the current scorer's preprocessing (it scores them too)."""
+        """Start decoding the batch's frames with the current scorer's preprocessing (it scores them too).
+
+        A scorer without ``tower_preprocess`` decodes the frames itself (the cluster scorer's replicas
+        do): its frames skip the pool.
+        """
         scorer: BundleScorer = self.slot.current()
         frames = [item for item in items if isinstance(item, ReceivedFrame)]
-        return items, scorer, self.decode.submit(frames, scorer) if frames else None
+        decodes_here = hasattr(scorer, "tower_preprocess")
+        return items, scorer, self.decode.submit(frames, scorer) if frames and decodes_here else None
 
     def _decide(self, items: list[ReceivedFrame | Notice], scorer: BundleScorer,
                 prepared: PendingBatch | None) -> None:
@@ -305,16 +310,20 @@ class TrustService:
         if frames:
             started = time.perf_counter()
             try:
-                pixels = prepared.result()  # the workers' part: not timed as the batch's
-                started = time.perf_counter()
-                decisions = scorer.decide(frames, pixels)
+                if prepared is None:  # a scorer that decodes its frames itself
+                    decisions = scorer.decide(frames)
+                else:
+                    pixels = prepared.result()  # the workers' part: not timed as the batch's
+                    started = time.perf_counter()
+                    decisions = scorer.decide(frames, pixels)
             except Exception as error:  # a bug, not a bad frame: still answer every frame
                 log.exception("scoring a batch failed")
                 decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
                              for frame in frames]
             errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
             encode_s = time.perf_counter() - started
-            self.decode.record(prepared.decode_s, encode_s)
+            if prepared is not None:
+                self.decode.record(prepared.decode_s, encode_s)
             self.observer.on_batch(len(frames), encode_s, errors[0] if errors else None)
             if errors and not self.health.degraded:
                 log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])

@@ -13,7 +13,8 @@ from trustvlm.contract.bundle import BundleError
 from trustvlm.runtime.scorer import ScorerConfig, load_scorer
 
 ARTIFACT_FILES = {"artifacts/manifest.json", "artifacts/image_encoder.onnx"}
-BUNDLE_FILES = {"bundle/bundle.json", "bundle/prototypes.npz", "bundle/trust_head.onnx"}
+# the fault bundle has an out-of-distribution gate
+BUNDLE_FILES = {"bundle/bundle.json", "bundle/prototypes.npz", "bundle/trust_head.onnx", "bundle/ood_gate.onnx"}
 
 
 @pytest.fixture
