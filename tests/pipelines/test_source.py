@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -107,54 +108,14 @@ def decision_for(camera: str, seq: int) -> bytes:
                                        "trustvlm", "m", "b"))
 
 
-def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
-    # Given a PUB socket standing in for the service, and a window of 2 frames for camera 'cam'
+@contextlib.contextmanager
+def service_stand_in(zmq_context):
+    """A PUB socket standing in for the service, sending heartbeats until the test is over (however long the
+    subscription takes to reach it): yields (socket, endpoint)."""
     pub = zmq_context.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
-    # (the answer timeout is long while decisions are expected, so a busy machine cannot turn one into a timeout)
-    pacer = DecisionWindowPacer(endpoint, "cam", 2, zmq_context, answer_timeout_ms=60_000)
-    stop, beating = threading.Event(), threading.Event()
-
-    def beat():  # heartbeats until the test is over, however long the subscription takes to reach the PUB socket
-        while not beating.wait(0.02):
-            pub.send_multipart([HEALTH_TOPIC, encode_body(HealthMessage(HealthStatus.OK, 0, 0.0, "m", "b", 0.5, 0))])
-
-    heartbeats = threading.Thread(target=beat)
-    heartbeats.start()
-    try:
-        pacer.wait_ready(5, stop)
-        # When 2 frames are sent: the window is full
-        pacer.wait_turn(stop)
-        pacer.on_sent(0)
-        pacer.wait_turn(stop)
-        pacer.on_sent(1)
-        assert set(pacer.in_flight) == {0, 1}
-        # And a decision of 'cam10' (same topic prefix) and of 'cam' seq 0 arrive
-        pub.send_multipart([topic_for("cam10"), decision_for("cam10", 1)])
-        pub.send_multipart([topic_for("cam"), decision_for("cam", 0)])
-        pacer.wait_turn(stop)
-        # Then only seq 0 is answered; the turn comes without a timeout
-        assert set(pacer.in_flight) == {1} and pacer.timeouts == 0
-        # When no decision comes for the next frames, the window gives up on them after the answer timeout
-        pacer.answer_timeout_s = 0.3
-        pacer.on_sent(2)
-        pacer.wait_turn(stop)
-        assert pacer.in_flight == {} and pacer.timeouts == 2
-    finally:
-        beating.set()
-        heartbeats.join()
-        pacer.close()
-        pub.close()
-
-
-def test_a_run_of_dropped_frames_answers_each_of_its_frames_in_the_window(zmq_context):
-    # Given a window of 4 frames of 'cam', all sent and unanswered
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
-    pacer = DecisionWindowPacer(endpoint, "cam", 4, zmq_context, answer_timeout_ms=60_000)
-    stop, beating = threading.Event(), threading.Event()
+    beating = threading.Event()
 
     def beat():
         while not beating.wait(0.02):
@@ -163,21 +124,59 @@ def test_a_run_of_dropped_frames_answers_each_of_its_frames_in_the_window(zmq_co
     heartbeats = threading.Thread(target=beat)
     heartbeats.start()
     try:
-        pacer.wait_ready(5, stop)
-        for seq in range(4):
-            pacer.on_sent(seq)
-        # When one schema-1.2 message answers seq 0..2 as a run of dropped frames
-        now = time.time_ns()
-        run = DecisionMessage("cam", 0, now, now, Decision.DEFER, Reason.DROPPED, 0.5, "trustvlm", "m", "b",
-                              seq_last=2, frames=3)
-        pub.send_multipart([topic_for("cam"), encode_body(run)])
-        deadline = time.monotonic() + 10
-        while set(pacer.in_flight) != {3} and time.monotonic() < deadline:
-            pacer._receive(0.1)
-        # Then only seq 3 is still waiting for its decision
-        assert set(pacer.in_flight) == {3}
+        yield pub, endpoint
     finally:
         beating.set()
         heartbeats.join()
-        pacer.close()
         pub.close()
+
+
+def test_decision_window_keeps_at_most_n_frames_unanswered(zmq_context):
+    # Given a service stand-in, and a window of 2 frames for camera 'cam'
+    # (the answer timeout is long while decisions are expected, so a busy machine cannot turn one into a timeout)
+    with service_stand_in(zmq_context) as (pub, endpoint):
+        pacer = DecisionWindowPacer(endpoint, "cam", 2, zmq_context, answer_timeout_ms=60_000)
+        stop = threading.Event()
+        try:
+            pacer.wait_ready(5, stop)
+            # When 2 frames are sent: the window is full
+            pacer.wait_turn(stop)
+            pacer.on_sent(0)
+            pacer.wait_turn(stop)
+            pacer.on_sent(1)
+            assert set(pacer.in_flight) == {0, 1}
+            # And a decision of 'cam10' (same topic prefix) and of 'cam' seq 0 arrive
+            pub.send_multipart([topic_for("cam10"), decision_for("cam10", 1)])
+            pub.send_multipart([topic_for("cam"), decision_for("cam", 0)])
+            pacer.wait_turn(stop)
+            # Then only seq 0 is answered; the turn comes without a timeout
+            assert set(pacer.in_flight) == {1} and pacer.timeouts == 0
+            # When no decision comes for the next frames, the window gives up on them after the answer timeout
+            pacer.answer_timeout_s = 0.3
+            pacer.on_sent(2)
+            pacer.wait_turn(stop)
+            assert pacer.in_flight == {} and pacer.timeouts == 2
+        finally:
+            pacer.close()
+
+
+def test_a_run_of_dropped_frames_answers_each_of_its_frames_in_the_window(zmq_context):
+    # Given a window of 4 frames of 'cam', all sent and unanswered
+    with service_stand_in(zmq_context) as (pub, endpoint):
+        pacer = DecisionWindowPacer(endpoint, "cam", 4, zmq_context, answer_timeout_ms=60_000)
+        try:
+            pacer.wait_ready(5, threading.Event())
+            for seq in range(4):
+                pacer.on_sent(seq)
+            # When one schema-1.2 message answers seq 0..2 as a run of dropped frames
+            now = time.time_ns()
+            run = DecisionMessage("cam", 0, now, now, Decision.DEFER, Reason.DROPPED, 0.5, "trustvlm", "m", "b",
+                                  seq_last=2, frames=3)
+            pub.send_multipart([topic_for("cam"), encode_body(run)])
+            deadline = time.monotonic() + 10
+            while set(pacer.in_flight) != {3} and time.monotonic() < deadline:
+                pacer._receive(0.1)
+            # Then only seq 3 is still waiting for its decision
+            assert set(pacer.in_flight) == {3}
+        finally:
+            pacer.close()
