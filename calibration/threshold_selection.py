@@ -38,9 +38,10 @@ testing.
   on m, alpha and delta only). Each walks down every distinct calibration score below its
   start. The lowest rejected threshold of all (the largest coverage) is returned.
 * **The grid.** With ``grid=`` (thresholds fixed independently of the calibration sample, e.g.
-  scores of other images from the same camera) the sequences walk the grid instead, starting
-  at its points of rank ``ceil(G * n_start / m)`` (highest first, G grid points): where a grid
-  sampled like the calibration data would accept the same counts. Grid and starts then depend
+  scores of other images from the same camera) the sequences walk the grid instead, each
+  starting at the grid point that accepts ``ceil(G * (n_start + 3 sqrt(n_start)) / m)`` of the G
+  grid samples: where a grid sampled like the calibration data would accept a few standard
+  deviations more than the start's count (:func:`_grid_start`). Grid and starts then depend
   on nothing in the calibration data but its size, and the argument above is exact as
   written (a grid point with too few accepted samples to be rejected stops its sequence, as
   it must). The default grid and starts use the calibration *scores*
@@ -178,13 +179,28 @@ def ltt_block(accepted: np.ndarray, errors: np.ndarray, alpha: float, delta: flo
     return best, level
 
 
+def _grid_start(raw: np.ndarray, thresholds: np.ndarray, n_start: int, m: int) -> int:
+    """Index in `thresholds` (distinct, highest first) where a sequence meant to start at `n_start` accepted starts.
+
+    The grid point that accepts ``ceil(G * target / m)`` of the G grid samples (ties counted), with
+    ``target = n_start + ceil(3 sqrt(n_start))``: a grid sampled like the calibration data then accepts
+    about `target` calibration samples there, about three standard deviations above `n_start`, the fewest
+    that can reject. Without the margin a start sits at the edge and half the time cannot reject, which
+    ends its sequence at once. It depends on the grid, m, alpha and delta only.
+    """
+    target = min(m, n_start + math.ceil(3 * math.sqrt(n_start)))
+    value = raw[max(1, min(raw.size, math.ceil(raw.size * target / m))) - 1]
+    return int(np.flatnonzero(thresholds == value)[0])
+
+
 def _select_ltt(conf: np.ndarray, corr: np.ndarray, alpha: float, delta: float, grid) -> ThresholdChoice:
     m = int(conf.shape[0])
     if grid is None:
         thresholds, accepted, errors = score_blocks(conf, corr)
         best, level = ltt_block(accepted, errors, alpha, delta)
     else:
-        thresholds = np.unique(np.asarray(grid, dtype=np.float64))[::-1]  # highest first
+        raw = np.sort(np.asarray(grid, dtype=np.float64).ravel())[::-1]  # highest first, ties kept
+        thresholds = np.unique(raw)[::-1]
         if thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
             raise ValueError("grid should hold at least one finite threshold")
         order = np.sort(conf)
@@ -193,8 +209,7 @@ def _select_ltt(conf: np.ndarray, corr: np.ndarray, alpha: float, delta: float, 
         wrong_from = np.r_[np.cumsum((~corr[np.argsort(conf, kind="mergesort")])[::-1])[::-1], 0]
         errors = wrong_from[first].astype(np.int64)
         starts, level = sequence_starts(m, alpha, delta)
-        # grid ranks ceil(G * n_start / m): where a grid sampled like the data would accept n_start
-        ranks = sorted({max(0, math.ceil(thresholds.size * n_start / m) - 1) for n_start in starts})
+        ranks = sorted({_grid_start(raw, thresholds, n_start, m) for n_start in starts})
         critical = binomial_critical_errors(m, alpha, level)
         best = max([-1] + [_fixed_sequence(accepted, errors, critical, rank) for rank in ranks if rank < thresholds.size])
     if best < 0:

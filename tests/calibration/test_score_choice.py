@@ -143,3 +143,12 @@ def test_threshold_grid_keeps_finite_independent_scores_for_ltt_only():
     right = rng.random(3000) < 0.6 + 0.4 * conf
     choice = select_threshold(conf, right, 0.1, 0.1, grid=threshold_grid(grid))
     assert choice.feasible and choice.threshold in set(grid.tolist())
+
+
+def test_a_small_error_free_calibration_set_is_feasible_on_an_independent_grid():
+    # 145 threshold-half images, all right, and a grid of 145 scores of other images: a start placed at the
+    # edge of the fewest samples that can reject would fail about half the time; it must pass
+    rng = np.random.default_rng(3)
+    passed = sum(select_threshold(rng.random(145), np.ones(145, bool), 0.05, 0.1, grid=rng.random(145)).feasible
+                 for _ in range(50))
+    assert passed >= 45
