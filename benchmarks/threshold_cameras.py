@@ -57,7 +57,7 @@ def measure_camera(artifacts: Path, camera: str, work: Path, alpha: float, delta
     rows = []
     for method in THRESHOLD_METHODS:
         bundle = calibrate(artifacts, data, work / f"bundle_{camera}_{method}", k=shots, alpha=alpha, delta=delta,
-                           image_root=image_root, threshold_method=method)
+                           image_root=image_root, threshold_method=method, score="trustvlm")
         info = bundle.info
         scores = compute_scores(embeddings, bundle.text_prototypes.astype(np.float64),
                                 bundle.image_prototypes.astype(np.float64), logit_scale, info.lam, info.temperature)
