@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported when augmenting, so `trustvlm --help` and `serve` never load it
+    import torch
 
 AUGMENT_POLICIES = ("shift", "flip", "none")
 DEFAULT_AUGMENT = "shift"
@@ -27,6 +29,9 @@ def augment(pixels: torch.Tensor, generator: torch.Generator, policy: str = DEFA
         raise ValueError(f"augmentation policy should be one of {AUGMENT_POLICIES}, but got {policy!r}")
     if policy == "none":
         return pixels
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415, N812
+
     if policy == "flip":
         flip = torch.rand(len(pixels), generator=generator) < 0.5
         pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(2), pixels)
