@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from trustvlm.contract.files import json_safe
+from trustvlm.contract.files import check_record_keys, json_safe
 from trustvlm.contract.manifest import TOWERS
 
 __all__ = ["BundleError", "BundleMismatchError", "rebuild_hint", "AuxEncoderInfo", "engine_sha256"]
@@ -61,10 +61,7 @@ class AuxEncoderInfo:
     @classmethod
     def from_dict(cls, data: dict) -> "AuxEncoderInfo":
         """Inverse of :meth:`to_dict`; ValueError on missing or unknown keys."""
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if unknown or missing:
-            raise ValueError(f"aux_encoder: unknown keys {unknown}, missing keys {missing}")
+        check_record_keys(cls, data, "aux_encoder")
         return cls(**{**data, "embed_dim": int(data["embed_dim"]), "preprocess": dict(data["preprocess"])})
 
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NON_FINITE_MODES", "json_safe", "sha256_file", "write_json_atomic", "stage_beside", "staged_folder"]
+__all__ = ["NON_FINITE_MODES", "check_record_keys", "json_safe", "sha256_file", "write_json_atomic", "stage_beside", "staged_folder"]
 
 #: How :func:`json_safe` writes NaN and infinities: as the strings 'nan', 'inf', '-inf' (``"text"``,
 #: which :func:`float` reads back) or as JSON null (``"null"``, for summaries read by other tools).
@@ -147,3 +149,15 @@ def _swap_into_place(stage: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_record_keys(record_type, data: dict, what: str) -> None:
+    """Refuse a dict read from a file unless its keys are exactly the fields of the dataclass `record_type`.
+
+    Raises:
+        ValueError: naming `what`, the unknown keys and the missing ones.
+    """
+    names = {f.name for f in dataclasses.fields(record_type)}
+    unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+    if unknown or missing:
+        raise ValueError(f"{what}: unknown keys {unknown}, missing keys {missing}")

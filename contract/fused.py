@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from trustvlm.contract.files import check_record_keys
+
 __all__ = ["FUSED_FEATURES", "FusedModel"]
 
 #: The features of each fused score, in the order of its coefficients.
@@ -91,10 +93,7 @@ class FusedModel:
     @classmethod
     def from_dict(cls, data: dict) -> "FusedModel":
         """Inverse of :meth:`to_dict`; ValueError on missing or unknown keys or bad values."""
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if unknown or missing:
-            raise ValueError(f"fused model: unknown keys {unknown}, missing keys {missing}")
+        check_record_keys(cls, data, "fused model")
         return cls(score=str(data["score"]), features=tuple(map(str, data["features"])),
                    mean=tuple(map(float, data["mean"])), scale=tuple(map(float, data["scale"])),
                    coef=tuple(map(float, data["coef"])), intercept=float(data["intercept"]),

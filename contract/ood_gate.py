@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from trustvlm.contract.files import json_safe
+from trustvlm.contract.files import check_record_keys, json_safe
 
 __all__ = ["OOD_GATE_FILE", "GATE_PIXELS_INPUT", "GATE_EMBEDDING_INPUT", "GATE_OUTPUT", "COMPONENTS",
            "FRAME_FEATURES", "OodGateInfo"]
@@ -92,10 +92,7 @@ class OodGateInfo:
     @classmethod
     def from_dict(cls, data: dict) -> "OodGateInfo":
         """Inverse of :meth:`to_dict`; ValueError on missing or unknown keys."""
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if unknown or missing:
-            raise ValueError(f"ood_gate: unknown keys {unknown}, missing keys {missing}")
+        check_record_keys(cls, data, "ood_gate")
         return cls(components=tuple(data["components"]), threshold=float(data["threshold"]),
                    false_reject_rate=float(data["false_reject_rate"]), fit_images=int(data["fit_images"]),
                    threshold_images=int(data["threshold_images"]),
