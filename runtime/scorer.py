@@ -38,7 +38,6 @@ import os
 import threading
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from trustvlm.contract.bundle import (BundleError, PrototypeBundle, load_bundle,
@@ -46,9 +45,10 @@ from trustvlm.contract.bundle import (BundleError, PrototypeBundle, load_bundle,
 from trustvlm.contract.manifest import model_name, read_manifest
 from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
                                       score_spec)
+from trustvlm.runtime.decode_pool import FramePreparer
 from trustvlm.runtime.engines import ONNXRUNTIME, backend_spec, device_of
 from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+from trustvlm.runtime.image_codec import decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.ood_gate import open_ood_gate
@@ -155,6 +155,7 @@ class BundleScorer:
                               f"{expected}, got {inputs} and {names}")
         self.head_outputs = tuple(names)
         self.gate = open_ood_gate(bundle, config.providers, config.allow_fallback, config.threads, config.max_batch)
+        self._prepare = FramePreparer()
         self.class_names = info.class_names
         self.score_name = info.score
         self.score = score_spec(info.score)
@@ -258,14 +259,11 @@ class BundleScorer:
         are deferred with the reason.
         """
         decisions: list[DecisionMessage | None] = [None] * len(frames)
+        if prepared is None:  # the pool's preparer, on this thread: the same decode errors become the same notices
+            towers = self.tower_preprocess()
+            prepared = [self._prepare(frame, towers) for frame in frames]
         pixels, rows = [], []
-        for index, frame in enumerate(frames):
-            try:
-                item = prepared[index] if prepared is not None else self.preprocess_frame(frame)
-            except FrameDecodeError as error:
-                item = Notice.for_frame(frame, error.reason, str(error))
-            except (ValueError, cv2.error) as error:
-                item = Notice.for_frame(frame, Reason.BAD_SHAPE, f"preprocess: {error}")
+        for index, item in enumerate(prepared):
             if isinstance(item, Notice):
                 decisions[index] = self.defer(item)
             else:
