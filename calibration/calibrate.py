@@ -42,7 +42,7 @@ from trustvlm.calibration.fused_score import fused_confidence
 from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe, encode_images,
                                                    prototypes_from_embeddings, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
-from trustvlm.calibration.numerics import l2_normalize, softmax
+from trustvlm.calibration.numerics import softmax
 from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, check_gate_args, fit_calibration_gate
 from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shots, load_pool, read_class_names
 from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
@@ -161,10 +161,8 @@ def probs_and_similarities(embeddings: np.ndarray, text: np.ndarray, image: np.n
 
     The cosines use `aux_embeddings` when the prototypes come from an auxiliary encoder.
     """
-    f = l2_normalize(embeddings, axis=1, name="image embeddings")
-    g = f if aux_embeddings is None else l2_normalize(aux_embeddings, axis=1, name="auxiliary image embeddings")
-    t, p = l2_normalize(text, axis=1), l2_normalize(image, axis=1)
-    return softmax(logit_scale * f @ t.T, axis=1), g @ p.T
+    logits, sims = logits_and_similarities(embeddings, text, image, logit_scale, aux_embeddings)
+    return softmax(logits, axis=1), sims
 
 
 def choose_score_lambda(score: str, embeddings: np.ndarray, labels: np.ndarray, text: np.ndarray,
