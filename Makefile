@@ -102,7 +102,7 @@ models: setup ## list the model registry
 	$(PY) -m trustvlm models
 
 demo-model: setup ## retrain the embedded demo model (about 10 minutes on 2 cores)
-	$(PY) -m trustvlm train-demo --augment flip --output models/checkpoints/demo_fmnist.pt
+	$(PY) -m trustvlm train-demo --augment flip --epochs 8 --output models/checkpoints/demo_fmnist.pt
 
 test: setup ## run the test suite (all but the heavy registry walk)
 	$(PY) -m pytest -q -m "not heavy"

@@ -130,12 +130,13 @@ def add_train_parser(subparsers) -> None:
                              "<folder name>.pt in the current folder for an image folder")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive(), default=None,
-                        help="optimisation steps; when not given, 8 epochs' worth, at least 1500, at most 2000")
+                        help="optimisation steps; when not given, 8 epochs' worth, at least 2000, at most 4000")
     length.add_argument("--epochs", type=positive(), default=None, help="the run's length in epochs instead")
     parser.add_argument("--augment", default=DEFAULT_AUGMENT, choices=AUGMENT_POLICIES,
-                        help="shift: random shifts of up to 3 pixels (safe for any image); flip: also mirror "
-                             "half the images (only for mirror-symmetric classes: never digits, text or signs; "
-                             "the shipped Fashion-MNIST model used it); none")
+                        help="shift-erase: each image moved by up to 3 pixels and half of them with a square "
+                             "erased (safe for any image); shift: one shift of up to 3 pixels per batch; flip: "
+                             "mirror half the images, then shift (only for mirror-symmetric classes: never "
+                             "digits, text or signs; the shipped Fashion-MNIST model used it); none")
     parser.add_argument("--keep-weak", action="store_true",
                         help="write the checkpoint even when validation accuracy is not clearly above chance "
                              "(marked weak in its metadata)")

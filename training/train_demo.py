@@ -43,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = 200
     seed: int = 0
     threads: int = 2
-    steps: int | None = None   # None: automatic (8 epochs' worth, clipped to [1500, 2000] steps)
+    steps: int | None = None   # None: automatic (8 epochs' worth, clipped to [2000, 4000] steps)
     epochs: int | None = None  # the length in epochs instead of steps
     augment: str = DEFAULT_AUGMENT
 

@@ -14,16 +14,17 @@ from trustvlm.training.schedule import learning_rate_at, plan_training
 def test_a_small_folder_gets_enough_steps_by_default():
     # Given 3,600 training images: batch 3600 // 16 = 225, 16 steps an epoch; 8 epochs would be 128 steps
     plan = plan_training(3600, batch_size=256, warmup_steps=200)
-    # then the run is the 1,500-step minimum, 93.75 epochs, warm-up 200 steps (a fifth of it would be 300)
-    assert (plan.steps, plan.batch_size, plan.steps_per_epoch, plan.warmup_steps, plan.how) == (1500, 225, 16, 200,
+    # then the run is the 2,000-step minimum, 125 epochs, warm-up 200 steps (a fifth of it would be 400)
+    assert (plan.steps, plan.batch_size, plan.steps_per_epoch, plan.warmup_steps, plan.how) == (2000, 225, 16, 200,
                                                                                                 "auto")
-    assert plan.epochs == 93.75 and plan.eval_every == 188
+    assert plan.epochs == 125 and plan.eval_every == 250
 
 
-def test_fashion_mnist_keeps_its_eight_epochs_and_a_huge_folder_is_capped():
-    plan = plan_training(55000, batch_size=256, warmup_steps=200)
-    assert (plan.steps, plan.warmup_steps) == (8 * (55000 // 256), 200)  # 1,712: the shipped demo's schedule
-    assert plan_training(1_000_000, batch_size=256, warmup_steps=200).steps == 2000
+def test_eight_epochs_run_between_the_minimum_and_the_cap():
+    assert plan_training(55000, batch_size=256, warmup_steps=200).steps == 2000  # 8 epochs would be 1,712
+    assert plan_training(55000, 256, 200, epochs=8).steps == 8 * (55000 // 256)  # the shipped demo's schedule
+    assert plan_training(100_000, batch_size=256, warmup_steps=200).steps == 8 * (100_000 // 256)  # 3,120
+    assert plan_training(1_000_000, batch_size=256, warmup_steps=200).steps == 4000
 
 
 def test_steps_or_epochs_when_given_not_both():
@@ -77,3 +78,28 @@ def test_only_the_flip_policy_mirrors_images():
         augment(pixels, torch.Generator(), "rotate")
     assert np.array_equal(augment(pixels, torch.Generator().manual_seed(3), "shift")[:, :, :13].numpy(),
                           np.full((64, 32, 13, 3), 255, np.uint8))
+
+
+def test_shift_erase_moves_each_image_on_its_own_and_occludes_about_half():
+    # Given 400 images of random pixels (a shifted copy matches the original at one offset only)
+    pixels = torch.randint(0, 256, (400, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = augment(pixels, torch.Generator().manual_seed(1), "shift-erase").numpy()
+    padded = np.pad(pixels.numpy(), ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+    offsets, erased = set(), 0
+    for i in range(len(out)):
+        # Then each image is its original moved by at most 3 pixels...
+        matches = {(dy, dx): (out[i] == padded[i, dy:dy + 32, dx:dx + 32]).all(axis=2).mean()
+                   for dy in range(7) for dx in range(7)}
+        offset, share = max(matches.items(), key=lambda item: item[1])
+        assert share >= 1 - 121 / 1024 - 0.01, f"image {i}: no offset explains it ({share:.3f})"
+        offsets.add(offset)
+        if share < 1:
+            # ...except inside one erased square, which holds the image's mean
+            differing = ~(out[i] == padded[i, offset[0]:offset[0] + 32, offset[1]:offset[1] + 32]).all(axis=2)
+            rows, cols = np.nonzero(differing)
+            assert rows.max() - rows.min() <= 10 and cols.max() - cols.min() <= 10
+            fill = out[i][differing].ravel()
+            assert np.all(fill == fill[0]) and abs(int(fill[0]) - pixels[i].float().mean().item()) <= 3
+            erased += 1
+    assert len(offsets) > 20, "every image gets its own offset, not one per batch"
+    assert 140 <= erased <= 260, f"about half the images occluded, got {erased} of 400"

@@ -30,7 +30,7 @@ def test_a_model_at_chance_is_refused_and_no_checkpoint_written(noise_folder, tm
     out, err = capsys.readouterr()
     # then: the plan and the expected time were printed, the exit is non-zero with one line, nothing written
     assert "plan: 4 steps (--steps) of 16 images" in out and "expected time:" in out, out
-    assert "augmentation shift" in out, out
+    assert "augmentation shift-erase" in out, out
     assert status == 1
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "NOT clearly above chance" in errors[0] and "--keep-weak" in errors[0], err
