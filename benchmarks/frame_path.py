@@ -12,12 +12,15 @@ each through a fresh ``trustvlm serve`` on loopback with the old path (``--decod
 --decode-scale full``: the scoring thread decodes every frame at full size) and the new default
 (a decode pool of one worker per core, pipelined with the encoder; reduced decode when the export
 passed ``trustvlm decode-gate``, which this command runs first unless ``--no-gate``), and the new
-default with ``--dropped-runs`` (one message per run of superseded frames), and with
-``--max-superseded-per-take 32`` (the ingest waits for scoring under a flood). Reported:
+default with ``--dropped-runs`` (one message per run of superseded frames), and without the ingest's
+wait for scoring under a flood (``--max-superseded-per-take 0``, as the old path). Reported:
 scored frames/s over the measured window (decisions received, by receive time), p50/p99 latency
 from capture (the send time) to the decision's arrival, outcomes, and the ``decode_calls`` counter
-of the last heartbeat. Beside them, the machine's decode ceiling: decode-only frames/s of one
-thread x the cores, full and reduced, and measured with one thread per core.
+of the last heartbeat, and the cores the service and the benchmark's own cameras used (CPU time over
+wall time). Beside them, the machine's decode ceiling: decode-only frames/s of one thread x the
+cores, full and reduced, and measured with one thread per core; and the frame path's ceiling without
+sockets: the pool decoding batches of 4 frames while the real scorer scores the batch before, in
+this process.
 
 The cameras and the subscriber run in this process, on the same cores as the service: figures
 are relative (old against new, same run); re-run it on a quiet machine for absolute ones.
@@ -39,12 +42,12 @@ import numpy as np
 SIZES = {"768x576": (768, 576), "1920x1080": (1920, 1080)}
 CAMERA_COUNTS = (4, 8)
 MODES = ("paced", "flood")
-PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full"), "new": (), "new+runs": ("--dropped-runs",),
-         "new+wait": ("--max-superseded-per-take", "32")}
+PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full", "--max-superseded-per-take", "0"), "new": (),
+         "new+runs": ("--dropped-runs",), "new-nowait": ("--max-superseded-per-take", "0")}
 #: Messages the cameras' PUSH socket queues: a camera that keeps only its newest few frames, as latest-frame-wins wants.
 SEND_HWM = 16
 PACED_FPS_PER_CAMERA = 150.0
-SCORED = ("meets_threshold", "below_threshold", "no_threshold")
+SCORED = ("meets_threshold", "below_threshold", "no_threshold", "out_of_distribution")
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
@@ -83,6 +86,22 @@ class CaseResult:
     decode_calls: int | None
     rss_mib: tuple[float, ...]
     encoder_busy: float
+    service_cores: float = float("nan")
+    camera_cores: float = float("nan")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of process `pid` (default: this one) from /proc (NaN where unreadable)."""
+    import os  # noqa: PLC0415
+
+    try:
+        if pid is None:
+            times = os.times()
+            return times.user + times.system
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], size: str, cameras: int, mode: str,
@@ -115,7 +134,7 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
         interval = 1.0 / (PACED_FPS_PER_CAMERA * cameras)
         sent = refused = scored = 0
         latencies, outcomes, health, rss, beats = [], {}, None, [], []
-        next_rss = started
+        next_rss, cpu = started, None
         while (now := time.monotonic()) < end:
             if mode == "paced":
                 due = int((now - started) / interval) + 1 - sent
@@ -155,13 +174,18 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
             if now >= next_rss:
                 rss.append(round(read_rss_mib(service.pid)[0], 1))
                 next_rss += 1.0
+            if cpu is None and now >= measure_from:
+                cpu = (now, cpu_seconds(service.pid), cpu_seconds())
+        wall = time.monotonic() - cpu[0] if cpu else float("nan")
+        service_cores = (cpu_seconds(service.pid) - cpu[1]) / wall if cpu else float("nan")
+        camera_cores = (cpu_seconds() - cpu[2]) / wall if cpu else float("nan")
         offered = sent / (time.monotonic() - started)
         decode_calls = None if health is None else health.counters.get("decode_calls")
         busy = ((beats[-1][1] - beats[0][1]) / 1e6 / ((beats[-1][0] - beats[0][0]) / 1e9)
                 if len(beats) > 1 and beats[-1][0] > beats[0][0] else float("nan"))
         return CaseResult(size, cameras, mode, path, round(offered, 1), refused, round(scored / measure_s, 1),
                           round(percentile(latencies, 50), 1), round(percentile(latencies, 99), 1), outcomes,
-                          decode_calls, tuple(rss), round(busy, 3))
+                          decode_calls, tuple(rss), round(busy, 3), round(service_cores, 2), round(camera_cores, 2))
     finally:
         push.close()
         sub.close()
@@ -199,6 +223,30 @@ def decode_ceiling(jpegs: list[bytes], min_side: int, workers: int, seconds: flo
     return result
 
 
+def scoring_ceiling(artifacts: Path, bundle: Path, jpegs: list[bytes], seconds: float = 3.0, batch: int = 4) -> dict:
+    """Frames/s of decode + resize + scoring without sockets: the pool (default size) prepares batch n+1 while the
+    real scorer (configured as the service runs it beside the pool) scores batch n, in this process."""
+    from trustvlm.runtime.decode_pool import DecodeConfig, DecodePool  # noqa: PLC0415
+    from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame  # noqa: PLC0415
+    from trustvlm.runtime.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
+
+    pool = DecodePool(DecodeConfig())
+    scorer = load_scorer(artifacts, bundle, ScorerConfig().beside_decode_pool(pool.pipelined))
+    frames = [ReceivedFrame(FrameHeader(f"cam{i}", 0, time.time_ns(), Encoding.JPEG), jpegs[i % len(jpegs)],
+                            time.time_ns()) for i in range(batch)]
+    try:
+        pending, done = pool.submit(frames, scorer), 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            following = pool.submit(frames, scorer)
+            scorer.decide(frames, pending.result())
+            pending, done = following, done + batch
+        return {"frames_per_s": round(done / (time.monotonic() - started), 1), "batch": batch,
+                "workers": pool.workers}
+    finally:
+        pool.close()
+
+
 def reduced_min_side(artifacts: Path) -> int:
     """The short side the service decodes to for this export's fp32 encoder (0: full, gate not passed)."""
     from trustvlm.contract.bundle import engine_sha256  # noqa: PLC0415
@@ -229,6 +277,7 @@ def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CA
         for size in sizes:
             jpegs = make_jpegs(*SIZES[size])
             results["ceiling"][size] = decode_ceiling(jpegs, min_side, workers)
+            results["ceiling"][size]["scoring"] = scoring_ceiling(artifacts, bundle, jpegs)
             log(f"decode ceiling {size}: {results['ceiling'][size]}")
             for count in cameras:
                 for mode in modes:
@@ -247,7 +296,7 @@ def markdown(results: dict) -> str:
              f"{results['reduced_min_side']} px (0: gate not passed, full decode); paced: "
              f"{results['paced_fps_per_camera']:g} frames/s per camera.", "",
              "| frames | cameras | traffic | path | offered/s | scored/s | x old | p50 ms | p99 ms | encoder busy | "
-             "RSS MiB (min-max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cores: service / cameras | RSS MiB (min-max) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     old = {(c["size"], c["cameras"], c["mode"]): c["scored_per_s"] for c in results["cases"] if c["path"] == "old"}
     for c in results["cases"]:
         reference = old.get((c["size"], c["cameras"], c["mode"]))
@@ -255,13 +304,17 @@ def markdown(results: dict) -> str:
         rss = f"{min(c['rss_mib']):.0f}-{max(c['rss_mib']):.0f}" if c["rss_mib"] else "-"
         lines.append(f"| {c['size']} | {c['cameras']} | {c['mode']} | {c['path']} | {c['offered_per_s']:.0f} | "
                      f"{c['scored_per_s']:.0f} | {ratio:.2f}x | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
-                     f"{c['encoder_busy']:.0%} | {rss} |")
-    lines += ["", "| frames | decode | 1 thread /s | x cores /s | all cores measured /s |", "|---|---|---|---|---|"]
+                     f"{c['encoder_busy']:.0%} | {c.get('service_cores', float('nan')):.2f} / "
+                     f"{c.get('camera_cores', float('nan')):.2f} | {rss} |")
+    lines += ["", "| frames | decode | 1 thread /s | x cores /s | all cores measured /s | "
+              "decode + score, no sockets /s |",
+              "|---|---|---|---|---|---|"]
     for size, ceiling in results["ceiling"].items():
         for name in ("full", "reduced"):
             row = ceiling[name]
+            scoring = ceiling.get("scoring", {}).get("frames_per_s") if name == "reduced" else None
             lines.append(f"| {size} | {name} | {row['one_thread']:.0f} | {row['one_thread_x_cores']:.0f} | "
-                         f"{row['all_threads']:.0f} |")
+                         f"{row['all_threads']:.0f} | {'-' if scoring is None else f'{scoring:.0f}'} |")
     return "\n".join(lines)
 
 
@@ -270,7 +323,7 @@ def run_suite_section(demo: Path, demo_bundle: Path, vitb32: Path, vitb32_bundle
     """The frame path part of ``make bench``: every case on the demo model, and the ViT-B/32 encoder's busy share."""
     small = dict(sizes=("768x576",), cameras=(4,), measure_s=2.0, warmup_s=1.0) if quick else {}
     results = run_frame_path(demo, demo_bundle, log=log, **small)
-    busy = run_frame_path(vitb32, vitb32_bundle, sizes=("768x576",), cameras=(4,), paths=("new",), gate=False,
+    busy = run_frame_path(vitb32, vitb32_bundle, sizes=("768x576",), cameras=(4,), paths=("old", "new"), gate=False,
                           measure_s=2.0 if quick else 8.0, warmup_s=1.0 if quick else 3.0, log=log)
     results["vitb32_busy"] = busy["cases"]
     return results
@@ -281,16 +334,16 @@ def render_section(results: dict) -> str:
     data = results.get("frame_path")
     if not data:
         return ""
-    busy = ", ".join(f"{c['mode']}: {c['encoder_busy']:.0%} busy at {c['scored_per_s']:.1f} scored/s"
-                     for c in data.get("vitb32_busy", []))
+    busy = ", ".join(f"{c['mode']} {c['path']}: {c['encoder_busy']:.0%} busy at {c['scored_per_s']:.1f} scored/s "
+                     f"(p50 {c['p50_ms']:.0f} ms)" for c in data.get("vitb32_busy", []))
     return ("## 8. Frame path: decode pool, reduced decode, goodput under a flood (demo model)\n\n"
             "Through the real service, side by side in one run (`python -m trustvlm.benchmarks.frame_path`, see its "
-            "docstring): `old` is `--decode-workers 0 --decode-scale full` (the scoring thread decodes every frame "
-            "at full size), `new` the defaults, `new+runs` with `--dropped-runs`, `new+wait` with "
-            "`--max-superseded-per-take 32`. Paced: every "
+            "docstring): `old` is `--decode-workers 0 --decode-scale full --max-superseded-per-take 0` (the scoring "
+            "thread decodes every frame at full size; the ingest never waits), `new` the defaults, `new+runs` with "
+            "`--dropped-runs`, `new-nowait` with `--max-superseded-per-take 0`. Paced: every "
             "camera above what the service scores; flood: as fast as ZeroMQ takes frames. Latency: capture to the "
             "decision's arrival. The cameras run in the benchmark's process, on the same cores.\n\n"
-            + markdown(data) + (f"\n\nViT-B/32 (random-init) image encoder, 4 cameras 768x576, new path: {busy}"
+            + markdown(data) + (f"\n\nViT-B/32 (random-init) image encoder, 4 cameras 768x576: {busy}"
                                 " (time in encoder and trust head / wall time)." if busy else ""))
 
 
@@ -304,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", nargs="+", type=int, default=list(CAMERA_COUNTS), help="camera counts")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="traffic patterns")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
-                        help="service variants: old (--decode-workers 0, full decode), new (defaults), "
-                             "new+runs (--dropped-runs), new+wait (--max-superseded-per-take 32)")
+                        help="service variants: old (--decode-workers 0, full decode, the ingest never waits), "
+                             "new (defaults), new+runs (--dropped-runs), new-nowait (--max-superseded-per-take 0)")
     parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case (after 3 s warm-up)")
     parser.add_argument("--no-gate", dest="gate", action="store_false",
                         help="use the export's decode_gate.json as it is (default: run the gate first)")

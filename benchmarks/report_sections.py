@@ -329,9 +329,9 @@ GAPS_TEXT = """
   a VNNI machine was not measured here).
 - **ONNX Runtime's spinning workers stall other thread pools.** In one process, PyTorch batch-1 inference started
   right after an ONNX Runtime run measured 0.55 images/s, and 6.5 images/s after a 0.3 s pause (this harness
-  now pauses 0.5 s before every sample). The service runs two ONNX Runtime sessions (encoder, trust head) next
-  to its Python ingest and publisher threads on the same cores. Proposal (runtime, not measured): on small CPUs,
-  try `session.intra_op.allow_spinning = 0` or `--threads` = cores - 1 and compare section 4's overhead ratio.
+  now pauses 0.5 s before every sample). Inside the service the same spinning took a core from the decode
+  threads: beside the decode pool its sessions now run with `session.intra_op.allow_spinning = 0` (the trust
+  head and the gate on one thread), measured in section 8 (section 4's service runs with the defaults too).
 """
 
 def frame_path(results: dict) -> str:

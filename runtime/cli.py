@@ -105,10 +105,12 @@ def add_serve_parser(subparsers) -> None:
              + f" (default: {_default('scorer', 'backend')})")
     add("--allow-cpu-fallback", dest="allow_cpu_fallback", action="store_true",
         help="run on the CPU when a requested GPU provider is unavailable (default: refuse to start)")
-    add("--threads", type=int, help="intra-op threads per session (default: ONNX Runtime's choice)")
+    add("--threads", type=int, help="intra-op threads of each image encoder (default: ONNX Runtime's choice; the trust "
+                               "head and the gate run on one)")
     add("--max-batch", type=int, help=f"frames per batch, one per camera (default: {_default('scorer', 'max_batch')})")
     add("--max-wait-ms", type=float,
-        help=f"wait for other cameras to fill a batch (default: {_default('scorer', 'max_wait_ms')})")
+        help="wait for other cameras to fill a batch (default: 0 with the decode pool, 2 when the scoring thread "
+             "decodes)")
     add("--staleness-ms", type=float,
         help=f"defer frames older than this since capture, 0: never (default: {_default('buffer', 'staleness_ms')})")
     add("--max-cameras", type=int, help=f"cameras tracked (default: {_default('buffer', 'max_cameras')})")
@@ -151,8 +153,9 @@ def add_serve_parser(subparsers) -> None:
              "frames; decision schema 1.2) instead of one each: keeps scoring going under a flood; subscribers "
              "must count outcomes by 'frames' (default: one message per frame)")
     add("--max-superseded-per-take", type=int,
-        help="frames superseded between two batches after which the ingest waits for scoring, leaving the next "
-             "frames in ZeroMQ's bounded queues (against receive livelock under a flood); 0: never wait "
+        help="frames of one camera superseded since its last batch after which, under a flood (buffer."
+             "flood_superseded_per_s superseded frames/s or more, default 1000), the ingest waits for scoring, "
+             "leaving the next frames in ZeroMQ's bounded queues (against receive livelock); 0: never wait "
              f"(default: {_default('buffer', 'max_superseded_per_take')})")
     add("--no-watch", dest="watch", action="store_false",
         help="reload the bundle on SIGHUP only, not when its files change")

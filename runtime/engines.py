@@ -60,6 +60,7 @@ class EncoderRequest:
         allow_fallback: Accept a session that did not get a requested GPU provider.
         threads: Intra-op threads per session (None: the runtime's choice).
         max_batch: The most frames per batch (the TensorRT provider's profile covers 1..max_batch).
+        spin: Whether ONNX Runtime's idle intra-op threads spin-wait (see :class:`OnnxEncoder`).
     """
 
     artifacts_dir: Path
@@ -70,6 +71,7 @@ class EncoderRequest:
     allow_fallback: bool
     threads: int | None
     max_batch: int = 8
+    spin: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _open_onnxruntime(request: EncoderRequest) -> ImageEngine:
     from trustvlm.runtime.ort_providers import TensorRTProviderSettings  # noqa: PLC0415
 
     return OnnxEncoder(request.onnx_file, request.providers, request.allow_fallback, request.threads,
-                       request.precision, TensorRTProviderSettings(max_batch=request.max_batch))
+                       request.precision, TensorRTProviderSettings(max_batch=request.max_batch), spin=request.spin)
 
 
 def _open_tensorrt_engine(request: EncoderRequest) -> ImageEngine:
@@ -173,7 +175,7 @@ def backend_spec(name: str) -> BackendSpec:
 
 def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str, backend: str,
                       providers: tuple[str, ...], allow_fallback: bool, threads: int | None,
-                      max_batch: int = 8) -> ImageEngine:
+                      max_batch: int = 8, spin: bool = True) -> ImageEngine:
     """Open the image encoder of `precision` with `backend` (see the module docstring).
 
     The ONNX file is checked against the manifest's sha256 for every backend: it is what the
@@ -187,4 +189,4 @@ def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str,
     spec = backend_spec(backend)
     onnx_file = encoder_path(Path(artifacts_dir), manifest, "image", precision)
     return spec.open_encoder(EncoderRequest(Path(artifacts_dir), manifest, precision, onnx_file, tuple(providers),
-                                            allow_fallback, threads, max_batch))
+                                            allow_fallback, threads, max_batch, spin))

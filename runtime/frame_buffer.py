@@ -20,10 +20,18 @@ small notices.
 
 Receive livelock: under a flood, receiving frames only to supersede them can take the time
 scoring needs (every message is parsed and answered). With ``max_superseded_per_take``, once that
-many frames were superseded since scoring last took a batch, :meth:`FrameBuffer.put` waits (up to
-``superseded_wait_ms``) for the next take: the ingest then takes no more from ZeroMQ, whose bounded
-queues push back on the senders (a PUSH camera blocks, or sees its frame refused), so the frames
-that are received are scored, not only superseded, and each still gets its outcome.
+many frames of one camera were superseded since scoring last took that camera's frame (the camera
+sends that many times faster than it is scored) while the service receives frames only to
+supersede them at ``flood_superseded_per_s`` or more (all cameras together, over the last quarter
+to half second), :meth:`FrameBuffer.put` waits (up to ``superseded_wait_ms``) for the take: the
+ingest then takes no more from ZeroMQ, whose bounded queues push back on the senders (a PUSH camera
+blocks, or sees its frame refused), so the frames
+that are received are scored, not only superseded, and each still gets its outcome. Waiting costs
+latency (the frames then scored waited in ZeroMQ's queues), so it is kept for floods: counted per
+camera, the bound does not hold back many cameras that are each only a little faster than scoring,
+and the rate does not hold back cameras in front of a slow encoder (ViT-B/32 on a CPU scores a few
+frames/s: every camera is many frames ahead, but receiving costs little beside the encoder). Both keep
+latest-frame-wins latency.
 
 Staleness compares the frame's ``capture_ts_ns`` with this host's clock (CLOCK_REALTIME), so it
 assumes synchronized clocks (PTP or chrony) when cameras run on other hosts. A capture time more
@@ -67,9 +75,13 @@ class BufferConfig:
             for the run (``seq``..``seq_last``, ``frames``) instead of one message each: under a
             flood, answering every superseded frame costs the time scoring needs. Subscribers must
             read decision schema 1.2 (``frames``) to count outcomes.
-        max_superseded_per_take: Frames superseded between two takes after which put() waits for
-            the next take (see the module docstring); 0 (default): never wait. Measured on 2 shared cores
-            (benchmarks/frame_path.py), 32 gave fewer scored frames/s under a flood than 0, not more.
+        max_superseded_per_take: Frames of one camera superseded since its last frame was taken, after
+            which put() waits for the next take (see the module docstring); 0: never wait. The price
+            is latency under a flood (the frames wait in ZeroMQ's queues; ``--receive-hwm`` bounds
+            how many); measured: benchmarks/frame_path.py, BENCHMARKS.md section 8.
+        flood_superseded_per_s: Superseded frames/s (all cameras) from which the ingest waits as above;
+            below it, never. Receiving and answering one costs about 0.1 ms of CPU on this project's
+            2-core test machine: 1,000/s is a tenth of a core.
         superseded_wait_ms: The longest one such wait.
     """
 
@@ -78,13 +90,15 @@ class BufferConfig:
     max_notices_per_camera: int = 256
     drop_policy: DropPolicy = DropPolicy.LATEST_WINS
     dropped_runs: bool = False
-    max_superseded_per_take: int = 0
+    max_superseded_per_take: int = 2
     superseded_wait_ms: float = 20.0
+    flood_superseded_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
-        if self.max_superseded_per_take < 0 or not self.superseded_wait_ms >= 0:
-            raise ValueError(f"max_superseded_per_take and superseded_wait_ms should be >= 0, but got "
-                             f"{self.max_superseded_per_take} and {self.superseded_wait_ms}")
+        if self.max_superseded_per_take < 0 or not self.superseded_wait_ms >= 0 or not self.flood_superseded_per_s >= 0:
+            raise ValueError(f"max_superseded_per_take, superseded_wait_ms and flood_superseded_per_s should be >= 0, "
+                             f"but got {self.max_superseded_per_take}, {self.superseded_wait_ms} and "
+                             f"{self.flood_superseded_per_s}")
         if self.max_cameras < 1 or self.max_notices_per_camera < 1:
             raise ValueError(f"max_cameras and max_notices_per_camera should be >= 1, but got "
                              f"{self.max_cameras} and {self.max_notices_per_camera}")
@@ -108,7 +122,7 @@ class BufferStats:
 
 
 class _Camera:
-    __slots__ = ("items", "frames", "notices", "last_seen", "waiting")
+    __slots__ = ("items", "frames", "notices", "last_seen", "waiting", "superseded")
 
     def __init__(self) -> None:
         self.items: deque[list] = deque()  # [arrival, item] entries, in arrival order
@@ -116,6 +130,32 @@ class _Camera:
         self.notices = 0
         self.last_seen = 0.0
         self.waiting: list | None = None  # the entry of the frame waiting to be scored: superseded in O(1)
+        self.superseded = 0  # frames superseded since the camera's last take
+
+
+class _RateMeter:
+    """Events per second over the last quarter to half second (two quarter-second buckets)."""
+
+    WIDTH_S = 0.25
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock, self._bucket, self._current, self._previous = clock, 0, 0, 0
+
+    def _roll(self) -> float:
+        now = self._clock()
+        bucket = int(now / self.WIDTH_S)
+        if bucket != self._bucket:
+            self._previous = self._current if bucket == self._bucket + 1 else 0
+            self._bucket, self._current = bucket, 0
+        return now
+
+    def add(self) -> None:
+        self._roll()
+        self._current += 1
+
+    def per_second(self) -> float:
+        now = self._roll()
+        return (self._previous + self._current) / (self.WIDTH_S + now % self.WIDTH_S)
 
 
 class FrameBuffer:
@@ -134,7 +174,7 @@ class FrameBuffer:
         self._pending_frames = 0
         self._counts = dict(frames_in=0, notices_in=0, dropped=0, stale=0, camera_limit=0, notices_suppressed=0)
         self._waits = 0
-        self._superseded_since_take = 0
+        self._rate = _RateMeter()
 
     def put(self, item: BufferItem) -> None:
         """Add a frame (latest wins) or a notice to its camera's queue."""
@@ -164,9 +204,10 @@ class FrameBuffer:
                 self._suppress(item.reason)
             self._cond.notify_all()
             bound = self.config.max_superseded_per_take
-            if bound and self._superseded_since_take >= bound and not self._closed:
+            if (bound and camera.superseded >= bound and not self._closed
+                    and self._rate.per_second() >= self.config.flood_superseded_per_s):
                 self._waits += 1  # scoring is behind: leave the next frames in ZeroMQ's bounded queues for now
-                self._cond.wait_for(lambda: self._superseded_since_take < bound or self._closed,
+                self._cond.wait_for(lambda: camera.superseded < bound or self._closed,
                                     self.config.superseded_wait_ms / 1e3)
 
     def _slot(self, camera_id: str) -> _Camera | None:
@@ -200,7 +241,8 @@ class FrameBuffer:
         camera.frames -= 1
         self._pending_frames -= 1
         self._counts["dropped"] += 1
-        self._superseded_since_take += 1
+        camera.superseded += 1
+        self._rate.add()
         before = camera.items[-2][1] if len(camera.items) > 1 and camera.items[-1] is entry else None
         if (self.config.dropped_runs and isinstance(before, Notice) and before.reason is Reason.DROPPED
                 and item.header.seq > (before.seq_last if before.seq_last is not None else before.seq)):
@@ -238,10 +280,7 @@ class FrameBuffer:
                 self._cond.wait(remaining)
             taken = list(self._orphans)
             self._orphans.clear()
-            if self._superseded_since_take:
-                self._superseded_since_take = 0
-                self._cond.notify_all()  # an ingest waiting in put() may go on
-            frames = 0
+            frames, released = 0, False
             for camera in sorted(self._cameras.values(), key=lambda cam: cam.items[0][0] if cam.items else 1 << 62):
                 if not camera.items or frames + camera.frames > max_frames:
                     continue
@@ -251,6 +290,9 @@ class FrameBuffer:
                 camera.items.clear()
                 camera.frames = camera.notices = 0
                 camera.waiting = None
+                released, camera.superseded = released or camera.superseded > 0, 0
+            if released:
+                self._cond.notify_all()  # an ingest waiting in put() may go on
             taken.sort(key=lambda pair: pair[0])
             return [self._check_stale(item) for _, item in taken]
 

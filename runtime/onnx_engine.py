@@ -54,9 +54,12 @@ class OnnxEncoder:
 
     def __init__(self, path: str | os.PathLike, providers: tuple[str, ...] = ("cpu",),
                  allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
-                 tensorrt: TensorRTProviderSettings | None = None):
+                 tensorrt: TensorRTProviderSettings | None = None, spin: bool = True):
         """Open `path` on `providers`; the TensorRT provider gets `tensorrt`'s cache and batch profile
-        (default: batch 1..8) and the CUDA provider after it (see :mod:`trustvlm.runtime.ort_providers`)."""
+        (default: batch 1..8) and the CUDA provider after it (see :mod:`trustvlm.runtime.ort_providers`).
+
+        `spin`: ONNX Runtime's intra-op threads spin-wait for the next run (its default); False lets them
+        sleep, so that other threads of the process (the decode pool) get the cores between runs."""
         self.path = Path(path)
         if not self.path.exists():
             raise EngineError(f"engine file {self.path} does not exist")
@@ -65,6 +68,8 @@ class OnnxEncoder:
         options.graph_optimization_level = graph_optimization_level(requested, precision)
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             with_options = with_provider_options(self.path, requested, tensorrt)
             requested = [item[0] if isinstance(item, tuple) else item for item in with_options]

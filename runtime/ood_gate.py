@@ -23,10 +23,10 @@ class OodGateSession:
     """The gate graph of one bundle, on the trust head's providers, and its threshold."""
 
     def __init__(self, bundle: PrototypeBundle, providers: tuple[str, ...], allow_fallback: bool,
-                 threads: int | None, max_batch: int):
+                 threads: int | None, max_batch: int, spin: bool = True):
         self.threshold = float(bundle.info.ood_gate.threshold)
         self.engine = OnnxEncoder(bundle.ood_gate_path, providers, allow_fallback, threads,
-                                  tensorrt=TensorRTProviderSettings(max_batch=max_batch))
+                                  tensorrt=TensorRTProviderSettings(max_batch=max_batch), spin=spin)
         inputs = [item.name for item in self.engine.session.get_inputs()]
         outputs = [item.name for item in self.engine.session.get_outputs()]
         if inputs != [GATE_PIXELS_INPUT, GATE_EMBEDDING_INPUT] or outputs != [GATE_OUTPUT]:
@@ -59,8 +59,8 @@ class OodGateSession:
 
 
 def open_ood_gate(bundle: PrototypeBundle, providers: tuple[str, ...], allow_fallback: bool,
-                  threads: int | None, max_batch: int) -> OodGateSession | None:
+                  threads: int | None, max_batch: int, spin: bool = True) -> OodGateSession | None:
     """The bundle's gate session, or None for a bundle without a gate."""
     if bundle.ood_gate_path is None:
         return None
-    return OodGateSession(bundle, providers, allow_fallback, threads, max_batch)
+    return OodGateSession(bundle, providers, allow_fallback, threads, max_batch, spin)

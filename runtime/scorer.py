@@ -36,7 +36,7 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,11 @@ from trustvlm.runtime.towers import ImageTower, check_batch_limits, open_tower
 __all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
            "bundle_id_of", "model_id_of"]
 
+#: Intra-op threads of the trust head and the gate: graphs of microseconds, where more threads only wake and spin.
+SMALL_GRAPH_THREADS = 1
+#: How long a batch waits for frames of other cameras when the scoring thread decodes (``max_wait_ms`` None).
+SCORING_THREAD_WAIT_MS = 2.0
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """How the sessions run.
@@ -70,26 +75,45 @@ class ScorerConfig:
             ONNX encoders) or ``tensorrt-engine`` (the engines of ``make export FORMAT=engine``;
             needs tensorrt, a GPU and ``providers`` cuda).
         allow_fallback: Accept a session that did not get a requested GPU provider.
-        threads: Intra-op threads per session (None: ONNX Runtime's choice).
+        threads: Intra-op threads of the image encoders' sessions (None: ONNX Runtime's choice); the trust
+            head and the gate are a few small matrix products and run on one.
+        spin: Whether ONNX Runtime's idle intra-op threads spin-wait for the next run (its default). The
+            service turns it off when the decode pool is on: spinning threads take the cores the decode
+            threads need between batches.
         io_binding: Use IOBinding on GPU providers (ignored on the CPU).
         max_batch: Most frames per batch (at most one per camera).
-        max_wait_ms: How long a batch waits for frames of other cameras once one is there.
+        max_wait_ms: How long a batch waits for frames of other cameras once one is there. None: 0 beside
+            the decode pool (frames that arrive while a batch decodes join the next one; waiting would
+            leave the decode threads idle), :data:`SCORING_THREAD_WAIT_MS` when the scoring thread decodes.
     """
 
     providers: tuple[str, ...] = ("cpu",)
     allow_fallback: bool = False
     threads: int | None = None
+    spin: bool = True
     io_binding: bool = True
     max_batch: int = 8
-    max_wait_ms: float = 2.0
+    max_wait_ms: float | None = None
     backend: str = ONNXRUNTIME
 
     def __post_init__(self) -> None:
         backend_spec(self.backend)  # an unknown name is refused here, before any file is read
         if self.max_batch < 1:
             raise ValueError(f"max_batch should be >= 1, but got {self.max_batch}")
-        if not self.max_wait_ms >= 0:
+        if self.max_wait_ms is not None and not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms should be >= 0, but got {self.max_wait_ms}")
+
+    @property
+    def batch_wait_s(self) -> float:
+        """How long a batch waits for other cameras, in seconds (None: as on the scoring thread)."""
+        return (SCORING_THREAD_WAIT_MS if self.max_wait_ms is None else self.max_wait_ms) / 1e3
+
+    def beside_decode_pool(self, pipelined: bool) -> ScorerConfig:
+        """This config as the service runs it: with the decode pool on (`pipelined`), idle ONNX Runtime threads
+        sleep instead of spinning (they would take the cores the decode threads need between batches) and
+        a batch does not wait for more cameras unless ``max_wait_ms`` says so."""
+        wait = self.max_wait_ms if self.max_wait_ms is not None else (0.0 if pipelined else SCORING_THREAD_WAIT_MS)
+        return replace(self, spin=self.spin and not pipelined, max_wait_ms=wait)
 
 
 @dataclass(frozen=True)
@@ -145,8 +169,8 @@ class BundleScorer:
                                      info.aux_encoder.preprocess, previous))
         self.towers = {tower.head_input: tower for tower in towers}
         self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
-        self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, config.threads,
-                                tensorrt=TensorRTProviderSettings(max_batch=config.max_batch))
+        self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, SMALL_GRAPH_THREADS,
+                                tensorrt=TensorRTProviderSettings(max_batch=config.max_batch), spin=config.spin)
         inputs = [item.name for item in self.head.session.get_inputs()]
         names = [output.name for output in self.head.session.get_outputs()]
         expected = list(HEAD_OUTPUTS) + [name for name in FUSED_OUTPUTS if name in info.fused]
@@ -154,7 +178,8 @@ class BundleScorer:
             raise EngineError(f"{bundle.trust_head_path}: expected inputs {list(self.towers)} and outputs "
                               f"{expected}, got {inputs} and {names}")
         self.head_outputs = tuple(names)
-        self.gate = open_ood_gate(bundle, config.providers, config.allow_fallback, config.threads, config.max_batch)
+        self.gate = open_ood_gate(bundle, config.providers, config.allow_fallback, SMALL_GRAPH_THREADS,
+                                  config.max_batch, config.spin)
         self._prepare = FramePreparer()
         self.class_names = info.class_names
         self.score_name = info.score

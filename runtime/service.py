@@ -264,7 +264,7 @@ class TrustService:
                     self._decide(*pending)  # the encoder is the bottleneck: take the next batch fresh, after it
                     pending = None
                 ahead = pending is not None  # then take what is there now: the encoder should not wait
-                items = self.buffer.take(config.max_batch, 0.0 if ahead else config.max_wait_ms / 1e3,
+                items = self.buffer.take(config.max_batch, 0.0 if ahead else config.batch_wait_s,
                                          timeout_s=0.0 if ahead else 0.1)
                 current = self._submit(items) if items else None
                 if pending is not None:
@@ -366,7 +366,8 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
         trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
     """
     decode = DecodePool(config.decode)  # a decoder that cannot run here is refused before the model loads
-    slot = ScorerSlot(load(config.artifacts, config.bundle, config.scorer,
+    scorer_config = config.scorer.beside_decode_pool(decode.pipelined)
+    slot = ScorerSlot(load(config.artifacts, config.bundle, scorer_config,
                            aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
     stats = ServiceStats()
@@ -384,7 +385,7 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     ingest = make_ingest(context, gate.server_for(INGEST_DOMAIN) if gate else None)
     publisher = Publisher(config.publish, health, observer, context,
                           curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
-    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), config.scorer, observer,
+    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), scorer_config, observer,
                               config.prototype_encoder, load)
-    return TrustService(ingest, buffer, slot, publisher, health, observer, config.scorer, reloader,
+    return TrustService(ingest, buffer, slot, publisher, health, observer, scorer_config, reloader,
                         config.reload.watch, config.reload.poll_ms, metrics_server, gate, decode=decode)

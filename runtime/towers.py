@@ -61,7 +61,7 @@ def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str
         encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must still match
         return reusable
     engine = open_image_engine(artifacts_dir, manifest, precision, config.backend, config.providers,
-                               config.allow_fallback, config.threads, config.max_batch)
+                               config.allow_fallback, config.threads, config.max_batch, config.spin)
     return ImageTower(head_input, engine, PreprocessConfig.from_dict(manifest["preprocess"]), source)
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 import cv2
 import pytest
 
-from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
+from trustvlm.runtime.frame_buffer import _RateMeter, BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
 
@@ -96,8 +96,9 @@ def wait_until(predicate, timeout_s: float = 10.0) -> bool:
 
 
 def test_the_ingest_waits_for_scoring_once_enough_frames_were_superseded():
-    # Given a buffer that lets 2 frames be superseded between takes, with a long wait bound
-    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=2, superseded_wait_ms=60_000), clock_ns=lambda: NOW_NS)
+    # Given a buffer that lets 2 frames of a camera be superseded between takes, at any rate, with a long wait bound
+    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=2, superseded_wait_ms=60_000, flood_superseded_per_s=0),
+                         clock_ns=lambda: NOW_NS)
     done = threading.Event()
 
     def produce():
@@ -119,10 +120,35 @@ def test_the_ingest_waits_for_scoring_once_enough_frames_were_superseded():
 
 
 def test_closing_the_buffer_ends_a_waiting_put():
-    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=1, superseded_wait_ms=60_000), clock_ns=lambda: NOW_NS)
+    buffer = FrameBuffer(BufferConfig(max_superseded_per_take=1, superseded_wait_ms=60_000, flood_superseded_per_s=0),
+                         clock_ns=lambda: NOW_NS)
     producer = threading.Thread(target=lambda: [buffer.put(frame("a", seq)) for seq in range(2)], daemon=True)
     producer.start()
     assert wait_until(lambda: buffer.stats().ingest_waits == 1)
     buffer.close()
     producer.join(10)
     assert not producer.is_alive()
+
+
+def test_below_the_flood_rate_the_ingest_never_waits():
+    # Given the default bound (2 frames of a camera) and a flood rate no test machine reaches with 9 frames
+    buffer = FrameBuffer(BufferConfig(superseded_wait_ms=60_000, flood_superseded_per_s=1e9), clock_ns=lambda: NOW_NS)
+    # When one camera's 9 frames arrive with no take between them (8 superseded), then 4 of camera b
+    for seq in range(9):
+        buffer.put(frame("a", seq))
+    for seq in range(4):
+        buffer.put(frame("b", seq))
+    # Then put() never waited, and every frame is in the buffer: one waiting per camera, the rest dropped
+    assert buffer.stats().ingest_waits == 0 and buffer.stats().frames_in == 13
+    assert [(c, s, kind) for c, s, *_, kind in describe(buffer.take(8))].count(("a", 8, "frame")) == 1
+
+
+def test_the_rate_meter_counts_events_over_the_last_two_quarter_seconds():
+    now = [10.0]
+    meter = _RateMeter(clock=lambda: now[0])
+    for _ in range(50):
+        meter.add()
+    now[0] = 10.3  # the next bucket: 50 events in the quarter second before, over 0.25 + 0.05 s
+    assert meter.per_second() == pytest.approx(50 / 0.3)
+    now[0] = 11.0  # more than a bucket later: nothing recent
+    assert meter.per_second() == 0

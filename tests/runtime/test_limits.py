@@ -102,7 +102,7 @@ def settled_counters(counters, sent: int, heartbeats: int = 300) -> dict:
 @pytest.mark.slow
 def test_memory_stays_bounded_under_a_flood_at_ten_times_capacity(serve, demo_export, demo_bundle, push,
                                                                   zmq_context, vtest_frames, fmnist_images):
-    duration_s, offered_per_s, cameras = 20.0, 5000, 12  # over 10x what 2 CPU cores score of this video
+    duration_s, offered_per_s, cameras = 20.0, 10000, 12  # over 10x what 2 CPU cores score of this video
     service = serve("--artifacts", str(demo_export), "--bundle", str(demo_bundle), "--max-cameras", "8")
     health = zmq_context.socket(zmq.SUB)
     health.setsockopt(zmq.LINGER, 0)
@@ -120,15 +120,15 @@ def test_memory_stays_bounded_under_a_flood_at_ten_times_capacity(serve, demo_ex
             message = decode_body(health.recv_multipart()[1])
         return message.counters
 
-    # Given 768 x 576 JPEG frames (real video) from 12 cameras, offered at 2500 frames/s, never waiting
+    # Given 768 x 576 JPEG frames (real video) from 12 cameras, offered at 10,000 frames/s, never waiting
     payloads = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in vtest_frames]
     sender = push(service.ingest)
     sender.setsockopt(zmq.SNDHWM, 100)
-    sent = refused = 0
+    sent = refused = attempted = 0
     stop = threading.Event()
 
     def flood():
-        nonlocal sent, refused
+        nonlocal sent, refused, attempted
         seq, started = 0, time.monotonic()
         while not stop.is_set():
             due = int((time.monotonic() - started) * offered_per_s)
@@ -140,6 +140,7 @@ def test_memory_stays_bounded_under_a_flood_at_ten_times_capacity(serve, demo_ex
                 except zmq.Again:
                     refused += 1  # the sender's queue is full: the service is not keeping up
                 seq += 1
+            attempted = seq
             time.sleep(0.005)
 
     baseline = rss_mb(service.process.pid)
@@ -156,13 +157,14 @@ def test_memory_stays_bounded_under_a_flood_at_ten_times_capacity(serve, demo_ex
     quarter = len(samples) // 4
     second_quarter, last_quarter = np.mean(samples[quarter:2 * quarter]), np.mean(samples[-quarter:])
     scored_per_s = at_end.get("frames_scored", 0) / duration_s
-    figures = (f"flood {duration_s:.0f} s: offered {offered_per_s}/s ({sent} sent, {refused} refused at the "
+    attempted_per_s = attempted / duration_s
+    figures = (f"flood {duration_s:.0f} s: offered {attempted_per_s:.0f}/s ({sent} sent, {refused} refused at the "
                f"sender), received {at_end.get('received', 0) / duration_s:.0f}/s, scored {scored_per_s:.0f}/s "
-               f"({offered_per_s / max(scored_per_s, 1):.0f}x capacity); "
+               f"({attempted_per_s / max(scored_per_s, 1):.0f}x capacity); "
                f"RSS before {baseline:.0f} MiB, max {max(samples):.0f}, second quarter {second_quarter:.0f}, "
                f"last quarter {last_quarter:.0f}; counters {at_end}")
     print("\n" + figures)
-    assert offered_per_s >= 10 * scored_per_s, figures
+    assert attempted_per_s >= 10 * scored_per_s, figures
     assert max(samples) - baseline < 200, figures
     assert last_quarter - second_quarter < 30, figures
     # And once the flood is over, everything received has an outcome and a good frame is scored correctly
