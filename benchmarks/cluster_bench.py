@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import zmq
 
+from trustvlm.benchmarks.e2e import cpu_seconds
 from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
@@ -59,11 +60,6 @@ def jpeg_frames(count: int = 16) -> list[bytes]:
     rng = np.random.default_rng(0)
     frames += [rng.integers(0, 256, (576, 768, 3), np.uint8) for _ in range(count - len(frames))]
     return [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for image in frames]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def closed_loop(service: ServeProcess, frames: list[bytes], warmup_s: float, seconds: float) -> dict:

@@ -63,6 +63,18 @@ def start_serve(artifacts: Path, bundle: Path, workdir: Path, extra_args: tuple[
                         cwd=workdir, start_timeout_s=timeout_s).start()
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of process `pid` (default: this one) from /proc (NaN where unreadable)."""
+    try:
+        if pid is None:
+            times = os.times()
+            return times.user + times.system
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def read_rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of `pid` in MiB from /proc (NaN where unreadable: not Linux, or the process ended)."""
     values = {"VmRSS": float("nan"), "VmHWM": float("nan")}

@@ -90,26 +90,12 @@ class CaseResult:
     camera_cores: float = float("nan")
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of process `pid` (default: this one) from /proc (NaN where unreadable)."""
-    import os  # noqa: PLC0415
-
-    try:
-        if pid is None:
-            times = os.times()
-            return times.user + times.system
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], size: str, cameras: int, mode: str,
              path: str, warmup_s: float, measure_s: float) -> CaseResult:
     """One fresh service, one traffic pattern (see the module docstring)."""
     import zmq  # noqa: PLC0415
 
-    from trustvlm.benchmarks.e2e import read_rss_mib, start_serve  # noqa: PLC0415
+    from trustvlm.benchmarks.e2e import cpu_seconds, read_rss_mib, start_serve  # noqa: PLC0415
     from trustvlm.benchmarks.stats import percentile  # noqa: PLC0415
     from trustvlm.runtime.frames import Encoding, FrameHeader, pack_frame_header  # noqa: PLC0415
     from trustvlm.runtime.messages import DecisionMessage, decode_body  # noqa: PLC0415

@@ -25,8 +25,8 @@ sends that many times faster than it is scored) while the service receives frame
 supersede them at ``flood_superseded_per_s`` or more (all cameras together, over the last quarter
 to half second), :meth:`FrameBuffer.put` waits (up to ``superseded_wait_ms``) for the take: the
 ingest then takes no more from ZeroMQ, whose bounded queues push back on the senders (a PUSH camera
-blocks, or sees its frame refused), so the frames
-that are received are scored, not only superseded, and each still gets its outcome. Waiting costs
+blocks, or sees its frame refused), so the frames that are received are scored, not only superseded,
+and each still gets its outcome. Waiting costs
 latency (the frames then scored waited in ZeroMQ's queues), so it is kept for floods: counted per
 camera, the bound does not hold back many cameras that are each only a little faster than scoring,
 and the rate does not hold back cameras in front of a slow encoder (ViT-B/32 on a CPU scores a few
