@@ -161,6 +161,13 @@ class PendingBatch:
             if self._left == 0:
                 self.decode_s = time.perf_counter() - self.started
 
+    def wait(self) -> None:
+        """Until the workers have prepared every frame (at once for work done inline, at :meth:`result`)."""
+        futures = [self._parts] if isinstance(self._parts, Future) else self._parts if isinstance(self._parts, list) \
+            else []
+        for future in futures:
+            future.exception()  # waits; the result (or the error) stays for result()
+
     def result(self) -> list[Prepared]:
         if callable(self._parts) and not isinstance(self._parts, Future):
             started = time.perf_counter()

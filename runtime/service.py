@@ -9,7 +9,9 @@ reload) beside the publisher's own:
 * scoring: take a micro-batch across cameras, hand its frames to the decode pool
   (:mod:`~trustvlm.runtime.decode_pool`), and while they decode, score the batch before it; decide
   every item (scored frames, and notices of dropped / stale / bad frames) and submit the decisions
-  in arrival order. One batch is in flight beside the one being scored, unless the encoder takes 4x
+  in arrival order. Once a batch is decoded, the next one is taken (what arrived while it decoded)
+  and decodes while the encoder scores the first. One batch is in flight beside the one being
+  scored, unless the encoder takes 4x
   the decode time or more (then the next batch is taken after it, as the freshest frames: see
   :meth:`~trustvlm.runtime.decode_pool.DecodePool.prefetch_pays`); with ``decode.workers`` 0 the
   scoring thread decodes itself, one batch at a time;
@@ -263,6 +265,8 @@ class TrustService:
                 if pending is not None and not self.decode.prefetch_pays():
                     self._decide(*pending)  # the encoder is the bottleneck: take the next batch fresh, after it
                     pending = None
+                if pending is not None and pending[2] is not None:  # take the next batch once this one is decoded:
+                    pending[2].wait()  # the frames that came meanwhile (taken at once, it would hold next to none)
                 ahead = pending is not None  # then take what is there now: the encoder should not wait
                 items = self.buffer.take(config.max_batch, 0.0 if ahead else config.batch_wait_s,
                                          timeout_s=0.0 if ahead else 0.1)

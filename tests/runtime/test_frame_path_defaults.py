@@ -1,13 +1,20 @@
 """How the sessions run beside the decode pool: idle ONNX Runtime threads sleep, small graphs on one thread,
-batches do not wait for more cameras, and the ingest waits for scoring under a flood by default."""
+batches do not wait for more cameras, the ingest waits for scoring under a flood by default, and the next batch
+is taken once the one in flight is decoded."""
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+
+import cv2
 import pytest
 
 from trustvlm.runtime.config import ReloadConfig, ServiceConfig
-from trustvlm.runtime.decode_pool import DecodeConfig
+from trustvlm.runtime.decode_pool import DecodeConfig, FramePreparer
 from trustvlm.runtime.frame_buffer import BufferConfig
+from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.publisher import PublishConfig
 from trustvlm.runtime.scorer import SCORING_THREAD_WAIT_MS, SMALL_GRAPH_THREADS, ScorerConfig, load_scorer
@@ -15,6 +22,8 @@ from trustvlm.runtime.service import build_service
 
 pytestmark = pytest.mark.timeout(120)
 SPINNING = "session.intra_op.allow_spinning"
+#: Longest wait for an event before the test fails (never reached when the service works).
+GUARD_S = 60.0
 
 
 def spinning(engine: OnnxEncoder) -> str:
@@ -79,3 +88,106 @@ def test_the_ingest_waits_for_scoring_under_a_flood_by_default():
     assert (config.max_superseded_per_take, config.flood_superseded_per_s) == (2, 1000.0)
     with pytest.raises(ValueError, match="flood_superseded_per_s"):
         BufferConfig(flood_superseded_per_s=-1)
+
+
+class _ListIngest:
+    """Frames handed to the service in-process, one at a time."""
+
+    def __init__(self):
+        self.frames: queue.Queue[ReceivedFrame] = queue.Queue()
+
+    def open(self) -> str:
+        return "list://"
+
+    def receive(self) -> ReceivedFrame | None:
+        try:
+            return self.frames.get(timeout=0.05)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+class _HeldPreparer(FramePreparer):
+    """Holds camera a's decode until released; logs when each decode ends and how many are running."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log, self.running, self.lock = log, 0, threading.Lock()
+        self.a_started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, frame, towers, min_side=0, image=None):
+        with self.lock:
+            self.running += 1
+        if frame.header.camera_id == "a":
+            self.a_started.set()
+            assert self.release.wait(GUARD_S)
+        try:
+            return super().__call__(frame, towers, min_side, image)
+        finally:
+            with self.lock:
+                self.running -= 1
+            self.log.append(("decoded", frame.header.camera_id))
+
+
+def test_the_next_batch_is_taken_once_the_one_in_flight_is_decoded_and_decodes_while_it_is_scored(
+        demo_export, demo_bundle, fmnist_images, zmq_context):
+    # Given a service with a decode pool whose decoding of camera a's frame is held, and every step logged
+    config = ServiceConfig(artifacts=demo_export, bundle=demo_bundle, scorer=ScorerConfig(threads=1),
+                           decode=DecodeConfig(workers=2), buffer=BufferConfig(staleness_ms=0),
+                           reload=ReloadConfig(watch=False), publish=PublishConfig(address="tcp://127.0.0.1:*"))
+    ingest, log = _ListIngest(), []
+    service = build_service(config, lambda context, curve: ingest, zmq_context)
+    preparer = service.decode.preparer = _HeldPreparer(log)
+    take, submit, decide, put = service.buffer.take, service.decode.submit, service._decide, service.buffer.put
+    b_buffered, b_decided = threading.Event(), threading.Event()
+
+    def logged_take(*args, **kwargs):
+        log.append(("take", preparer.running))
+        return take(*args, **kwargs)
+
+    def logged_submit(frames, scorer):
+        log.append(("submit", [f.header.camera_id for f in frames]))
+        return submit(frames, scorer)
+
+    def logged_decide(items, *rest):
+        cameras = [item.header.camera_id for item in items if isinstance(item, ReceivedFrame)]
+        log.append(("decide", cameras))
+        decide(items, *rest)
+        if "b" in cameras:
+            b_decided.set()
+
+    def logged_put(item):
+        put(item)
+        if getattr(item, "header", None) is not None and item.header.camera_id == "b":
+            b_buffered.set()
+
+    service.buffer.take, service.decode.submit, service._decide = logged_take, logged_submit, logged_decide
+    service.buffer.put = logged_put
+    images, _ = fmnist_images
+    payload = cv2.imencode(".jpg", images[0])[1].tobytes()
+
+    def frame(camera: str) -> ReceivedFrame:
+        return ReceivedFrame(FrameHeader(camera, 0, time.time_ns(), Encoding.JPEG), payload, time.time_ns())
+
+    service.start()
+    try:
+        # When camera a's frame is being decoded, camera b's frame arrives, and then a's decoding ends
+        ingest.frames.put(frame("a"))
+        assert preparer.a_started.wait(GUARD_S)
+        ingest.frames.put(frame("b"))
+        assert b_buffered.wait(GUARD_S)
+        preparer.release.set()
+        assert b_decided.wait(GUARD_S)
+    finally:
+        preparer.release.set()
+        service.request_stop()
+        service.wait()
+    # Then no batch was taken while a frame was decoding (the next one waits for the frames that come meanwhile),
+    steps = list(log)
+    assert [step for step in steps if step[0] == "take" and step[1]] == [], steps
+    # b's frame was taken after a's was decoded and handed to the pool before a was scored (decoding beside it)
+    order = [step for step in steps if step[0] != "take"]
+    assert order.index(("decoded", "a")) < order.index(("submit", ["b"])) < order.index(("decide", ["a"])), order
+    assert order.index(("decide", ["a"])) < order.index(("decide", ["b"])), order
