@@ -46,7 +46,7 @@ PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full", "--max-super
          "new+runs": ("--dropped-runs",), "new-nowait": ("--max-superseded-per-take", "0")}
 #: Messages the cameras' PUSH socket queues: a camera that keeps only its newest few frames, as latest-frame-wins wants.
 SEND_HWM = 16
-PACED_FPS_PER_CAMERA = 150.0
+PACED_FPS_PER_CAMERA = 200.0
 SCORED = ("meets_threshold", "below_threshold", "no_threshold", "out_of_distribution")
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

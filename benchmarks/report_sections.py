@@ -309,11 +309,10 @@ def gaps(results: dict) -> str:
            "is the larger part) " if jpeg_decode < jpeg / 2 else
            f"(decoding alone {jpeg_decode:.1f}%) " if not math.isnan(jpeg_decode) else "")
         + f"against {next(iter(pre.values())).get('percent_of_encoder_b8', math.nan):.2f}% for a raw frame at the "
-        "model's size (section 3). The service decodes and resizes on the scoring thread, in series with the "
-        "encoder"
-        + (": with JPEG cameras that is a loss of that size in frames/s. Proposal (runtime, not measured): decode "
-           "and resize in the ingest thread or a small pool (Pillow and OpenCV release the GIL), so they overlap "
-           "the encoder; cameras that can send frames at the model's size avoid the cost." if jpeg >= 2.0 else "."),
+        "model's size (section 3). By default the service decodes and resizes on a pool of threads beside the "
+        "encoder, overlapping it (section 8); with `--decode-workers 0` the scoring thread does it, in series with "
+        "the encoder" + (", and loses a share of that size of its frames/s. Cameras that can send frames at the "
+                         "model's size avoid the cost." if jpeg >= 2.0 else "."),
     ]
     return "\n".join(["## Gaps and proposals", "", "From this run:", "", *measured, "",
                       "Measured once by hand, outside `make bench`:", "", GAPS_TEXT.strip()])
