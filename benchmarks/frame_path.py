@@ -13,7 +13,9 @@ each through a fresh ``trustvlm serve`` on loopback with the old path (``--decod
 (a decode pool of one worker per core, pipelined with the encoder; reduced decode when the export
 passed ``trustvlm decode-gate``, which this command runs first unless ``--no-gate``), and the new
 default with ``--dropped-runs`` (one message per run of superseded frames), and without the ingest's
-wait for scoring under a flood (``--max-superseded-per-take 0``, as the old path). Reported:
+wait for scoring under a flood (``--max-superseded-per-take 0``, as the old path); on a GPU machine,
+``--paths old new gpu`` adds the service with nvImageCodec decoding and the encoder on CUDA (``make
+gpu-check`` runs that; it has not run yet). Reported:
 scored frames/s over the measured window (decisions received, by receive time), p50/p99 latency
 from capture (the send time) to the decision's arrival, outcomes, and the ``decode_calls`` counter
 of the last heartbeat, and the cores the service and the benchmark's own cameras used (CPU time over
@@ -43,7 +45,10 @@ SIZES = {"768x576": (768, 576), "1920x1080": (1920, 1080)}
 CAMERA_COUNTS = (4, 8)
 MODES = ("paced", "flood")
 PATHS = {"old": ("--decode-workers", "0", "--decode-scale", "full", "--max-superseded-per-take", "0"), "new": (),
-         "new+runs": ("--dropped-runs",), "new-nowait": ("--max-superseded-per-take", "0")}
+         "new+runs": ("--dropped-runs",), "new-nowait": ("--max-superseded-per-take", "0"),
+         "gpu": ("--decoder", "nvimgcodec", "--providers", "cuda")}
+#: The paths run unless asked: every one that runs on a CPU machine (``gpu`` needs nvImageCodec and CUDA).
+DEFAULT_PATHS = ("old", "new", "new+runs", "new-nowait")
 #: Messages the cameras' PUSH socket queues: a camera that keeps only its newest few frames, as latest-frame-wins wants.
 SEND_HWM = 16
 PACED_FPS_PER_CAMERA = 200.0
@@ -247,7 +252,7 @@ def reduced_min_side(artifacts: Path) -> int:
 
 def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CAMERA_COUNTS, modes=MODES,
                    warmup_s: float = 3.0, measure_s: float = 8.0, gate: bool = True, log=print,
-                   paths=tuple(PATHS)) -> dict:
+                   paths=DEFAULT_PATHS) -> dict:
     """Every case, old and new path side by side (see the module docstring); returns the results as data."""
     from trustvlm.runtime.decode_pool import default_workers  # noqa: PLC0415
 
@@ -342,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="frame sizes")
     parser.add_argument("--cameras", nargs="+", type=int, default=list(CAMERA_COUNTS), help="camera counts")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="traffic patterns")
-    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(DEFAULT_PATHS),
                         help="service variants: old (--decode-workers 0, full decode, the ingest never waits), "
-                             "new (defaults), new+runs (--dropped-runs), new-nowait (--max-superseded-per-take 0)")
+                             "new (defaults), new+runs (--dropped-runs), new-nowait (--max-superseded-per-take 0), "
+                             "gpu (--decoder nvimgcodec --providers cuda: a GPU machine only)")
     parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case (after 3 s warm-up)")
     parser.add_argument("--no-gate", dest="gate", action="store_false",
                         help="use the export's decode_gate.json as it is (default: run the gate first)")

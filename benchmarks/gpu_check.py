@@ -10,10 +10,13 @@ Steps (each a subprocess with its own time limit; the first failure stops the ru
    tensorrt-engine``; the GPU decisions must match the CPU ones;
 4. the service itself, ``trustvlm soak`` (20 s, 4 cameras) on ``--backend tensorrt-engine`` and on
    ``--providers cuda``: every frame decided or counted, nothing lost, memory steady;
-5. ``make bench-gpu`` (its table is printed last).
+5. ``make bench-gpu``;
+6. the frame path (:mod:`trustvlm.benchmarks.frame_path`, 768x576 JPEG, 4 cameras): the old
+   path, the CPU decode pool and nvImageCodec decoding with the encoder on CUDA, side by side (its
+   table is printed last).
 
 Before any step, a preflight checks the pieces (exactly one ONNX Runtime, the CUDA provider,
-tensorrt 10.x, a GPU seen by the CUDA driver, torch for the export) and, when one is missing,
+tensorrt 10.x, nvImageCodec, a GPU seen by the CUDA driver, torch for the export) and, when one is missing,
 prints one line that says which and exits 1.
 """
 
@@ -66,6 +69,12 @@ def preflight() -> str | None:
             missing.append(too_old)
     except (ImportError, OSError) as error:
         missing.append(f"tensorrt is not importable ({error}; make setup ORT=gpu installs it)")
+    try:
+        has_nvimgcodec = importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except ImportError:  # no nvidia namespace package at all
+        has_nvimgcodec = False
+    if not has_nvimgcodec:
+        missing.append("nvImageCodec is not installed (for --decoder nvimgcodec; make setup ORT=gpu installs it)")
     if importlib.util.find_spec("torch") is None:
         missing.append("torch is not installed (the engine export needs the export extra)")
     if missing:
@@ -79,7 +88,8 @@ def plan(root: Path, python: str = sys.executable) -> list[Step]:
     demo, vitb32 = root / "demo_fmnist", root / "clip_vitb32"
     tests = ("tests/runtime/test_gpu_scorer.py",
              "tests/export/test_tensorrt.py::test_engine_builds_and_matches_onnx_runtime",
-             "tests/runtime/test_tensorrt_engine.py::test_a_real_engine_matches_onnx_runtime_on_fashion_mnist")
+             "tests/runtime/test_tensorrt_engine.py::test_a_real_engine_matches_onnx_runtime_on_fashion_mnist",
+             "tests/runtime/test_gpu_decode.py::test_gpu_decode_matches_the_cpu_and_stays_strict")
     soak = (*trustvlm, "soak", "--artifacts", str(demo), "--bundle", str(demo / "bundle"), "--seconds", "20",
             "--rate", "40", "--cameras", "4", "--sender-restart-s", "0")
     return [
@@ -99,6 +109,10 @@ def plan(root: Path, python: str = sys.executable) -> list[Step]:
         Step("service: soak on the CUDA provider", (*soak, "--serve-arg=--providers=cuda"), 300),
         Step("bench-gpu", (python, "-m", "trustvlm.benchmarks.gpu", "--artifacts-root", str(root / "bench-gpu"),
                            "--budget-s", "240"), 420),
+        Step("frame path: old, CPU decode pool, nvImageCodec + CUDA",
+             (python, "-m", "trustvlm.benchmarks.frame_path", "--artifacts", str(demo), "--sizes", "768x576",
+              "--cameras", "4", "--paths", "old", "new", "gpu", "--measure-s", "4", "--output",
+              str(root / "frame_path.json")), 180),
     ]
 
 

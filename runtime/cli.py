@@ -146,8 +146,8 @@ def add_serve_parser(subparsers) -> None:
              f"(default: {_default('decode', 'scale')})")
     add("--decoder", choices=["cpu", "nvimgcodec"],
         help="cpu: libjpeg-turbo, strict, on the decode threads; nvimgcodec: JPEG batches on the GPU "
-             "(nvidia-nvimgcodec-cu12; each JPEG validated by the strict CPU decoder first); refused at start where "
-             f"it cannot run (default: {_default('decode', 'decoder')})")
+             "(nvImageCodec, installed by the gpu extra; each JPEG validated by the strict CPU decoder first); "
+             f"refused at start where it cannot run (default: {_default('decode', 'decoder')})")
     add("--dropped-runs", action="store_true",
         help="answer consecutive superseded frames of a camera with one 'dropped' message for the run (seq..seq_last, "
              "frames; decision schema 1.2) instead of one each: keeps scoring going under a flood; subscribers "

@@ -10,7 +10,7 @@ of the full image; the CPU keeps the Huffman decoding. PNG and raw frames are de
 
 This path has not run on a GPU yet: it is written against nvImageCodec's Python API
 (``nvidia.nvimgcodec.Decoder().decode(list_of_bytes)`` -> a list of ``Image``; ``Image.cpu()`` ->
-host pixels), and its tests skip without a GPU and the package (``nvidia-nvimgcodec-cu12``).
+host pixels), and its tests skip without a GPU and the package (:data:`NVIMGCODEC_PACKAGE`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from trustvlm.runtime.frames import Encoding, ReceivedFrame
 from trustvlm.runtime.image_codec import FrameDecodeError, decode_image, decode_jpeg
 from trustvlm.runtime.messages import Reason
 
+#: What to install for --decoder nvimgcodec: the CUDA 13 build with nvJPEG, as today's onnxruntime-gpu wheels on PyPI
+#: (the gpu extra installs it); on CUDA 12 (JetPack 6) nvidia-nvimgcodec-cu12 instead.
+NVIMGCODEC_PACKAGE = "'nvidia-nvimgcodec-cu13[nvjpeg]' (-cu12 on CUDA 12)"
 #: Decoders of `serve --decoder`: name -> one line saying what it is.
 DECODER_BACKENDS = {
     "cpu": "libjpeg-turbo (strict) on the decode pool's threads",
     "nvimgcodec": "nvImageCodec on the GPU in batches (JPEG; validated strictly on the CPU first); needs "
-                  "nvidia-nvimgcodec-cu12 and a CUDA device",
+                  f"nvImageCodec (pip install {NVIMGCODEC_PACKAGE}) and a CUDA device",
 }
 #: The scale of the strict validation pass: the smallest, the same entropy decoding.
 VALIDATION_MIN_SIDE = 1
@@ -47,7 +50,7 @@ class NvImageCodecBatch:
             from nvidia import nvimgcodec  # noqa: PLC0415 - optional: only for --decoder nvimgcodec
         except ImportError as error:
             raise DecoderUnavailableError(f"--decoder nvimgcodec needs the nvImageCodec package: pip install "
-                                          f"nvidia-nvimgcodec-cu12 (or use --decoder cpu): {error}") from None
+                                          f"{NVIMGCODEC_PACKAGE} (or use --decoder cpu): {error}") from None
         try:
             self._decoder = nvimgcodec.Decoder(device_id=device_id)
             self._decoder.decode([_probe_jpeg()])  # fails here, at start, where no GPU can decode

@@ -31,14 +31,17 @@ def test_a_gpu_without_the_gpu_packages_is_named_in_one_line(monkeypatch):
     line = gpu_check.preflight()
     assert line.startswith("gpu-check: NVIDIA H200 (sm90) found, but: ") and "\n" not in line
     assert "no CUDAExecutionProvider" in line and "tensorrt is not importable" in line
+    assert "nvImageCodec is not installed" in line
 
 
-def test_the_plan_covers_tests_both_engine_exports_the_three_scorers_soak_and_bench(tmp_path, capsys):
+def test_the_plan_covers_tests_both_engine_exports_the_three_scorers_soak_bench_and_frame_path(tmp_path, capsys):
     assert gpu_check.main(["--root", str(tmp_path), "--plan"]) == 0
     out = capsys.readouterr().out
     for expected in ("test_gpu_scorer.py", "--model demo_fmnist --precision fp16 --format engine",
                      "--model clip_vitb32 --weights random --precision fp16 --format engine", "--compare",
-                     "--serve-arg=--backend=tensorrt-engine", "--serve-arg=--providers=cuda", "trustvlm.benchmarks.gpu"):
+                     "--serve-arg=--backend=tensorrt-engine", "--serve-arg=--providers=cuda",
+                     "trustvlm.benchmarks.gpu ", "test_gpu_decode.py::", "trustvlm.benchmarks.frame_path",
+                     "--paths old new gpu"):
         assert expected in out, expected
     assert sum(step.timeout_s for step in gpu_check.plan(tmp_path)) <= 4500
 

@@ -30,7 +30,8 @@ def test_an_unknown_decoder_is_refused_with_the_valid_ones():
 
 @pytest.mark.skipif(HAS_NVIMGCODEC, reason="nvImageCodec is installed here: the refusal path cannot be shown")
 def test_nvimgcodec_is_refused_at_start_with_one_line_where_it_is_not_installed():
-    with pytest.raises(DecoderUnavailableError, match="pip install nvidia-nvimgcodec-cu12 .*--decoder cpu"):
+    with pytest.raises(DecoderUnavailableError,
+                       match=r"pip install .nvidia-nvimgcodec-cu13\[nvjpeg\]. .*--decoder cpu"):
         NvImageCodecBatch()
 
 
@@ -47,10 +48,11 @@ def test_serve_refuses_nvimgcodec_in_one_line_where_it_cannot_run(demo_export, d
                           timeout=50, cwd=tmp_path)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "nvidia-nvimgcodec-cu12" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and "nvidia-nvimgcodec-cu13[nvjpeg]" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(not HAS_NVIMGCODEC, reason="GPU decode needs nvidia-nvimgcodec-cu12 and a CUDA device; "
+@pytest.mark.skipif(not HAS_NVIMGCODEC, reason="GPU decode needs nvImageCodec (the gpu extra) and a CUDA device; "
                                                "this machine has neither")
 def test_gpu_decode_matches_the_cpu_and_stays_strict(vtest_frames):
     try:
