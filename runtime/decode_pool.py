@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures  # PendingBatch.wait is its own
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Protocol
@@ -149,10 +150,10 @@ class PendingBatch:
         self._parts = parts  # a future per frame, one future of the whole list, or the work to do inline
         self.started = time.perf_counter()
         self.decode_s: float | None = None
-        futures = [parts] if isinstance(parts, Future) else parts if isinstance(parts, list) else []
-        self._left = len(futures)
+        self._futures = [parts] if isinstance(parts, Future) else parts if isinstance(parts, list) else []
+        self._left = len(self._futures)
         self._lock = threading.Lock()
-        for future in futures:
+        for future in self._futures:
             future.add_done_callback(self._one_done)
 
     def _one_done(self, _future: Future) -> None:
@@ -163,10 +164,7 @@ class PendingBatch:
 
     def wait(self) -> None:
         """Until the workers have prepared every frame (at once for work done inline, at :meth:`result`)."""
-        futures = [self._parts] if isinstance(self._parts, Future) else self._parts if isinstance(self._parts, list) \
-            else []
-        for future in futures:
-            future.exception()  # waits; the result (or the error) stays for result()
+        wait_for_futures(self._futures)  # the results (or errors) stay for result()
 
     def result(self) -> list[Prepared]:
         if callable(self._parts) and not isinstance(self._parts, Future):
