@@ -28,6 +28,7 @@ than the default 1 s behind a batch, and would then be deferred ``stale`` instea
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -118,6 +119,19 @@ def burst_rate(times: list[float], gap_s: float = BURST_GAP_S) -> float:
     return sum(count for _, count in bursts[1:]) / (bursts[-1][0] - bursts[0][0])
 
 
+def window_rate(times: list[float], gap_s: float = BURST_GAP_S) -> float:
+    """Frames per second of one window: :func:`burst_rate`, or the stream's rate when the bursts merge.
+
+    A fast encoder's batches follow each other closer than `gap_s`, so their decisions form one
+    stream: then the frames after the first over the time from the first to the last (NaN with
+    fewer than two arrivals or no time between them).
+    """
+    rate = burst_rate(times, gap_s)
+    if math.isfinite(rate) or len(times) < 2 or max(times) <= min(times):
+        return rate
+    return (len(times) - 1) / (max(times) - min(times))
+
+
 @dataclass(frozen=True)
 class SaturationResult:
     frames_per_s: Figure
@@ -176,8 +190,13 @@ def _cameras(count: int = CAMERAS) -> list[str]:
     return [f"cam{index}" for index in range(count)]
 
 
-def measure_saturation(link: Link, warmup_s: float, windows: int, window_s: float) -> SaturationResult:
-    """Closed loop, one frame in flight for each of 2 x batch cameras (see the module docstring)."""
+def measure_saturation(link: Link, warmup_s: float, windows: int, window_s: float, min_scored: int = 0,
+                       max_extra_s: float = 60.0) -> SaturationResult:
+    """Closed loop, one frame in flight for each of 2 x batch cameras (see the module docstring).
+
+    The last window goes on until `min_scored` frames were scored after the warm-up (at most
+    `max_extra_s` longer), so that a short run on a busy machine still measures batches.
+    """
     for camera in _cameras(SATURATION_CAMERAS):
         link.send(camera)
     started = time.monotonic()
@@ -185,8 +204,8 @@ def measure_saturation(link: Link, warmup_s: float, windows: int, window_s: floa
     end = measure_from + windows * window_s
     per_window: list[list[float]] = [[] for _ in range(windows)]
     scored, other = 0, {}
-    while (now := time.monotonic()) < end:
-        received = link.receive(min(0.5, end - now))
+    while (now := time.monotonic()) < end or (scored < min_scored and now < end + max_extra_s):
+        received = link.receive(max(0.01, min(0.5, end - now)))
         if received is None:
             continue
         message, _ = received
@@ -198,7 +217,7 @@ def measure_saturation(link: Link, warmup_s: float, windows: int, window_s: floa
             else:
                 other[message.reason.value] = other.get(message.reason.value, 0) + 1
         link.send(message.camera_id)
-    rates = tuple(rate for rate in (burst_rate(times) for times in per_window) if np.isfinite(rate))
+    rates = tuple(rate for rate in (window_rate(times) for times in per_window) if np.isfinite(rate))
     bursts = sum(len(burst_sizes(times)) for times in per_window)
     _drain(link, 10.0)
     return SaturationResult(Figure(rates or (float("nan"),), "frames/s"), scored, other,
@@ -213,18 +232,25 @@ def _drain(link: Link, timeout_s: float, quiet_s: float = 1.5) -> int:
     return count
 
 
-def measure_latency(link: Link, rate_per_s: float, warmup_s: float, windows: int, window_s: float) -> LatencyResult:
-    """Open loop at `rate_per_s`, evenly spaced, round-robin cameras (see the module docstring)."""
+def measure_latency(link: Link, rate_per_s: float, warmup_s: float, windows: int, window_s: float,
+                    min_scored: int = 0, max_extra_s: float = 60.0) -> LatencyResult:
+    """Open loop at `rate_per_s`, evenly spaced, round-robin cameras (see the module docstring).
+
+    Frames are sent until `min_scored` of them were scored after the warm-up, at most `max_extra_s`
+    past the planned end (the extra frames count in the last window).
+    """
     cameras = _cameras()
     interval = 1.0 / rate_per_s
     started = time.monotonic()
     measure_from_ns = time.time_ns() + int(warmup_s * 1e9)
-    send_until = started + warmup_s + windows * window_s
+    send_until = planned_end = started + warmup_s + windows * window_s
     next_send, sent = started, 0
     latencies: list[tuple[int, float]] = []
     publish_latencies, counts, outcomes = [], {"decisions": 0, "scored": 0}, {}
     while True:
         now = time.monotonic()
+        if now >= send_until and counts["scored"] < min_scored and send_until < planned_end + max_extra_s:
+            send_until = min(now + 0.5, planned_end + max_extra_s)
         if now >= next_send and now < send_until:
             link.send(cameras[sent % len(cameras)])
             sent += 1
@@ -251,7 +277,8 @@ def measure_latency(link: Link, rate_per_s: float, warmup_s: float, windows: int
         per_window = []
         for index in range(windows):
             low = measure_from_ns + int(index * window_s * 1e9)
-            chunk = [lat for ts, lat in latencies if low <= ts < low + int(window_s * 1e9)]
+            high = low + int(window_s * 1e9) if index < windows - 1 else float("inf")
+            chunk = [lat for ts, lat in latencies if low <= ts < high]
             if chunk:
                 per_window.append(percentile(chunk, q))
         ranges[f"p{q}"] = (min(per_window), max(per_window)) if per_window else (float("nan"), float("nan"))
@@ -304,8 +331,11 @@ def run_service_benchmark(artifacts: Path, bundle: Path, workdir: Path, size: in
                           saturation_windows: int = 4, window_s: float = 5.0, latency_windows: int = 3,
                           latency_window_s: float = 8.0, flood_s: float = 30.0, warmup_s: float = 5.0,
                           extra_args: tuple[str, ...] = (), log=print,
-                          raw_reference: Callable[[], Figure] | None = None) -> ServiceResult:
+                          raw_reference: Callable[[], Figure] | None = None, min_scored: int = 0) -> ServiceResult:
     """All three phases on one serve process; `expected_fps` (raw encoder) only sizes the first guesses.
+
+    The saturation and latency phases go on past their planned windows until `min_scored` frames
+    were scored in each (0: as planned); the latency warm-up is the shorter of 3 s and `warmup_s`.
 
     `raw_reference` measures the raw encoder (images/s at batch 8); it is called just before and just
     after the saturation phase and its samples are pooled (None: not measured here).
@@ -334,13 +364,14 @@ def run_service_benchmark(artifacts: Path, bundle: Path, workdir: Path, size: in
             log(f"  serve pid {service.pid} up, RSS {rss_idle:.0f} MiB; saturation ({saturation_windows} x "
                 f"{window_s:.0f} s after {warmup_s:.0f} s warm-up)")
             before = raw_reference() if raw_reference else None
-            saturation = measure_saturation(link, warmup_s, saturation_windows, window_s)
+            saturation = measure_saturation(link, warmup_s, saturation_windows, window_s, min_scored)
             after = raw_reference() if raw_reference else None
             raw = Figure(before.samples + after.samples, before.unit) if before and after else None
             fps = saturation.frames_per_s.median if np.isfinite(saturation.frames_per_s.median) else expected_fps
             log(f"  saturation {saturation.frames_per_s.format()} frames/s; latency at {LOAD_FRACTION:.0%} "
                 f"= {LOAD_FRACTION * fps:.1f} frames/s")
-            latency = measure_latency(link, LOAD_FRACTION * fps, 3.0, latency_windows, latency_window_s)
+            latency = measure_latency(link, LOAD_FRACTION * fps, min(3.0, warmup_s), latency_windows,
+                                      latency_window_s, min_scored)
             log(f"  latency p50/p95/p99 {latency.percentiles_ms['p50']:.0f}/{latency.percentiles_ms['p95']:.0f}/"
                 f"{latency.percentiles_ms['p99']:.0f} ms; flood {FLOOD_FACTOR * fps:.0f} frames/s for {flood_s:.0f} s")
             flood = measure_flood(link, service.pid, FLOOD_FACTOR * fps, flood_s)

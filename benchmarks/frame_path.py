@@ -96,7 +96,7 @@ class CaseResult:
 
 
 def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], size: str, cameras: int, mode: str,
-             path: str, warmup_s: float, measure_s: float) -> CaseResult:
+             path: str, warmup_s: float, measure_s: float, extra_serve_args: tuple[str, ...] = ()) -> CaseResult:
     """One fresh service, one traffic pattern (see the module docstring)."""
     import zmq  # noqa: PLC0415
 
@@ -105,7 +105,7 @@ def run_case(artifacts: Path, bundle: Path, workdir: Path, jpegs: list[bytes], s
     from trustvlm.runtime.frames import Encoding, FrameHeader, pack_frame_header  # noqa: PLC0415
     from trustvlm.runtime.messages import DecisionMessage, decode_body  # noqa: PLC0415
 
-    service = start_serve(artifacts, bundle, workdir, PATHS[path])
+    service = start_serve(artifacts, bundle, workdir, (*PATHS[path], *extra_serve_args))
     context = zmq.Context()
     push, sub = context.socket(zmq.PUSH), context.socket(zmq.SUB)
     try:
@@ -252,14 +252,19 @@ def reduced_min_side(artifacts: Path) -> int:
 
 def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CAMERA_COUNTS, modes=MODES,
                    warmup_s: float = 3.0, measure_s: float = 8.0, gate: bool = True, log=print,
-                   paths=DEFAULT_PATHS) -> dict:
-    """Every case, old and new path side by side (see the module docstring); returns the results as data."""
+                   paths=DEFAULT_PATHS, extra_serve_args: tuple[str, ...] = (), gate_frames_per_video: int = 20,
+                   gate_labelled: int = 600, ceiling_s: float = 2.0) -> dict:
+    """Every case, old and new path side by side (see the module docstring); returns the results as data.
+
+    `extra_serve_args` go to every service after the path's own; the gate measures `gate_labelled`
+    labelled images and `gate_frames_per_video` frames of each video; each ceiling runs `ceiling_s`.
+    """
     from trustvlm.runtime.decode_pool import default_workers  # noqa: PLC0415
 
     if gate:
         from trustvlm.pipelines.decode_gate import run_decode_gate  # noqa: PLC0415
         log("decode gate ...")
-        run_decode_gate(artifacts, ("fp32",), frames_per_video=20, labelled_count=600)
+        run_decode_gate(artifacts, ("fp32",), frames_per_video=gate_frames_per_video, labelled_count=gate_labelled)
     min_side = reduced_min_side(artifacts)
     workers = default_workers()
     results = {"cores": workers, "reduced_min_side": min_side, "paced_fps_per_camera": PACED_FPS_PER_CAMERA,
@@ -267,14 +272,14 @@ def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CA
     with tempfile.TemporaryDirectory() as workdir:
         for size in sizes:
             jpegs = make_jpegs(*SIZES[size])
-            results["ceiling"][size] = decode_ceiling(jpegs, min_side, workers)
-            results["ceiling"][size]["scoring"] = scoring_ceiling(artifacts, bundle, jpegs)
+            results["ceiling"][size] = decode_ceiling(jpegs, min_side, workers, seconds=ceiling_s)
+            results["ceiling"][size]["scoring"] = scoring_ceiling(artifacts, bundle, jpegs, seconds=ceiling_s)
             log(f"decode ceiling {size}: {results['ceiling'][size]}")
             for count in cameras:
                 for mode in modes:
                     for path in paths:
                         case = run_case(artifacts, bundle, Path(workdir), jpegs, size, count, mode, path, warmup_s,
-                                        measure_s)
+                                        measure_s, extra_serve_args)
                         log(f"{size} {count} cameras {mode} {path}: {case.scored_per_s} scored/s, p50 "
                             f"{case.p50_ms} ms, p99 {case.p99_ms} ms, {case.outcomes}")
                         results["cases"].append(asdict(case))
@@ -309,14 +314,37 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_suite_section(demo: Path, demo_bundle: Path, vitb32: Path, vitb32_bundle: Path, quick: bool = False,
+#: Sizes of the ``make bench`` section: every case (full), one size and camera count (quick), and the
+#: smallest run that still goes through every step (smoke: the test suite's ``--smoke``).
+SECTION_PROFILES = {
+    "full": {"demo": {}, "busy": dict(measure_s=8.0, warmup_s=3.0)},
+    "quick": {"demo": dict(sizes=("768x576",), cameras=(4,), measure_s=2.0, warmup_s=1.0),
+              "busy": dict(measure_s=2.0, warmup_s=1.0)},
+    "smoke": {"demo": dict(sizes=("768x576",), cameras=(2,), modes=("paced",), paths=("old", "new"), measure_s=0.5,
+                           warmup_s=0.5, gate_frames_per_video=2, gate_labelled=40, ceiling_s=0.2),
+              "busy": dict(measure_s=0.5, warmup_s=0.5, ceiling_s=0.2)},
+}
+#: The ViT-B/32 rows decode at full size, stated to the service: the decode gate (reduced against full
+#: decode, top-1 agreement) is not run for random weights, whose predictions mean nothing.
+BUSY_SERVE_ARGS = ("--decode-scale", "full")
+
+
+def run_suite_section(demo: Path, demo_bundle: Path, bench: Path, bench_bundle: Path, profile: str = "full",
                       log=print) -> dict:
-    """The frame path part of ``make bench``: every case on the demo model, and the ViT-B/32 encoder's busy share."""
-    small = dict(sizes=("768x576",), cameras=(4,), measure_s=2.0, warmup_s=1.0) if quick else {}
-    results = run_frame_path(demo, demo_bundle, log=log, **small)
-    busy = run_frame_path(vitb32, vitb32_bundle, sizes=("768x576",), cameras=(4,), paths=("old", "new"), gate=False,
-                          measure_s=2.0 if quick else 8.0, warmup_s=1.0 if quick else 3.0, log=log)
+    """The frame path part of ``make bench``: every case on the demo model, and the bench model's encoder busy share.
+
+    Raises:
+        ValueError: An unknown `profile` (see :data:`SECTION_PROFILES`).
+    """
+    if profile not in SECTION_PROFILES:
+        raise ValueError(f"frame path profile should be one of {sorted(SECTION_PROFILES)}, but got {profile!r}")
+    sizes = SECTION_PROFILES[profile]
+    results = run_frame_path(demo, demo_bundle, log=log, **sizes["demo"])
+    busy = run_frame_path(bench, bench_bundle, sizes=("768x576",), cameras=(4,), modes=("paced", "flood"),
+                          paths=("old", "new"), gate=False, extra_serve_args=BUSY_SERVE_ARGS, log=log, **sizes["busy"])
     results["vitb32_busy"] = busy["cases"]
+    results["busy_model"] = bench.name
+    results["busy_decode"] = "full size (--decode-scale full): no decode gate for random weights"
     return results
 
 
@@ -334,8 +362,9 @@ def render_section(results: dict) -> str:
             "`--dropped-runs`, `new-nowait` with `--max-superseded-per-take 0`. Paced: every "
             "camera above what the service scores; flood: as fast as ZeroMQ takes frames. Latency: capture to the "
             "decision's arrival. The cameras run in the benchmark's process, on the same cores.\n\n"
-            + markdown(data) + (f"\n\nViT-B/32 (random-init) image encoder, 4 cameras 768x576: {busy}"
-                                " (time in encoder and trust head / wall time)." if busy else ""))
+            + markdown(data) + (f"\n\n{data.get('busy_model', 'clip_vitb32')} (random-init) image encoder, 4 cameras "
+                                f"768x576, decoded {data.get('busy_decode', 'as the export allows')}: {busy} (time in "
+                                "encoder and trust head / wall time)." if busy else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,13 +380,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="service variants: old (--decode-workers 0, full decode, the ingest never waits), "
                              "new (defaults), new+runs (--dropped-runs), new-nowait (--max-superseded-per-take 0), "
                              "gpu (--decoder nvimgcodec --providers cuda: a GPU machine only)")
-    parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case (after 3 s warm-up)")
+    parser.add_argument("--measure-s", type=float, default=8.0, help="measured seconds per case")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each case")
+    parser.add_argument("--ceiling-s", type=float, default=2.0,
+                        help="seconds each decode and scoring ceiling is measured")
     parser.add_argument("--no-gate", dest="gate", action="store_false",
                         help="use the export's decode_gate.json as it is (default: run the gate first)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     results = run_frame_path(args.artifacts, args.bundle or args.artifacts / "bundle", tuple(args.sizes),
-                             tuple(args.cameras), tuple(args.modes), measure_s=args.measure_s, gate=args.gate,
+                             tuple(args.cameras), tuple(args.modes), warmup_s=args.warmup_s, measure_s=args.measure_s,
+                             gate=args.gate, ceiling_s=args.ceiling_s,
                              log=lambda line: print(line, file=sys.stderr, flush=True), paths=tuple(args.paths))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")

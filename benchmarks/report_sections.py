@@ -22,6 +22,11 @@ def _median(data: dict | None) -> float:
     return float("nan") if data is None else Figure.from_dict(data).median
 
 
+def _model(results: dict) -> str:
+    """The model of sections 1-5 (results from before it was recorded: clip_vitb32)."""
+    return results["config"].get("bench_model", "clip_vitb32")
+
+
 def _batches(results: dict) -> list[str]:
     return [str(b) for b in results["config"]["batch_sizes"]]
 
@@ -30,8 +35,12 @@ def header(results: dict) -> str:
     machine, config = results["machine"], results["config"]
     load_start, load_end = machine["load_average"][0], results.get("machine_end", {}).get("load_average", [math.nan])[0]
     lines = ["# Benchmarks", ""]
-    if config.get("quick"):
-        lines += ["> **SMOKE RUN** (`--quick`: tiny repeat counts, short phases, fewer classes). It checks that the "
+    if config.get("smoke"):
+        lines += [f"> **SMOKE RUN** (`--smoke`: every section at its smallest, on `{_model(results)}` alone). It "
+                  "checks that each section runs; these figures are **not** benchmark results. Run `make bench` on a "
+                  "quiet machine.", ""]
+    elif config.get("quick"):
+        lines += ["> **QUICK RUN** (`--quick`: tiny repeat counts, short phases, fewer classes). It checks that the "
                   "harness works; these figures are **not** benchmark results. Run `make bench` on a quiet machine.", ""]
     noise = results.get("noise", {}).get("run")
     noisy_steps = {name: n for name, n in results.get("noise", {}).get("steps", {}).items()
@@ -54,10 +63,11 @@ def header(results: dict) -> str:
                   "harness measured it); the load average at the end includes the benchmark itself.", ""]
     lines += ["Written by `make bench` (`python -m trustvlm.benchmarks`); re-render from the saved results with "
               "`python -m trustvlm.benchmarks --render artifacts/bench/results.json`. Every figure is the **median "
-              "(min-max)** over repeated runs. Speed is measured here, never asserted in tests. The model is "
-              "**ViT-B/32 with random-init weights** (`clip_vitb32 --weights random`): the real architecture, so the "
-              "real cost; any figure about accuracy of that model is meaningless (the int8 trust gate runs on the "
-              "trained demo model instead).", "",
+              "(min-max)** over repeated runs. Speed is measured here, never asserted in tests. " + (
+                  "The model is **ViT-B/32 with random-init weights** (`clip_vitb32 --weights random`): the real "
+                  "architecture, so the real cost; any figure about accuracy of that model is meaningless (the int8 "
+                  "trust gate runs on the trained demo model instead)." if _model(results) == "clip_vitb32" else
+                  f"The model of sections 1-5 is `{_model(results)}`."), "",
               "## Machine", "",
               markdown_table(["what", "value"], [
                   ["CPU", machine["cpu_model"]],
@@ -101,8 +111,8 @@ def throughput(results: dict) -> str:
                      fig(tp[ORT_INT8][b]), fig(ratios[f"{ORT_INT8}/{ORT_FP32}"][b], 2)])
     never_slower = all(_median(ratios[f"{ORT_FP32}/{TORCH}"][b]) >= 1.0 for b in _batches(results))
     return "\n".join([
-        "## 1. Image encoder throughput (clip_vitb32, images/s)", "",
-        "uint8 pixels `[batch, 224, 224, 3]` in, embedding out, normalization inside the model (as exported). "
+        f"## 1. Image encoder throughput ({_model(results)}, images/s)", "",
+        f"uint8 pixels `[batch, {results.get('input_size', 224)}, {results.get('input_size', 224)}, 3]` in, embedding out, normalization inside the model (as exported). "
         "Backends interleaved within each repeat; ratios are paired per repeat. A sample covers at least "
         f"{results['config']['min_images_per_sample']} images.", "",
         markdown_table(["batch", "PyTorch eager", "ONNX Runtime fp32", "ORT fp32 / PyTorch", "ONNX Runtime int8",
@@ -161,8 +171,9 @@ def service(results: dict) -> str:
     ranges = lat["window_ranges_ms"]
     lat_rows = [[q, num(p[q], 0), f"{num(ranges[q][0], 0)}-{num(ranges[q][1], 0)}"] for q in ("p50", "p95", "p99")]
     return "\n".join([
-        "## 4. End to end through `trustvlm serve` (clip_vitb32, CPU provider)", "",
-        "source (this process: one PUSH socket, 8 cameras, raw bgr8 224 x 224 Fashion-MNIST frames) -> ZeroMQ -> "
+        f"## 4. End to end through `trustvlm serve` ({_model(results)}, CPU provider)", "",
+        f"source (this process: one PUSH socket, 8 cameras, raw bgr8 {results.get('input_size', 224)} x "
+        f"{results.get('input_size', 224)} Fashion-MNIST frames) -> ZeroMQ -> "
         "`trustvlm serve` (separate process, default threads, `--max-batch 8`, `--staleness-ms 5000`) -> PUB -> "
         "subscriber (this process). Sender, service and subscriber share the machine's cores. See "
         "`benchmarks/e2e.py` for how each phase is measured.", "",
@@ -223,7 +234,9 @@ def build(results: dict) -> str:
         ], "llr"),
         "", "Calibration runs on the demo model so that the figure shows the calibration's own cost; with ViT-B/32 "
             f"it is dominated by encoding the {calib['images']} images (about images / ONNX Runtime fp32 images/s "
-            "at batch 32 of section 1, plus the figure above)."])
+            "at batch 32 of section 1, plus the figure above). The class names are synthetic (`object 0000`, ...) "
+            "and outside the demo model's ten-word vocabulary, so it calibrates with `--allow-unknown-words`: the "
+            "names cost what any names cost; their prototypes mean nothing, and no figure here depends on them."])
 
 
 def int8(results: dict) -> str:

@@ -2,7 +2,7 @@
 
 Steps, in order (each logged with its time):
 
-1. exports: ``clip_vitb32`` (random-init) and ``demo_fmnist``, fp32 + int8, into the bench folder
+1. exports: ``clip_vitb32`` (random-init; ``SuiteConfig.bench_model``) and ``demo_fmnist``, fp32 + int8, into the bench folder
    when absent (``trustvlm export``, every gate passed);
 2. FLOPs of the ViT-B/32 image encoder, and the machine's measured fp32 peak;
 3. image encoder throughput at batch 1, 8, 32: PyTorch eager, ONNX Runtime fp32 and int8, in step;
@@ -12,8 +12,10 @@ Steps, in order (each logged with its time):
    classes (demo model);
 7. int8 gates (from the export manifests) and int8 speed against fp32.
 
-``--quick`` is a smoke run (tiny repeat counts, short phases, fewer classes): it checks that the
-harness works; its figures are labelled as such and are not benchmark results.
+``--quick`` is a short run on the same models (tiny repeat counts, short phases, fewer classes);
+``--smoke`` runs every section at its smallest on the demo model alone (no ViT-B/32 export), and is
+what the test suite runs so that a section that crashes cannot land. Neither measures figures worth
+reporting, and the report says so at its top.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from trustvlm.benchmarks import bench_artifacts, build_times, e2e, encoder, flop
 from trustvlm.benchmarks.machine import cpu_share_of_others, describe_machine, read_cpu_times
 from trustvlm.benchmarks.report_sections import render_benchmarks, with_kept_sections
 from trustvlm.benchmarks.stats import Figure, time_calls
+from trustvlm.contract.manifest import encoder_path
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH, ORT_FP32, ORT_INT8 = "pytorch eager", "onnxruntime fp32", "onnxruntime int8"
@@ -56,13 +59,31 @@ class SuiteConfig:
     latency_windows: int = 3
     latency_window_s: float = 8.0
     flood_s: float = 30.0
+    service_warmup_s: float = 5.0
+    #: Saturation and latency phases last until this many frames were scored in each (0: their windows only).
+    service_min_scored: int = 0
+    #: The model of sections 1-5 (real architecture, random weights: the real cost).
+    bench_model: str = bench_artifacts.BENCH_MODEL
+    bench_weights: str | None = "random"
+    #: Size of the frame path section: "full", "quick" or "smoke" (see frame_path.SECTION_PROFILES).
+    frame_path: str = "full"
     quick: bool = False
+    smoke: bool = False
 
-    def smoke(self) -> "SuiteConfig":
+    def quick_run(self) -> "SuiteConfig":
         """The same run with tiny counts: checks the harness, measures nothing worth reporting."""
         return replace(self, repeats=2, min_images_per_sample=8, text_classes=50, text_repeats=1,
                        calibration_classes=12, calibration_repeats=1, saturation_windows=2, saturation_window_s=4.0,
-                       latency_windows=2, latency_window_s=4.0, flood_s=6.0, quick=True)
+                       latency_windows=2, latency_window_s=4.0, flood_s=6.0, frame_path="quick", quick=True)
+
+    def smoke_run(self) -> "SuiteConfig":
+        """Every section at its smallest, on the demo model alone: does each section still produce its figures?"""
+        return replace(self, repeats=1, batch_sizes=(1, 8), min_images_per_sample=8, text_classes=10,
+                       text_repeats=1, calibration_classes=10, calibration_shots=4, calibration_repeats=1,
+                       saturation_windows=1, saturation_window_s=1.0, latency_windows=1, latency_window_s=1.0,
+                       flood_s=1.0, service_warmup_s=0.5, service_min_scored=4 * e2e.SATURATION_CAMERAS,
+                       bench_model=bench_artifacts.DEMO_MODEL,
+                       bench_weights=None, frame_path="smoke", smoke=True)
 
 
 class _Log:
@@ -102,11 +123,11 @@ def run_suite(config: SuiteConfig) -> dict:
     root = config.artifacts_root
 
     tick = time.perf_counter()
-    vitb32 = bench_artifacts.ensure_export(root, bench_artifacts.BENCH_MODEL, "random", "int8", log)
+    bench = bench_artifacts.ensure_export(root, config.bench_model, config.bench_weights, "int8", log)
     demo = bench_artifacts.ensure_export(root, bench_artifacts.DEMO_MODEL, None, "int8", log)
     log.step("exports", tick)
-    manifest = _manifest(vitb32)
-    size = int(manifest["preprocess"]["size"])
+    manifest = _manifest(bench)
+    size = results["input_size"] = int(manifest["preprocess"]["size"])
 
     tick = time.perf_counter()
     import torch  # noqa: PLC0415
@@ -115,8 +136,8 @@ def run_suite(config: SuiteConfig) -> dict:
     from trustvlm.export.torch_wrappers import ImageEncoderForExport  # noqa: PLC0415
     from trustvlm.models.registry import get_model_spec  # noqa: PLC0415
 
-    spec = get_model_spec(bench_artifacts.BENCH_MODEL)
-    model = load_model(spec, "random").model
+    spec = get_model_spec(config.bench_model)
+    model = load_model(spec, config.bench_weights).model
     wrapper = ImageEncoderForExport(model, spec.preprocess.mean, spec.preprocess.std).eval()
     gflop_per_image = flops.count_flops(wrapper, torch.zeros(1, size, size, 3, dtype=torch.uint8)) / 1e9
     peak_before = flops.measure_peak_gflops(repeats=config.repeats, threads=config.threads)
@@ -125,8 +146,8 @@ def run_suite(config: SuiteConfig) -> dict:
 
     tick = time.perf_counter()
     backends = [encoder.torch_backend(model, spec.preprocess.mean, spec.preprocess.std, config.threads),
-                encoder.onnx_backend(ORT_FP32, vitb32 / "image_encoder.onnx", config.threads),
-                encoder.onnx_backend(ORT_INT8, vitb32 / "image_encoder.int8.onnx", config.threads, "int8")]
+                encoder.onnx_backend(ORT_FP32, encoder_path(bench, manifest, "image", "fp32"), config.threads),
+                encoder.onnx_backend(ORT_INT8, encoder_path(bench, manifest, "image", "int8"), config.threads, "int8")]
     log("encoder throughput (images/s, median (min-max))")
     throughput = encoder.measure_throughput(backends, size, config.batch_sizes, config.repeats,
                                             config.min_images_per_sample, log)
@@ -166,9 +187,9 @@ def run_suite(config: SuiteConfig) -> dict:
     log.step("trust head and preprocessing", tick)
 
     tick = time.perf_counter()
-    bundle = bench_artifacts.ensure_bundle(vitb32, threads=config.threads)
+    bundle = bench_artifacts.ensure_bundle(bench, threads=config.threads)
     log(f"end to end through trustvlm serve (bundle {bundle})")
-    raw = encoder.onnx_backend(ORT_FP32, vitb32 / "image_encoder.onnx", config.threads)
+    raw = encoder.onnx_backend(ORT_FP32, encoder_path(bench, manifest, "image", "fp32"), config.threads)
     raw_pixels = encoder.random_pixels(e2e.MAX_BATCH, size)
     raw.encode(raw_pixels)
 
@@ -178,9 +199,9 @@ def run_suite(config: SuiteConfig) -> dict:
 
     workdir = e2e.default_workdir(root)
     service = e2e.run_service_benchmark(
-        vitb32, bundle, workdir, size, tp[ORT_FP32][8].median, config.saturation_windows,
-        config.saturation_window_s, config.latency_windows, config.latency_window_s, config.flood_s, log=log,
-        raw_reference=raw_reference)
+        bench, bundle, workdir, size, tp[ORT_FP32][8].median, config.saturation_windows,
+        config.saturation_window_s, config.latency_windows, config.latency_window_s, config.flood_s,
+        warmup_s=config.service_warmup_s, log=log, raw_reference=raw_reference, min_scored=config.service_min_scored)
     del raw
     if service.exit_code == 0:
         shutil.rmtree(workdir, ignore_errors=True)  # kept, with serve's stderr, only when serve failed
@@ -191,19 +212,21 @@ def run_suite(config: SuiteConfig) -> dict:
     tick = time.perf_counter()
     from trustvlm.benchmarks import frame_path  # noqa: PLC0415
 
-    log("frame path: decode pool and reduced decode against the old path (demo model); ViT-B/32 encoder busy share")
+    log(f"frame path: decode pool and reduced decode against the old path (demo model); {bench.name} encoder "
+        "busy share")
     demo_bundle = bench_artifacts.ensure_bundle(demo, threads=config.threads)
-    results["frame_path"] = frame_path.run_suite_section(demo, demo_bundle, vitb32, bundle, quick=config.quick, log=log)
+    results["frame_path"] = frame_path.run_suite_section(demo, demo_bundle, bench, bundle, profile=config.frame_path,
+                                                         log=log)
     log.step("frame path", tick)
 
     tick = time.perf_counter()
     log(f"text prototypes for {config.text_classes} classes ({config.text_repeats} runs)")
-    text = build_times.measure_text_prototypes(vitb32, config.text_classes, config.text_repeats)
+    text = build_times.measure_text_prototypes(bench, config.text_classes, config.text_repeats)
     log(f"calibration {config.calibration_shots} shots x {config.calibration_classes} classes on {demo.name} "
         f"({config.calibration_repeats} runs)")
     calibration, calibration_images = build_times.measure_calibration(
         demo, config.calibration_classes, config.calibration_shots, config.calibration_repeats, scratch=root)
-    results["build_times"] = {"text_prototypes": {"model": vitb32.name, "classes": config.text_classes,
+    results["build_times"] = {"text_prototypes": {"model": bench.name, "classes": config.text_classes,
                                                   "seconds": text.to_dict()},
                               "calibration": {"model": demo.name, "classes": config.calibration_classes,
                                               "shots": config.calibration_shots, "images": calibration_images,
@@ -212,9 +235,9 @@ def run_suite(config: SuiteConfig) -> dict:
 
     results["int8"] = {folder.name: {key: _manifest(folder)["precisions"]["int8"].get(key)
                                      for key in ("parity", "trust_gate", "quantization")}
-                       for folder in (vitb32, demo)}
+                       for folder in dict.fromkeys((bench, demo))}
     results["int8_export_seconds"] = {folder.name: _manifest(folder).get("export_seconds", {})
-                                      for folder in (vitb32, demo)}
+                                      for folder in dict.fromkeys((bench, demo))}
     results["steps_s"] = log.steps
     results["noise"] = {"steps": log.noise, "run": cpu_share_of_others(log.first_cpu, read_cpu_times())}
     results["machine_end"] = {"load_average": list(os.getloadavg())}
@@ -234,8 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=SuiteConfig.threads,
                         help="threads for PyTorch and ONNX Runtime (intra-op)")
     parser.add_argument("--repeats", type=int, default=SuiteConfig.repeats, help="timed runs per figure")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny repeat counts and short phases; figures are not benchmark results")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="short run on the same models: tiny repeat counts and short phases; figures are not "
+                           "benchmark results")
+    size.add_argument("--smoke", action="store_true",
+                      help="every section at its smallest, on the demo model alone (no ViT-B/32 export): checks that "
+                           "each section runs and produces its figures (the test suite runs it); measures nothing")
     parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                         help="only re-render --output from a saved results.json (measures nothing)")
     return parser
@@ -260,14 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     config = SuiteConfig(artifacts_root=args.artifacts_root, output=args.output, threads=args.threads,
                          repeats=args.repeats)
     if args.quick:
-        config = config.smoke()
+        config = config.quick_run()
+    elif args.smoke:
+        config = config.smoke_run()
     try:
         results = run_suite(config)
     except (bench_artifacts.BenchSetupError, e2e.ServiceStartError) as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return 1
     config.artifacts_root.mkdir(parents=True, exist_ok=True)
-    results_path = config.artifacts_root / ("results.quick.json" if config.quick else "results.json")
+    results_path = config.artifacts_root / ("results.smoke.json" if config.smoke else
+                                            "results.quick.json" if config.quick else "results.json")
     results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     _write_report(config.output, render_benchmarks(results))
     print(f"wrote {config.output} and {results_path} in {results['total_s']:.0f} s")

@@ -1,0 +1,250 @@
+"""Every command the documentation tells a user to run is run by a test, and its flags still exist.
+
+The commands are read from README.md, BENCHMARKS.md and RELIABILITY.md (code blocks and inline
+code that starts with ``make``, ``trustvlm`` or ``python -m trustvlm...``), not kept by hand.
+:data:`RUN_BY` names, for each, the tests that run it in its smallest form (a ``make`` target:
+the command its recipe runs). The checks:
+
+* every documented command has an entry, every entry is documented, every test named exists;
+* every documented ``trustvlm`` command line parses with the real parser (placeholders filled);
+* every documented ``make`` line expands (``make -n``) and each ``trustvlm`` command its recipe
+  runs parses with the real parser, so a flag renamed in the CLI breaks this test, not a user.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from trustvlm.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "BENCHMARKS.md", "RELIABILITY.md")
+SUITE = "tests/test_documented_commands.py::"  # this file: `make` and the parsers, no run
+
+#: Documented command -> the tests that run it (pytest node ids without parameters).
+RUN_BY: dict[str, tuple[str, ...]] = {
+    # make targets: the command each recipe runs (`make -n` below checks that it parses)
+    "make setup": ("tests/test_packaging.py::test_make_setup_installs_one_flavour_and_switches_cleanly",
+                   "tests/test_packaging.py::test_the_install_check_names_what_is_wrong_in_one_line"),
+    "make demo": ("tests/export/test_export_demo.py::test_exported_demo_model_classifies_fashion_mnist",
+                  "tests/calibration/test_calibrate.py::test_calibrate_fashion_mnist_uses_only_the_calibration_split",
+                  "tests/pipelines/test_demo.py::test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero",
+                  "tests/pipelines/test_documented_runs.py::test_zeroshot_prints_the_accuracy_of_the_export"),
+    "make demo-model": ("tests/training/test_train_refusal.py::test_a_model_at_chance_is_refused_and_no_checkpoint_written",
+                        "tests/training/test_train_demo.py::test_trainer_learns_from_an_image_folder"),
+    "make export": ("tests/models/test_registry_walk.py::test_entry_exports_random_init_or_is_refused_in_one_line",
+                    "tests/export/test_export_name.py::test_export_name_gives_the_folder_the_manifest_and_the_reports_the_name",
+                    "tests/export/test_engine_export.py::test_an_engine_that_meets_the_parity_gate_is_recorded_for_the_runtime"),
+    "make calibrate": ("tests/calibration/test_calibrate.py::test_cli_calibrate_writes_the_default_bundle_folder",),
+    "make eval": ("tests/calibration/test_evaluate.py::test_cli_eval_writes_the_default_folder",),
+    "make serve": ("tests/runtime/test_serve_process.py::test_serve_starts_on_random_loopback_ports_publishes_and_stops_cleanly",),
+    "make decode-gate": ("tests/pipelines/test_documented_runs.py::test_decode_gate_writes_its_record",),
+    "make soak": ("tests/pipelines/test_documented_runs.py::test_soak_accounts_for_every_frame",),
+    "make bench": ("tests/benchmarks/test_bench_smoke.py::test_every_section_writes_its_heading",),
+    "make bench-frame-path": ("tests/pipelines/test_documented_runs.py::test_the_frame_path_benchmark_prints_its_table",),
+    "make bench-gpu": ("tests/benchmarks/test_gpu.py::test_bench_gpu_without_any_gpu_says_so_and_exits_0",),
+    "make gpu-check": ("tests/benchmarks/test_gpu_check.py::test_without_a_gpu_it_fails_in_one_line_and_runs_nothing",),
+    # the test targets are this suite: their marker expressions are checked against pyproject's markers
+    "make test": (SUITE + "test_the_test_targets_select_declared_markers",),
+    "make test-fast": (SUITE + "test_the_test_targets_select_declared_markers",),
+    "make test-heavy": (SUITE + "test_the_test_targets_select_declared_markers",),
+    # trustvlm subcommands
+    "trustvlm export": ("tests/export/test_export_name.py::test_export_name_gives_the_folder_the_manifest_and_the_reports_the_name",),
+    "trustvlm zeroshot": ("tests/pipelines/test_documented_runs.py::test_zeroshot_prints_the_accuracy_of_the_export",),
+    "trustvlm calibrate": ("tests/calibration/test_calibrate.py::test_cli_calibrate_writes_the_default_bundle_folder",),
+    "trustvlm eval": ("tests/calibration/test_eval_data.py::test_eval_on_a_folder_reports_on_the_held_out_test_folder",),
+    "trustvlm serve": ("tests/runtime/test_serve_process.py::test_serve_starts_on_random_loopback_ports_publishes_and_stops_cleanly",
+                       "tests/runtime/test_cluster_mode.py::test_two_replicas_on_two_nodes_decide_every_frame_as_the_single_machine_service"),
+    "trustvlm keys": ("tests/runtime/test_security.py::test_keys_are_written_private_and_never_overwritten",),
+    "trustvlm source": ("tests/pipelines/test_pipeline_processes.py::test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_in_safe_state",),
+    "trustvlm controller": ("tests/pipelines/test_pipeline_processes.py::test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_in_safe_state",),
+    "trustvlm demo": ("tests/pipelines/test_demo.py::test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero",),
+    "trustvlm soak": ("tests/pipelines/test_documented_runs.py::test_soak_accounts_for_every_frame",),
+    "trustvlm train-demo": ("tests/training/test_train_refusal.py::test_a_model_at_chance_is_refused_and_no_checkpoint_written",),
+    "trustvlm models": ("tests/test_cli.py::test_models_lists_the_registry",),
+    "trustvlm decode-gate": ("tests/pipelines/test_documented_runs.py::test_decode_gate_writes_its_record",),
+    # python -m modules
+    "python -m trustvlm.benchmarks": ("tests/benchmarks/test_bench_smoke.py::test_every_section_writes_its_heading",),
+    "python -m trustvlm.benchmarks.frame_path": (
+        "tests/pipelines/test_documented_runs.py::test_the_frame_path_benchmark_prints_its_table",),
+    "python -m trustvlm.benchmarks.train_folders": (
+        "tests/pipelines/test_documented_runs.py::test_train_folders_writes_the_three_folders",),
+    "python -m trustvlm.benchmarks.threshold_simulation": (
+        "tests/benchmarks/test_threshold_simulation.py::test_a_small_run_prints_the_table",),
+    "python -m trustvlm.benchmarks.threshold_cameras": (
+        "tests/pipelines/test_documented_runs.py::test_threshold_cameras_prints_a_row_per_method",),
+    # measured by hand for RELIABILITY.md and BENCHMARKS.md (25 s and more each): the code they measure is tested
+    "python -m trustvlm.benchmarks.ood_gate": (
+        "tests/calibration/test_ood_gate.py::test_a_gate_at_1_percent_false_rejects_defers_about_1_percent_of_fresh_in_distribution_frames",),
+    "python -m trustvlm.benchmarks.ood_layers": (
+        "tests/calibration/test_ood_gate.py::test_the_float32_graph_matches_the_float64_reference",),
+    "python -m trustvlm.benchmarks.cluster_bench": (
+        "tests/runtime/test_cluster_mode.py::test_two_replicas_on_two_nodes_decide_every_frame_as_the_single_machine_service",),
+    "python -m trustvlm.data.sklearn_digits": (
+        "tests/pipelines/test_documented_runs.py::test_sklearn_digits_writes_the_folders_and_the_split",),
+    "python -m trustvlm.runtime.install_check": (
+        "tests/test_packaging.py::test_the_install_check_names_what_is_wrong_in_one_line",),
+}
+
+#: Placeholders of documented command lines -> values the parsers accept (whole words, then parts of words).
+PLACEHOLDER_WORDS = {"...": "x", "N": "2", "ADDRESS": "10.0.0.1:6379", "DIR": "x"}
+PLACEHOLDERS = {"$M": "artifacts/demo_fmnist", "<head>": "10.0.0.1", "DEVICE": "127.0.0.1", "<model>": "demo_fmnist",
+                "~/": "/home/user/"}
+COMMAND_START = re.compile(r"^(?:\$ )?(make|trustvlm|(?:\.venv/bin/)?python3? -m) (\S+)(.*)$")
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines of fenced code blocks (continuations joined) and every inline code span, whitespace-normalised."""
+    lines, block, inside = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        if inside:
+            block.append(line)
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(block))
+    lines += [line.split("  #")[0].strip() for line in joined.splitlines()]
+    lines += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))]
+    return [line for line in lines if line]
+
+
+def documented_commands(docs=DOCS) -> dict[str, list[str]]:
+    """``{"make TARGET" | "trustvlm SUB" | "python -m MODULE": [the documented lines]}``."""
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
+    found: dict[str, list[str]] = {}
+    for doc in docs:
+        for line in code_lines((REPO / doc).read_text()):
+            match = COMMAND_START.match(line)
+            if not match:
+                continue
+            tool, name = match.group(1), match.group(2)
+            if tool == "trustvlm" and name not in subcommands:
+                continue  # printed output ("trustvlm eval: error: ...") or prose
+            if tool.endswith("-m") and not name.startswith("trustvlm"):
+                continue
+            key = f"{'python -m' if tool.endswith('-m') else tool} {name}"
+            found.setdefault(key, []).append(line)
+    return found
+
+
+def fill(line: str, drop_ellipsis: bool = False) -> list[str]:
+    """The words of a documented line, placeholders filled, ``[optional]`` brackets and ``a|b`` choices resolved."""
+    for placeholder, value in PLACEHOLDERS.items():
+        line = line.replace(placeholder, value)
+    words = [word.strip("[]").split("|")[0] for word in shlex.split(line, comments=True)]
+    if drop_ellipsis:
+        return [word for word in words if "..." not in word]
+    # "..." stands for a flag's value after a flag, for more flags elsewhere
+    words = [word for at, word in enumerate(words) if word != "..." or words[at - 1].startswith("--")]
+    return [PLACEHOLDER_WORDS.get(word, word) for word in words]
+
+
+def test_every_documented_command_is_run_by_a_test_and_every_entry_is_documented():
+    documented = documented_commands()
+    missing = sorted(set(documented) - set(RUN_BY))
+    stale = sorted(set(RUN_BY) - set(documented))
+    assert not missing, f"documented, but no test named in RUN_BY runs them: {missing}"
+    assert not stale, f"RUN_BY names commands no document shows any more: {stale}"
+
+
+def test_every_make_target_the_docs_name_exists():
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (REPO / "Makefile").read_text(), flags=re.M))
+    unknown = sorted(key for key in documented_commands() if key.startswith("make ") and key[5:] not in targets)
+    assert not unknown, f"the docs name make targets the Makefile lacks: {unknown}"
+
+
+def test_every_test_named_in_run_by_exists():
+    defined: dict[str, set[str]] = {}
+    missing = []
+    for key, node_ids in RUN_BY.items():
+        for node_id in node_ids:
+            path, _, name = node_id.partition("::")
+            if path not in defined:
+                source = REPO / path
+                defined[path] = ({node.name for node in ast.walk(ast.parse(source.read_text()))
+                                  if isinstance(node, ast.FunctionDef)} if source.exists() else set())
+            if name not in defined[path]:
+                missing.append(f"{key}: {node_id}")
+    assert not missing, missing
+
+
+def parse_trustvlm(words: list[str]) -> None:
+    """Parse `trustvlm WORDS` with the real parser (``bench`` with the benchmark suite's); SystemExit on a bad flag."""
+    if words[:1] == ["bench"]:
+        from trustvlm.benchmarks.suite import build_parser as suite_parser  # noqa: PLC0415
+
+        suite_parser().parse_args(words[1:])
+        return
+    build_parser().parse_args(words)
+
+
+def documented_lines(tool: str) -> list[str]:
+    return sorted({line for key, lines in documented_commands().items() if key.startswith(tool) for line in lines})
+
+
+@pytest.mark.parametrize("line", documented_lines("trustvlm "))
+def test_documented_trustvlm_lines_parse(line, capsys):
+    words = fill(line)[1:]
+    if len(words) < 2 or words[1] in ("--help", "-h"):
+        return  # `trustvlm calibrate` named in prose: the subcommand alone
+    if len(words) == 2 and words[1].startswith("--"):  # prose naming one flag: `trustvlm serve --cluster`
+        subparser = build_parser()._subparsers._group_actions[0].choices[words[0]]
+        assert words[1] in subparser._option_string_actions, f"`{line}`: {words[0]} has no flag {words[1]}"
+        return
+    try:
+        parse_trustvlm(words)
+    except SystemExit as error:
+        pytest.fail(f"`{line}` does not parse: {capsys.readouterr().err.strip().splitlines()[-1:]} (exit {error})")
+
+
+def make_dry_run(line: str, venv: Path) -> list[str]:
+    """The commands `make -n` prints for a documented make line (the venv set up, so setup prints nothing)."""
+    words = fill(line, drop_ellipsis=True)
+    done = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), *words[1:], f"VENV={venv}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"`{line}`: make -n exited {done.returncode}: {done.stderr.strip()[-500:]}"
+    return done.stdout.replace("\\\n", " ").splitlines()
+
+
+@pytest.fixture(scope="module")
+def ready_venv(tmp_path_factory) -> Path:
+    """A venv folder that `make` takes as set up (its stamp newer than pyproject.toml): setup prints nothing."""
+    venv = tmp_path_factory.mktemp("venv")
+    (venv / ".installed-cpu").touch()
+    return venv
+
+
+#: Targets whose recipes run no `trustvlm` command (pytest, the venv, or a benchmark module's own parser).
+NO_TRUSTVLM_COMMAND = {"setup", "test", "test-fast", "test-heavy", "bench-frame-path", "bench-gpu", "gpu-check"}
+
+
+@pytest.mark.parametrize("line", documented_lines("make "))
+def test_documented_make_lines_run_commands_that_parse(line, ready_venv, capsys):
+    parsed = 0
+    for command in make_dry_run(line, ready_venv):
+        words = shlex.split(command)
+        if len(words) > 2 and words[1] == "-m" and words[2] in ("trustvlm", "trustvlm.benchmarks"):
+            try:
+                parse_trustvlm(words[3:] if words[2] == "trustvlm" else ["bench", *words[3:]])
+            except SystemExit:
+                pytest.fail(f"`{line}` runs `{command}`, which does not parse: "
+                            f"{capsys.readouterr().err.strip().splitlines()[-1:]}")
+            parsed += 1
+    assert parsed or fill(line, drop_ellipsis=True)[1] in NO_TRUSTVLM_COMMAND, f"`{line}` ran no trustvlm command"
+
+
+def test_the_test_targets_select_declared_markers():
+    declared = set(re.findall(r'^\s*"([a-z0-9_]+): ', (REPO / "pyproject.toml").read_text(), flags=re.M))
+    makefile = (REPO / "Makefile").read_text()
+    for target in ("test", "test-fast", "test-heavy"):
+        recipe = re.search(rf"^{target}:.*\n\t(.*)$", makefile, flags=re.M).group(1)
+        expression = re.search(r'-m (?:"([^"]+)"|(\w+))$', recipe)
+        expression = expression.group(1) or expression.group(2)
+        used = set(re.findall(r"[a-z_]+", expression)) - {"not", "and", "or"}
+        assert used and used <= declared, (target, used - declared)
