@@ -112,7 +112,8 @@ def throughput(results: dict) -> str:
     never_slower = all(_median(ratios[f"{ORT_FP32}/{TORCH}"][b]) >= 1.0 for b in _batches(results))
     return "\n".join([
         f"## 1. Image encoder throughput ({_model(results)}, images/s)", "",
-        f"uint8 pixels `[batch, {results.get('input_size', 224)}, {results.get('input_size', 224)}, 3]` in, embedding out, normalization inside the model (as exported). "
+        f"uint8 pixels `[batch, {results.get('input_size', 224)}, {results.get('input_size', 224)}, 3]` in, "
+        "embedding out, normalization inside the model (as exported). "
         "Backends interleaved within each repeat; ratios are paired per repeat. A sample covers at least "
         f"{results['config']['min_images_per_sample']} images.", "",
         markdown_table(["batch", "PyTorch eager", "ONNX Runtime fp32", "ORT fp32 / PyTorch", "ONNX Runtime int8",

@@ -2,7 +2,8 @@
 
 Steps, in order (each logged with its time):
 
-1. exports: ``clip_vitb32`` (random-init; ``SuiteConfig.bench_model``) and ``demo_fmnist``, fp32 + int8, into the bench folder
+1. exports: ``clip_vitb32`` (random-init; ``SuiteConfig.bench_model``) and ``demo_fmnist``, fp32 + int8,
+   into the bench folder
    when absent (``trustvlm export``, every gate passed);
 2. FLOPs of the ViT-B/32 image encoder, and the machine's measured fp32 peak;
 3. image encoder throughput at batch 1, 8, 32: PyTorch eager, ONNX Runtime fp32 and int8, in step;

@@ -2,8 +2,8 @@
 
 The commands are read from README.md, BENCHMARKS.md and RELIABILITY.md (code blocks and inline
 code that starts with ``make``, ``trustvlm`` or ``python -m trustvlm...``), not kept by hand.
-:data:`RUN_BY` names, for each, the tests that run it in its smallest form (a ``make`` target:
-the command its recipe runs). The checks:
+``tests/documented_commands.toml`` names, for each, the tests that run it in its smallest form
+(a ``make`` target: the command its recipe runs). The checks:
 
 * every documented command has an entry, every entry is documented, every test named exists;
 * every documented ``trustvlm`` command line parses with the real parser (placeholders filled);
@@ -21,76 +21,18 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
 from trustvlm.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "BENCHMARKS.md", "RELIABILITY.md")
-SUITE = "tests/test_documented_commands.py::"  # this file: `make` and the parsers, no run
 
-#: Documented command -> the tests that run it (pytest node ids without parameters).
-RUN_BY: dict[str, tuple[str, ...]] = {
-    # make targets: the command each recipe runs (`make -n` below checks that it parses)
-    "make setup": ("tests/test_packaging.py::test_make_setup_installs_one_flavour_and_switches_cleanly",
-                   "tests/test_packaging.py::test_the_install_check_names_what_is_wrong_in_one_line"),
-    "make demo": ("tests/export/test_export_demo.py::test_exported_demo_model_classifies_fashion_mnist",
-                  "tests/calibration/test_calibrate.py::test_calibrate_fashion_mnist_uses_only_the_calibration_split",
-                  "tests/pipelines/test_demo.py::test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero",
-                  "tests/pipelines/test_documented_runs.py::test_zeroshot_prints_the_accuracy_of_the_export"),
-    "make demo-model": ("tests/training/test_train_refusal.py::test_a_model_at_chance_is_refused_and_no_checkpoint_written",
-                        "tests/training/test_train_demo.py::test_trainer_learns_from_an_image_folder"),
-    "make export": ("tests/models/test_registry_walk.py::test_entry_exports_random_init_or_is_refused_in_one_line",
-                    "tests/export/test_export_name.py::test_export_name_gives_the_folder_the_manifest_and_the_reports_the_name",
-                    "tests/export/test_engine_export.py::test_an_engine_that_meets_the_parity_gate_is_recorded_for_the_runtime"),
-    "make calibrate": ("tests/calibration/test_calibrate.py::test_cli_calibrate_writes_the_default_bundle_folder",),
-    "make eval": ("tests/calibration/test_evaluate.py::test_cli_eval_writes_the_default_folder",),
-    "make serve": ("tests/runtime/test_serve_process.py::test_serve_starts_on_random_loopback_ports_publishes_and_stops_cleanly",),
-    "make decode-gate": ("tests/pipelines/test_documented_runs.py::test_decode_gate_writes_its_record",),
-    "make soak": ("tests/pipelines/test_documented_runs.py::test_soak_accounts_for_every_frame",),
-    "make bench": ("tests/benchmarks/test_bench_smoke.py::test_every_section_writes_its_heading",),
-    "make bench-frame-path": ("tests/pipelines/test_documented_runs.py::test_the_frame_path_benchmark_prints_its_table",),
-    "make bench-gpu": ("tests/benchmarks/test_gpu.py::test_bench_gpu_without_any_gpu_says_so_and_exits_0",),
-    "make gpu-check": ("tests/benchmarks/test_gpu_check.py::test_without_a_gpu_it_fails_in_one_line_and_runs_nothing",),
-    # the test targets are this suite: their marker expressions are checked against pyproject's markers
-    "make test": (SUITE + "test_the_test_targets_select_declared_markers",),
-    "make test-fast": (SUITE + "test_the_test_targets_select_declared_markers",),
-    "make test-heavy": (SUITE + "test_the_test_targets_select_declared_markers",),
-    # trustvlm subcommands
-    "trustvlm export": ("tests/export/test_export_name.py::test_export_name_gives_the_folder_the_manifest_and_the_reports_the_name",),
-    "trustvlm zeroshot": ("tests/pipelines/test_documented_runs.py::test_zeroshot_prints_the_accuracy_of_the_export",),
-    "trustvlm calibrate": ("tests/calibration/test_calibrate.py::test_cli_calibrate_writes_the_default_bundle_folder",),
-    "trustvlm eval": ("tests/calibration/test_eval_data.py::test_eval_on_a_folder_reports_on_the_held_out_test_folder",),
-    "trustvlm serve": ("tests/runtime/test_serve_process.py::test_serve_starts_on_random_loopback_ports_publishes_and_stops_cleanly",
-                       "tests/runtime/test_cluster_mode.py::test_two_replicas_on_two_nodes_decide_every_frame_as_the_single_machine_service"),
-    "trustvlm keys": ("tests/runtime/test_security.py::test_keys_are_written_private_and_never_overwritten",),
-    "trustvlm source": ("tests/pipelines/test_pipeline_processes.py::test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_in_safe_state",),
-    "trustvlm controller": ("tests/pipelines/test_pipeline_processes.py::test_every_frame_gets_one_decision_and_a_killed_service_puts_the_controller_in_safe_state",),
-    "trustvlm demo": ("tests/pipelines/test_demo.py::test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero",),
-    "trustvlm soak": ("tests/pipelines/test_documented_runs.py::test_soak_accounts_for_every_frame",),
-    "trustvlm train-demo": ("tests/training/test_train_refusal.py::test_a_model_at_chance_is_refused_and_no_checkpoint_written",),
-    "trustvlm models": ("tests/test_cli.py::test_models_lists_the_registry",),
-    "trustvlm decode-gate": ("tests/pipelines/test_documented_runs.py::test_decode_gate_writes_its_record",),
-    # python -m modules
-    "python -m trustvlm.benchmarks": ("tests/benchmarks/test_bench_smoke.py::test_every_section_writes_its_heading",),
-    "python -m trustvlm.benchmarks.frame_path": (
-        "tests/pipelines/test_documented_runs.py::test_the_frame_path_benchmark_prints_its_table",),
-    "python -m trustvlm.benchmarks.train_folders": (
-        "tests/pipelines/test_documented_runs.py::test_train_folders_writes_the_three_folders",),
-    "python -m trustvlm.benchmarks.threshold_simulation": (
-        "tests/benchmarks/test_threshold_simulation.py::test_a_small_run_prints_the_table",),
-    "python -m trustvlm.benchmarks.threshold_cameras": (
-        "tests/pipelines/test_documented_runs.py::test_threshold_cameras_prints_a_row_per_method",),
-    # measured by hand for RELIABILITY.md and BENCHMARKS.md (25 s and more each): the code they measure is tested
-    "python -m trustvlm.benchmarks.ood_gate": (
-        "tests/calibration/test_ood_gate.py::test_a_gate_at_1_percent_false_rejects_defers_about_1_percent_of_fresh_in_distribution_frames",),
-    "python -m trustvlm.benchmarks.ood_layers": (
-        "tests/calibration/test_ood_gate.py::test_the_float32_graph_matches_the_float64_reference",),
-    "python -m trustvlm.benchmarks.cluster_bench": (
-        "tests/runtime/test_cluster_mode.py::test_two_replicas_on_two_nodes_decide_every_frame_as_the_single_machine_service",),
-    "python -m trustvlm.data.sklearn_digits": (
-        "tests/pipelines/test_documented_runs.py::test_sklearn_digits_writes_the_folders_and_the_split",),
-    "python -m trustvlm.runtime.install_check": (
-        "tests/test_packaging.py::test_the_install_check_names_what_is_wrong_in_one_line",),
-}
+#: Documented command -> the tests that run it (tests/documented_commands.toml).
+RUN_BY: dict[str, list[str]] = tomllib.loads((REPO / "tests" / "documented_commands.toml").read_text())
 
 #: Placeholders of documented command lines -> values the parsers accept (whole words, then parts of words).
 PLACEHOLDER_WORDS = {"...": "x", "N": "2", "ADDRESS": "10.0.0.1:6379", "DIR": "x"}
