@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import numpy as np
 import zmq
 
 from trustvlm.benchmarks.e2e import cpu_seconds
+from trustvlm.benchmarks.report import write_marked_section
 from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
@@ -225,13 +225,6 @@ Service CPU per frame: the `serve` process only (for the cluster: the gateway, w
 {MARK_END}"""
 
 
-def write_section(output: Path, section: str) -> None:
-    text = output.read_text() if output.exists() else ""
-    pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    output.write_text(text.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.cluster_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps(results, indent=1))
     section = render(results)
     if args.output:
-        write_section(args.output, section)
+        write_marked_section(args.output, section, MARK_BEGIN, MARK_END)
     print(section)
     return 0
 

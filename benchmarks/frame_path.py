@@ -322,7 +322,7 @@ SECTION_PROFILES = {
               "busy": dict(measure_s=2.0, warmup_s=1.0)},
     "smoke": {"demo": dict(sizes=("768x576",), cameras=(2,), modes=("paced",), paths=("old", "new"), measure_s=0.5,
                            warmup_s=0.5, gate_frames_per_video=2, gate_labelled=40, ceiling_s=0.2),
-              "busy": dict(measure_s=0.5, warmup_s=0.5, ceiling_s=0.2)},
+              "busy": dict(modes=("paced",), measure_s=0.5, warmup_s=0.5, ceiling_s=0.2)},
 }
 #: The ViT-B/32 rows decode at full size, stated to the service: the decode gate (reduced against full
 #: decode, top-1 agreement) is not run for random weights, whose predictions mean nothing.
@@ -331,20 +331,17 @@ BUSY_SERVE_ARGS = ("--decode-scale", "full")
 
 def run_suite_section(demo: Path, demo_bundle: Path, bench: Path, bench_bundle: Path, profile: str = "full",
                       log=print) -> dict:
-    """The frame path part of ``make bench``: every case on the demo model, and the bench model's encoder busy share.
-
-    Raises:
-        ValueError: An unknown `profile` (see :data:`SECTION_PROFILES`).
-    """
+    """The frame path part of ``make bench`` at a size of :data:`SECTION_PROFILES`: every case on the demo
+    model, and the bench model's encoder busy share. Raises ValueError for an unknown `profile`."""
     if profile not in SECTION_PROFILES:
         raise ValueError(f"frame path profile should be one of {sorted(SECTION_PROFILES)}, but got {profile!r}")
     sizes = SECTION_PROFILES[profile]
     results = run_frame_path(demo, demo_bundle, log=log, **sizes["demo"])
-    busy = run_frame_path(bench, bench_bundle, sizes=("768x576",), cameras=(4,), modes=("paced", "flood"),
-                          paths=("old", "new"), gate=False, extra_serve_args=BUSY_SERVE_ARGS, log=log, **sizes["busy"])
-    results["vitb32_busy"] = busy["cases"]
-    results["busy_model"] = bench.name
-    results["busy_decode"] = "full size (--decode-scale full): no decode gate for random weights"
+    busy = run_frame_path(bench, bench_bundle, **{"sizes": ("768x576",), "cameras": (4,), "paths": ("old", "new"),
+                                                  "gate": False, "extra_serve_args": BUSY_SERVE_ARGS, "log": log,
+                                                  **sizes["busy"]})
+    results.update(vitb32_busy=busy["cases"], busy_model=bench.name,
+                   busy_decode="full size (--decode-scale full): no decode gate for random weights")
     return results
 
 

@@ -8,7 +8,9 @@ sections of BENCHMARKS.md are in :mod:`trustvlm.benchmarks.report_sections`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from trustvlm.benchmarks.stats import Figure
 
@@ -71,3 +73,12 @@ def num(value, digits: int = 1, suffix: str = "") -> str:
 
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def write_marked_section(output: Path, section: str, begin: str, end: str) -> None:
+    """Put `section` (which starts with `begin` and ends with `end`) in place of the marked one of `output`, or at
+    its end: the sections measured by their own commands, which ``make bench`` keeps."""
+    text = output.read_text() if output.exists() else ""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    output.write_text(text.rstrip() + "\n")

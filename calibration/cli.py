@@ -101,7 +101,12 @@ def add_calibrate_parser(subparsers) -> None:
                         help="where the image prototypes come from: 'vlm' (the model's own image encoder) or the "
                              "artifacts folder of an auxiliary image encoder, e.g. artifacts/dinov2_vitb14 "
                              "(TrustVLM's DINOv2 option; export it with `trustvlm export --model dinov2_vitb14`)")
-    parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: <artifacts>/bundle)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="bundle folder (default: <artifacts>/bundle; with --per-camera: <artifacts>/cameras, "
+                             "one bundle folder per camera and cameras.toml)")
+    parser.add_argument("--per-camera", action="store_true",
+                        help="--data holds one folder per camera (DIR/<camera>/<class>/*): calibrate each camera on "
+                             "its own images, write one bundle per camera and the camera map for `serve --bundles`")
     parser.add_argument("--lam", type=_lambda_arg, default="auto",
                         help="weight of the image-prototype term: 'auto' (chosen by calibration AURC) or a number "
                              "(1 is the paper's)")
@@ -122,22 +127,63 @@ def add_calibrate_parser(subparsers) -> None:
 def run_calibrate(args) -> int:
     """Handler of `trustvlm calibrate`."""
     from trustvlm.contract.bundle import describe_bundle  # noqa: PLC0415 - heavy imports per command
-    from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
 
+    if args.per_camera:
+        return _calibrate_cameras(args)
     out = args.out or args.artifacts / "bundle"
     try:
-        bundle = calibrate(args.artifacts, args.data, out, k=args.k, seed=args.seed, lam=args.lam,
-                           alpha=args.alpha, delta=args.delta, templates=args.templates, score=args.score,
-                           precision=args.precision, threads=args.threads,
-                           prototype_encoder=args.prototype_encoder, image_root=args.image_root,
-                           threshold_method=args.threshold_method, prototype_recipe=args.prototype_recipe,
-                           allow_unknown_words=args.allow_unknown_words, ood_gate=args.ood_gate,
-                           ood_false_reject_rate=args.ood_false_reject_rate)
+        bundle = _calibrate_one(args, args.data, out)
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
     if bundle.info.selection.get("ood_gate"):
         print(bundle.info.selection["ood_gate"])
+    return 0
+
+
+def _calibrate_one(args, data, out: Path):
+    from trustvlm.calibration.calibrate import calibrate  # noqa: PLC0415
+
+    return calibrate(args.artifacts, data, out, k=args.k, seed=args.seed, lam=args.lam, alpha=args.alpha,
+                     delta=args.delta, templates=args.templates, score=args.score, precision=args.precision,
+                     threads=args.threads, prototype_encoder=args.prototype_encoder, image_root=args.image_root,
+                     threshold_method=args.threshold_method, prototype_recipe=args.prototype_recipe,
+                     allow_unknown_words=args.allow_unknown_words, ood_gate=args.ood_gate,
+                     ood_false_reject_rate=args.ood_false_reject_rate)
+
+
+def _calibrate_cameras(args) -> int:
+    """`calibrate --per-camera`: one bundle per camera folder of --data, and the camera map; a line per camera."""
+    from trustvlm.contract.camera_map import CameraMap, write_camera_map  # noqa: PLC0415
+
+    data = Path(args.data)
+    cameras = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    if not cameras:
+        raise CliError(f"--per-camera needs --data to be a folder of camera folders (DIR/<camera>/<class>/*), but "
+                       f"{data} has none")
+    out = args.out or args.artifacts / "cameras"
+    written, failed = {}, []
+    for camera in cameras:
+        try:
+            bundle = _calibrate_one(args, camera, out / camera.name)
+        except _expected_errors() as error:
+            failed.append(camera.name)
+            print(f"camera {camera.name}: refused: {error}")
+            continue
+        written[camera.name] = bundle.path
+        choice, selection = bundle.info.threshold, bundle.info.selection
+        limit = selection.get("certifiable_limit")
+        print(f"camera {camera.name}: {bundle.info.score} >= {choice.threshold:.4g}"
+              + (f", guaranteed coverage {100 * choice.coverage:.1f}%" if choice.feasible else ", no feasible threshold")
+              + (f", certifiable limit {100 * limit:.1f}%" if limit is not None else "")
+              + f", gate {'on' if bundle.info.ood_gate is not None else 'off'} ({bundle.path})")
+    if written:
+        path = write_camera_map(out / "cameras.toml", CameraMap(written))
+        print(f"wrote {path}: {len(written)} camera(s); serve them with `trustvlm serve --artifacts {args.artifacts} "
+              f"--bundles {path}`")
+    if failed:
+        raise CliError(f"{len(failed)} of {len(cameras)} cameras could not be calibrated ({', '.join(failed)}): "
+                       "see their lines above; the camera map leaves them out")
     return 0
 
 

@@ -92,6 +92,9 @@ def run_cluster(args: argparse.Namespace) -> int:
         cluster = cluster_config_from_args(args)
     except ValueError as error:
         raise CliError(str(error)) from error
+    if config.bundles is not None:
+        raise CliError("--cluster scores one bundle for every camera so far: serve a camera map (--bundles) on one "
+                       "machine, or give --cluster one --bundle")
     if config.scorer.backend != ONNXRUNTIME:
         raise CliError(f"--cluster runs the replicas on --backend {ONNXRUNTIME} (each replica opens the exported "
                        f"ONNX encoder on --providers), but got --backend {config.scorer.backend}")

@@ -41,7 +41,7 @@ class ServeProcess:
 
     Args:
         artifacts: Export folder of the model.
-        bundle: Prototype bundle folder.
+        bundle: Prototype bundle folder, or a camera map file (served with ``--bundles``).
         log_dir: Folder of its stderr file (``<log_dir>/<name>.stderr``).
         args: More ``serve`` flags, e.g. ``("--heartbeat-ms", "200")``.
         ingest: Ingest endpoint to bind.
@@ -59,7 +59,8 @@ class ServeProcess:
     def __init__(self, artifacts: Path, bundle: Path, log_dir: Path, args: tuple[str, ...] | list[str] = (), *,
                  ingest: str = ANY_LOOPBACK_PORT, publish: str = ANY_LOOPBACK_PORT, name: str = "serve",
                  echo: bool = False, cwd: Path | None = None, start_timeout_s: float = 120.0):
-        self._command = ["serve", "--artifacts", str(artifacts), "--bundle", str(bundle), "--ingest", ingest,
+        flag = "--bundles" if Path(bundle).is_file() else "--bundle"
+        self._command = ["serve", "--artifacts", str(artifacts), flag, str(bundle), "--ingest", ingest,
                          "--publish", publish, *args]
         self._log_dir, self._name, self._echo, self._cwd = Path(log_dir), name, echo, cwd
         self._start_timeout_s = start_timeout_s

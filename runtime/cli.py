@@ -26,7 +26,8 @@ from trustvlm.runtime.engines import BACKENDS
 _DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
 #: flag dest -> path of the config key it sets.
 _FLAG_KEYS = {
-    "artifacts": ("artifacts",), "bundle": ("bundle",), "prototype_encoder": ("prototype_encoder",),
+    "artifacts": ("artifacts",), "bundle": ("bundle",), "bundles": ("bundles",),
+    "prototype_encoder": ("prototype_encoder",),
     "ingest": ("ingest", "address"), "ingest_socket": ("ingest", "socket_type"), "ingest_mode": ("ingest", "mode"),
     "publish": ("publish", "address"), "publish_format": ("publish", "wire_format"),
     "heartbeat_ms": ("publish", "heartbeat_ms"),
@@ -46,7 +47,7 @@ _FLAG_KEYS = {
     "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
 }
 #: Flags that name files: taken relative to the working directory, not to the --config file.
-_PATH_FLAGS = ("artifacts", "bundle", "prototype_encoder", "curve_server_key", "curve_ingest_clients",
+_PATH_FLAGS = ("artifacts", "bundle", "bundles", "prototype_encoder", "curve_server_key", "curve_ingest_clients",
                "curve_publish_clients")
 EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
@@ -55,7 +56,8 @@ EPILOG = """examples:
   trustvlm serve --config serve.json --ingest tcp://rpi1:5555 --ingest-socket sub --ingest-mode connect
   trustvlm serve --config serve.json --prototype-encoder artifacts/dinov2_vitb14   # DINOv2 prototypes
   trustvlm serve --config serve.json --backend tensorrt-engine --providers cuda     # FORMAT=engine export
-  kill -HUP <pid>                                                 # reload the bundle
+  trustvlm serve --artifacts artifacts/demo_fmnist --bundles cameras.toml   # each camera its own bundle
+  kill -HUP <pid>                                                 # reload the bundle (or the camera map)
   trustvlm keys keys --name server && trustvlm keys keys/cameras --name cam0   # CurveZMQ key files
   trustvlm serve --config serve.json --curve-server-key keys/server.key_secret \
       --curve-ingest-clients keys/cameras --curve-publish-clients keys/controllers
@@ -85,7 +87,12 @@ def add_serve_parser(subparsers) -> None:
     add = parser.add_argument
     add("--config", type=Path, help="JSON config file (keys as printed by --dump-config)")
     add("--artifacts", type=Path, help="export folder of the model (manifest.json + encoders)")
-    add("--bundle", type=Path, help="prototype bundle folder (bundle.json, prototypes.npz, trust_head.onnx)")
+    add("--bundle", type=Path, help="prototype bundle folder (bundle.json, prototypes.npz, trust_head.onnx), "
+                                    "for every camera")
+    add("--bundles", type=Path, metavar="CAMERA_MAP",
+        help="instead of --bundle: a camera map (TOML or JSON: camera ids or glob patterns -> bundle folders, an "
+             "optional default; the most specific entry wins): each camera scored against its own bundle, the "
+             "image encoder shared; SIGHUP re-reads it. A camera with no entry and no default: no_bundle")
     add("--prototype-encoder", type=Path,
         help="export folder of the auxiliary image encoder (e.g. artifacts/dinov2_vitb14) for bundles calibrated "
              "with `--prototype-encoder`; bundles of the VLM's own prototypes ignore it")
@@ -179,17 +186,23 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         if dest not in given:
             continue
         value = given[dest]
-        if dest in _PATH_FLAGS and dest not in ("artifacts", "bundle"):
+        if dest in _PATH_FLAGS and dest not in ("artifacts", "bundle", "bundles"):
             value = Path(value).absolute()  # relative to the working directory, whatever --config says
         value = str(value) if isinstance(value, Path) else value
         target = data
         for key in path[:-1]:
             target = target.setdefault(key, {})
         target[path[-1]] = value
-    for required in ("artifacts", "bundle"):
-        if required not in data:
-            raise ValueError(f"--{required} is required (on the command line or in the --config file)")
-    flag_paths = {key: Path(data[key]) for key in ("artifacts", "bundle") if key in given}
+    if "artifacts" not in data:
+        raise ValueError("--artifacts is required (on the command line or in the --config file)")
+    if "bundle" in given and "bundles" in given:
+        raise ValueError("give --bundle DIR (one bundle for every camera) or --bundles FILE (a camera map), not both")
+    if "bundle" in given or "bundles" in given:  # a flag replaces the file's choice of one bundle or a camera map
+        data.pop("bundles" if "bundle" in given else "bundle", None)
+    if "bundle" not in data and "bundles" not in data:
+        raise ValueError("--bundle DIR (one bundle for every camera) or --bundles FILE (a camera map: each camera "
+                         "its own bundle) is required (on the command line or in the --config file)")
+    flag_paths = {key: Path(data[key]) for key in ("artifacts", "bundle", "bundles") if key in given}
     config = ServiceConfig.from_dict(data, base_dir)
     if flag_paths:  # flags are relative to the working directory, not to the config file
         config = replace(config, **flag_paths)
@@ -234,14 +247,20 @@ def run_serve(args: argparse.Namespace) -> int:
           f"{config.ingest.mode.value}{', curve' if curve['ingest'] else ''}) publish={endpoints.publish} "
           f"({config.publish.wire_format.value}{', curve' if curve['publish'] else ''}, "
           f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms){metrics} "
-          f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
-          f"providers={list(scorer.encoder.providers)}"
+          f"model={scorer.model_id} {describe_bundles(scorer)} "
+          f"providers={list(scorer.towers['embedding'].engine.providers)}"
           f"{' aux=' + scorer.towers[AUX_HEAD_INPUT].engine.path.name if AUX_HEAD_INPUT in scorer.towers else ''}",
           flush=True)
     while not service.wait(0.5):
         pass
     logging.getLogger("trustvlm.runtime.service").info("stopped: %s", json.dumps(service.health.counters()))
     return 1 if service.failed else 0
+
+
+def describe_bundles(scorer) -> str:
+    """``bundle=ID accept SCORE >= T``, or one such entry per bundle of a camera map."""
+    return "; ".join(f"bundle={b['bundle_id']}{' cameras=' + ','.join(b['cameras']) if b['cameras'] else ''} "
+                     f"accept {b['score_name']} >= {b['threshold']:.4g}" for b in scorer.bundles())
 
 
 def add_keys_parser(subparsers) -> None:

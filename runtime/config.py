@@ -1,8 +1,9 @@
 """Configuration of `trustvlm serve` as typed data: one JSON file, or flags, or both.
 
 A config file holds :meth:`ServiceConfig.to_dict` (``trustvlm serve --dump-config`` prints the
-effective one); every key is optional except ``artifacts`` and ``bundle``, and unknown keys are
-rejected with the valid ones listed. ``prototype_encoder`` is the auxiliary image encoder's export
+effective one); every key is optional except ``artifacts`` and one of ``bundle`` (one bundle for
+every camera) and ``bundles`` (a camera map, :mod:`trustvlm.contract.camera_map`: each camera its
+own bundle), and unknown keys are rejected with the valid ones listed. ``prototype_encoder`` is the auxiliary image encoder's export
 folder, for bundles whose image prototypes come from one. Relative paths in a file are taken
 relative to the file's folder. Flags given on the command line override the file.
 
@@ -61,7 +62,8 @@ class ServiceConfig:
     """Everything `trustvlm serve` needs (see the module docstring)."""
 
     artifacts: Path
-    bundle: Path
+    bundle: Path | None = None
+    bundles: Path | None = None
     prototype_encoder: Path | None = None
     ingest: IngestConfig = field(default_factory=IngestConfig)
     limits: FrameLimits = field(default_factory=FrameLimits)
@@ -75,6 +77,9 @@ class ServiceConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        if (self.bundle is None) == (self.bundles is None):
+            raise ValueError("give one of bundle (one bundle for every camera) and bundles (a camera map file: each "
+                             f"camera its own bundle), but got bundle={self.bundle} and bundles={self.bundles}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level should be one of {LOG_LEVELS}, but got {self.log_level!r}")
         if self.metrics is not None:
@@ -128,9 +133,9 @@ def _replace_paths(config, transform):
     security = config.security
     keys = {name: transform(getattr(security, name)) for name in ("server_key", "ingest_clients", "publish_clients")
             if getattr(security, name) is not None}
-    aux = None if config.prototype_encoder is None else transform(config.prototype_encoder)
-    return replace(config, artifacts=transform(config.artifacts), bundle=transform(config.bundle),
-                   prototype_encoder=aux, security=replace(security, **keys))
+    paths = {name: transform(getattr(config, name)) for name in ("bundle", "bundles", "prototype_encoder")
+             if getattr(config, name) is not None}
+    return replace(config, artifacts=transform(config.artifacts), **paths, security=replace(security, **keys))
 
 
 def _to_plain(value):

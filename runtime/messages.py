@@ -49,6 +49,7 @@ class Reason(str, Enum):
     UNDECODABLE = "undecodable"
     NON_FINITE = "non_finite"
     ENGINE_ERROR = "engine_error"
+    NO_BUNDLE = "no_bundle"
 
 
 class HealthStatus(str, Enum):
@@ -208,10 +209,14 @@ class HealthMessage:
     counters: dict = field(default_factory=dict)
     detail: str = ""
     schema_version: str = DECISION_SCHEMA_VERSION
+    #: Since 1.3, with a camera map: each bundle in use (bundle_id, score_name, threshold, cameras).
+    bundles: tuple = ()
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["kind"], data["status"] = "health", self.status.value
+        data["bundles"] = [{**b, "threshold": float(b["threshold"]), "cameras": list(b["cameras"])}
+                           for b in self.bundles]
         data["counters"] = {str(k): int(v) for k, v in self.counters.items()}
         data["threshold"], data["uptime_s"] = float(self.threshold), float(self.uptime_s)
         return data
@@ -223,11 +228,16 @@ class HealthMessage:
             raise MessageError(f"{what}: expected a map with kind 'health'")
         known = {f.name for f in fields(cls)} | {"kind"}
         check_schema_version(data.get("schema_version"), DECISION_SCHEMA_VERSION, set(data) - known, known, what)
-        missing = sorted(known - set(data))
+        missing = sorted(known - set(data) - {"bundles"})
         if missing:
             raise MessageError(f"{what}: missing keys {missing}")
-        values = {name: data[name] for name in known - {"kind"}}
+        values = {name: data[name] for name in known - {"kind", "bundles"}}
+        bundles = data.get("bundles", [])
+        if not isinstance(bundles, list) or not all(isinstance(b, dict) for b in bundles):
+            raise MessageError(f"{what}: bundles should be a list of maps")
         values.update(status=enum_field(data, "status", HealthStatus, what),
+                      bundles=tuple({**b, "threshold": _float_from_wire(b.get("threshold"), "threshold", what,
+                                                                        nullable=False)} for b in bundles),
                       threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
                       uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]))
         return cls(**values)

@@ -11,7 +11,8 @@
 Prometheus metrics (all prefixed ``trustvlm_``): ``frames_received_total{camera}`` (the first 256
 cameras by name, later ones as ``camera="_other"``: label values are never freed),
 ``rejections_total{reason}`` (messages that named no camera), ``decisions_total{decision,reason}``
-(dropped and stale frames are decisions with those reasons), ``class_decisions_total{label,decision}``
+(dropped and stale frames are decisions with those reasons), ``camera_decisions_total{camera,decision,reason}``
+(the same camera labels: each camera's accept rate), ``class_decisions_total{label,decision}``
 (per-class defer rate = defer / all of a label), ``defer_ratio`` (cumulative), histograms
 ``latency_from_capture_seconds`` (without stale, duplicate or out-of-order frames and implausible capture
 times, counted in ``latency_from_capture_excluded_total``), ``latency_from_receipt_seconds``, ``batch_size`` and
@@ -232,6 +233,8 @@ class PrometheusObserver(Observer):
         self.received = metric(prom.Counter, "frames_received", "messages received per camera", ("camera",))
         self.rejections = metric(prom.Counter, "rejections", "messages counted but not answered", ("reason",))
         self.decisions = metric(prom.Counter, "decisions", "published decisions", ("decision", "reason"))
+        self.camera_decisions = metric(prom.Counter, "camera_decisions", "published decisions per camera (the "
+                                       "camera labels of frames_received)", ("camera", "decision", "reason"))
         self.class_decisions = metric(prom.Counter, "class_decisions", "scored decisions per predicted class",
                                       ("label", "decision"))
         self.defer_ratio = metric(prom.Gauge, "defer_ratio", "share of published decisions that defer (cumulative)")
@@ -274,6 +277,9 @@ class PrometheusObserver(Observer):
     def on_published(self, message):
         self.decisions.labels(decision=message.decision.value, reason=message.reason.value).inc(
             getattr(message, "frames", 1))
+        camera = message.camera_id if message.camera_id in self._cameras else OTHER_CAMERAS
+        self.camera_decisions.labels(camera=camera, decision=message.decision.value,
+                                     reason=message.reason.value).inc(getattr(message, "frames", 1))
         if message.label is not None:
             self.class_decisions.labels(label=message.label, decision=message.decision.value).inc()
         if message.latency_from_capture_ms is not None:

@@ -23,10 +23,9 @@ IOBinding, so the embeddings go from the encoders to the trust head as device-si
 and the prototypes are initializers of the head that stay on the device; only the uint8 pixels
 go up and the small outputs come back. Otherwise the plain ``run`` path is used (binding would
 only add copies). The binding logic is tested on the CPU with CPU OrtValues; on a GPU it runs
-where one exists (tests/runtime/test_gpu_scorer.py).
-
-:class:`ScorerSlot` holds the current scorer; a reload builds and self-checks a new one first and
-then swaps the reference (atomic for the scoring thread, which reads it once per batch).
+where one exists (tests/runtime/test_gpu_scorer.py). :class:`ScorerSlot` holds the current scorer;
+a reload builds and self-checks a new one first, then swaps the reference (atomic for the scoring
+thread, which reads it once per batch). Many bundles over one encoder: :mod:`trustvlm.runtime.routing`.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -218,18 +218,32 @@ class BundleScorer:
 
     def _run_chunk(self, batches: dict[str, np.ndarray]) -> tuple[TrustHeadOutput, np.ndarray]:
         if self._device is None:
-            feed = {name: self.towers[name].engine.encode(pixels) for name, pixels in batches.items()}
-            try:
-                values = self.head.session.run(list(self.head_outputs), feed)
-            except Exception as error:  # onnxruntime raises its own exception types
-                shapes = {name: value.shape for name, value in feed.items()}
-                raise EngineError(f"trust head failed on embeddings of shapes {shapes}: {error}") from error
-            embedding = feed[HEAD_INPUT]
-        else:
-            values, embedding = self._run_bound(batches)
-        typicality = (np.full(len(values[0]), np.inf, np.float32) if self.gate is None
-                      else self.gate.typicality(batches[HEAD_INPUT], embedding))
-        return TrustHeadOutput(**dict(zip(self.head_outputs, values))), typicality
+            return self.run_head(batches, self.encode(batches))
+        values, embedding = self._run_bound(batches)
+        return TrustHeadOutput(**dict(zip(self.head_outputs, values))), self._typicality(batches, embedding, values)
+
+    def encode(self, batches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The image towers alone: each head input's embeddings (host arrays). Raises EngineError."""
+        rows = len(next(iter(batches.values())))
+        step = max(1, int(min(rows, self.batch_limit)))
+        parts = [{name: self.towers[name].engine.encode(pixels[start:start + step]) for name, pixels in batches.items()}
+                 for start in range(0, rows, step)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in batches}
+
+    def run_head(self, batches: dict[str, np.ndarray], feed: dict[str, np.ndarray]) -> tuple[TrustHeadOutput, Any]:
+        """Trust head and gate on embeddings already computed (:meth:`encode`, perhaps by another scorer on the
+        same encoder files): the outputs and each row's typicality (+inf without a gate). Raises EngineError."""
+        try:
+            values = self.head.session.run(list(self.head_outputs), feed)
+        except Exception as error:  # onnxruntime raises its own exception types
+            shapes = {name: value.shape for name, value in feed.items()}
+            raise EngineError(f"trust head failed on embeddings of shapes {shapes}: {error}") from error
+        return (TrustHeadOutput(**dict(zip(self.head_outputs, values))),
+                self._typicality(batches, feed[HEAD_INPUT], values))
+
+    def _typicality(self, batches: dict[str, np.ndarray], embedding, values: list[np.ndarray]) -> np.ndarray:
+        return np.full(len(values[0]), np.inf, np.float32) if self.gate is None else self.gate.typicality(
+            batches[HEAD_INPUT], embedding)
 
     def _run_bound(self, batches: dict[str, np.ndarray]) -> tuple[list[np.ndarray], object]:
         """IOBinding path (GPU): the embeddings stay on the device between the encoders and the head."""
@@ -272,6 +286,10 @@ class BundleScorer:
         image = decode_image(frame)
         return {name: resize_and_crop(image, tower.preprocess) for name, tower in self.towers.items()}
 
+    def bundles(self) -> list[dict]:
+        """The bundle in use, as the heartbeat lists it (with a camera map: one entry per bundle and its cameras)."""
+        return [{"bundle_id": self.bundle_id, "score_name": self.score_name, "threshold": self.threshold, "cameras": []}]
+
     def tower_preprocess(self) -> dict[str, PreprocessConfig]:
         """Each head input's preprocessing (what a decode pool resizes frames to)."""
         return {name: tower.preprocess for name, tower in self.towers.items()}
@@ -304,10 +322,10 @@ class BundleScorer:
                                                                    str(error)[:500]))
             else:
                 for row, index in enumerate(rows):
-                    decisions[index] = self._decision(frames[index], output, row, float(typicality[row]))
+                    decisions[index] = self.decision_for(frames[index], output, row, float(typicality[row]))
         return decisions
 
-    def _decision(self, frame: ReceivedFrame, output: TrustHeadOutput, row: int, typicality: float) -> DecisionMessage:
+    def decision_for(self, frame: ReceivedFrame, output: TrustHeadOutput, row: int, typicality: float) -> DecisionMessage:
         bad = output.non_finite_fields(row)
         if bad:
             return self.defer(Notice.for_frame(frame, Reason.NON_FINITE, f"non-finite trust head outputs: {bad}"))

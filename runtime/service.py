@@ -36,7 +36,6 @@ the ZAP handler; it starts before the sockets are bound, and if it ever dies the
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import Callable
 
 import zmq
 
-from trustvlm.contract.bundle import BUNDLE_JSON, BundleError, PROTOTYPES_FILE, TRUST_HEAD_FILE
+from trustvlm.contract.bundle import BundleError
 from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.decode_pool import DecodePool, PendingBatch
@@ -56,6 +55,7 @@ from trustvlm.runtime.messages import HealthMessage, HealthStatus, Reason
 from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
+from trustvlm.runtime.routing import RoutedLoader, folder_signature
 from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, ScorerSlot, load_scorer
 from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
 from trustvlm.runtime.sequence import SequenceGuard
@@ -113,9 +113,10 @@ class HealthReporter:
             status = HealthStatus.STOPPING if self.stopping else (HealthStatus.DEGRADED if degraded
                                                                   else HealthStatus.OK)
         scorer = self.slot.current()
+        bundles = scorer.bundles() if hasattr(scorer, "bundles") else []  # a cluster scorer lists none
         return HealthMessage(status, time.time_ns(), time.monotonic() - self.started, scorer.model_id,
                              scorer.bundle_id, scorer.threshold, self.buffer.stats().cameras, self.counters(),
-                             detail=degraded)
+                             detail=degraded, bundles=tuple(bundles))
 
 
 class BundleReloader:
@@ -129,14 +130,7 @@ class BundleReloader:
 
     def signature(self) -> tuple:
         """(inode, size, mtime) of the bundle's three files; None entries for missing ones."""
-        result = []
-        for name in (BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE):
-            try:
-                stat = os.stat(self.bundle_dir / name)
-                result.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
-            except OSError:
-                result.append(None)
-        return tuple(result)
+        return folder_signature(self.bundle_dir)
 
     def changed(self) -> bool:
         """True when the files differ from the loaded ones and stayed the same since the last poll."""
@@ -371,8 +365,13 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     """
     decode = DecodePool(config.decode)  # a decoder that cannot run here is refused before the model loads
     scorer_config = config.scorer.beside_decode_pool(decode.pipelined)
-    slot = ScorerSlot(load(config.artifacts, config.bundle, scorer_config,
-                           aux_artifacts_dir=config.prototype_encoder))
+    if config.bundles is not None:  # each camera its own bundle, one encoder (runtime/routing.py)
+        reloader = RoutedLoader(Path(config.artifacts), Path(config.bundles), scorer_config, config.prototype_encoder,
+                                load)
+        slot = ScorerSlot(reloader.load_all()[0])
+    else:
+        slot = ScorerSlot(load(config.artifacts, config.bundle, scorer_config,
+                               aux_artifacts_dir=config.prototype_encoder))
     context = context or zmq.Context.instance()
     stats = ServiceStats()
     observers: list[Observer] = [stats]
@@ -389,7 +388,10 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     ingest = make_ingest(context, gate.server_for(INGEST_DOMAIN) if gate else None)
     publisher = Publisher(config.publish, health, observer, context,
                           curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
-    reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), scorer_config, observer,
-                              config.prototype_encoder, load)
+    if config.bundles is not None:
+        reloader.slot, reloader.observer = slot, observer
+    else:
+        reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), scorer_config, observer,
+                                  config.prototype_encoder, load)
     return TrustService(ingest, buffer, slot, publisher, health, observer, scorer_config, reloader,
                         config.reload.watch, config.reload.poll_ms, metrics_server, gate, decode=decode)

@@ -98,7 +98,8 @@ def test_render_benchmarks_has_every_section_and_the_figures(results):
         assert heading in text, f"missing section {heading!r}"
     assert "| 8 | 11.5 (11.0-12.0) | 13.5 (13.0-14.0) | 1.15 (1.10-1.20) | 27.0 (26.0-28.0) | 1.95 (1.90-2.00) |" \
         in text, "the batch-8 throughput row should hold medians with min-max"
-    assert "SMOKE RUN" in text, "a --quick run must be labelled as a smoke run"
+    assert "QUICK RUN" in text, "a --quick run must be labelled as one"
+    assert "SMOKE RUN" in render_benchmarks({**results, "config": {**results["config"], "smoke": True}})
     assert "not applicable: random-init" in text
     assert "Target int8 >= 1.8 x fp32 at batch 8: 1.95 x: met." in text
 

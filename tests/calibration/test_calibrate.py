@@ -199,6 +199,30 @@ def test_cli_calibrate_writes_the_default_bundle_folder(tiny_artifacts, image_fo
     assert "3 classes, k=2" in capsys.readouterr().out
 
 
+def test_cli_calibrates_each_camera_folder_and_writes_the_camera_map(tiny_artifacts, tmp_path, capsys):
+    from trustvlm.contract.camera_map import read_camera_map  # noqa: PLC0415
+
+    data = tmp_path / "cameras"
+    write_image_folder(data / "front", seed=1)
+    write_image_folder(data / "gripper", seed=2)
+    write_image_folder(data / "tiny", per_class=1, seed=3)  # too few images: refused, left out of the map
+    args = parse(["calibrate", "--artifacts", str(tiny_artifacts), "--data", str(data), "--per-camera", "--k", "2",
+                  "--alpha", "0.5", "--out", str(tmp_path / "out")])
+    with pytest.raises(CliError, match=r"1 of 3 cameras could not be calibrated \(tiny\)"):
+        args.handler(args)
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out if line.startswith("camera ")] == ["camera front", "camera gripper",
+                                                                                  "camera tiny"]
+    assert "threshold" not in out[0] and ("guaranteed coverage" in out[0] or "no feasible threshold" in out[0])
+    camera_map = read_camera_map(tmp_path / "out" / "cameras.toml")
+    assert camera_map.folders() == {"front": tmp_path / "out" / "front", "gripper": tmp_path / "out" / "gripper"}
+    for camera in ("front", "gripper"):
+        assert load_bundle(tmp_path / "out" / camera, tiny_artifacts).info.k == 2
+    with pytest.raises(CliError, match="a folder of camera folders"):
+        args = parse(["calibrate", "--artifacts", str(tiny_artifacts), "--data", "fashion-mnist", "--per-camera"])
+        args.handler(args)
+
+
 # --------------------------------------------------------------------------- real demo model
 
 

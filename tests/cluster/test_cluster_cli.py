@@ -68,3 +68,12 @@ def test_a_replica_resource_needs_a_name_and_a_positive_amount(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "expected NAME or NAME=AMOUNT with AMOUNT > 0, but got 'gpu_slot=0'" in result.stderr
+
+
+def test_a_camera_map_is_refused_in_cluster_mode_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trustvlm", "serve", "--artifacts", str(tmp_path), "--bundles",
+                             str(tmp_path / "cameras.toml"), "--cluster", "127.0.0.1:1"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "--cluster scores one bundle for every camera so far" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

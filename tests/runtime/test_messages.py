@@ -160,8 +160,9 @@ def test_bad_frame_headers_say_what_was_expected(change, message):
 
 def test_messages_follow_the_schema_documents():
     assert FRAME_SCHEMA["version"] == FRAME_SCHEMA_VERSION == "1.0"
-    # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution, runs of superseded frames (seq_last, frames)
-    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.2"
+    # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution, runs of superseded frames (seq_last, frames);
+    # 1.3: no_bundle (a camera the camera map does not route)
+    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.3"
     raw = FrameHeader("cam", 1, 2, Encoding.RAW, (2, 3), "uint8", PixelFormat.MONO8).to_dict()
     validate(raw, FRAME_SCHEMA, FRAME_SCHEMA)
     with pytest.raises(AssertionError, match="missing required keys"):

@@ -66,7 +66,11 @@ def test_dump_config_prints_the_effective_config(capsys):
 
 def test_missing_paths_and_bad_bundles_fail_at_start_with_one_line(tmp_path, fault_export, capsys):
     assert main(["serve", "--artifacts", str(fault_export)]) == 1
-    assert "error: --bundle is required" in capsys.readouterr().err
+    assert "error: --bundle DIR (one bundle for every camera) or --bundles FILE" in capsys.readouterr().err
+    assert main(["serve", "--artifacts", str(fault_export), "--bundle", "b", "--bundles", "m.toml"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["serve", "--artifacts", str(fault_export), "--bundles", str(tmp_path / "none.toml")]) == 1
+    assert "cannot read the camera map" in capsys.readouterr().err
     assert main(["serve", "--artifacts", str(fault_export), "--bundle", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("trustvlm serve: error: no bundle.json in") and "\n" not in err

@@ -1,0 +1,130 @@
+"""Many cameras, many bundles: one service with 8 bundles against the same service with 1, side by side.
+
+    python -m trustvlm.benchmarks.cameras --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
+        --output BENCHMARKS.md
+
+The cameras of :mod:`trustvlm.benchmarks.e2e` (8 in the latency and flood phases, 16 closed-loop in the
+saturation phase) go through ``trustvlm serve`` twice, alternately, `--rounds` times each: with
+``--bundle DIR`` (one bundle for every camera) and with ``--bundles`` a camera map that gives each of 8
+cameras its own copy of that bundle (``cam0`` and ``cam8`` share the first, and so on), so every batch mixes
+frames of several bundles: the encoder runs once per batch, then each bundle's trust head and gate on its own
+rows (:mod:`trustvlm.runtime.routing`). Reported: saturation frames/s, p50/p99 latency at 70% of it, idle and
+peak RSS of the service, and the bundle files' size. Targets: frames/s with 8 bundles >= 0.95 x with 1; RSS
+with 8 <= RSS with 1 + 8 x the bundle files + 10% (one encoder session, not eight). The section goes between
+``<!-- cameras-bench -->`` markers of the output file (``make bench`` keeps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from trustvlm.benchmarks import e2e
+from trustvlm.benchmarks.machine import describe_machine
+from trustvlm.benchmarks.report import markdown_table, num, verdict, write_marked_section
+
+MARK_BEGIN, MARK_END = "<!-- cameras-bench -->", "<!-- /cameras-bench -->"
+BUNDLES = 8
+TARGET_SPEED, TARGET_RSS_SLACK = 0.95, 0.10
+
+
+def write_camera_map(root: Path, bundle: Path, bundles: int = BUNDLES) -> tuple[Path, int]:
+    """`bundles` copies of `bundle` under `root` and a map of the e2e cameras onto them; the map and one copy's bytes."""
+    from trustvlm.contract.camera_map import CameraMap, write_camera_map as write  # noqa: PLC0415
+
+    folders = []
+    for index in range(bundles):
+        folders.append(root / f"bundle{index}")
+        shutil.copytree(bundle, folders[-1])
+    cameras = {f"cam{index}": folders[index % bundles] for index in range(e2e.SATURATION_CAMERAS)}
+    size = sum(path.stat().st_size for path in Path(bundle).iterdir() if path.is_file())
+    return write(root / "cameras.toml", CameraMap(cameras)), size
+
+
+def run_one(artifacts: Path, bundle: Path, workdir: Path, windows: int, window_s: float, log) -> dict:
+    service = e2e.run_service_benchmark(artifacts, bundle, workdir, _input_size(artifacts), 1000.0, windows, window_s,
+                                        windows, window_s, flood_s=windows * window_s, warmup_s=2.0, log=log,
+                                        min_scored=4 * e2e.SATURATION_CAMERAS)
+    if service.exit_code != 0:
+        raise RuntimeError(f"serve exited {service.exit_code}; its stderr is in {workdir}")
+    data = service.to_dict()
+    return {"frames_per_s": data["saturation"]["frames_per_s"]["median"],
+            "p50_ms": data["latency"]["percentiles_ms"]["p50"], "p99_ms": data["latency"]["percentiles_ms"]["p99"],
+            "rss_idle_mib": data["rss_idle_mib"], "peak_rss_mib": data["peak_rss_mib"]}
+
+
+def _input_size(artifacts: Path) -> int:
+    from trustvlm.contract.manifest import read_manifest  # noqa: PLC0415
+
+    return int(read_manifest(artifacts)["preprocess"]["size"])
+
+
+def run(artifacts: Path, bundle: Path, rounds: int = 2, windows: int = 3, window_s: float = 3.0, log=print) -> dict:
+    """Both services, alternately, `rounds` times each; the medians and the targets' verdicts."""
+    runs: dict[str, list[dict]] = {"1 bundle": [], f"{BUNDLES} bundles": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        camera_map, bundle_bytes = write_camera_map(Path(scratch) / "bundles", bundle)
+        for round_ in range(rounds):
+            for name, served in (("1 bundle", bundle), (f"{BUNDLES} bundles", camera_map)):
+                log(f"round {round_ + 1}/{rounds}: {name}")
+                runs[name].append(run_one(artifacts, served, Path(scratch) / f"serve{round_}{len(name)}", windows,
+                                          window_s, log))
+    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
+    one, many = medians["1 bundle"], medians[f"{BUNDLES} bundles"]
+    speed = many["frames_per_s"] / one["frames_per_s"]
+    limits = {key: (one[key] + BUNDLES * bundle_bytes / 2**20) * (1 + TARGET_RSS_SLACK)
+              for key in ("rss_idle_mib", "peak_rss_mib")}
+    return {"machine": describe_machine(Path(__file__).resolve().parents[1]).to_dict(), "artifacts": str(artifacts),
+            "rounds": rounds, "window_s": window_s, "windows": windows, "bundle_bytes": bundle_bytes, "runs": runs,
+            "medians": medians, "speed_ratio": speed, "speed_met": speed >= TARGET_SPEED, "rss_limits_mib": limits,
+            "rss_met": all(many[key] <= limit for key, limit in limits.items())}
+
+
+def render(results: dict) -> str:
+    machine = results["machine"]
+    rows = [[name, num(m["frames_per_s"], 1), num(m["p50_ms"], 1), num(m["p99_ms"], 1), num(m["rss_idle_mib"], 0),
+             num(m["peak_rss_mib"], 0)] for name, m in results["medians"].items()]
+    return "\n".join([
+        MARK_BEGIN, "## 11. Many cameras, many bundles (`serve --bundles`), measured by its own command", "",
+        f"`python -m trustvlm.benchmarks.cameras` ({machine['date_utc'][:16]} UTC, {machine['cpu_model']}, "
+        f"{machine['logical_cpus']} logical CPUs; model `{Path(results['artifacts']).name}`; medians of "
+        f"{results['rounds']} alternating runs each, {results['windows']} x {results['window_s']:g} s windows). The "
+        "cameras and service of section 4 (16 closed-loop cameras for saturation, 8 at 70% of it for latency); with "
+        f"{BUNDLES} bundles each camera has its own copy of the same bundle, so batches mix bundles.", "",
+        markdown_table(["service", "saturation frames/s", "p50 ms", "p99 ms", "RSS idle MiB", "RSS peak MiB"], rows),
+        "", f"- Frames/s with {BUNDLES} bundles / with 1: **{results['speed_ratio']:.3f}** (target >= {TARGET_SPEED}): "
+            f"{verdict(results['speed_met'])}.",
+        f"- RSS with {BUNDLES} bundles against 1 bundle + {BUNDLES} x the bundle files ({results['bundle_bytes'] / 1024:.0f} "
+        f"KiB each) + {TARGET_RSS_SLACK:.0%}, idle and peak: limits {results['rss_limits_mib']['rss_idle_mib']:.0f} and "
+        f"{results['rss_limits_mib']['peak_rss_mib']:.0f} MiB: {verdict(results['rss_met'])}.", MARK_END])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.cameras", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
+    parser.add_argument("--bundle", type=Path, default=None, help="the bundle copied for every camera "
+                                                                  "(default: ARTIFACTS/bundle)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each service, alternating")
+    parser.add_argument("--window-s", type=float, default=3.0, help="seconds per measured window (3 per phase)")
+    parser.add_argument("--output", type=Path, default=None, help="Markdown file to write the section into")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    results = run(args.artifacts, args.bundle or args.artifacts / "bundle", args.rounds, window_s=args.window_s,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    section = render(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.output:
+        write_marked_section(args.output, section, MARK_BEGIN, MARK_END)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
