@@ -1,7 +1,7 @@
 """Many cameras, many bundles: one service with 8 bundles against the same service with 1, side by side.
 
     python -m trustvlm.benchmarks.cameras --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
-        --output BENCHMARKS.md
+        [--artifacts artifacts/bench/clip_vitb32 --bundle artifacts/bench/clip_vitb32/bundle] --output BENCHMARKS.md
 
 The cameras of :mod:`trustvlm.benchmarks.e2e` (8 in the latency and flood phases, 16 closed-loop in the
 saturation phase) go through ``trustvlm serve`` twice, alternately, `--rounds` times each: with
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trustvlm.benchmarks import e2e
 from trustvlm.benchmarks.machine import describe_machine
-from trustvlm.benchmarks.report import markdown_table, num, verdict, write_marked_section
+from trustvlm.benchmarks.report import emit_section, markdown_table, num, verdict
 
 MARK_BEGIN, MARK_END = "<!-- cameras-bench -->", "<!-- /cameras-bench -->"
 BUNDLES = 8
@@ -48,7 +48,8 @@ def write_camera_map(root: Path, bundle: Path, bundles: int = BUNDLES) -> tuple[
 
 def run_one(artifacts: Path, bundle: Path, workdir: Path, windows: int, window_s: float, log) -> dict:
     service = e2e.run_service_benchmark(artifacts, bundle, workdir, _input_size(artifacts), 1000.0, windows, window_s,
-                                        windows, window_s, flood_s=windows * window_s, warmup_s=2.0, log=log,
+                                        windows, window_s, flood_s=windows * window_s, warmup_s=min(2.0, window_s),
+                                        log=log,
                                         min_scored=4 * e2e.SATURATION_CAMERAS)
     if service.exit_code != 0:
         raise RuntimeError(f"serve exited {service.exit_code}; its stderr is in {workdir}")
@@ -80,50 +81,60 @@ def run(artifacts: Path, bundle: Path, rounds: int = 2, windows: int = 3, window
     limits = {key: (one[key] + BUNDLES * bundle_bytes / 2**20) * (1 + TARGET_RSS_SLACK)
               for key in ("rss_idle_mib", "peak_rss_mib")}
     return {"machine": describe_machine(Path(__file__).resolve().parents[1]).to_dict(), "artifacts": str(artifacts),
+            "bundle_name": Path(bundle).name,
             "rounds": rounds, "window_s": window_s, "windows": windows, "bundle_bytes": bundle_bytes, "runs": runs,
             "medians": medians, "speed_ratio": speed, "speed_met": speed >= TARGET_SPEED, "rss_limits_mib": limits,
             "rss_met": all(many[key] <= limit for key, limit in limits.items())}
 
 
-def render(results: dict) -> str:
-    machine = results["machine"]
-    rows = [[name, num(m["frames_per_s"], 1), num(m["p50_ms"], 1), num(m["p99_ms"], 1), num(m["rss_idle_mib"], 0),
-             num(m["peak_rss_mib"], 0)] for name, m in results["medians"].items()]
-    return "\n".join([
-        MARK_BEGIN, "## 11. Many cameras, many bundles (`serve --bundles`), measured by its own command", "",
-        f"`python -m trustvlm.benchmarks.cameras` ({machine['date_utc'][:16]} UTC, {machine['cpu_model']}, "
-        f"{machine['logical_cpus']} logical CPUs; model `{Path(results['artifacts']).name}`; medians of "
-        f"{results['rounds']} alternating runs each, {results['windows']} x {results['window_s']:g} s windows). The "
-        "cameras and service of section 4 (16 closed-loop cameras for saturation, 8 at 70% of it for latency); with "
-        f"{BUNDLES} bundles each camera has its own copy of the same bundle, so batches mix bundles.", "",
-        markdown_table(["service", "saturation frames/s", "p50 ms", "p99 ms", "RSS idle MiB", "RSS peak MiB"], rows),
-        "", f"- Frames/s with {BUNDLES} bundles / with 1: **{results['speed_ratio']:.3f}** (target >= {TARGET_SPEED}): "
-            f"{verdict(results['speed_met'])}.",
-        f"- RSS with {BUNDLES} bundles against 1 bundle + {BUNDLES} x the bundle files ({results['bundle_bytes'] / 1024:.0f} "
-        f"KiB each) + {TARGET_RSS_SLACK:.0%}, idle and peak: limits {results['rss_limits_mib']['rss_idle_mib']:.0f} and "
-        f"{results['rss_limits_mib']['peak_rss_mib']:.0f} MiB: {verdict(results['rss_met'])}.", MARK_END])
+def render(runs: list[dict]) -> str:
+    """The section of BENCHMARKS.md: one table and its two verdicts per model."""
+    machine, first = runs[0]["machine"], runs[0]
+    lines = [MARK_BEGIN, "## 11. Many cameras, many bundles (`serve --bundles`), measured by its own command", "",
+             f"`python -m trustvlm.benchmarks.cameras` ({machine['date_utc'][:16]} UTC, {machine['cpu_model']}, "
+             f"{machine['logical_cpus']} logical CPUs; medians of {first['rounds']} alternating runs each, "
+             f"{first['windows']} x {first['window_s']:g} s windows). The cameras and service of section 4 (16 "
+             "closed-loop cameras for saturation, 8 at 70% of it for latency); with "
+             f"{BUNDLES} bundles each camera has its own copy of the same bundle, so batches mix bundles: the encoder "
+             "runs once per batch, then one trust head and one gate call per bundle in the batch."]
+    for results in runs:
+        rows = [[name, num(m["frames_per_s"], 1), num(m["p50_ms"], 1), num(m["p99_ms"], 1),
+                 num(m["rss_idle_mib"], 1), num(m["peak_rss_mib"], 1)] for name, m in results["medians"].items()]
+        limits = results["rss_limits_mib"]
+        lines += ["", f"**{Path(results['artifacts']).name}**, bundle `{results['bundle_name']}` "
+                      f"({results['bundle_bytes'] / 1024:.0f} KiB of files):", "",
+                  markdown_table(["service", "saturation frames/s", "p50 ms", "p99 ms", "RSS idle MiB",
+                                  "RSS peak MiB"], rows), "",
+                  f"- Frames/s with {BUNDLES} bundles / with 1: **{results['speed_ratio']:.3f}** (target >= "
+                  f"{TARGET_SPEED}): {verdict(results['speed_met'])}.",
+                  f"- RSS with {BUNDLES} bundles <= 1 bundle + {BUNDLES} x the bundle files + {TARGET_RSS_SLACK:.0%} "
+                  f"(idle {limits['rss_idle_mib']:.1f}, peak {limits['peak_rss_mib']:.1f} MiB): "
+                  f"{verdict(results['rss_met'])}."]
+    return "\n".join(lines + [MARK_END])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trustvlm.benchmarks.cameras", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
-    parser.add_argument("--bundle", type=Path, default=None, help="the bundle copied for every camera "
-                                                                  "(default: ARTIFACTS/bundle)")
+    parser.add_argument("--artifacts", type=Path, action="append", help="export folder (repeat for more models; "
+                                                                        "default: artifacts/demo_fmnist)")
+    parser.add_argument("--bundle", type=Path, action="append",
+                        help="the bundle copied for every camera, one per --artifacts (default: ARTIFACTS/bundle)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each service, alternating")
     parser.add_argument("--window-s", type=float, default=3.0, help="seconds per measured window (3 per phase)")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    results = run(args.artifacts, args.bundle or args.artifacts / "bundle", args.rounds, window_s=args.window_s,
-                  log=lambda line: print(line, file=sys.stderr, flush=True))
-    section = render(results)
+    models = args.artifacts or [Path("artifacts/demo_fmnist")]
+    bundles = args.bundle or [model / "bundle" for model in models]
+    if len(bundles) != len(models):
+        parser.error(f"give one --bundle per --artifacts, but got {len(bundles)} for {len(models)}")
+    runs = [run(model, bundle, args.rounds, window_s=args.window_s,
+                log=lambda line: print(line, file=sys.stderr, flush=True)) for model, bundle in zip(models, bundles)]
+    section = render(runs)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if args.output:
-        write_marked_section(args.output, section, MARK_BEGIN, MARK_END)
-    print(section)
-    return 0
+        args.json.write_text(json.dumps(runs, indent=2, default=str) + "\n")
+    return emit_section(section, args.output, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

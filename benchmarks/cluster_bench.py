@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from trustvlm.benchmarks.e2e import cpu_seconds
-from trustvlm.benchmarks.report import write_marked_section
+from trustvlm.benchmarks.report import emit_section
 from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1))
     section = render(results)
-    if args.output:
-        write_marked_section(args.output, section, MARK_BEGIN, MARK_END)
-    print(section)
-    return 0
+    return emit_section(section, args.output, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ SECTION_PROFILES = {
               "busy": dict(measure_s=2.0, warmup_s=1.0)},
     "smoke": {"demo": dict(sizes=("768x576",), cameras=(2,), modes=("paced",), paths=("old", "new"), measure_s=0.5,
                            warmup_s=0.5, gate_frames_per_video=2, gate_labelled=40, ceiling_s=0.2),
-              "busy": dict(modes=("paced",), measure_s=0.5, warmup_s=0.5, ceiling_s=0.2)},
+              "busy": dict(modes=("paced",), paths=("new",), measure_s=0.5, warmup_s=0.5, ceiling_s=0.2)},
 }
 #: The ViT-B/32 rows decode at full size, stated to the service: the decode gate (reduced against full
 #: decode, top-1 agreement) is not run for random weights, whose predictions mean nothing.

@@ -82,3 +82,11 @@ def write_marked_section(output: Path, section: str, begin: str, end: str) -> No
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     output.write_text(text.rstrip() + "\n")
+
+
+def emit_section(section: str, output: Path | None, begin: str, end: str) -> int:
+    """Print a hand-run benchmark's section, and put it into `output` between its markers when given; 0."""
+    if output is not None:
+        write_marked_section(output, section, begin, end)
+    print(section)
+    return 0

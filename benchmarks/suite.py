@@ -61,6 +61,7 @@ class SuiteConfig:
     latency_window_s: float = 8.0
     flood_s: float = 30.0
     service_warmup_s: float = 5.0
+    peak_matrix_size: int = flops.PEAK_MATRIX_SIZE
     #: Saturation and latency phases last until this many frames were scored in each (0: their windows only).
     service_min_scored: int = 0
     #: The model of sections 1-5 (real architecture, random weights: the real cost).
@@ -83,6 +84,7 @@ class SuiteConfig:
                        text_repeats=1, calibration_classes=10, calibration_shots=4, calibration_repeats=1,
                        saturation_windows=1, saturation_window_s=1.0, latency_windows=1, latency_window_s=1.0,
                        flood_s=1.0, service_warmup_s=0.5, service_min_scored=4 * e2e.SATURATION_CAMERAS,
+                       peak_matrix_size=1024,
                        bench_model=bench_artifacts.DEMO_MODEL,
                        bench_weights=None, frame_path="smoke", smoke=True)
 
@@ -141,7 +143,7 @@ def run_suite(config: SuiteConfig) -> dict:
     model = load_model(spec, config.bench_weights).model
     wrapper = ImageEncoderForExport(model, spec.preprocess.mean, spec.preprocess.std).eval()
     gflop_per_image = flops.count_flops(wrapper, torch.zeros(1, size, size, 3, dtype=torch.uint8)) / 1e9
-    peak_before = flops.measure_peak_gflops(repeats=config.repeats, threads=config.threads)
+    peak_before = flops.measure_peak_gflops(config.peak_matrix_size, config.repeats, config.threads)
     log(f"FLOPs {gflop_per_image:.2f} GFLOP/image; measured fp32 peak {peak_before.format()} GFLOP/s")
     log.step("flops and peak", tick)
 
@@ -153,8 +155,8 @@ def run_suite(config: SuiteConfig) -> dict:
     throughput = encoder.measure_throughput(backends, size, config.batch_sizes, config.repeats,
                                             config.min_images_per_sample, log)
     del backends
-    peak = Figure(peak_before.samples + flops.measure_peak_gflops(repeats=config.repeats,
-                                                                 threads=config.threads).samples, "GFLOP/s")
+    peak = Figure(peak_before.samples + flops.measure_peak_gflops(config.peak_matrix_size, config.repeats,
+                                                                 config.threads).samples, "GFLOP/s")
     log(f"fp32 peak before and after: {peak.format()} GFLOP/s")
     log.step("encoder throughput", tick)
     tp = throughput.images_per_s

@@ -77,3 +77,16 @@ def test_threshold_cameras_prints_a_row_per_method(demo_export, capsys):
     assert main(["--artifacts", str(demo_export), "--cameras", "clean", "--shots", "4", "--test-limit", "200"]) == 0
     out = capsys.readouterr().out
     assert "| clean | LTT |" in out and "| clean | SGR |" in out, out
+
+
+def test_the_camera_map_benchmark_writes_its_section(demo_export, camera_bundle, tmp_path, capsys):
+    from trustvlm.benchmarks.cameras import MARK_BEGIN, MARK_END, main  # noqa: PLC0415
+
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n")
+    assert main(["--artifacts", str(demo_export), "--bundle", str(camera_bundle), "--rounds", "1", "--window-s", "0.2",
+                 "--output", str(report), "--json", str(tmp_path / "cameras.json")]) == 0
+    text = report.read_text()
+    assert text.startswith("# Benchmarks\n") and MARK_BEGIN in text and MARK_END in text
+    (result,) = json.loads((tmp_path / "cameras.json").read_text())
+    assert set(result["medians"]) == {"1 bundle", "8 bundles"} and result["speed_ratio"] > 0
