@@ -84,7 +84,10 @@ class ClusterConfig:
 
 
 class ClusterScorer:
-    """One verified bundle served by the cluster: what the service's scoring loop needs of a scorer."""
+    """One verified bundle served by the cluster: a :class:`~trustvlm.runtime.scorer.Scorer` whose replicas
+    decode the frames they score."""
+
+    decodes_own_frames = True
 
     def __init__(self, backend: "ClusterBackend", bundle, manifest: dict, payload_ref: list):
         info = bundle.info
@@ -100,9 +103,18 @@ class ClusterScorer:
                                Decision.DEFER, notice.reason, self.threshold, self.score_name, self.model_id,
                                self.bundle_id, detail=notice.detail)
 
-    def decide(self, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
+    def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """Score `frames` on the replicas, all in flight at once; one decision per frame, in order."""
         return self.backend.decide(self, frames)
+
+    def bundles(self) -> list[dict]:
+        """The bundle in use, as the heartbeat lists it."""
+        return [{"bundle_id": self.bundle_id, "score_name": self.score_name, "threshold": self.threshold,
+                 "cameras": []}]
+
+    def tower_preprocess(self) -> dict:
+        """Nothing: the replicas decode and resize the frames they score."""
+        return {}
 
 
 class ClusterBackend:

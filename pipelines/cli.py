@@ -296,7 +296,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 def add_demo_parser(subparsers) -> None:
     """Add `demo`: the end-to-end streaming demo (`make demo-stream`)."""
     from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
-    from trustvlm.pipelines.demo import VTEST  # noqa: PLC0415
+    from trustvlm.pipelines.demo_config import VTEST  # noqa: PLC0415
 
     parser = subparsers.add_parser(
         "demo", formatter_class=ExamplesHelpFormatter, epilog=DEMO_EPILOG,

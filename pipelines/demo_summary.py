@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from trustvlm.pipelines.calibration_set import CalibrationSet
+from trustvlm.pipelines.demo_config import DemoConfig
 from trustvlm.pipelines.demo_ood import format_ood_line
-
-if TYPE_CHECKING:  # only for the annotations: the demo module imports this one
-    from trustvlm.pipelines.demo import DemoConfig
 
 
 def _pct(value) -> str:

@@ -37,7 +37,7 @@ from trustvlm.runtime.decode_pool import DecodeConfig
 from trustvlm.runtime.frame_buffer import BufferConfig
 from trustvlm.runtime.ingest import FrameLimits
 from trustvlm.runtime.publisher import PublishConfig
-from trustvlm.runtime.scorer import ScorerConfig
+from trustvlm.runtime.scorer_config import ScorerConfig
 from trustvlm.runtime.security import SecurityConfig
 from trustvlm.runtime.transport import IngestConfig
 

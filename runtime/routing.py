@@ -56,6 +56,8 @@ class RoutedScorer:
             the heartbeat's single-bundle fields.
     """
 
+    decodes_own_frames = False
+
     def __init__(self, camera_map: CameraMap, scorers: dict[str, BundleScorer]):
         if not scorers:
             raise RouteError("no bundle could be loaded for any camera of the camera map")

@@ -35,8 +35,8 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from trustvlm.contract.manifest import model_name, read_manifest
 from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
                                       score_spec)
 from trustvlm.runtime.decode_pool import FramePreparer
-from trustvlm.runtime.engines import ONNXRUNTIME, backend_spec, device_of
+from trustvlm.runtime.engines import backend_spec, device_of
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
@@ -54,66 +54,37 @@ from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.ood_gate import open_ood_gate
 from trustvlm.runtime.ort_providers import TensorRTProviderSettings
 from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
+from trustvlm.runtime.scorer_config import ScorerConfig
 from trustvlm.runtime.towers import ImageTower, check_batch_limits, open_tower
 
-__all__ = ["ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
+__all__ = ["Scorer", "ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
            "bundle_id_of", "model_id_of"]
 
 #: Intra-op threads of the trust head and the gate: graphs of microseconds, where more threads only wake and spin.
 SMALL_GRAPH_THREADS = 1
-#: How long a batch waits for frames of other cameras when the scoring thread decodes (``max_wait_ms`` None).
-SCORING_THREAD_WAIT_MS = 2.0
 
-@dataclass(frozen=True)
-class ScorerConfig:
-    """How the sessions run.
+class Scorer(Protocol):
+    """What the service's scoring loop needs of a scorer (:class:`BundleScorer`, a camera map's
+    :class:`~trustvlm.runtime.routing.RoutedScorer`, the cluster's gateway scorer).
 
-    Attributes:
-        providers: ONNX Runtime providers, short (cpu, cuda, tensorrt) or full names, in order
-            (the trust head's, and the encoders' with the onnxruntime backend).
-        backend: A key of :data:`~trustvlm.runtime.engines.BACKENDS`: ``onnxruntime`` (the exported
-            ONNX encoders) or ``tensorrt-engine`` (the engines of ``make export FORMAT=engine``;
-            needs tensorrt, a GPU and ``providers`` cuda).
-        allow_fallback: Accept a session that did not get a requested GPU provider.
-        threads: Intra-op threads of the image encoders' sessions (None: ONNX Runtime's choice); the trust
-            head and the gate are a few small matrix products and run on one.
-        spin: Whether ONNX Runtime's idle intra-op threads spin-wait for the next run (its default). The
-            service turns it off when the decode pool is on: spinning threads take the cores the decode
-            threads need between batches.
-        io_binding: Use IOBinding on GPU providers (ignored on the CPU).
-        max_batch: Most frames per batch (at most one per camera).
-        max_wait_ms: How long a batch waits for frames of other cameras once one is there. None: 0 beside
-            the decode pool (frames that arrive while a batch decodes join the next one; waiting would
-            leave the decode threads idle), :data:`SCORING_THREAD_WAIT_MS` when the scoring thread decodes.
+    ``decodes_own_frames``: True when :meth:`decide` takes the frames as received and decodes them itself
+    (the cluster scorer's replicas do); False when the service's decode pool prepares them first, with
+    :meth:`tower_preprocess`, and hands them to :meth:`decide` as `prepared`.
     """
 
-    providers: tuple[str, ...] = ("cpu",)
-    allow_fallback: bool = False
-    threads: int | None = None
-    spin: bool = True
-    io_binding: bool = True
-    max_batch: int = 8
-    max_wait_ms: float | None = None
-    backend: str = ONNXRUNTIME
+    model_id: str
+    bundle_id: str
+    threshold: float
+    score_name: str
+    decodes_own_frames: bool
 
-    def __post_init__(self) -> None:
-        backend_spec(self.backend)  # an unknown name is refused here, before any file is read
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch should be >= 1, but got {self.max_batch}")
-        if self.max_wait_ms is not None and not self.max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms should be >= 0, but got {self.max_wait_ms}")
+    def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]: ...
 
-    @property
-    def batch_wait_s(self) -> float:
-        """How long a batch waits for other cameras, in seconds (None: as on the scoring thread)."""
-        return (SCORING_THREAD_WAIT_MS if self.max_wait_ms is None else self.max_wait_ms) / 1e3
+    def defer(self, notice: Notice) -> DecisionMessage: ...
 
-    def beside_decode_pool(self, pipelined: bool) -> ScorerConfig:
-        """This config as the service runs it: with the decode pool on (`pipelined`), idle ONNX Runtime threads
-        sleep instead of spinning (they would take the cores the decode threads need between batches) and
-        a batch does not wait for more cameras unless ``max_wait_ms`` says so."""
-        wait = self.max_wait_ms if self.max_wait_ms is not None else (0.0 if pipelined else SCORING_THREAD_WAIT_MS)
-        return replace(self, spin=self.spin and not pipelined, max_wait_ms=wait)
+    def bundles(self) -> list[dict]: ...
+
+    def tower_preprocess(self) -> dict[str, PreprocessConfig]: ...
 
 
 @dataclass(frozen=True)
@@ -158,15 +129,18 @@ class BundleScorer:
     :func:`load_scorer`, which verifies the bundle and says so in one line when it is missing.
     """
 
+    decodes_own_frames = False  # the service's decode pool prepares its frames (tower_preprocess)
+
     def __init__(self, artifacts_dir: str | os.PathLike, bundle: PrototypeBundle, config: ScorerConfig,
                  aux_artifacts_dir: str | os.PathLike | None = None, previous: "BundleScorer | None" = None):
         manifest = read_manifest(artifacts_dir)
         info = bundle.info
         self.bundle, self.config, self.precision = bundle, config, info.precision
-        towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, info.preprocess, previous)]
+        reusable = previous.towers if previous is not None else None
+        towers = [open_tower(HEAD_INPUT, artifacts_dir, info.precision, config, info.preprocess, reusable)]
         if info.aux_encoder is not None:
             towers.append(open_tower(AUX_HEAD_INPUT, aux_artifacts_dir, info.aux_encoder.precision, config,
-                                     info.aux_encoder.preprocess, previous))
+                                     info.aux_encoder.preprocess, reusable))
         self.towers = {tower.head_input: tower for tower in towers}
         self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
         self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, SMALL_GRAPH_THREADS,
@@ -384,15 +358,15 @@ def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike,
 class ScorerSlot:
     """The current scorer; :meth:`swap` replaces it atomically."""
 
-    def __init__(self, scorer: BundleScorer):
+    def __init__(self, scorer: Scorer):
         self._scorer = scorer
         self._lock = threading.Lock()
 
-    def current(self) -> BundleScorer:
+    def current(self) -> Scorer:
         with self._lock:
             return self._scorer
 
-    def swap(self, scorer: BundleScorer) -> BundleScorer:
+    def swap(self, scorer: Scorer) -> Scorer:
         """Install `scorer`; return the one it replaces."""
         with self._lock:
             previous, self._scorer = self._scorer, scorer

@@ -56,7 +56,7 @@ from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, Pro
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
 from trustvlm.runtime.routing import RoutedLoader, folder_signature
-from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, ScorerSlot, load_scorer
+from trustvlm.runtime.scorer import Scorer, ScorerConfig, ScorerSlot, load_scorer
 from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
 from trustvlm.runtime.sequence import SequenceGuard
 
@@ -64,7 +64,7 @@ log = logging.getLogger("trustvlm.runtime.service")
 
 #: Loads, verifies and self-checks a bundle into a scorer: :func:`~trustvlm.runtime.scorer.load_scorer`'s signature.
 #: The default scores on this machine; another may score elsewhere, with the same decide/defer/ids.
-ScorerLoader = Callable[..., BundleScorer]
+ScorerLoader = Callable[..., Scorer]
 
 #: What a bundle reload may raise for a bad bundle (anything else is a bug and is logged as such).
 RELOAD_ERRORS = (BundleError, ArtifactError, EngineError, ValueError, OSError)
@@ -113,7 +113,7 @@ class HealthReporter:
             status = HealthStatus.STOPPING if self.stopping else (HealthStatus.DEGRADED if degraded
                                                                   else HealthStatus.OK)
         scorer = self.slot.current()
-        bundles = scorer.bundles() if hasattr(scorer, "bundles") else []  # a cluster scorer lists none
+        bundles = scorer.bundles()
         return HealthMessage(status, time.time_ns(), time.monotonic() - self.started, scorer.model_id,
                              scorer.bundle_id, scorer.threshold, self.buffer.stats().cameras, self.counters(),
                              detail=degraded, bundles=tuple(bundles))
@@ -293,15 +293,15 @@ class TrustService:
     def _submit(self, items: list[ReceivedFrame | Notice]) -> tuple:
         """Start decoding the batch's frames with the current scorer's preprocessing (it scores them too).
 
-        A scorer without ``tower_preprocess`` decodes the frames itself (the cluster scorer's replicas
-        do): its frames skip the pool.
+        A scorer that decodes its own frames (``decodes_own_frames``: the cluster scorer's replicas do)
+        gets them as received: they skip the pool.
         """
-        scorer: BundleScorer = self.slot.current()
+        scorer: Scorer = self.slot.current()
         frames = [item for item in items if isinstance(item, ReceivedFrame)]
-        decodes_here = hasattr(scorer, "tower_preprocess")
-        return items, scorer, self.decode.submit(frames, scorer) if frames and decodes_here else None
+        pooled = frames and not scorer.decodes_own_frames
+        return items, scorer, self.decode.submit(frames, scorer) if pooled else None
 
-    def _decide(self, items: list[ReceivedFrame | Notice], scorer: BundleScorer,
+    def _decide(self, items: list[ReceivedFrame | Notice], scorer: Scorer,
                 prepared: PendingBatch | None) -> None:
         frames = [item for item in items if isinstance(item, ReceivedFrame)]
         decisions = []

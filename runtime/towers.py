@@ -11,16 +11,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from trustvlm.contract.bundle import BundleMismatchError, engine_sha256
 from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.runtime.engines import ImageEngine, open_image_engine
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.preprocess import PreprocessConfig
-
-if TYPE_CHECKING:
-    from trustvlm.runtime.scorer import BundleScorer, ScorerConfig
+from trustvlm.runtime.scorer_config import ScorerConfig
 
 __all__ = ["ImageTower", "open_tower", "check_batch_limits"]
 
@@ -43,8 +41,8 @@ class ImageTower:
 
 
 def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str, config: ScorerConfig,
-               recorded_preprocess: dict, previous: "BundleScorer | None" = None) -> ImageTower:
-    """Open (or reuse from `previous`, when the same file would be opened) one image encoder.
+               recorded_preprocess: dict, previous: Mapping[str, ImageTower] | None = None) -> ImageTower:
+    """Open (or reuse from `previous`, a scorer's towers, when the same file would be opened) one image encoder.
 
     Raises:
         BundleMismatchError: The manifest's preprocessing is not the one the bundle recorded.
@@ -56,7 +54,7 @@ def open_tower(head_input: str, artifacts_dir: str | os.PathLike, precision: str
     source = (str(Path(artifacts_dir).resolve()), precision, config.backend,
               engine_sha256(manifest, precision, towers=("image",))["image_encoder"],
               json.dumps(manifest["preprocess"], sort_keys=True))
-    reusable = previous.towers.get(head_input) if previous is not None else None
+    reusable = previous.get(head_input) if previous is not None else None
     if reusable is not None and reusable.source == source:
         encoder_path(artifacts_dir, manifest, "image", precision)  # the ONNX file on disk must still match
         return reusable

@@ -25,16 +25,13 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import zmq
 
 from trustvlm.runtime.ingest import FrameLimits, IngestFactory, IngestResult
 from trustvlm.runtime.security import CurveServer
 from trustvlm.runtime.wire import ImagezmqNamer, parse_message
-
-if TYPE_CHECKING:
-    from trustvlm.runtime.config import ServiceConfig
 
 log = logging.getLogger("trustvlm.runtime.ingest")
 
@@ -172,7 +169,15 @@ class ZmqIngest:
         self.close()
 
 
-def zmq_ingest_for(config: ServiceConfig) -> IngestFactory:
+class IngestSettings(Protocol):
+    """What the ingest reads of a service's configuration (:class:`~trustvlm.runtime.config.ServiceConfig` has it)."""
+
+    ingest: IngestConfig
+    limits: FrameLimits
+    buffer: Any  # its max_cameras
+
+
+def zmq_ingest_for(config: IngestSettings) -> IngestFactory:
     """The factory of `trustvlm serve`'s ZeroMQ ingest, for :func:`~trustvlm.runtime.service.build_service`.
 
     The imagezmq namer tracks up to four times the buffer's ``max_cameras`` camera names.

@@ -1,7 +1,8 @@
 """The shape of the code: who may import whom, no import cycles, small modules.
 
-The import graph is read from the source (every ``import``, at module level or inside a function,
-but not those under ``if TYPE_CHECKING:``) of each module outside tests/. A "package" is a top-level folder (``runtime``, ``calibration``, ...)
+The import graph is read from the source (every ``import``, at module level, inside a function, or
+under ``if TYPE_CHECKING:``: a type-only import is still a dependency, and a cycle through one is a
+cycle) of each module outside tests/. A "package" is a top-level folder (``runtime``, ``calibration``, ...)
 or a top-level module (``cli``, ``cli_common``).
 """
 
@@ -37,14 +38,8 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
     """The project modules that `name` imports (the nearest enclosing module for a name inside one)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text(), filename=str(path))
-    # imports under `if TYPE_CHECKING:` serve annotations only and never run
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                   for statement in node.body for inner in ast.walk(statement)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -116,8 +111,8 @@ def graph() -> dict[str, set[str]]:
     return {name: imported_modules(name, path, modules) for name, path in modules.items()}
 
 
-def test_the_graph_reader_sees_relative_lazy_and_from_imports(tmp_path):
-    # Given a small package with a relative import, a lazy import inside a function and a plain one
+def test_the_graph_reader_sees_relative_lazy_type_only_and_from_imports(tmp_path):
+    # Given a small package with a relative import, a lazy import inside a function, a type-only one and a plain one
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "__init__.py").write_text("")
     (tmp_path / "a" / "x.py").write_text("from . import y\n")
@@ -126,8 +121,8 @@ def test_the_graph_reader_sees_relative_lazy_and_from_imports(tmp_path):
     (tmp_path / "b" / "z.py").write_text("import trustvlm.a.x\n")
     modules = source_modules(tmp_path)
     edges = {name: imported_modules(name, path, modules) for name, path in modules.items()}
-    # Then every edge is found, and the three files form one cycle across two packages
-    assert edges["trustvlm.a.x"] == {"trustvlm.a.y"} and edges["trustvlm.a.y"] == {"trustvlm.b.z"}
+    # Then every edge is found, the type-only one too, and the three files form one cycle across two packages
+    assert edges["trustvlm.a.x"] == {"trustvlm.a.y"} and edges["trustvlm.a.y"] == {"trustvlm.b.z", "trustvlm.a.x"}
     assert cycles(edges) == [["trustvlm.a.x", "trustvlm.a.y", "trustvlm.b.z"]]
 
 

@@ -17,7 +17,8 @@ from trustvlm.runtime.frame_buffer import BufferConfig
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.onnx_engine import OnnxEncoder
 from trustvlm.runtime.publisher import PublishConfig
-from trustvlm.runtime.scorer import SCORING_THREAD_WAIT_MS, SMALL_GRAPH_THREADS, ScorerConfig, load_scorer
+from trustvlm.runtime.scorer import SMALL_GRAPH_THREADS, ScorerConfig, load_scorer
+from trustvlm.runtime.scorer_config import SCORING_THREAD_WAIT_MS
 from trustvlm.runtime.service import build_service
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,0 +1,65 @@
+"""What the streaming demo runs (:class:`DemoConfig`), apart from the steps that run it (:mod:`.demo`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["VTEST", "DATASET_CAMERA", "VIDEO_CAMERA", "DemoError", "DemoConfig"]
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+DATASET_CAMERA = "fmnist_{shift}"
+VIDEO_CAMERA = "vtest"
+
+
+class DemoError(Exception):
+    """A step of the demo that failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs.
+
+    Attributes:
+        artifacts: Export folder of the model (``trustvlm export`` output).
+        out: Folder for everything the demo writes.
+        shift: The degraded camera (a name of calibration.shifts.SHIFTS).
+        shots: Labelled shots per class for the image prototypes.
+        seed: Seed of the shot draw.
+        alpha: Target risk among accepted frames.
+        delta: Allowed probability that the risk exceeds alpha.
+        lam: Weight of the image-prototype term: "auto" (chosen on calibration data) or a number.
+        frames: Test images replayed (None: all 10,000).
+        video: Video file of the second camera (None: no second camera).
+        heartbeat_ms: The service's heartbeat period.
+        heartbeat_timeout_ms: The controller's SAFE timeout.
+        threads: ONNX Runtime threads of the service.
+        step_timeout_s: Longest any one step may take.
+        threshold_method: How calibrate chooses the accept threshold ("ltt" or "sgr").
+    """
+
+    artifacts: Path
+    out: Path
+    shift: str = "low_light"
+    shots: int = 16
+    seed: int = 0
+    alpha: float = 0.05
+    delta: float = 0.1
+    lam: str = "auto"
+    frames: int | None = None
+    video: Path | None = VTEST
+    heartbeat_ms: int = 200
+    heartbeat_timeout_ms: int = 1000
+    threads: int = 1
+    step_timeout_s: float = 900.0
+    threshold_method: str = "ltt"
+
+    @property
+    def dataset_camera(self) -> str:
+        """Camera id of the labelled replay."""
+        return DATASET_CAMERA.format(shift=self.shift)
+
+    @property
+    def video_camera(self) -> str:
+        """Camera id of the video clip."""
+        return VIDEO_CAMERA
