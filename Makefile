@@ -53,7 +53,7 @@ demo: setup ## the main job on the embedded demo model: export, check zero-shot,
 	$(PY) -m trustvlm calibrate --artifacts $(ARTIFACTS)/demo_fmnist
 	$(MAKE) --no-print-directory demo-stream
 
-demo-stream: setup ## streaming demo on artifacts/demo_fmnist: calibrate on a degraded camera, serve, 2 cameras, controller [DEMO_ARGS=]
+demo-stream: setup ## streaming demo on artifacts/demo_fmnist: 3 degraded cameras each calibrated, one service, a street camera, then one shared bundle [DEMO_ARGS=]
 	$(PY) -m trustvlm demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
 export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [WEIGHTS=random|/path] [TOKENIZER=/dir] [NAME=]

@@ -35,7 +35,7 @@ CONTROLLER_EPILOG = """examples:
 
 DEMO_EPILOG = """examples:
   trustvlm demo --artifacts artifacts/demo_fmnist                  # `make demo-stream`
-  trustvlm demo --artifacts artifacts/demo_fmnist --frames 500 --shift blur --no-video
+  trustvlm demo --artifacts artifacts/demo_fmnist --frames 500 --cameras blur noise --no-video --no-shared
 """
 
 
@@ -212,7 +212,8 @@ def add_controller_parser(subparsers) -> None:
     parser.add_argument("--heartbeat-timeout-ms", type=float, default=2500.0,
                         help="enter SAFE after this long without a heartbeat (keep it above the service's "
                              "--heartbeat-ms)")
-    parser.add_argument("--truth", type=Path, default=None, help="ground truth JSONL written by `trustvlm source`")
+    parser.add_argument("--truth", type=Path, action="append", default=[],
+                        help="ground truth JSONL written by `trustvlm source` (repeat: one per labelled source)")
     parser.add_argument("--log", type=Path, default=None, help="write every decision and state change here (JSONL)")
     parser.add_argument("--summary", type=Path, default=None, help="write the final summary here (JSON)")
     parser.add_argument("--print", dest="print_mode", default="decisions", choices=["decisions", "events"],
@@ -238,7 +239,7 @@ def run_controller(args: argparse.Namespace) -> int:
     try:
         for camera in args.cameras:
             check_camera_id(camera, "--camera")
-        config = ControllerConfig(args.connect, tuple(args.cameras), args.heartbeat_timeout_ms, args.truth,
+        config = ControllerConfig(args.connect, tuple(args.cameras), args.heartbeat_timeout_ms, tuple(args.truth),
                                   args.max_decisions, args.duration_s, args.exit_on_stop, args.progress_s)
     except (MessageError, ValueError) as error:
         raise CliError(str(error)) from error
@@ -300,15 +301,24 @@ def add_demo_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "demo", formatter_class=ExamplesHelpFormatter, epilog=DEMO_EPILOG,
-        help="the end-to-end streaming demo: calibrate on a degraded camera, serve, two cameras, controller, "
+        help="the end-to-end streaming demo: calibrate each degraded camera, serve them with a camera map, "
+             "against one shared bundle, controller, "
              "summary",
-        description=wrap("End-to-end streaming demo: calibrate on a degraded camera, serve, replay Fashion-MNIST "
-                         "test images through that camera with labels plus a real video clip, score live with "
-                         "the controller, summarize and plot risk-coverage. Every step is a real trustvlm "
-                         "process; everything lands in the --out folder."))
+        description=wrap("End-to-end streaming demo: calibrate each degraded camera on its own frames, serve them "
+                         "all with one service and a camera map, replay Fashion-MNIST test images through each "
+                         "camera with labels plus a real video clip, score live with the controller; then the same "
+                         "streams against one shared bundle; print the per-camera table and plot risk-coverage. "
+                         "Every step is a real trustvlm process; everything lands in the --out folder."))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <artifacts>/demo_stream)")
-    parser.add_argument("--shift", default="low_light", choices=list(SHIFTS), help="the degraded camera")
+    parser.add_argument("--cameras", nargs="+", default=["low_light", "blur", "jpeg"], choices=list(SHIFTS),
+                        help="the degraded cameras, each calibrated on its own frames and scored against its own "
+                             "bundle by one service")
+    parser.add_argument("--shared", default="clean", choices=["clean", *SHIFTS],
+                        help="the camera one shared bundle is calibrated on: the same streams scored against it "
+                             "show what one bundle for every camera costs")
+    parser.add_argument("--no-shared", dest="use_shared", action="store_false",
+                        help="skip the shared-bundle run (about half the demo's time)")
     parser.add_argument("--shots", type=int, default=16, help="shots per class for the image prototypes")
     parser.add_argument("--alpha", type=float, default=0.05, help="target risk among accepted frames")
     parser.add_argument("--delta", type=float, default=0.1, help="allowed probability of exceeding alpha")
@@ -328,7 +338,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from trustvlm.pipelines.demo import DemoConfig, DemoError, run_demo  # noqa: PLC0415
     from trustvlm.pipelines.processes import ProcessError  # noqa: PLC0415
 
-    config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream", shift=args.shift,
+    config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream",
+                        cameras=tuple(args.cameras), shared=args.shared if args.use_shared else None,
                         shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
                         video=args.video if args.use_video else None, threads=args.threads,
                         threshold_method=args.threshold_method)

@@ -158,7 +158,7 @@ class ControllerConfig:
         endpoint: The service's publish endpoint, e.g. ``tcp://127.0.0.1:5556``.
         cameras: Cameras to follow (empty: all); matched exactly, not by topic prefix.
         heartbeat_timeout_ms: Silence on trust/_health after which the controller enters SAFE.
-        truth: Ground-truth JSONL of a labelled source (None: no accuracy).
+        truth: Ground-truth JSONL files of the labelled sources, one per source (empty: no accuracy).
         max_decisions: End after this many decisions (None: no limit).
         duration_s: End after this long (None: no limit).
         exit_on_stop: End when the service publishes its ``stopped`` heartbeat.
@@ -169,7 +169,7 @@ class ControllerConfig:
     endpoint: str
     cameras: tuple[str, ...] = ()
     heartbeat_timeout_ms: float = 2500.0
-    truth: Path | None = None
+    truth: tuple[Path, ...] = ()
     max_decisions: int | None = None
     duration_s: float | None = None
     exit_on_stop: bool = False
@@ -193,7 +193,7 @@ class Controller:
         self.config = config
         self.observer = observer or ControllerObserver()
         self.scoreboard = Scoreboard()
-        self.truth = TruthTail(config.truth) if config.truth else None
+        self.truths = [TruthTail(path) for path in config.truth]
         self.watch = HeartbeatWatch(config.heartbeat_timeout_ms, time.monotonic())
         self.actions = {Action.ACT: 0, Action.HOLD: 0}
         self.bad_messages = 0
@@ -303,10 +303,9 @@ class Controller:
         self.observer.on_decision(message, record, action, self.watch.state)
 
     def _poll_truth(self) -> None:
-        if self.truth is None:
-            return
-        for row in self.truth.poll():
-            self.scoreboard.add_truth(row)
+        for truth in self.truths:
+            for row in truth.poll():
+                self.scoreboard.add_truth(row)
 
     def _emit(self, event: StateEvent | None) -> None:
         if event is not None:
@@ -323,7 +322,7 @@ class Controller:
                   "heartbeat_timeout_ms": self.config.heartbeat_timeout_ms, "service_stopped": watch.service_stopped,
                   "heartbeat_seen": watch.last_heartbeat is not None},
             bad_messages=self.bad_messages,
-            truth_bad_rows=self.truth.bad_rows if self.truth else 0,
+            truth_bad_rows=sum(truth.bad_rows for truth in self.truths),
             service={"status": self.last_health.status.value, "counters": dict(self.last_health.counters),
                      "model_id": self.last_health.model_id, "bundle_id": self.last_health.bundle_id,
                      "threshold": self.last_health.threshold} if self.last_health else None)

@@ -1,31 +1,31 @@
-"""The end-to-end streaming demo: calibrate on your camera, then trust it; real processes, real sockets.
+"""The end-to-end streaming demo: each camera calibrated on its own frames, one service; real processes, real sockets.
 
     trustvlm demo --artifacts artifacts/demo_fmnist      # `make demo` runs this
 
 Steps (each a real ``trustvlm`` process, exit codes checked):
 
-1. Build the camera's calibration set: the Fashion-MNIST calibration split (never trained on, never the test
-   split) through the degraded camera (``--shift``, default ``low_light``; :func:`captures.degrade`, the very
-   function the source applies to each frame), saved as PNGs with a CoOp split file: ``k`` shots per class
-   (seeded) for the image prototypes in "train", the rest in "val" for lambda and the guaranteed-risk threshold.
-2. ``trustvlm calibrate`` on that set -> a bundle for this camera.
-3. ``trustvlm serve`` on random loopback ports; ``trustvlm controller`` with the ground truth, waiting for the
-   first heartbeat.
-4. Two cameras: the Fashion-MNIST test images replayed through the same degraded camera with labels (raw
-   frames, at most one frame without a decision, so none is superseded), and a real video clip (OpenCV's
+1. Build each camera's calibration set: the Fashion-MNIST calibration split (never trained on, never the test
+   split) through that degraded camera (``--cameras``, default ``low_light blur jpeg``; :func:`captures.degrade`,
+   the very function the source applies to each frame), saved as PNGs with a CoOp split file: ``k`` shots per
+   class (seeded) for the image prototypes in "train", the rest in "val" for lambda and the guaranteed-risk
+   threshold. The same for the shared bundle's camera (``--shared``, default ``clean``: undegraded frames).
+2. ``trustvlm calibrate`` on each set -> one bundle per camera, and the shared one.
+3. A camera map (``cameras.toml``): each labelled camera -> its own bundle, ``default`` -> the shared bundle
+   (the street-scene camera, which nothing was calibrated for, falls there). ``trustvlm serve --bundles`` on
+   random loopback ports; ``trustvlm controller`` with every camera's ground truth.
+4. The cameras: the Fashion-MNIST test images replayed through each degraded camera with labels (raw frames,
+   at most one frame without a decision per camera, so none is superseded), and a real video clip (OpenCV's
    ``vtest.avi``, a street scene) through the video capture path at its own frame rate, looping until the
-   labelled replay ends.
-5. Stop the video camera and the service (SIGTERM: in-flight frames are answered, a final ``stopped``
-   heartbeat is published); the controller ends on that heartbeat and writes its summary.
-6. Print the summary and write a risk-coverage plot from the logged decisions.
+   labelled replays end. Then the service stops (SIGTERM: in-flight frames are answered, a final ``stopped``
+   heartbeat is published) and the controller ends on that heartbeat.
+5. The same labelled replays through a second service that scores every camera against the shared bundle
+   (``--bundle``): what one bundle for the whole robot would have done with the same frames.
+6. Print the per-camera table (own bundle against shared bundle: coverage, accuracy on accepted frames, risk
+   against alpha) and write a risk-coverage plot of the first camera from the logged decisions.
 
-Everything lands in ``<artifacts>/demo_stream/`` (calibration set, bundle, truth, decision log, summaries,
-plot, each process's stderr under ``logs/``). Children that are still running when the demo fails or is
-interrupted are killed, so no process outlives it.
-
-The jobs it builds on: :mod:`~trustvlm.pipelines.calibration_set` (step 1),
-:mod:`~trustvlm.pipelines.serve_process` and :mod:`~trustvlm.pipelines.processes` (the processes),
-:mod:`~trustvlm.pipelines.demo_summary` (step 6).
+Everything lands in ``<artifacts>/demo_stream/`` (calibration sets, bundles, camera map, truth, decision logs,
+summaries, plot, each process's stderr under ``logs/``). Children that are still running when the demo fails or
+is interrupted are killed, so no process outlives it.
 """
 
 from __future__ import annotations
@@ -35,26 +35,104 @@ import time
 from pathlib import Path
 
 from trustvlm.calibration.shifts import SHIFTS
+from trustvlm.contract.camera_map import CameraMap, write_camera_map
 from trustvlm.data.fashion_mnist import DatasetMissingError
-from trustvlm.pipelines.calibration_set import write_camera_calibration_set
-from trustvlm.pipelines.demo_config import VIDEO_CAMERA, VTEST, DemoConfig, DemoError
-from trustvlm.pipelines.demo_summary import coverage_lines, format_demo_summary, plot_demo_risk_coverage
+from trustvlm.pipelines.calibration_set import CalibrationSet, write_camera_calibration_set
+from trustvlm.pipelines.demo_config import CLEAN, VIDEO_CAMERA, VTEST, DemoConfig, DemoError
+from trustvlm.pipelines.demo_summary import camera_rows, format_demo_summary, plot_demo_risk_coverage
 from trustvlm.pipelines.processes import ChildProcess
 from trustvlm.pipelines.serve_process import ServeProcess
+
+__all__ = ["VTEST", "DemoConfig", "DemoError", "run_demo"]
+
 
 def _check_inputs(config: DemoConfig) -> None:
     if not (config.artifacts / "manifest.json").exists():
         raise DemoError(f"no export in {config.artifacts} (manifest.json missing): run "
                         "`trustvlm export --model demo_fmnist` (or `make demo`) first")
-    if config.shift not in SHIFTS:
-        raise DemoError(f"unknown camera shift {config.shift!r}; expected one of {list(SHIFTS)}")
+    if not config.cameras or len(set(config.cameras)) != len(config.cameras) or any(
+            shift not in SHIFTS for shift in config.cameras) or config.shared not in (None, CLEAN, *SHIFTS):
+        raise DemoError(f"the demo's cameras should be distinct names of {list(SHIFTS)} and the shared one one of "
+                        f"{[CLEAN, *SHIFTS]}, but got {list(config.cameras)} and {config.shared}")
     if config.video is not None and not config.video.is_file():
         raise DemoError(f"video {config.video} is missing: apt-get install opencv-doc (or `make system-packages`), "
                         "or pass --no-video")
 
 
+def _calibrate(config: DemoConfig, shift: str, logs: Path) -> tuple[CalibrationSet | None, Path, str]:
+    """Steps 1 and 2 for one camera: its calibration set and its bundle; the 'wrote ...' line of calibrate.
+
+    The ``clean`` camera is the calibration split itself (``calibrate --data fashion-mnist``: no set to write).
+    """
+    calibration, data = None, ["--data", "fashion-mnist"]
+    if shift != CLEAN:
+        try:
+            calibration = write_camera_calibration_set(config.out / f"calibration_{shift}", shift, config.shots,
+                                                       config.seed)
+        except DatasetMissingError as error:
+            raise DemoError(str(error)) from error
+        data = ["--data", str(calibration.split_file), "--image-root", str(calibration.image_root)]
+    bundle = config.out / f"bundle_{shift}"
+    calibrate = ChildProcess(f"calibrate-{shift}", [
+        "calibrate", "--artifacts", str(config.artifacts), *data, "--out", str(bundle), "--k", str(config.shots),
+        "--seed", str(config.seed),
+        "--alpha", str(config.alpha), "--delta", str(config.delta), "--lam", str(config.lam),
+        "--threshold-method", config.threshold_method], logs)
+    calibrate.expect_success(calibrate.wait(config.step_timeout_s))
+    return calibration, bundle, calibrate.wait_for_line(r"^wrote (.*)", 5).group(0)
+
+
+def _stream(config: DemoConfig, served: Path, tag: str, with_video: bool, logs: Path) -> tuple[dict, dict]:
+    """One service (`served`: a bundle folder or a camera map) fed by every labelled camera (and the video);
+    the controller's summary and every process's exit status. Decisions go to ``decisions{tag}.jsonl``."""
+    out, timeout = config.out, config.step_timeout_s
+    log, summary_path = out / f"decisions{tag}.jsonl", out / f"controller_summary{tag}.json"
+    for path in (log, summary_path):
+        path.unlink(missing_ok=True)
+    truth = {shift: out / f"truth_{shift}.jsonl" for shift in config.cameras}
+    children: dict[str, ChildProcess] = {}
+    statuses: dict[str, int] = {}
+    try:
+        with ServeProcess(config.artifacts, served, logs, (
+                "--heartbeat-ms", str(config.heartbeat_ms), "--threads", str(config.threads), "--no-watch"),
+                echo=True, name=f"serve{tag}") as serve:
+            controller = children["controller"] = ChildProcess(f"controller{tag}", [
+                "controller", "--connect", serve.publish, "--log", str(log), "--summary", str(summary_path),
+                *[arg for path in truth.values() for arg in ("--truth", str(path))], "--print", "events",
+                "--progress-s", "10", "--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms), "--exit-on-stop"],
+                logs)
+            controller.wait_for_line(r"^OK: first heartbeat", 60)
+            replays = []
+            for shift in config.cameras:
+                camera = config.camera_id(shift)
+                replay = children[f"source-{camera}"] = ChildProcess(f"source-{camera}{tag}", [
+                    "source", "--dataset", "fashion-mnist", "--split", "test", "--shift", shift, "--encoding", "raw",
+                    "--camera-id", camera, "--connect", serve.ingest, "--max-in-flight", "1", "--decisions",
+                    serve.publish, "--truth", str(truth[shift]),
+                    *(["--limit", str(config.frames)] if config.frames else [])], logs)
+                replays.append(replay)
+            if with_video:
+                video = children["video"] = ChildProcess(f"source-{VIDEO_CAMERA}{tag}", [
+                    "source", "--video", str(config.video), "--fps", "native", "--loop", "--encoding", "jpeg",
+                    "--camera-id", VIDEO_CAMERA, "--connect", serve.ingest], logs)
+            for replay in replays:
+                statuses[replay.name] = replay.wait(timeout)
+                replay.expect_success(statuses[replay.name])
+            if with_video:
+                statuses[video.name] = video.stop()
+                video.expect_success(statuses[video.name])
+            statuses[f"serve{tag}"] = serve.stop()
+            serve.child.expect_success(statuses[f"serve{tag}"])
+        statuses[controller.name] = controller.wait(60)
+        controller.expect_success(statuses[controller.name])
+    finally:
+        for child in children.values():
+            child.kill()
+    return json.loads(summary_path.read_text()), statuses
+
+
 def run_demo(config: DemoConfig) -> dict:
-    """Run the demo of the module docstring; return the controller's summary.
+    """Run the demo of the module docstring; return the controller's summary of the per-camera run.
 
     Raises:
         DemoError: Missing inputs (the message says what to run or install).
@@ -63,80 +141,41 @@ def run_demo(config: DemoConfig) -> dict:
     """
     _check_inputs(config)
     started = time.monotonic()
-    out = config.out
-    logs = out / "logs"
+    logs = config.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    artifacts, timeout = str(config.artifacts), config.step_timeout_s
-    camera = config.dataset_camera
-    paths = {name: out / file for name, file in (
-        ("truth", "truth.jsonl"), ("log", "decisions.jsonl"), ("summary", "controller_summary.json"),
-        ("bundle", f"bundle_{config.shift}"), ("plot", "risk_coverage.png"), ("demo", "demo_summary.json"))}
-    for name in ("truth", "log", "summary", "plot"):
-        paths[name].unlink(missing_ok=True)
-
-    print(f"[1/5] calibration set: Fashion-MNIST calibration split through the {config.shift} camera", flush=True)
-    try:
-        calibration = write_camera_calibration_set(out / f"calibration_{config.shift}", config.shift, config.shots,
-                                                   config.seed)
-    except DatasetMissingError as error:
-        raise DemoError(str(error)) from error
-    print(f"      {calibration.shots} shots + {calibration.held_out} held-out images -> {calibration.split_file}",
+    steps = 4 if config.shared else 3
+    print(f"[1/{steps}] calibration sets and bundles: Fashion-MNIST calibration split through each camera "
+          f"({', '.join(config.cameras)}){f'; shared bundle on the {config.shared} camera' if config.shared else ''}",
           flush=True)
-
-    print(f"[2/5] trustvlm calibrate on the {config.shift} camera", flush=True)
-    calibrate = ChildProcess("calibrate", [
-        "calibrate", "--artifacts", artifacts, "--data", str(calibration.split_file), "--image-root",
-        str(calibration.image_root), "--out", str(paths["bundle"]), "--k", str(config.shots), "--seed",
-        str(config.seed), "--alpha", str(config.alpha), "--delta", str(config.delta), "--lam", str(config.lam),
-        "--threshold-method", config.threshold_method], logs)
-    calibrate.expect_success(calibrate.wait(timeout))
-    bundle_line = calibrate.wait_for_line(r"^wrote (.*)", 5).group(0)
-
-    children: dict[str, ChildProcess] = {}
-    statuses: dict[str, int] = {}
-    try:
-        print("[3/5] trustvlm serve + trustvlm controller", flush=True)
-        with ServeProcess(config.artifacts, paths["bundle"], logs, (
-                "--heartbeat-ms", str(config.heartbeat_ms), "--threads", str(config.threads), "--no-watch"),
-                echo=True) as serve:
-            ingest, publish = serve.ingest, serve.publish
-            controller = children["controller"] = ChildProcess("controller", [
-                "controller", "--connect", publish, "--truth", str(paths["truth"]), "--log", str(paths["log"]),
-                "--summary", str(paths["summary"]), "--print", "events", "--progress-s", "10",
-                "--heartbeat-timeout-ms", str(config.heartbeat_timeout_ms), "--exit-on-stop"], logs)
-            controller.wait_for_line(r"^OK: first heartbeat", 60)
-
-            print("[4/5] cameras: labelled replay through the degraded camera"
-                  f"{' + the video clip' if config.video else ''}", flush=True)
-            replay = children[f"source-{camera}"] = ChildProcess(f"source-{camera}", [
-                "source", "--dataset", "fashion-mnist", "--split", "test", "--shift", config.shift, "--encoding",
-                "raw", "--camera-id", camera, "--connect", ingest, "--max-in-flight", "1", "--decisions", publish,
-                "--truth", str(paths["truth"]), *(["--limit", str(config.frames)] if config.frames else [])], logs)
-            if config.video is not None:
-                children[f"source-{VIDEO_CAMERA}"] = ChildProcess(f"source-{VIDEO_CAMERA}", [
-                    "source", "--video", str(config.video), "--fps", "native", "--loop", "--encoding", "jpeg",
-                    "--camera-id", VIDEO_CAMERA, "--connect", ingest], logs)
-            statuses[replay.name] = replay.wait(timeout)
-            replay.expect_success(statuses[replay.name])
-            if config.video is not None:
-                video = children[f"source-{VIDEO_CAMERA}"]
-                statuses[video.name] = video.stop()
-                video.expect_success(statuses[video.name])
-
-            print("[5/5] stop the service; the controller ends on its final heartbeat", flush=True)
-            statuses["serve"] = serve.stop()
-            serve.child.expect_success(statuses["serve"])
-        statuses["controller"] = controller.wait(60)
-        controller.expect_success(statuses["controller"])
-    finally:
-        for child in children.values():
-            child.kill()
-    summary = json.loads(paths["summary"].read_text())
-    plot = plot_demo_risk_coverage(paths["log"], paths["truth"], paths["plot"], config)
-    coverage = coverage_lines(paths["bundle"], paths["log"], paths["truth"], config)
-    lines = format_demo_summary(summary, config, calibration, bundle_line, {"calibrate": 0, **statuses}, plot,
-                                time.monotonic() - started, coverage)
+    calibrated = {}
+    for shift in config.bundle_cameras:
+        calibrated[shift] = _calibrate(config, shift, logs)
+        print(f"      {shift}: {calibrated[shift][2]}", flush=True)
+    default = calibrated[config.shared or config.cameras[0]][1]
+    camera_map = write_camera_map(config.out / "cameras.toml", CameraMap(
+        {config.camera_id(shift): calibrated[shift][1] for shift in config.cameras}, default))
+    print(f"[2/{steps}] trustvlm serve --bundles {camera_map} (each camera its own bundle) + controller; cameras: "
+          f"{', '.join(config.camera_id(s) for s in config.cameras)}"
+          f"{' + the video clip' if config.video else ''}", flush=True)
+    summary, statuses = _stream(config, camera_map, "", config.video is not None, logs)
+    shared_rows = None
+    if config.shared:
+        print(f"[3/{steps}] the same labelled cameras against one shared bundle (calibrated on the {config.shared} "
+              "camera)", flush=True)
+        _, shared_statuses = _stream(config, calibrated[config.shared][1], "_shared", False, logs)
+        statuses.update(shared_statuses)
+        shared_rows = camera_rows(config, config.out / "decisions_shared.jsonl",
+                                  {shift: calibrated[config.shared][1] for shift in config.cameras})
+    print(f"[{steps}/{steps}] summary", flush=True)
+    rows = camera_rows(config, config.out / "decisions.jsonl",
+                       {shift: calibrated[shift][1] for shift in config.cameras})
+    plot = plot_demo_risk_coverage(config.out / "decisions.jsonl", config.out / f"truth_{config.cameras[0]}.jsonl",
+                                   config.out / "risk_coverage.png", config)
+    lines = format_demo_summary(summary, config, calibrated, rows, shared_rows,
+                                {**{f"calibrate-{s}": 0 for s in calibrated}, **statuses}, plot,
+                                time.monotonic() - started)
     print("\n".join(lines), flush=True)
-    paths["demo"].write_text(json.dumps({"config": {k: str(v) for k, v in vars(config).items()},
-                                         "controller": summary, "processes": statuses}, indent=2) + "\n")
+    (config.out / "demo_summary.json").write_text(json.dumps({
+        "config": {k: str(v) for k, v in vars(config).items()}, "controller": summary, "processes": statuses,
+        "cameras": rows, "shared": shared_rows}, indent=2) + "\n")
     return summary

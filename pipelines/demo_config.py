@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VTEST", "DATASET_CAMERA", "VIDEO_CAMERA", "DemoError", "DemoConfig"]
+__all__ = ["VTEST", "DATASET_CAMERA", "VIDEO_CAMERA", "CLEAN", "DemoError", "DemoConfig"]
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 DATASET_CAMERA = "fmnist_{shift}"
 VIDEO_CAMERA = "vtest"
+#: The shared bundle's default camera: the undegraded calibration split (``calibrate --data fashion-mnist``).
+CLEAN = "clean"
 
 
 class DemoError(Exception):
@@ -23,7 +25,12 @@ class DemoConfig:
     Attributes:
         artifacts: Export folder of the model (``trustvlm export`` output).
         out: Folder for everything the demo writes.
-        shift: The degraded camera (a name of calibration.shifts.SHIFTS).
+        cameras: The degraded cameras (names of calibration.shifts.SHIFTS), each calibrated on its own frames
+            and scored against its own bundle (one service, a camera map).
+        shared: The camera one shared bundle is calibrated on (a name of SHIFTS; ``clean``: undegraded
+            frames): the same streams scored against it show what one bundle for every camera costs.
+            None: no comparison. The video camera, which no bundle was calibrated for, is scored against
+            it (the map's default).
         shots: Labelled shots per class for the image prototypes.
         seed: Seed of the shot draw.
         alpha: Target risk among accepted frames.
@@ -40,7 +47,8 @@ class DemoConfig:
 
     artifacts: Path
     out: Path
-    shift: str = "low_light"
+    cameras: tuple[str, ...] = ("low_light", "blur", "jpeg")
+    shared: str | None = "clean"
     shots: int = 16
     seed: int = 0
     alpha: float = 0.05
@@ -54,10 +62,19 @@ class DemoConfig:
     step_timeout_s: float = 900.0
     threshold_method: str = "ltt"
 
+    def camera_id(self, shift: str) -> str:
+        """Camera id of the labelled replay through the `shift` camera."""
+        return DATASET_CAMERA.format(shift=shift)
+
     @property
     def dataset_camera(self) -> str:
-        """Camera id of the labelled replay."""
-        return DATASET_CAMERA.format(shift=self.shift)
+        """Camera id of the first labelled replay (the one the risk-coverage plot shows)."""
+        return self.camera_id(self.cameras[0])
+
+    @property
+    def bundle_cameras(self) -> tuple[str, ...]:
+        """Every camera a bundle is calibrated for: the demo's cameras, then the shared one."""
+        return self.cameras + ((self.shared,) if self.shared and self.shared not in self.cameras else ())
 
     @property
     def video_camera(self) -> str:

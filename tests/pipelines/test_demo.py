@@ -102,26 +102,46 @@ def test_demo_without_an_export_says_what_to_run_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero(tmp_path, demo_export):
     require_vtest()
-    # When the demo runs on 60 test images (full calibration split) with the video camera
+    # When the demo runs two degraded cameras on 60 test images each (full calibration split), with the video
+    # camera, then the same cameras against the shared (clean) bundle
     result = subprocess.run([sys.executable, "-m", "trustvlm", "demo", "--artifacts", str(demo_export),
-                             "--out", str(tmp_path / "demo"), "--frames", "60"], capture_output=True, text=True,
-                            timeout=170, cwd=REPO)
-    # Then it succeeds, every process exited 0, and the summary and plot are there
+                             "--out", str(tmp_path / "demo"), "--frames", "60", "--cameras", "low_light", "blur"],
+                            capture_output=True, text=True, timeout=230, cwd=REPO)
+    # Then it succeeds, every process exited 0, and the per-camera table, the summary and the plot are there
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert "frames 60 | accepted" in out, out[-2000:]
-    assert re.search(r"accuracy on accepted frames [\d.]+% vs [\d.]+% on all frames", out), out[-2000:]
-    assert re.search(r"score \w+ \(lambda [\d.]+, T [\d.]+; chosen on calibration data from \d+ candidates\): "
-                     r"coverage [\d.]+%", out), out[-2000:]
-    assert re.search(r"certifiable limit [\d.]+%: .* oracle coverage [\d.]+%: ", out, re.S), out[-2000:]
-    assert ("processes: calibrate exit 0, source-fmnist_low_light exit 0, source-vtest exit 0, serve exit 0, "
-            "controller exit 0") in out
-    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["controller"]
+    for camera in ("fmnist_low_light", "fmnist_blur"):
+        assert re.search(rf"  {camera} +60 \| +[\d.]+% +[\d.]+% +[\d.]+% \| +[\d.]+% +[\d.]+% +[\d.]+%", out), \
+            out[-3000:]
+        assert re.search(rf"  {camera}: shared bundle (breaks|gives away|keeps)", out), out[-3000:]
+    assert "the map's default: the clean bundle" in out
+    assert re.search(r"  fmnist_blur: own bundle accepts \w+ >= [-\d.]+; certifiable limit [\d.]+%, oracle coverage "
+                     r"[\d.]+%", out), out[-3000:]
+    processes = re.search(r"processes: (.*)", out).group(1)
+    assert all(entry.endswith(" exit 0") for entry in processes.split(", ")), processes
+    assert {"calibrate-low_light", "calibrate-blur", "calibrate-clean", "serve", "serve_shared", "source-vtest",
+            "controller", "controller_shared"} <= {entry.rsplit(" exit", 1)[0] for entry in processes.split(", ")}
+    written = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    summary = written["controller"]
     assert summary["cameras"]["fmnist_low_light"]["decisions"] == 60
+    assert summary["cameras"]["fmnist_blur"]["decisions"] == 60
     assert summary["labelled"]["unanswered"] == {} and summary["duplicates"] == 0
+    assert summary["labelled"]["frames"] == 120, summary["labelled"]
     counters = summary["service"]["counters"]
     assert counters["decisions_accept"] + counters["decisions_defer"] == summary["decisions"], counters
+    # And each camera was decided by its own bundle in the first run, by the shared one in the second
+    bundles = {}
+    for name in ("decisions.jsonl", "decisions_shared.jsonl"):
+        for line in (tmp_path / "demo" / name).read_text().splitlines():
+            row = json.loads(line)
+            if row.get("event") == "decision" and row["camera_id"].startswith("fmnist_"):
+                bundles.setdefault((name, row["camera_id"]), set()).add(row["bundle_id"])
+    own_low, own_blur = bundles[("decisions.jsonl", "fmnist_low_light")], bundles[("decisions.jsonl", "fmnist_blur")]
+    shared = bundles[("decisions_shared.jsonl", "fmnist_low_light")] | bundles[("decisions_shared.jsonl",
+                                                                                "fmnist_blur")]
+    assert len(own_low) == len(own_blur) == len(shared) == 1 and len(own_low | own_blur | shared) == 3, bundles
+    assert [row["frames"] for row in written["shared"]] == [60, 60]
     assert (tmp_path / "demo" / "risk_coverage.png").stat().st_size > 1000
