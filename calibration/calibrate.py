@@ -148,11 +148,19 @@ def check_embedding_size(text_prototypes: np.ndarray | None, image_embeddings: n
                              f"the manifest says D={expected}; re-export the model")
 
 
+def check_held_out(count: int, lam) -> None:
+    """ValueError in one line: too few held-out images after the shots for lambda (`lam` "auto") and a threshold."""
+    if lam == "auto" and count < 8:
+        raise ValueError(f"only {count} held-out image(s) after the shots: too few to choose lambda and a "
+                         "threshold (at least 8: half for lambda, half for the threshold); lower k or add images")
+    if lam != "auto" and count < 1:
+        raise ValueError("no held-out image after the shots to select a threshold on; lower k or add images")
+
+
 def split_held_out(rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded halves (lambda part, threshold part) of the held-out indices."""
     order = np.random.default_rng([seed, 1]).permutation(rest)
-    half = len(order) // 2
-    return np.sort(order[:half]), np.sort(order[half:])
+    return np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
 
 
 def probs_and_similarities(embeddings: np.ndarray, text: np.ndarray, image: np.ndarray, logit_scale: float,
@@ -361,15 +369,11 @@ class _Scoring:
 def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool, shots: np.ndarray, alpha: float,
                    delta: float) -> tuple[LambdaChoice, np.ndarray, np.ndarray, dict]:
     """Lambda (fixed or auto on one half of `rest`), the score, and the indices of the two halves."""
+    check_held_out(len(rest), lam)
     if lam == "auto":
         lambda_part, threshold_part = split_held_out(rest, seed)
-        if len(lambda_part) < 4 or len(threshold_part) < 1:
-            raise ValueError(f"only {len(rest)} held-out image(s) after the shots: too few to choose lambda "
-                             "and a threshold; lower k or add images")
         choice = scoring.choose(score, lambda_part, alpha, delta, seed)
     else:
-        if len(rest) < 1:
-            raise ValueError("no held-out image after the shots to select a threshold on; lower k or add images")
         lambda_part, threshold_part = rest[:0], rest
         choice = replace(fixed_lambda(lam), score=DEFAULT_SCORE if score == AUTO_SCORE else score)
     selection = {"data": pool.source, "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),

@@ -2,8 +2,9 @@
 
 * :func:`certifiable_limit`: the largest calibration coverage at which a *single* exact binomial
   (Clopper-Pearson) test at level delta, with no correction for having looked at many thresholds,
-  shows the selective risk below alpha. No procedure that tests thresholds on the same data at
-  level delta certifies more: it is the finite-sample limit that a guarantee can reach, and
+  shows the selective risk below alpha. No procedure built on the same non-randomised exact
+  binomial tests at level delta on the same data certifies more (a randomised test, or one that
+  brings in other information, could), and
   :func:`~trustvlm.calibration.threshold_selection.select_threshold` with ``method="ltt"`` never
   exceeds it.
 * :func:`oracle_coverage`: the largest calibration coverage whose *empirical* selective risk is
@@ -11,7 +12,9 @@
   would reach).
 
 Both scan every distinct score as a threshold (accept ``confidence >= t``; a tied score is
-accepted or deferred as a whole), so oracle >= certifiable >= the LTT choice's coverage.
+accepted or deferred as a whole), so on the same data oracle >= certifiable >= the LTT choice's
+coverage. Computed on different sets, as :func:`risk_control_row` does (certifiable on the
+calibration scores, oracle on the test ones), the two are not ordered.
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ def risk_control_row(calib_conf: np.ndarray, calib_correct: np.ndarray, test_con
                      method: str = DEFAULT_THRESHOLD_METHOD, grid=None) -> dict:
     """The risk-guaranteed threshold (`method`) on calibration scores, what it does on the test set, and the two limits.
 
-    ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones.
+    ``certifiable_limit`` is computed on the same calibration scores, ``oracle_coverage`` on the test ones: on
+    different data, so either may be the larger.
     """
     choice = select_threshold(calib_conf, calib_correct, alpha, delta, method=method, grid=grid)
     accepted = test_conf >= choice.threshold

@@ -2,10 +2,17 @@
 
 The risk controlled is the *selective* risk ``R(t) = P(wrong | confidence >= t)``: the error rate
 among accepted predictions. Given calibration scores and correctness, a target ``alpha`` and a
-failure probability ``delta``, :func:`select_threshold` returns a threshold t with
-``P(R(t) > alpha) <= delta`` over the draw of the calibration data, assuming calibration and
-deployment data are i.i.d. from one distribution, or "infeasible" (``threshold = +inf``: defer
-everything).
+failure probability ``delta``, :func:`select_threshold` returns a threshold t, or "infeasible"
+(``threshold = +inf``: defer everything). What is proven depends on where the tested thresholds
+come from (assuming calibration and deployment data i.i.d. from one distribution):
+
+* with a ``grid`` fixed independently of the calibration sample (what ``calibrate`` and ``eval``
+  pass when lambda is chosen on its own half): ``P(R(t) > alpha) <= delta`` over the draw of the
+  calibration data, for the population risk;
+* without one (the default grid: the calibration scores themselves; ``calibrate``'s fixed-lambda
+  path): the same statement for the *in-sample* risk (the mean error probability over the accepted
+  calibration scores, conditional on the scores); its gap to the population risk is measured by
+  simulation (BENCHMARKS.md section 9), not proven.
 
 ``method="ltt"`` (default): Learn then Test (Angelopoulos, Bates, Candes, Jordan, Lei, "Learn then
 Test: Calibrating Predictive Algorithms to Achieve Risk Control", 2021) with fixed-sequence
@@ -265,11 +272,13 @@ def select_threshold(confidence, correct, alpha: float, delta: float, *, method:
 
     Returns:
         A :class:`ThresholdChoice` (``method`` is :data:`LTT_METHOD` or :data:`SGR_METHOD`).
-        With probability >= 1 - delta over i.i.d. calibration data, a feasible choice has true
-        selective risk <= alpha. An infeasible one (also for empty input) has
-        ``threshold = +inf``, ``coverage = 0``: defer everything. ``risk_upper_bound`` is the
-        Clopper-Pearson bound of the chosen threshold at the level its test used (delta / K for
-        LTT with K sequences, delta with a `grid`, delta / ceil(log2 m) for SGR).
+        With probability >= 1 - delta over i.i.d. calibration data, a feasible choice has
+        selective risk <= alpha: the population risk with a `grid` fixed independently of this
+        data; without one, the in-sample risk (see the module docstring). An infeasible one (also
+        for empty input) has ``threshold = +inf``, ``coverage = 0``: defer everything.
+        ``risk_upper_bound`` is the Clopper-Pearson bound of the chosen threshold at the level its
+        test used: delta / K for LTT with K sequences (with or without a `grid`), delta /
+        ceil(log2 m) for SGR; not at level delta.
 
     Raises:
         ValueError: for alpha or delta outside (0, 1), an unknown method, a grid with SGR or
