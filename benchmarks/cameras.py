@@ -33,9 +33,9 @@ BUNDLES = 8
 TARGET_SPEED, TARGET_RSS_SLACK = 0.95, 0.10
 
 
-def write_camera_map(root: Path, bundle: Path, bundles: int = BUNDLES) -> tuple[Path, int]:
-    """`bundles` copies of `bundle` under `root` and a map of the e2e cameras onto them; the map and one copy's bytes."""
-    from trustvlm.contract.camera_map import CameraMap, write_camera_map as write  # noqa: PLC0415
+def copy_bundles_with_map(root: Path, bundle: Path, bundles: int = BUNDLES) -> tuple[Path, int]:
+    """`bundles` copies of `bundle` under `root` and a map of the e2e cameras onto them; the map, one copy's bytes."""
+    from trustvlm.contract.camera_map import CameraMap, write_camera_map  # noqa: PLC0415
 
     folders = []
     for index in range(bundles):
@@ -43,7 +43,7 @@ def write_camera_map(root: Path, bundle: Path, bundles: int = BUNDLES) -> tuple[
         shutil.copytree(bundle, folders[-1])
     cameras = {f"cam{index}": folders[index % bundles] for index in range(e2e.SATURATION_CAMERAS)}
     size = sum(path.stat().st_size for path in Path(bundle).iterdir() if path.is_file())
-    return write(root / "cameras.toml", CameraMap(cameras)), size
+    return write_camera_map(root / "cameras.toml", CameraMap(cameras)), size
 
 
 def run_one(artifacts: Path, bundle: Path, workdir: Path, windows: int, window_s: float, log) -> dict:
@@ -69,7 +69,7 @@ def run(artifacts: Path, bundle: Path, rounds: int = 2, windows: int = 3, window
     """Both services, alternately, `rounds` times each; the medians and the targets' verdicts."""
     runs: dict[str, list[dict]] = {"1 bundle": [], f"{BUNDLES} bundles": []}
     with tempfile.TemporaryDirectory() as scratch:
-        camera_map, bundle_bytes = write_camera_map(Path(scratch) / "bundles", bundle)
+        camera_map, bundle_bytes = copy_bundles_with_map(Path(scratch) / "bundles", bundle)
         for round_ in range(rounds):
             for name, served in (("1 bundle", bundle), (f"{BUNDLES} bundles", camera_map)):
                 log(f"round {round_ + 1}/{rounds}: {name}")

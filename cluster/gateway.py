@@ -34,7 +34,7 @@ from trustvlm.cluster.payload import collect_payload
 from trustvlm.contract.bundle import load_bundle
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.messages import Decision, DecisionMessage, Reason
+from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, bundle_entry
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.scorer import ScorerConfig, bundle_id_of, model_id_of
 
@@ -109,8 +109,7 @@ class ClusterScorer:
 
     def bundles(self) -> list[dict]:
         """The bundle in use, as the heartbeat lists it."""
-        return [{"bundle_id": self.bundle_id, "score_name": self.score_name, "threshold": self.threshold,
-                 "cameras": []}]
+        return [bundle_entry(self)]
 
     def tower_preprocess(self) -> dict:
         """Nothing: the replicas decode and resize the frames they score."""

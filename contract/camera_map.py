@@ -36,7 +36,7 @@ except ImportError:  # Python 3.10
     tomllib = None
 
 __all__ = ["CAMERA_MAP_SCHEMA_VERSION", "DEFAULT_ROUTE", "CameraMap", "CameraMapError", "read_camera_map",
-           "write_camera_map", "single_bundle_map"]
+           "write_camera_map"]
 
 CAMERA_MAP_SCHEMA_VERSION = "1.0"
 #: The route name of the ``default`` entry.
@@ -56,7 +56,7 @@ class CameraMap:
     Attributes:
         cameras: ``{camera id or glob pattern: bundle folder}``.
         default: The folder of cameras no entry matches (None: their frames are deferred ``no_bundle``).
-        source: The file it was read from (None: built in code, e.g. ``--bundle DIR``).
+        source: The file it was read from (None: built in code).
     """
 
     cameras: dict[str, Path] = field(default_factory=dict)
@@ -155,11 +155,6 @@ def read_camera_map(path: str | os.PathLike) -> CameraMap:
     return CameraMap.from_dict(data, path.parent, path)
 
 
-def single_bundle_map(bundle_dir: str | os.PathLike) -> CameraMap:
-    """``--bundle DIR``: one default bundle for every camera."""
-    return CameraMap({}, Path(bundle_dir))
-
-
 def write_camera_map(path: str | os.PathLike, camera_map: CameraMap) -> Path:
     """Write `camera_map` as TOML (folders relative to `path`'s folder where they are inside it)."""
     path = Path(path)
@@ -176,6 +171,7 @@ def write_camera_map(path: str | os.PathLike, camera_map: CameraMap) -> Path:
         lines.append(f"default = {json.dumps(relative(camera_map.default))}")
     lines.append("")
     lines.append("[cameras]")
-    lines += [f"{json.dumps(pattern)} = {json.dumps(relative(folder))}" for pattern, folder in camera_map.cameras.items()]
+    lines += [f"{json.dumps(pattern)} = {json.dumps(relative(folder))}"
+              for pattern, folder in camera_map.cameras.items()]
     path.write_text("\n".join(lines) + "\n")
     return path

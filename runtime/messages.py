@@ -243,6 +243,13 @@ class HealthMessage:
         return cls(**values)
 
 
+def bundle_entry(scorer, cameras=()) -> dict:
+    """One entry of :attr:`HealthMessage.bundles`: a scorer's bundle id, score and threshold, and the camera map
+    entries it scores (none: every camera)."""
+    return {"bundle_id": scorer.bundle_id, "score_name": scorer.score_name, "threshold": scorer.threshold,
+            "cameras": list(cameras)}
+
+
 def encode_body(message: DecisionMessage | HealthMessage, wire_format: WireFormat = WireFormat.MSGPACK) -> bytes:
     """Serialize a published message: msgpack, or JSON with non-finite floats as strings."""
     data = message.to_dict()

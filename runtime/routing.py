@@ -30,7 +30,7 @@ from trustvlm.contract.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FI
 from trustvlm.contract.camera_map import DEFAULT_ROUTE, CameraMap, read_camera_map
 from trustvlm.runtime.decode_pool import FramePreparer
 from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.messages import Decision, DecisionMessage, Reason
+from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, bundle_entry
 from trustvlm.runtime.onnx_engine import EngineError
 from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, load_scorer
 
@@ -86,9 +86,7 @@ class RoutedScorer:
         """Each bundle in use: its id, score, threshold and the map entries (routes) it scores."""
         by_bundle: dict[int, dict] = {}
         for route, scorer in self.scorers.items():
-            entry = by_bundle.setdefault(id(scorer), {"bundle_id": scorer.bundle_id, "score_name": scorer.score_name,
-                                                      "threshold": scorer.threshold, "cameras": []})
-            entry["cameras"].append(route)
+            by_bundle.setdefault(id(scorer), bundle_entry(scorer))["cameras"].append(route)
         return list(by_bundle.values())
 
     def tower_preprocess(self):
@@ -139,9 +137,7 @@ class RoutedScorer:
             feed = self.primary.encode(batches)
         except EngineError as error:
             for scorer, rows in groups:
-                for index in rows:
-                    decisions[index] = scorer.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR,
-                                                                     str(error)[:500]))
+                _defer_engine_error(scorer, frames, rows, error, decisions)
             return
         start = 0
         for scorer, rows in groups:
@@ -151,12 +147,16 @@ class RoutedScorer:
                 output, typicality = scorer.run_head({k: v[part] for k, v in batches.items()},
                                                      {k: v[part] for k, v in feed.items()})
             except EngineError as error:
-                for index in rows:
-                    decisions[index] = scorer.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR,
-                                                                     str(error)[:500]))
+                _defer_engine_error(scorer, frames, rows, error, decisions)
                 continue
             for row, index in enumerate(rows):
                 decisions[index] = scorer.decision_for(frames[index], output, row, float(typicality[row]))
+
+
+def _defer_engine_error(scorer: BundleScorer, frames, rows: list[int], error: EngineError, decisions: list) -> None:
+    """Every frame of `rows` deferred ``engine_error`` by `scorer` (as BundleScorer.decide does for its batch)."""
+    for index in rows:
+        decisions[index] = scorer.defer(Notice.for_frame(frames[index], Reason.ENGINE_ERROR, str(error)[:500]))
 
 
 def _check_same_encoder(route: str, scorer: BundleScorer, reference: BundleScorer) -> None:
@@ -187,24 +187,19 @@ class RoutedLoader:
 
     Args:
         artifacts: The model's export folder (every bundle must match it).
-        map_file: The camera map file (read again on every reload: cameras may come and go); None
-            with `camera_map`: a fixed map (``--bundle DIR``).
+        map_file: The camera map file (read again on every reload: cameras may come and go).
         config: How the sessions run.
         aux_artifacts: The auxiliary encoder's export folder, for bundles calibrated with one.
         load: Builds one bundle's scorer (default: sessions on this machine).
     """
 
-    def __init__(self, artifacts: Path, map_file: Path | None, config: ScorerConfig,
-                 aux_artifacts: Path | None = None, load=load_scorer, camera_map: CameraMap | None = None):
+    def __init__(self, artifacts: Path, map_file: Path, config: ScorerConfig, aux_artifacts: Path | None = None,
+                 load=load_scorer):
         self.artifacts, self.map_file, self.config, self.aux_artifacts, self.load = (
             artifacts, map_file, config, aux_artifacts, load)
-        self.camera_map = camera_map
         self.slot = self.observer = None
         self._loaded: dict[Path, tuple[tuple, BundleScorer]] = {}
         self._seen = self._current = None
-
-    def read_map(self) -> CameraMap:
-        return self.camera_map if self.map_file is None else read_camera_map(self.map_file)
 
     def load_all(self, previous: RoutedScorer | None = None) -> tuple[RoutedScorer, list[str]]:
         """A routed scorer for the current camera map, and what was refused (one line each).
@@ -217,7 +212,7 @@ class RoutedLoader:
             trustvlm.contract.camera_map.CameraMapError: An unreadable camera map.
             RouteError: At start, a bundle that cannot be served (naming the camera).
         """
-        camera_map = self.read_map()
+        camera_map = read_camera_map(self.map_file)
         scorers: dict[str, BundleScorer] = {}
         refused: list[str] = []
         loaded: dict[Path, tuple[tuple, BundleScorer]] = {}
@@ -249,8 +244,7 @@ class RoutedLoader:
         return RoutedScorer(camera_map, scorers), refused
 
     def _signature(self) -> tuple:
-        files = [self.map_file] if self.map_file is not None else []
-        return tuple(_file_signature(f) for f in files) + tuple(folder_signature(k) for k in self._loaded)
+        return (_file_signature(self.map_file), *(folder_signature(key) for key in self._loaded))
 
     def changed(self) -> bool:
         """True when the map file or a bundle folder changed since the last load, and stayed so since the last poll."""

@@ -49,7 +49,7 @@ from trustvlm.runtime.decode_pool import FramePreparer
 from trustvlm.runtime.engines import backend_spec, device_of
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.image_codec import decode_image
-from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry
+from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry, bundle_entry
 from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
 from trustvlm.runtime.ood_gate import open_ood_gate
 from trustvlm.runtime.ort_providers import TensorRTProviderSettings
@@ -262,7 +262,7 @@ class BundleScorer:
 
     def bundles(self) -> list[dict]:
         """The bundle in use, as the heartbeat lists it (with a camera map: one entry per bundle and its cameras)."""
-        return [{"bundle_id": self.bundle_id, "score_name": self.score_name, "threshold": self.threshold, "cameras": []}]
+        return [bundle_entry(self)]
 
     def tower_preprocess(self) -> dict[str, PreprocessConfig]:
         """Each head input's preprocessing (what a decode pool resizes frames to)."""
