@@ -79,8 +79,9 @@ def ensure_bundle(artifacts_dir: Path, bundle_dir: Path | None = None, threads: 
     return build_hand_set_bundle(artifacts_dir, bundle_dir, threads)
 
 
-def build_hand_set_bundle(artifacts_dir: Path, bundle_dir: Path, threads: int | None = None) -> Path:
-    """Write the benchmark bundle of `artifacts_dir` (text prototypes, 2-shot image prototypes, median threshold)."""
+def build_hand_set_bundle(artifacts_dir: Path, bundle_dir: Path, threads: int | None = None, seed: int = 0) -> Path:
+    """Write the benchmark bundle of `artifacts_dir` (text prototypes, 2-shot image prototypes, median threshold);
+    `seed` picks the shots (another seed, another bundle of the same kind)."""
     from trustvlm.calibration.bundle import write_bundle  # noqa: PLC0415
     from trustvlm.contract.bundle import BundleInfo, engine_sha256  # noqa: PLC0415
     from trustvlm.calibration.image_prototypes import encode_images, sample_shots  # noqa: PLC0415
@@ -89,14 +90,14 @@ def build_hand_set_bundle(artifacts_dir: Path, bundle_dir: Path, threads: int | 
     from trustvlm.calibration.scores import compute_scores  # noqa: PLC0415
     from trustvlm.calibration.text_prototypes import build_text_prototypes  # noqa: PLC0415
     from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split, to_rgb  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
-    from trustvlm.runtime.preprocess import PreprocessConfig  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415
+    from trustvlm.runtime.decode.preprocess import PreprocessConfig  # noqa: PLC0415
 
     manifest = read_manifest(artifacts_dir)
     template = "a photo of a {}."
     text = build_text_prototypes(artifacts_dir, CLASS_NAMES, [template])
     calib = load_split("calib")
-    shots = sample_shots(calib.labels, len(CLASS_NAMES), BUNDLE_SHOTS_PER_CLASS, seed=0)
+    shots = sample_shots(calib.labels, len(CLASS_NAMES), BUNDLE_SHOTS_PER_CLASS, seed=seed)
     encoder = OnnxEncoder(encoder_path(artifacts_dir, manifest, "image"), threads=threads)
     embeddings = encode_images(encoder, to_rgb(calib.images[shots.reshape(-1)]),
                                PreprocessConfig.from_dict(manifest["preprocess"]))
@@ -111,7 +112,7 @@ def build_hand_set_bundle(artifacts_dir: Path, bundle_dir: Path, threads: int | 
         precision="fp32", engine_sha256=engine_sha256(manifest, "fp32"), preprocess=manifest["preprocess"],
         logit_scale=float(manifest["logit_scale"]), class_names=tuple(CLASS_NAMES), template_set="paper",
         templates=(template,), prompts=tuple((template.format(c),) for c in CLASS_NAMES),
-        image_prototype_encoder=encoder.path.name, k=BUNDLE_SHOTS_PER_CLASS, seed=0,
+        image_prototype_encoder=encoder.path.name, k=BUNDLE_SHOTS_PER_CLASS, seed=seed,
         shots={"source": "fashion-mnist/calib", "indices": [int(i) for i in calib.indices[shots.reshape(-1)]]},
         lam=1.0, lam_method="paper", temperature=0.01, score="trustvlm", threshold=threshold,
         selection={"note": "benchmark bundle: threshold hand-set, not selected with a risk guarantee"})

@@ -39,7 +39,7 @@ from trustvlm.benchmarks.report import emit_section
 from trustvlm.pipelines.serve_process import ServeProcess
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PORT, RESOURCE, CAMERAS, INSIDE = 6379, "trustvlm_replica", 8, "TRUSTVLM_LOOPBACK_NAMESPACE"

@@ -73,7 +73,7 @@ def torch_backend(model, mean, std, threads: int) -> Backend:
 
 def onnx_backend(name: str, path: Path, threads: int, precision: str = "fp32") -> Backend:
     """ONNX Runtime CPU provider, all graph optimizations, `threads` intra-op threads."""
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415
 
     engine = OnnxEncoder(path, threads=threads, precision=precision)
     return Backend(name, engine.encode)

@@ -188,7 +188,7 @@ def decode_ceiling(jpegs: list[bytes], min_side: int, workers: int, seconds: flo
     """Decode-only frames/s: one thread, x `workers`, and measured with `workers` threads (full and reduced)."""
     import simplejpeg  # noqa: PLC0415
 
-    from trustvlm.runtime.image_codec import decode_jpeg  # noqa: PLC0415
+    from trustvlm.runtime.decode.image_codec import decode_jpeg  # noqa: PLC0415
 
     width, height = simplejpeg.decode_jpeg_header(jpegs[0])[1::-1]
 
@@ -217,9 +217,9 @@ def decode_ceiling(jpegs: list[bytes], min_side: int, workers: int, seconds: flo
 def scoring_ceiling(artifacts: Path, bundle: Path, jpegs: list[bytes], seconds: float = 3.0, batch: int = 4) -> dict:
     """Frames/s of decode + resize + scoring without sockets: the pool (default size) prepares batch n+1 while the
     real scorer (configured as the service runs it beside the pool) scores batch n, in this process."""
-    from trustvlm.runtime.decode_pool import DecodeConfig, DecodePool  # noqa: PLC0415
+    from trustvlm.runtime.decode.decode_pool import DecodeConfig, DecodePool  # noqa: PLC0415
     from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame  # noqa: PLC0415
-    from trustvlm.runtime.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
 
     pool = DecodePool(DecodeConfig())
     scorer = load_scorer(artifacts, bundle, ScorerConfig().beside_decode_pool(pool.pipelined))
@@ -259,7 +259,7 @@ def run_frame_path(artifacts: Path, bundle: Path, sizes=tuple(SIZES), cameras=CA
     `extra_serve_args` go to every service after the path's own; the gate measures `gate_labelled`
     labelled images and `gate_frames_per_video` frames of each video; each ceiling runs `ceiling_s`.
     """
-    from trustvlm.runtime.decode_pool import default_workers  # noqa: PLC0415
+    from trustvlm.runtime.decode.decode_pool import default_workers  # noqa: PLC0415
 
     if gate:
         from trustvlm.pipelines.decode_gate import run_decode_gate  # noqa: PLC0415

@@ -155,7 +155,7 @@ def _ort_encoder(path: Path, provider: str, options: dict | None = None) -> Call
 
 def _trt_options(path: Path, cache: Path, size: int, fp16: bool) -> dict:
     """The runtime's TensorRT provider options (engine cache, profile 1 / 8 / 32), as the service sets them."""
-    from trustvlm.runtime.ort_providers import TensorRTProviderSettings, tensorrt_options  # noqa: PLC0415
+    from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings, tensorrt_options  # noqa: PLC0415
 
     settings = TensorRTProviderSettings(max_batch=max(BATCH_SIZES), opt_batch=8, cache_root=cache, fp16=fp16)
     return tensorrt_options(path, [("pixels", ["batch", size, size, 3])], settings)

@@ -44,7 +44,7 @@ class Step:
 
 def preflight() -> str | None:
     """None when the GPU path can run here, else one line naming what is missing."""
-    from trustvlm.runtime.gpu_info import (GpuUnavailableError, check_onnxruntime_install,  # noqa: PLC0415
+    from trustvlm.runtime.scoring.gpu_info import (GpuUnavailableError, check_onnxruntime_install,  # noqa: PLC0415
                                            check_tensorrt_version, describe_cuda_device)
 
     missing = []
@@ -122,7 +122,7 @@ def compare(artifacts: Path, frames: int = FRAMES) -> int:
 
     from trustvlm.data.fashion_mnist import load_split, to_rgb  # noqa: PLC0415
     from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame  # noqa: PLC0415
-    from trustvlm.runtime.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
 
     images = to_rgb(load_split("test").images[:frames])
     batch = [ReceivedFrame(FrameHeader("cam", seq, 1, Encoding.RAW, image.shape, "uint8"),

@@ -6,7 +6,7 @@ on ONNX Runtime's CPU provider with the same threads as the encoder. Its cost pe
 compared with the encoder's cost per frame at the same batch size (target: under 1%).
 
 Decoding and preprocessing are timed through the service's own functions
-(:func:`trustvlm.runtime.image_codec.decode_image`, :func:`trustvlm.runtime.preprocess.resize_and_crop`):
+(:func:`trustvlm.runtime.decode.image_codec.decode_image`, :func:`trustvlm.runtime.decode.preprocess.resize_and_crop`):
 a raw BGR frame at the model's size, and a 768 x 576 JPEG (OpenCV's ``vtest.avi`` when installed,
 else a synthetic image) decoded, resized and cropped.
 """
@@ -84,8 +84,8 @@ def sample_jpeg(width: int = 768, height: int = 576) -> tuple[bytes, str]:
 def measure_preprocessing(preprocess, repeats: int = 5) -> dict[str, tuple[Figure, str]]:
     """µs per frame of decode + resize/crop, through the service's functions, per input kind."""
     from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, ReceivedFrame  # noqa: PLC0415
-    from trustvlm.runtime.image_codec import decode_image  # noqa: PLC0415
-    from trustvlm.runtime.preprocess import resize_and_crop  # noqa: PLC0415
+    from trustvlm.runtime.decode.image_codec import decode_image  # noqa: PLC0415
+    from trustvlm.runtime.decode.preprocess import resize_and_crop  # noqa: PLC0415
 
     size = preprocess.size
     raw = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8).tobytes()

@@ -40,7 +40,7 @@ from trustvlm.calibration.threshold_selection import select_threshold
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.pipelines.calibration_set import CALIBRATION_SEED_OFFSET
 from trustvlm.pipelines.captures import degrade
-from trustvlm.runtime.preprocess import preprocess_batch
+from trustvlm.runtime.decode.preprocess import preprocess_batch
 
 VIDEO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 VIDEOS = {"vtest": "vtest.avi", "tree": "tree.avi", "megamind": "Megamind.avi"}
@@ -51,14 +51,14 @@ CANDIDATES = {
     "cos_text": ("max cosine to the text prototypes", None),
     "embedding": ("class-conditional Mahalanobis, shared covariance, on the embedding", ("embedding",)),
     "frame": ("class-conditional Mahalanobis on 11 frame statistics", ("frame",)),
-    "embedding+frame": ("both, max of the normalized distances (the default)", ("embedding", "frame")),
+    "embedding+frame": ("both, per-component conformal cuts at rate / 2 (the default)", ("embedding", "frame")),
 }
 
 
-def read_video(path: Path, quality: int = 90) -> list[np.ndarray]:
-    """Every frame of `path` as RGB after a JPEG round trip at `quality` (what the source sends)."""
+def read_video(path: Path, quality: int = 90, limit: int | None = None) -> list[np.ndarray]:
+    """Every frame of `path` (the first `limit`) as RGB after a JPEG round trip at `quality` (what the source sends)."""
     capture, frames = cv2.VideoCapture(str(path)), []
-    while True:
+    while limit is None or len(frames) < limit:
         ok, bgr = capture.read()
         if not ok:
             break
@@ -79,12 +79,13 @@ def out_of_domain_frames(seed: int = 0) -> dict[str, list[np.ndarray]]:
     return frames
 
 
-def camera_images(shift: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """A Fashion-MNIST split through the degraded camera, with its seeds (RGB, labels, class names)."""
+def camera_images(shift: str, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A Fashion-MNIST split (its first `limit` images) through the degraded camera, with its seeds (RGB, labels,
+    class names)."""
     data = load_split(split)
     offset = CALIBRATION_SEED_OFFSET if split == "calib" else 0
-    images = np.stack([degrade(image, shift, offset + i) for i, image in enumerate(data.images)])
-    return to_rgb(images), data.labels, tuple(data.class_names)
+    images = np.stack([degrade(image, shift, offset + i) for i, image in enumerate(data.images[:limit])])
+    return to_rgb(images), data.labels[:limit], tuple(data.class_names)
 
 
 def demo_shots(labels: np.ndarray, classes: int, k: int, seed: int) -> np.ndarray:
@@ -158,7 +159,7 @@ def gate_cost(artifacts: Path, bundle_dir: Path, batches: tuple[int, ...] = (1, 
     import time  # noqa: PLC0415
 
     from trustvlm.contract.bundle import load_bundle  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415
 
     bundle = load_bundle(bundle_dir, artifacts)
     if bundle.ood_gate_path is None:

@@ -24,7 +24,7 @@ from trustvlm.benchmarks.ood_gate import SOURCES, camera_images, demo_shots, out
 from trustvlm.calibration.ood_gate import conformal_threshold, fit_component, frame_features, GREY_LEVEL
 from trustvlm.export.model_loading import load_model
 from trustvlm.models.registry import get_model_spec
-from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch
 
 
 def block_features(model, pixels: np.ndarray, batch_size: int = 512) -> list[np.ndarray]:

@@ -178,7 +178,7 @@ def run_suite(config: SuiteConfig) -> dict:
             heads.append({"classes": cost.classes, "batch": batch, "us_per_frame": cost.us_per_frame.to_dict(),
                           "encoder_us_per_frame": encoder_us,
                           "percent_of_encoder": 100 * cost.us_per_frame.median / encoder_us})
-    from trustvlm.runtime.preprocess import PreprocessConfig  # noqa: PLC0415
+    from trustvlm.runtime.decode.preprocess import PreprocessConfig  # noqa: PLC0415
 
     preprocessing = {name: {"us_per_frame": figure.to_dict(), "input": detail,
                             "percent_of_encoder_b8": 100 * figure.median / (1e6 / tp[ORT_FP32][8].median)}

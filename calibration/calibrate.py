@@ -60,8 +60,8 @@ from trustvlm.contract.scores import AUTO_SCORE, DEFAULT_SCORE, SCORES, STAR_PRE
 from trustvlm.contract.threshold import ThresholdChoice
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
-from trustvlm.runtime.onnx_engine import OnnxEncoder
-from trustvlm.runtime.preprocess import PreprocessConfig
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+from trustvlm.runtime.decode.preprocess import PreprocessConfig
 
 #: ``prototype_encoder`` value for the VLM's own image encoder.
 VLM_PROTOTYPES = "vlm"
@@ -271,7 +271,7 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
             a malformed split file, class names the model cannot read
             (:class:`~trustvlm.calibration.vocabulary.UnknownWordsError`).
         FileNotFoundError: Missing dataset, folder, split file or prototype encoder folder.
-        trustvlm.runtime.onnx_engine.EngineError: An encoder that cannot run.
+        trustvlm.runtime.scoring.onnx_engine.EngineError: An encoder that cannot run.
     """
     lam = _parse_lambda(lam)
     _check_risk_targets(alpha, delta)

@@ -48,7 +48,7 @@ def _fixed_lambda_arg(text: str) -> float:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415 - keep `--help` light
+    from trustvlm.runtime.scoring.onnx_engine import EngineError  # noqa: PLC0415 - keep `--help` light
 
     return ValueError, FileNotFoundError, EngineError
 

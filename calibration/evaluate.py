@@ -359,7 +359,7 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
             separate test set (:class:`~trustvlm.calibration.eval_data.NoTestSetError`), class names
             the model cannot read (:class:`~trustvlm.calibration.vocabulary.UnknownWordsError`).
         FileNotFoundError: Missing data (Fashion-MNIST not installed, a folder, split file or image).
-        trustvlm.runtime.onnx_engine.EngineError: An encoder that cannot run.
+        trustvlm.runtime.scoring.onnx_engine.EngineError: An encoder that cannot run.
     """
     started = time.perf_counter()
     encoders = open_encoders(artifacts_dir, config.precision, config.threads)

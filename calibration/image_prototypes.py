@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from trustvlm.calibration.numerics import l2_normalize
 from trustvlm.contract.bundle import PROTOTYPE_RECIPES, RAW_MEAN, UNIT_MEAN
-from trustvlm.runtime.onnx_engine import OnnxEncoder
-from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch
 
 DEFAULT_SHOTS = 16
 DEFAULT_SEED = 0

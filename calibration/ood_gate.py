@@ -9,34 +9,56 @@ threshold rule; :mod:`trustvlm.calibration.ood_gate_graph` builds the ONNX graph
 Fit (per component): features ``x`` of labelled images; class means ``mu_c`` and one shared
 covariance ``S`` of ``x - mu_label`` (linear discriminant style, as in class-conditional
 Mahalanobis OOD detection, Lee et al. 2018) plus a ridge; a frame's distance is
-``min_c (x - mu_c)^T S^-1 (x - mu_c)``, divided by its median on the fit images. The ridge of the
-``frame`` component is one grey level squared per feature (a statistic that never moved in
-calibration may move by a grey level without the frame being atypical); the ``embedding``
+``min_c (x - mu_c)^T S^-1 (x - mu_c)``. The ridge of the ``frame`` component is one grey level
+squared per feature (a statistic that never moved in calibration may move by a grey level without
+the frame being atypical); the ``embedding``
 component's is 1e-6 of the mean variance (numerical only). The frame's spreads (standard
 deviations, sharpness) enter as logarithms (:func:`log_spread`): measured on the demo camera, this
 is what tells a uniform dark frame from a dark photograph of a small object.
 
-Threshold (split conformal): with typicalities ``t_1..t_n`` of ``n`` held-out images not used in
-the fit, the threshold is the ``k``-th smallest, ``k = floor(rate * (n + 1))``; a frame is
-deferred iff its typicality is below it. For a fresh frame exchangeable with those images the
-deferral probability is at most ``k / (n + 1) <= rate`` and at least ``(k - 1) / (n + 1)``
-(without ties). With ``n + 1 < 1 / rate`` no such threshold exists and the gate cannot be set.
+Threshold (split conformal per component, Bonferroni): with ``m`` components and ``n`` held-out
+images not used in the fit, each component ``k`` gets its own conformal cut at the rate ``rate / m``:
+``s_k`` is the ``j``-th largest of its raw distances ``d_k`` on those images,
+``j = floor(rate / m * (n + 1))``. The distances are divided by their cuts, and a frame is deferred
+iff ``max_k d_k / s_k > 1`` (typicality ``-max_k d_k / s_k`` below the threshold ``-1``). Equivalently,
+with each component's split-conformal p-value ``p_k = (1 + #{i : d_k,i >= d_k}) / (n + 1)`` (the
+frame's rank among the held-out distances ``d_k,i``), the frame is deferred iff ``min_k p_k <= rate / m``.
+
+Guarantee: for a fresh frame exchangeable with the ``n`` held-out images (same camera, same classes,
+drawn the same way; the fit images play no part), component ``k`` alone defers it with probability
+at most ``j / (n + 1)`` (its distance must rank among the ``j`` largest of ``n + 1``), so by the
+union bound ``P(defer) <= sum_k floor(rate / m * (n + 1)) / (n + 1) <= rate``. The union bound is
+met only when no frame is deferred by two components; the more they defer the same frames, the
+further the real rate lies below ``rate`` (never below ``(j - 1) / (n + 1)``, what one component
+alone defers, without ties). The probability is over the held-out images and the frame together: for
+one draw of the held-out images the rate may be above ``rate``. No component loosens another:
+whatever a component would defer alone at ``rate / m``, the gate defers. With one component this is
+the single-component conformal rule: defer iff the typicality is below the ``j``-th smallest
+held-out typicality, ``j = floor(rate * (n + 1))``. With ``n + 1 < m / rate`` no such cut exists and
+the gate cannot be set.
+
+(Before, every distance was divided by its median on the fit images and one threshold was set on the
+maximum at ``rate``: the component with the heavier tail then set the threshold for all; on the demo
+camera the frame statistics put it at 7.4 to 9.1 medians, where the embedding distance's own 0.5% cut
+is at 4.4 to 5.0 (RELIABILITY.md). Bundles written that way record those scales and threshold and
+still run exactly so.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from trustvlm.calibration.numerics import l2_normalize
 from trustvlm.contract.ood_gate import COMPONENTS, OodGateInfo
-from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch
 
 __all__ = ["DEFAULT_FALSE_REJECT_RATE", "DEFAULT_COMPONENTS", "GREY_LEVEL", "BORDER_PX", "GaussianComponent",
            "OodGate", "log_spread", "border_mask", "frame_features", "image_frame_features", "fit_component",
-           "conformal_threshold", "fit_ood_gate", "GATE_MODES", "check_gate_args", "fit_calibration_gate"]
+           "conformal_threshold", "component_cut", "min_threshold_images", "fit_ood_gate", "GATE_MODES",
+           "check_gate_args", "gate_rows", "fit_calibration_gate"]
 
 DEFAULT_FALSE_REJECT_RATE = 0.01
 DEFAULT_COMPONENTS: tuple[str, ...] = ("embedding", "frame")
@@ -92,7 +114,8 @@ class GaussianComponent:
     """Class means and a shared covariance of one feature group, as a whitening.
 
     ``distance(x) = min_c || (x - center) @ whitening - means[c] ||^2 / scale``: the squared
-    Mahalanobis distance to the nearest class mean in units of its median on the fit images.
+    Mahalanobis distance to the nearest class mean in units of ``scale`` (:func:`fit_component` sets
+    its median on the fit images; :func:`fit_ood_gate` replaces it by the component's conformal cut).
     """
 
     name: str
@@ -150,6 +173,27 @@ def conformal_threshold(typicality: np.ndarray, rate: float) -> tuple[float, int
     return threshold, int(np.sum(values < threshold))
 
 
+def component_cut(raw_distances: np.ndarray, rate: float, components: int) -> float:
+    """One component's conformal cut: the ``floor(rate / m * (n + 1))``-th largest of its `raw_distances` on the
+    ``n`` held-out images (module docstring), floored at float32's smallest normal number so the graph can divide
+    by it; ValueError when the held-out images are too few for ``rate / components``."""
+    threshold, _ = conformal_threshold(-np.asarray(raw_distances, dtype=np.float64), rate / components)
+    if threshold == float("-inf"):
+        raise ValueError(f"{len(raw_distances)} held-out images cannot set a {100 * rate / components:g}% cut")
+    return max(-threshold, float(np.finfo(np.float32).tiny))
+
+
+def min_threshold_images(rate: float, components: int = 1) -> int:
+    """The fewest held-out images ``n`` that can set `rate` split between `components`: ``floor(rate / m * (n + 1))
+    >= 1``, as :func:`conformal_threshold` computes it (about ``m / rate - 1``)."""
+    n = max(int(np.ceil(components / rate)) - 1, 1)
+    while int(np.floor(rate / components * (n + 1))) < 1:
+        n += 1
+    while n > 1 and int(np.floor(rate / components * n)) >= 1:
+        n -= 1
+    return n
+
+
 @dataclass(frozen=True)
 class OodGate:
     """A fitted gate: its components (in ``COMPONENTS`` order) and what the bundle records of it."""
@@ -157,16 +201,21 @@ class OodGate:
     components: tuple[GaussianComponent, ...]
     info: OodGateInfo
 
-    def distances(self, embeddings: np.ndarray | None, frames: np.ndarray | None) -> np.ndarray:
-        """``N x K`` normalized distances per component, from raw embeddings and frame statistics."""
+    def raw_distances(self, embeddings: np.ndarray | None, frames: np.ndarray | None) -> np.ndarray:
+        """``N x K`` squared Mahalanobis distances per component (not divided by the scales), from raw embeddings
+        and frame statistics."""
         inputs = {"embedding": embeddings, "frame": frames}
         columns = []
         for component in self.components:
             x = inputs[component.name]
             if component.name == "embedding":
                 x = l2_normalize(np.asarray(x, dtype=np.float64), axis=1, name="image embeddings")
-            columns.append(component.distance(x))
+            columns.append(component.raw_distance(x))
         return np.stack(columns, axis=1)
+
+    def distances(self, embeddings: np.ndarray | None, frames: np.ndarray | None) -> np.ndarray:
+        """``N x K`` normalized distances per component (each divided by its scale)."""
+        return self.raw_distances(embeddings, frames) / np.array([c.scale for c in self.components])
 
     def typicality(self, embeddings: np.ndarray | None, frames: np.ndarray | None) -> np.ndarray:
         """Float64 reference of the graph's ``typicality``: ``-max_k`` of the normalized distances."""
@@ -176,20 +225,23 @@ class OodGate:
 def fit_ood_gate(embeddings: np.ndarray, frames: np.ndarray, labels: np.ndarray, fit_rows: np.ndarray,
                  threshold_rows: np.ndarray, rate: float = DEFAULT_FALSE_REJECT_RATE,
                  components: tuple[str, ...] = DEFAULT_COMPONENTS) -> OodGate:
-    """Fit the gate on `fit_rows` and set its threshold on the disjoint `threshold_rows`.
+    """Fit the gate on `fit_rows` and set its per-component cuts on the disjoint `threshold_rows` (module docstring).
 
     Args:
         embeddings: ``N x D`` raw image embeddings of the labelled in-distribution images.
         frames: ``N x 11`` :func:`frame_features` of the same images.
         labels: ``N`` labels.
         fit_rows: Rows the means and covariances are fitted on.
-        threshold_rows: Other rows the threshold is set on.
-        rate: Target false-reject rate, in (0, 1).
+        threshold_rows: Other rows the cuts are set on.
+        rate: Target false-reject rate, in (0, 1), split equally between the components.
         components: Which feature groups to combine (a subset of ``COMPONENTS``).
+
+    Returns:
+        The gate: each component's ``scale`` is its cut, the threshold -1 (defer iff some distance exceeds its cut).
 
     Raises:
         ValueError: A bad rate or component, overlapping rows, or too few threshold images to
-            reach `rate` (fewer than ``1 / rate - 1``).
+            reach ``rate / m`` (fewer than ``m / rate - 1``).
     """
     if not 0.0 < rate < 1.0:
         raise ValueError(f"the out-of-distribution false-reject rate should be in (0, 1), but got {rate!r}")
@@ -198,11 +250,12 @@ def fit_ood_gate(embeddings: np.ndarray, frames: np.ndarray, labels: np.ndarray,
                          f"but got {components!r}")
     if np.intersect1d(fit_rows, threshold_rows).size:
         raise ValueError("the gate's fit and threshold images must be disjoint")
-    if int(np.floor(rate * (len(threshold_rows) + 1))) < 1:
-        raise ValueError(f"{len(threshold_rows)} held-out images cannot set a {100 * rate:g}% false-reject rate "
-                         f"(need at least {int(np.ceil(1 / rate)) - 1}): add images, raise the rate, or switch "
-                         "the out-of-distribution gate off")
     ordered = tuple(name for name in COMPONENTS if name in components)
+    needed = min_threshold_images(rate, len(ordered))
+    if len(threshold_rows) < needed:
+        raise ValueError(f"{len(threshold_rows)} held-out images cannot set a {100 * rate:g}% false-reject rate over "
+                         f"{len(ordered)} gate component(s) (need at least {needed}): add images, raise the rate, or "
+                         "switch the out-of-distribution gate off")
     fitted = []
     for name in ordered:
         if name == "embedding":
@@ -210,14 +263,13 @@ def fit_ood_gate(embeddings: np.ndarray, frames: np.ndarray, labels: np.ndarray,
             fitted.append(fit_component(name, x[fit_rows], labels[fit_rows]))
         else:
             fitted.append(fit_component(name, frames[fit_rows], labels[fit_rows], ridge=GREY_LEVEL ** 2))
-    draft = OodGate(tuple(fitted), OodGateInfo(ordered, 0.0, rate, len(fit_rows), len(threshold_rows), 0,
-                                               tuple(c.scale for c in fitted)))
-    held_out = draft.typicality(embeddings[threshold_rows], frames[threshold_rows])
-    threshold, rejected = conformal_threshold(held_out, rate)
-    info = OodGateInfo(ordered, threshold, rate, len(fit_rows), len(threshold_rows), rejected,
-                       tuple(c.scale for c in fitted))
-    return OodGate(tuple(fitted), info)
-
+    medians = OodGate(tuple(fitted), OodGateInfo(ordered, 0.0, rate, len(fit_rows), len(threshold_rows), 0,
+                                                 tuple(c.scale for c in fitted)))
+    held_out = medians.raw_distances(embeddings[threshold_rows], frames[threshold_rows])
+    cut = tuple(replace(c, scale=component_cut(held_out[:, i], rate, len(fitted))) for i, c in enumerate(fitted))
+    draft = OodGate(cut, replace(medians.info, threshold=-1.0, scales=tuple(c.scale for c in cut)))
+    rejected = int(np.sum(draft.typicality(embeddings[threshold_rows], frames[threshold_rows]) < -1.0))
+    return replace(draft, info=replace(draft.info, calibration_rejected=rejected))
 
 
 #: ``--ood-gate`` modes: ``auto`` fits a gate when the held-out images can set the rate, ``on`` insists, ``off`` not.
@@ -257,13 +309,19 @@ def fit_calibration_gate(mode: str, rate: float, embeddings: np.ndarray, images,
     check_gate_args(mode, rate)
     if mode == "off":
         return None, "out-of-distribution gate off"
+    fit_rows, threshold_rows = gate_rows(shots, rest, seed)
+    needed = min_threshold_images(rate, len(set(components)))
+    if len(threshold_rows) < needed and mode == "auto":
+        return None, (f"no out-of-distribution gate: {len(threshold_rows)} held-out images cannot set a "
+                      f"{100 * rate:g}% false-reject rate over {len(set(components))} gate component(s) (need "
+                      f"{needed}; add images or raise --ood-false-reject-rate)")
+    frames = image_frame_features(images, config)
+    return fit_ood_gate(embeddings, frames, labels, fit_rows, threshold_rows, rate, components), ""
+
+
+def gate_rows(shots: np.ndarray, rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, threshold rows) of :func:`fit_calibration_gate`: the shots + one seeded half of `rest`, the other
+    half (sorted)."""
     order = np.random.default_rng([seed, 2]).permutation(np.asarray(rest))
     fit_part, threshold_part = order[:len(order) // 2], order[len(order) // 2:]  # fit on the shots too
-    needed = int(np.ceil(1.0 / rate)) - 1
-    if len(threshold_part) < needed and mode == "auto":
-        return None, (f"no out-of-distribution gate: {len(threshold_part)} held-out images cannot set a "
-                      f"{100 * rate:g}% false-reject rate (need {needed}; add images or raise --ood-false-reject-rate)")
-    frames = image_frame_features(images, config)
-    fit_rows = np.sort(np.concatenate([np.asarray(shots).reshape(-1), fit_part]))
-    return fit_ood_gate(embeddings, frames, labels, fit_rows, np.sort(threshold_part), rate,
-                        components), ""
+    return np.sort(np.concatenate([np.asarray(shots).reshape(-1), fit_part])), np.sort(threshold_part)

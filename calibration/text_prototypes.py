@@ -15,7 +15,7 @@ import numpy as np
 from trustvlm.calibration.tokenizer import get_tokenizer
 from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.models.prompts import build_prompts
-from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@
 see the single-machine service's sockets and messages; behind its ingest, frames go to scoring
 replicas (:mod:`trustvlm.cluster.replica`) through the gateway's scorer
 (:mod:`trustvlm.cluster.gateway`), with bundles carried to every node verified
-(:mod:`trustvlm.cluster.payload`). Needs the ``cluster`` extra (``ray[serve]``); importing this
+(:mod:`trustvlm.cluster.payload`); a camera map (``--bundles``) is served by
+:mod:`trustvlm.cluster.routed` and carried by :mod:`trustvlm.cluster.map_payload`. Needs the ``cluster`` extra (``ray[serve]``); importing this
 package does not import Ray.
 """

@@ -15,8 +15,8 @@ import sys
 import threading
 
 from trustvlm.cli_common import CliError
-from trustvlm.runtime.cli import config_from_args, run_serve
-from trustvlm.runtime.engines import ONNXRUNTIME
+from trustvlm.runtime.cli import config_from_args, describe_bundles, run_serve
+from trustvlm.runtime.scoring.engines import ONNXRUNTIME
 
 __all__ = ["add_cluster_options", "run_serve_or_cluster", "cluster_config_from_args"]
 
@@ -26,6 +26,7 @@ cluster mode (pip install 'trustvlm-edge[cluster]'; cameras and robots see the s
   ray start --address=<head>:6379                           # on every other machine
   trustvlm serve --config serve.json --cluster <head>:6379 --replicas 4
   trustvlm serve --config serve.json --cluster auto --replicas 8 --replica-gpus 0.25   # 4 replicas per GPU
+  trustvlm serve --artifacts artifacts/demo_fmnist --bundles cameras.toml --cluster auto --replicas 2   # camera map
 """
 
 
@@ -84,7 +85,8 @@ def run_serve_or_cluster(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    """Start the gateway, print where it listens, run until SIGINT/SIGTERM (SIGHUP reloads the bundle)."""
+    """Start the gateway, print where it listens, run until SIGINT/SIGTERM (SIGHUP reloads the bundle or the camera
+    map)."""
     import zmq  # noqa: PLC0415
 
     try:
@@ -92,27 +94,32 @@ def run_cluster(args: argparse.Namespace) -> int:
         cluster = cluster_config_from_args(args)
     except ValueError as error:
         raise CliError(str(error)) from error
-    if config.bundles is not None:
-        raise CliError("--cluster scores one bundle for every camera so far: serve a camera map (--bundles) on one "
-                       "machine, or give --cluster one --bundle")
     if config.scorer.backend != ONNXRUNTIME:
         raise CliError(f"--cluster runs the replicas on --backend {ONNXRUNTIME} (each replica opens the exported "
                        f"ONNX encoder on --providers), but got --backend {config.scorer.backend}")
     if getattr(args, "dump_config", False):
         print(json.dumps({**config.to_dict(), "cluster": cluster.__dict__}, indent=2))
         return 0
+    if config.bundles is not None:  # an unreadable camera map is refused before the cluster is joined
+        from trustvlm.contract.camera_map import CameraMapError, read_camera_map  # noqa: PLC0415
+
+        try:
+            read_camera_map(config.bundles)
+        except CameraMapError as error:
+            raise CliError(str(error)) from error
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from trustvlm.cluster.gateway import ClusterBackend  # noqa: PLC0415
+        from trustvlm.cluster.routed import ClusterMapLoader  # noqa: PLC0415
         import ray  # noqa: F401, PLC0415
     except ImportError as error:
         raise CliError(f"--cluster needs Ray Serve ({error}): pip install 'trustvlm-edge[cluster]'") from error
     from trustvlm.contract.bundle import BundleError  # noqa: PLC0415
     from trustvlm.contract.manifest import ArtifactError  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import EngineError  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
-    from trustvlm.runtime.transport import zmq_ingest_for  # noqa: PLC0415
+    from trustvlm.runtime.ingest.transport import zmq_ingest_for  # noqa: PLC0415
 
     backend = ClusterBackend(cluster, config.buffer.staleness_ms)
     try:
@@ -121,7 +128,8 @@ def run_cluster(args: argparse.Namespace) -> int:
         raise CliError(f"cannot join the Ray cluster at {cluster.address}: {error} (is `ray start --head` "
                        "running there?)") from error
     try:
-        service = build_service(config, zmq_ingest_for(config), load=backend.load)
+        service = build_service(config, zmq_ingest_for(config), load=backend.load,
+                                route_loader=lambda *paths: ClusterMapLoader(backend, *paths))
         service.health.capacity = backend.capacity
         endpoints = service.start()
     except (BundleError, ArtifactError, EngineError, RuntimeError, ValueError, OSError, zmq.ZMQError) as error:
@@ -135,8 +143,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     print(f"trustvlm serve: listening ingest={endpoints.ingest} ({config.ingest.socket_type.value}, "
           f"{config.ingest.mode.value}) publish={endpoints.publish} ({config.publish.wire_format.value}, "
           f"trust/<camera_id>, trust/_health every {config.publish.heartbeat_ms} ms) "
-          f"model={scorer.model_id} bundle={scorer.bundle_id} accept {scorer.score_name} >= {scorer.threshold:.4g} "
-          f"cluster={cluster.address} replicas={cluster.replicas}", flush=True)
+          f"model={scorer.model_id} {describe_bundles(scorer)} cluster={cluster.address} replicas={cluster.replicas}",
+          flush=True)
     try:
         while not service.wait(0.5):
             pass

@@ -18,7 +18,10 @@ again once Ray has restored them.
 Bundles: the gateway verifies the bundle (:func:`trustvlm.contract.bundle.load_bundle`), puts its
 files into Ray's object store once, and every replica verifies and self-checks them before use. A
 reload is swapped in only after every running replica has loaded the new bundle; one refusal
-refuses the reload, and the old bundle stays on all of them.
+refuses the reload, and the old bundle stays on all of them. A camera map (``--bundles``) goes the
+same way (:mod:`trustvlm.cluster.routed`, :mod:`trustvlm.cluster.map_payload`): :meth:`ClusterBackend.ship`
+and :meth:`ClusterBackend.decide` serve any scorer that names what the replicas load (``replica_key``,
+``payload_ref``) and stamps its own deferrals (``defer``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from trustvlm.cluster.map_payload import payload_name
 from trustvlm.cluster.payload import collect_payload
 from trustvlm.contract.bundle import load_bundle
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, bundle_entry
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.scorer import ScorerConfig, bundle_id_of, model_id_of
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.scoring.scorer import ScorerConfig, bundle_id_of, model_id_of
 
 __all__ = ["ClusterConfig", "ClusterBackend", "ClusterScorer"]
 
@@ -84,7 +88,7 @@ class ClusterConfig:
 
 
 class ClusterScorer:
-    """One verified bundle served by the cluster: a :class:`~trustvlm.runtime.scorer.Scorer` whose replicas
+    """One verified bundle served by the cluster: a :class:`~trustvlm.runtime.scoring.scorer.Scorer` whose replicas
     decode the frames they score."""
 
     decodes_own_frames = True
@@ -96,12 +100,13 @@ class ClusterScorer:
         threshold = float(info.threshold.threshold)
         self.threshold = threshold if info.threshold.feasible and math.isfinite(threshold) else float("inf")
         self.model_id, self.bundle_id = model_id_of(manifest), bundle_id_of(bundle)
+        self.replica_key = self.bundle_id  # what the replicas load and cache it under
 
     def defer(self, notice: Notice) -> DecisionMessage:
         """The decision message of a frame that was decided before scoring."""
         return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
                                Decision.DEFER, notice.reason, self.threshold, self.score_name, self.model_id,
-                               self.bundle_id, detail=notice.detail)
+                               self.bundle_id, detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
 
     def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """Score `frames` on the replicas, all in flight at once; one decision per frame, in order."""
@@ -156,13 +161,22 @@ class ClusterBackend:
         bundle_id = bundle_id_of(bundle)
         payload = collect_payload(artifacts_dir, bundle_dir, bundle_id)
         payload_ref = [ray.put(payload)]
-        if self.handle is None:
-            self._initial_payload = payload_ref  # replicas Ray restarts later start from it: keep it alive
-            self._deploy(scorer_config, bundle_id, payload_ref)
-        else:
-            self._prepare_everywhere(bundle_id, payload_ref)
+        self.ship(bundle_id, payload_ref, scorer_config)
         log.info("bundle %s (%.1f MB) verified on the replicas", bundle_id, payload.size_bytes / 1e6)
         return ClusterScorer(self, bundle, read_manifest(artifacts_dir), payload_ref)
+
+    def ship(self, key: str, payload_ref: list, scorer_config: ScorerConfig) -> None:
+        """Deploy the replicas on the payload `key` (a bundle id or a camera map's key), or have every running
+        replica load it.
+
+        Raises:
+            EngineError: Replicas that cannot start, or one that refused it (the reason is theirs).
+        """
+        if self.handle is None:
+            self._initial_payload = payload_ref  # replicas Ray restarts later start from it: keep it alive
+            self._deploy(scorer_config, key, payload_ref)
+        else:
+            self._prepare_everywhere(key, payload_ref)
 
     def _deploy(self, scorer_config: ScorerConfig, bundle_id: str, payload_ref: list) -> None:
         from ray import serve  # noqa: PLC0415
@@ -177,7 +191,10 @@ class ClusterBackend:
             options["num_gpus"] = config.replica_gpus
         deployment = serve.deployment(ScorerReplica, name=DEPLOYMENT, num_replicas=config.replicas,
                                       ray_actor_options=options, max_ongoing_requests=4 * scorer_config.max_batch,
-                                      health_check_period_s=1.0, health_check_timeout_s=10.0)
+                                      health_check_period_s=1.0, health_check_timeout_s=10.0,
+                                      # a stopping replica checks for requests still running every 0.2 s, not 2 s:
+                                      # the gateway stops the replicas only once every frame was answered
+                                      graceful_shutdown_wait_loop_s=0.2)
         app = deployment.bind(values, bundle_id, payload_ref, scorer_config.max_batch, config.batch_wait_ms)
         self.handle = serve._run(app, name=config.app_name, route_prefix=None, _blocking=False)
         deadline = time.monotonic() + config.start_timeout_s
@@ -199,7 +216,8 @@ class ClusterBackend:
         self._monitor.start()
 
     def _prepare_everywhere(self, bundle_id: str, payload_ref: list) -> None:
-        """Have every running replica load the bundle, or raise EngineError (then the reload is refused)."""
+        """Have every running replica load the bundle (or camera map), or raise EngineError (then the reload is
+        refused)."""
         running = max(1, self._running()[0])
         ready: set[str] = set()
         for _ in range(10):  # Ray Serve routes each request to one replica; ask until every one has answered
@@ -208,18 +226,20 @@ class ClusterBackend:
                 try:
                     answer = response.result(timeout_s=self.config.start_timeout_s)
                 except Exception as error:  # a replica that died or hung while loading: not everywhere, so none
-                    raise EngineError(f"a replica did not load bundle {bundle_id}: {type(error).__name__}: "
+                    raise EngineError(f"a replica did not load {payload_name(bundle_id)}: {type(error).__name__}: "
                                       f"{_last_line(str(error))}") from error
                 if answer["error"]:
                     raise EngineError(answer["error"])
                 ready.add(answer["replica"])
             if len(ready) >= running:
                 return
-        raise EngineError(f"bundle {bundle_id} reached {len(ready)} of {running} running replicas; not swapped in")
+        raise EngineError(f"{payload_name(bundle_id)} reached {len(ready)} of {running} running replicas; not "
+                          "swapped in")
 
     # -- scoring ---------------------------------------------------------------------------------------------
-    def decide(self, scorer: ClusterScorer, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
-        """One decision per frame, in order; see the module docstring for the fault rules.
+    def decide(self, scorer, frames: list[ReceivedFrame]) -> list[DecisionMessage]:
+        """One decision per frame of `scorer` (a :class:`ClusterScorer`, or a camera map's scorer), in order; see the
+        module docstring for the fault rules.
 
         The frames go out as one request per replica (contiguous chunks), all in flight at once.
         """
@@ -259,8 +279,8 @@ class ClusterBackend:
                 break
         return decisions
 
-    def _send(self, scorer: ClusterScorer, wires: list[dict], indices: list[int]) -> tuple[list[int], object]:
-        return indices, self.handle.score.remote((scorer.bundle_id, scorer.payload_ref, [wires[i] for i in indices]))
+    def _send(self, scorer, wires: list[dict], indices: list[int]) -> tuple[list[int], object]:
+        return indices, self.handle.score.remote((scorer.replica_key, scorer.payload_ref, [wires[i] for i in indices]))
 
     def _within_deadline(self, frame: ReceivedFrame) -> bool:
         if not self.staleness_ms:

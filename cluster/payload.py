@@ -5,7 +5,7 @@ of the bundle's precision, the bundle's ``bundle.json``, ``prototypes.npz`` and 
 once, records the sha256 of each, and puts the :class:`BundlePayload` into Ray's object store. A
 replica, on any node, writes it into a folder of its own with :func:`materialize_payload`, which
 refuses any file whose bytes do not hash to the recorded sha256; the scorer then verifies the
-folder exactly as on a single machine (:func:`trustvlm.runtime.scorer.load_scorer`: the manifest's
+folder exactly as on a single machine (:func:`trustvlm.runtime.scoring.scorer.load_scorer`: the manifest's
 encoder sha256, the bundle's own files and engine sha256s), so nodes need no shared file system and
 a node never scores with bytes that differ from the gateway's.
 """
@@ -21,7 +21,7 @@ from trustvlm.contract.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FI
 from trustvlm.contract.ood_gate import OOD_GATE_FILE
 from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
 
-__all__ = ["PayloadError", "BundlePayload", "collect_payload", "materialize_payload"]
+__all__ = ["PayloadError", "BundlePayload", "artifact_files", "bundle_files", "collect_payload", "materialize_payload"]
 
 ARTIFACTS_FOLDER, BUNDLE_FOLDER = "artifacts", "bundle"
 
@@ -54,31 +54,47 @@ def _read(path: Path, name: str, files: dict[str, bytes], digests: dict[str, str
     files[name], digests[name] = data, hashlib.sha256(data).hexdigest()
 
 
-def collect_payload(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike, bundle_id: str) -> BundlePayload:
-    """Read the files a replica needs to score with the bundle in `bundle_dir`.
+def artifact_files(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike, info) -> list[str]:
+    """The export's files a replica opens to score with the bundle in `bundle_dir` (whose bundle.json is `info`),
+    as names relative to the export folder.
 
     Raises:
-        BundleError: A bundle of an auxiliary prototype encoder (not carried to replicas yet).
-        trustvlm.contract.manifest.ArtifactError, OSError: Unreadable artifacts.
+        BundleError: A bundle of an auxiliary prototype encoder (not carried to replicas yet), or an
+            export without the image encoder of the bundle's precision.
+        trustvlm.contract.manifest.ArtifactError: Unreadable artifacts.
     """
-    artifacts, bundle = Path(artifacts_dir), Path(bundle_dir)
-    info = read_bundle_info(bundle)
+    artifacts = Path(artifacts_dir)
     if info.aux_encoder is not None:
-        raise BundleError(f"{bundle} takes its image prototypes from {info.aux_encoder.model}; cluster mode serves "
-                          "bundles of the model's own prototypes: serve this one without --cluster")
+        raise BundleError(f"{bundle_dir} takes its image prototypes from {info.aux_encoder.model}; cluster mode "
+                          "serves bundles of the model's own prototypes: serve this one without --cluster")
     manifest = read_manifest(artifacts)
     entry = manifest.get("precisions", {}).get(info.precision, {})
     encoder = entry.get("files", {}).get("image_encoder", {}).get("file")
     if encoder is None:
-        raise BundleError(f"{artifacts}: no {info.precision} image encoder, which {bundle} was calibrated with")
+        raise BundleError(f"{artifacts}: no {info.precision} image encoder, which {bundle_dir} was calibrated with")
+    # an ONNX file over 2 GB keeps its weights beside it
+    return [MANIFEST_NAME, encoder] + ([f"{encoder}.data"] if (artifacts / f"{encoder}.data").exists() else [])
+
+
+def bundle_files(info) -> list[str]:
+    """The files of a bundle folder a replica opens (names relative to the folder)."""
+    return [BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE] + ([OOD_GATE_FILE] if info.ood_gate is not None else [])
+
+
+def collect_payload(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike, bundle_id: str) -> BundlePayload:
+    """Read the files a replica needs to score with the bundle in `bundle_dir`.
+
+    Raises:
+        BundleError: See :func:`artifact_files`.
+        trustvlm.contract.manifest.ArtifactError, OSError: Unreadable artifacts.
+    """
+    artifacts, bundle = Path(artifacts_dir), Path(bundle_dir)
+    info = read_bundle_info(bundle)
     files: dict[str, bytes] = {}
     digests: dict[str, str] = {}
-    _read(artifacts / MANIFEST_NAME, f"{ARTIFACTS_FOLDER}/{MANIFEST_NAME}", files, digests)
-    for name in (encoder, f"{encoder}.data"):  # an ONNX file over 2 GB keeps its weights beside it
-        if name == encoder or (artifacts / name).exists():
-            _read(artifacts / name, f"{ARTIFACTS_FOLDER}/{name}", files, digests)
-    names = [BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE] + ([OOD_GATE_FILE] if info.ood_gate is not None else [])
-    for name in names:
+    for name in artifact_files(artifacts, bundle, info):
+        _read(artifacts / name, f"{ARTIFACTS_FOLDER}/{name}", files, digests)
+    for name in bundle_files(info):
         _read(bundle / name, f"{BUNDLE_FOLDER}/{name}", files, digests)
     return BundlePayload(bundle_id, files, digests)
 

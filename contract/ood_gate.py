@@ -6,14 +6,17 @@ defers such frames with reason ``out_of_distribution`` *before* the trust thresh
 ONNX graph, ``ood_gate.onnx`` in the bundle, takes the frame as the image encoder gets it
 (uint8 ``[batch, S, S, 3]``) and the encoder's embedding (float32 ``[batch, D]``) and returns a
 typicality per frame (higher = more like the calibration frames); a frame passes iff its
-typicality ``>= threshold``. Calibration sets the threshold on held-out in-distribution images
-so that a fraction ``false_reject_rate`` of such frames is deferred
-(:mod:`trustvlm.calibration.ood_gate` fits it and builds the graph).
+typicality ``>= threshold``. Calibration sets the scales and the threshold on held-out
+in-distribution images so that at most a fraction ``false_reject_rate`` of such frames is deferred
+(:mod:`trustvlm.calibration.ood_gate` fits it, states the guarantee and builds the graph).
 
 The typicality is ``-max_k(d_k / scale_k)`` over the gate's :data:`COMPONENTS`, where ``d_k`` is
 the smallest squared Mahalanobis distance of the frame's features to a class mean (class means and
-one shared covariance, fitted on labelled calibration images) and ``scale_k`` the median of
-``d_k`` on those images:
+one shared covariance, fitted on labelled calibration images). ``scale_k`` is component ``k``'s own
+split-conformal cut at ``false_reject_rate / m`` on the held-out images (``m`` components) and the
+threshold is -1: a frame is deferred iff some distance exceeds its cut. Bundles calibrated before
+that rule record ``scale_k`` = the median of ``d_k`` on the fit images and one threshold set on the
+maximum; the format is the same, and they run as they were calibrated:
 
 =============  ==============================================================================
 component      features
@@ -58,13 +61,15 @@ class OodGateInfo:
 
     Attributes:
         components: The feature groups combined (names in :data:`COMPONENTS`).
-        threshold: A frame passes iff its typicality ``>= threshold``.
-        false_reject_rate: The share of in-distribution frames the threshold was set to defer.
+        threshold: A frame passes iff its typicality ``>= threshold`` (-1 with per-component cuts).
+        false_reject_rate: The share of in-distribution frames the gate may defer at most (split equally
+            between the components).
         fit_images: Labelled images the class means and covariances were fitted on.
         threshold_images: Other held-out images the threshold was set on.
-        calibration_rejected: How many of those the threshold defers (at most
+        calibration_rejected: How many of those the gate defers (at most
             ``false_reject_rate * (threshold_images + 1)``).
-        scales: Per component, the median of its distance on the fit images (the typicality's units).
+        scales: Per component, the divisor of its distance: its conformal cut (older bundles: the median
+            of its distance on the fit images).
     """
 
     components: tuple[str, ...]

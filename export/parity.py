@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trustvlm.export.torch_wrappers import ImageEncoderForExport
-from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 
 FP32_MIN_COSINE = 0.9999
 FP16_MIN_COSINE = 0.999

@@ -36,8 +36,8 @@ from trustvlm.export.naming import ArtifactNameError, artifact_name
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import ModelSpec, get_model_spec
-from trustvlm.runtime.onnx_engine import OnnxEncoder
-from trustvlm.runtime.preprocess import preprocess_batch
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+from trustvlm.runtime.decode.preprocess import preprocess_batch
 
 FORMATS = ("onnx", "engine")
 #: What an export can write: the precisions the runtime runs (int8: image encoder only, for CPUs).
@@ -331,7 +331,7 @@ def _build_engine(request: ExportRequest, stage: Path, steps: _Steps, reference,
     precision against the torch reference, so a bundle calibrated on the ONNX file keeps its meaning.
     """
     from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415 - needs tensorrt
-    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415
+    from trustvlm.runtime.scoring.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415
 
     onnx_path = stage / encoder_file_name("image", request.precision)
     with steps.step("build TensorRT engine"):

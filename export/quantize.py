@@ -49,7 +49,7 @@ import numpy as np
 import onnx
 
 from trustvlm.export import parity
-from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 
 INT8_MIN_COSINE = 0.99
 INT8_MIN_AGREEMENT = 0.99
@@ -238,7 +238,7 @@ def check_trust_gate(fp32_engine: OnnxEncoder, int8_engine: OnnxEncoder, text_pr
         fp32_engine, int8_engine: The two image encoders.
         text_prototypes: ``C x D`` text prototypes (fp32 text encoder), shared by both runs.
         logit_scale: The model's logit scale.
-        preprocess: The manifest's :class:`~trustvlm.runtime.preprocess.PreprocessConfig`.
+        preprocess: The manifest's :class:`~trustvlm.runtime.decode.preprocess.PreprocessConfig`.
         test_limit: Use only the first N test images (None: all 10,000; tests use fewer).
     """
     from trustvlm.calibration.evaluate import (DatasetEmbeddings, EvalConfig, evaluate_dataset,  # noqa: PLC0415

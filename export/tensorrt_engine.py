@@ -25,7 +25,7 @@ import onnx
 
 from trustvlm.contract.files import sha256_file, write_bytes_atomic
 from trustvlm.export.tensorrt_compat import graph_precision, tensorrt_problems
-from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
+from trustvlm.runtime.scoring.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
 
 
 class TensorRTUnavailableError(RuntimeError):

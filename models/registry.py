@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from trustvlm.runtime.preprocess import PreprocessConfig
+from trustvlm.runtime.decode.preprocess import PreprocessConfig
 
 REGISTRY_PATH = Path(__file__).with_name("registry.json")
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")

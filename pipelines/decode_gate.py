@@ -34,10 +34,10 @@ from trustvlm.contract.decode_gate import (DECODE_GATE_FILE, DECODE_GATE_SCHEMA_
                                            MIN_TOP1_AGREEMENT)
 from trustvlm.contract.files import write_json_atomic
 from trustvlm.contract.manifest import read_manifest
-from trustvlm.runtime.engines import ONNXRUNTIME, open_image_engine
+from trustvlm.runtime.scoring.engines import ONNXRUNTIME, open_image_engine
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
-from trustvlm.runtime.image_codec import decode_image, jpeg_scale_factor
-from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
+from trustvlm.runtime.decode.image_codec import decode_image, jpeg_scale_factor
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, resize_and_crop
 
 VIDEO_FOLDER = Path("/usr/share/doc/opencv-doc/examples/data")
 VIDEOS = ("vtest.avi", "Megamind.avi", "tree.avi")

@@ -94,7 +94,7 @@ class FpsPacer:
 class DecisionWindowPacer:
     """At most `max_in_flight` frames of this camera without a decision (see the module docstring).
 
-    Subscribes to ``trust/<camera_id>`` and the heartbeat. A frame whose decision has not come within
+    Subscribes to ``trust/<camera_id>/`` and the heartbeat. A frame whose decision has not come within
     `answer_timeout_ms` is given up on (counted in :attr:`timeouts`) so a lost decision cannot stall the camera.
     """
 
@@ -235,7 +235,7 @@ def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sende
 
     Args:
         capture: Where the frames come from.
-        camera_id: The camera's name on the wire (decisions come back on ``trust/<camera_id>``).
+        camera_id: The camera's name on the wire (decisions come back on ``trust/<camera_id>/``).
         encoder: JPEG, PNG or raw.
         sender: The PUSH socket to the service.
         pacer: When frames may leave (default: free run).

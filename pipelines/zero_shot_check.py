@@ -11,8 +11,8 @@ from trustvlm.calibration.text_prototypes import build_text_prototypes, normaliz
 from trustvlm.contract.manifest import encoder_path, model_name, read_manifest
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.models.prompts import get_templates
-from trustvlm.runtime.onnx_engine import OnnxEncoder
-from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch
 
 
 @dataclass(frozen=True)

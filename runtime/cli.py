@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trustvlm.cli_common import CliError, help_formatter, run_handler
 from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
-from trustvlm.runtime.engines import BACKENDS
+from trustvlm.runtime.scoring.engines import BACKENDS
 
 _DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
 #: flag dest -> path of the config key it sets.
@@ -215,10 +215,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from trustvlm.contract.bundle import BundleError  # noqa: PLC0415
     from trustvlm.contract.manifest import ArtifactError  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import EngineError  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import EngineError  # noqa: PLC0415
     from trustvlm.contract.scores import AUX_HEAD_INPUT  # noqa: PLC0415
     from trustvlm.runtime.service import build_service  # noqa: PLC0415
-    from trustvlm.runtime.transport import zmq_ingest_for  # noqa: PLC0415
+    from trustvlm.runtime.ingest.transport import zmq_ingest_for  # noqa: PLC0415
 
     try:
         config = config_from_args(args)
@@ -281,7 +281,7 @@ def add_keys_parser(subparsers) -> None:
 
 def run_keys(args: argparse.Namespace) -> int:
     """Handler of `trustvlm keys`."""
-    from trustvlm.runtime.security import SecurityError, create_keypair  # noqa: PLC0415
+    from trustvlm.runtime.ingest.security import SecurityError, create_keypair  # noqa: PLC0415
 
     try:
         public, secret = create_keypair(args.folder, args.name)

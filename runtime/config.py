@@ -33,13 +33,13 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from trustvlm.runtime.decode_pool import DecodeConfig
-from trustvlm.runtime.frame_buffer import BufferConfig
-from trustvlm.runtime.ingest import FrameLimits
+from trustvlm.runtime.decode.decode_pool import DecodeConfig
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig
+from trustvlm.runtime.ingest.ingest import FrameLimits
 from trustvlm.runtime.publisher import PublishConfig
-from trustvlm.runtime.scorer_config import ScorerConfig
-from trustvlm.runtime.security import SecurityConfig
-from trustvlm.runtime.transport import IngestConfig
+from trustvlm.runtime.scoring.scorer_config import ScorerConfig
+from trustvlm.runtime.ingest.security import SecurityConfig
+from trustvlm.runtime.ingest.transport import IngestConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -3,7 +3,7 @@
 A camera packs a :class:`FrameHeader` with :func:`pack_frame_header` and sends ``[header,
 payload]`` with ``SNDMORE`` (or calls :func:`send_frame`). Headers are msgpack maps, checked field
 by field (:meth:`FrameHeader.from_dict`); imagezmq's JSON headers are mapped onto the same
-dataclass by :mod:`trustvlm.runtime.wire`.
+dataclass by :mod:`trustvlm.runtime.ingest.wire`.
 
 The frozen dataclasses here also cross thread boundaries inside the service:
 :class:`ReceivedFrame` (a frame that passed the ingest checks) and :class:`Notice` (a frame that
@@ -55,7 +55,7 @@ class FrameHeader:
     """Header of a frame (schemas/frame_v1.json).
 
     Attributes:
-        camera_id: Stable camera name; decisions go to topic ``trust/<camera_id>``.
+        camera_id: Stable camera name; decisions go to topic ``trust/<camera_id>/``.
         seq: Frame counter of this camera.
         capture_ts_ns: Capture time, ns since the Unix epoch.
         encoding: Payload encoding.
@@ -153,7 +153,7 @@ class Notice:
         detail: Human-readable detail.
         seq_last: For a run of superseded frames (``dropped``): the seq of the run's last frame;
             the notice then covers every frame of the camera the service received with a seq from
-            `seq` to `seq_last`, `frames` of them (see :class:`~trustvlm.runtime.frame_buffer.BufferConfig`).
+            `seq` to `seq_last`, `frames` of them (see :class:`~trustvlm.runtime.ingest.frame_buffer.BufferConfig`).
         frames: How many frames this outcome covers (1 unless it is a run).
     """
 

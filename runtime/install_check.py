@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from trustvlm.runtime.gpu_info import check_onnxruntime_install, onnxruntime_distributions
+from trustvlm.runtime.scoring.gpu_info import check_onnxruntime_install, onnxruntime_distributions
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """Messages out: what `trustvlm serve` publishes (schemas/decision_v1.json).
 
-A robot subscribes to ``trust/<camera_id>`` (:func:`topic_for`) and reads each body with
+A robot subscribes to ``trust/<camera_id>/`` (:func:`topic_for`; the closing ``/`` makes the subscription
+exact, as no camera id contains one) and reads each body with
 :func:`decode_body`, which returns a :class:`DecisionMessage` (or a :class:`HealthMessage` on
 ``trust/_health``). Bodies are msgpack or JSON (:class:`WireFormat`), unpacked within
 :data:`~trustvlm.runtime.schema.BODY_UNPACK_LIMITS` and checked field by field; the version rule
@@ -68,9 +69,14 @@ class WireFormat(str, Enum):
     JSON = "json"
 
 
+#: Ends every camera's topic (decision schema 1.4): ZeroMQ subscriptions match prefixes, and ``trust/cam1/`` is no
+#: prefix of ``trust/cam10/``. Camera ids never contain it (schemas/frame_v1.json); ``trust/cam1`` still matches both.
+TOPIC_END = "/"
+
+
 def topic_for(camera_id: str) -> bytes:
-    """The PUB topic of a camera's decisions: ``trust/<camera_id>``."""
-    return f"{TOPIC_PREFIX}{camera_id}".encode()
+    """The PUB topic of a camera's decisions, ``trust/<camera_id>/``: subscribe to it for that camera exactly."""
+    return f"{TOPIC_PREFIX}{camera_id}{TOPIC_END}".encode()
 
 
 def _float_to_wire(value: float | None):
@@ -102,7 +108,7 @@ RUN_KEYS_BEFORE_1_2 = {"seq_last": None, "frames": 1}
 
 @dataclass(frozen=True)
 class DecisionMessage:
-    """One frame's outcome, published on ``trust/<camera_id>`` (schemas/decision_v1.json).
+    """One frame's outcome, published on ``trust/<camera_id>/`` (schemas/decision_v1.json).
 
     ``kappa`` / ``msp`` / ``s_ii`` / ``label`` / ``class_id`` are None when the frame was not
     scored (or its scores were not finite). Since schema 1.2 one ``dropped`` message may cover a

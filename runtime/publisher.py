@@ -1,6 +1,6 @@
 """Decision output: a ZeroMQ PUB socket owned by one thread, fed through a bounded queue.
 
-Topics: ``trust/<camera_id>`` carries one :class:`~trustvlm.runtime.messages.DecisionMessage` per
+Topics: ``trust/<camera_id>/`` carries one :class:`~trustvlm.runtime.messages.DecisionMessage` per
 frame; ``trust/_health`` carries a :class:`~trustvlm.runtime.messages.HealthMessage` every
 ``heartbeat_ms`` and a last one (status ``stopped``, final counters) on shutdown. Each message is
 two parts, ``[topic, body]``; the body is msgpack, or JSON when ``wire_format`` is ``json``
@@ -11,8 +11,8 @@ PUB never blocks: a subscriber that does not keep up loses messages at its high-
 (``send_hwm``), as ZeroMQ intends. Inside the service the queue is bounded (``queue_size``); a
 decision that finds it full is counted (``publish_overflow``) instead of growing memory. A
 message that cannot be serialized or sent is logged and counted (``publish_errors``); the thread
-goes on. With a :class:`~trustvlm.runtime.security.CurveServer` the socket is a CurveZMQ server
-and only subscribers whose keys are allowed receive anything (see runtime/security.py).
+goes on. With a :class:`~trustvlm.runtime.ingest.security.CurveServer` the socket is a CurveZMQ server
+and only subscribers whose keys are allowed receive anything (see runtime/ingest/security.py).
 
 ROS 2 mapping (``vision_msgs/msg/Classification``; a bridge node subscribes here and republishes)::
 
@@ -43,8 +43,8 @@ import zmq
 from trustvlm.runtime.messages import (HEALTH_TOPIC, DecisionMessage, HealthMessage, HealthStatus, WireFormat,
                                        encode_body, topic_for)
 from trustvlm.runtime.metrics import Observer
-from trustvlm.runtime.security import CurveServer
-from trustvlm.runtime.transport import ConnectMode
+from trustvlm.runtime.ingest.security import CurveServer
+from trustvlm.runtime.ingest.transport import ConnectMode
 
 log = logging.getLogger("trustvlm.runtime.publisher")
 

@@ -1,26 +1,26 @@
 """The streaming trust service: ingest -> frame buffer -> scorer -> publisher, each passed in.
 
 :func:`build_service` wires the parts from a :class:`~trustvlm.runtime.config.ServiceConfig` and
-an ingest factory (any :class:`~trustvlm.runtime.ingest.Ingest`; ``trustvlm serve`` passes the
+an ingest factory (any :class:`~trustvlm.runtime.ingest.ingest.Ingest`; ``trustvlm serve`` passes the
 ZeroMQ one); :class:`TrustService` only runs them, on three threads (ingest, scoring, bundle
 reload) beside the publisher's own:
 
 * ingest: receive, check, put into the latest-frame-wins buffer (or count a rejection);
 * scoring: take a micro-batch across cameras, hand its frames to the decode pool
-  (:mod:`~trustvlm.runtime.decode_pool`), and while they decode, score the batch before it; decide
+  (:mod:`~trustvlm.runtime.decode.decode_pool`), and while they decode, score the batch before it; decide
   every item (scored frames, and notices of dropped / stale / bad frames) and submit the decisions
   in arrival order. Once a batch is decoded, the next one is taken (what arrived while it decoded)
   and decodes while the encoder scores the first. One batch is in flight beside the one being
   scored, unless the encoder takes 4x
   the decode time or more (then the next batch is taken after it, as the freshest frames: see
-  :meth:`~trustvlm.runtime.decode_pool.DecodePool.prefetch_pays`); with ``decode.workers`` 0 the
+  :meth:`~trustvlm.runtime.decode.decode_pool.DecodePool.prefetch_pays`); with ``decode.workers`` 0 the
   scoring thread decodes itself, one batch at a time;
 * reload: on :meth:`TrustService.request_reload` (SIGHUP) or when the bundle's files change and
   have stayed unchanged for one poll, load and self-check the new bundle, then swap it in; a bad
   bundle is refused with one log line and the old one stays.
 
 Replays: each frame that passed the ingest checks goes through a
-:class:`~trustvlm.runtime.sequence.SequenceGuard` before the buffer; a repeated or older ``seq`` of a
+:class:`~trustvlm.runtime.ingest.sequence.SequenceGuard` before the buffer; a repeated or older ``seq`` of a
 camera is deferred ``duplicate`` / ``out_of_order``, a restart (seq 0, newer capture time) passes.
 
 Shutdown (:meth:`TrustService.request_stop`, SIGINT/SIGTERM in the CLI): the ingest stops taking
@@ -28,7 +28,7 @@ frames and closes the buffer; the scoring thread decides everything already rece
 publisher sends those decisions and a final ``stopped`` heartbeat with the counters, then closes.
 Failures inside the loop become ``defer`` decisions with a reason; the service keeps running.
 
-With CurveZMQ (``security`` in the config), a :class:`~trustvlm.runtime.security.CurveGate` runs
+With CurveZMQ (``security`` in the config), a :class:`~trustvlm.runtime.ingest.security.CurveGate` runs
 the ZAP handler; it starts before the sockets are bound, and if it ever dies the service stops
 (the sockets enforce ZAP, so no client gets in unchecked meanwhile).
 """
@@ -47,22 +47,23 @@ import zmq
 from trustvlm.contract.bundle import BundleError
 from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
-from trustvlm.runtime.decode_pool import DecodePool, PendingBatch
-from trustvlm.runtime.frame_buffer import FrameBuffer
-from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.ingest import Ingest, IngestFactory, Rejection
-from trustvlm.runtime.messages import HealthMessage, HealthStatus, Reason
+from trustvlm.runtime.decode.decode_pool import DecodePool
+from trustvlm.runtime.ingest.frame_buffer import FrameBuffer
+from trustvlm.runtime.frames import ReceivedFrame
+from trustvlm.runtime.ingest.ingest import Ingest, IngestFactory, Rejection
+from trustvlm.runtime.messages import HealthMessage, HealthStatus
 from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
-from trustvlm.runtime.onnx_engine import EngineError
+from trustvlm.runtime.scoring.onnx_engine import EngineError
 from trustvlm.runtime.publisher import Publisher
-from trustvlm.runtime.routing import RoutedLoader, folder_signature
-from trustvlm.runtime.scorer import Scorer, ScorerConfig, ScorerSlot, load_scorer
-from trustvlm.runtime.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
-from trustvlm.runtime.sequence import SequenceGuard
+from trustvlm.runtime.scoring.routing import RoutedLoader, folder_signature
+from trustvlm.runtime.scoring.scorer import Scorer, ScorerConfig, ScorerSlot, load_scorer
+from trustvlm.runtime.scoring_loop import ScoringLoop
+from trustvlm.runtime.ingest.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
+from trustvlm.runtime.ingest.sequence import SequenceGuard
 
 log = logging.getLogger("trustvlm.runtime.service")
 
-#: Loads, verifies and self-checks a bundle into a scorer: :func:`~trustvlm.runtime.scorer.load_scorer`'s signature.
+#: Loads, verifies and self-checks a bundle into a scorer: :func:`~trustvlm.runtime.scoring.scorer.load_scorer`'s signature.
 #: The default scores on this machine; another may score elsewhere, with the same decide/defer/ids.
 ScorerLoader = Callable[..., Scorer]
 
@@ -170,6 +171,8 @@ class TrustService:
         self.health, self.observer, self.scorer_config = health, observer, scorer_config
         self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
         self.metrics_server, self.gate = metrics_server, gate
+        self.scoring = ScoringLoop(buffer, slot, self.decode, publisher, observer, health, scorer_config.max_batch,
+                                   scorer_config.batch_wait_s, watchdog=self._check_parts)
         self.failed = False
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -252,36 +255,8 @@ class TrustService:
             self.buffer.close()  # the sentinel: scoring drains what is left, then ends
 
     def _score_loop(self) -> None:
-        config = self.scorer_config
-        pending = None  # the batch whose frames the pool is decoding, scored once the next one is submitted
         try:
-            while True:
-                if pending is not None and not self.decode.prefetch_pays():
-                    self._decide(*pending)  # the encoder is the bottleneck: take the next batch fresh, after it
-                    pending = None
-                if pending is not None and pending[2] is not None:  # take the next batch once this one is decoded:
-                    pending[2].wait()  # the frames that came meanwhile (taken at once, it would hold next to none)
-                ahead = pending is not None  # then take what is there now: the encoder should not wait
-                items = self.buffer.take(config.max_batch, 0.0 if ahead else config.batch_wait_s,
-                                         timeout_s=0.0 if ahead else 0.1)
-                current = self._submit(items) if items else None
-                if pending is not None:
-                    self._decide(*pending)
-                if items is None:
-                    break
-                pending = current
-                if pending is not None and not self.decode.pipelined:
-                    self._decide(*pending)
-                    pending = None
-                if not self.publisher.alive and not self.failed:
-                    self.failed = True
-                    log.error("the publisher thread has died; shutting down")
-                    self.request_stop()
-                gate = self.gate
-                if gate is not None and not gate.alive and not self.failed:
-                    self.failed = True
-                    log.error("the CurveZMQ authenticator has died; shutting down")
-                    self.request_stop()
+            self.scoring.run()
         except Exception:
             self.failed = True
             log.exception("scoring thread failed; shutting down")
@@ -290,45 +265,20 @@ class TrustService:
             self.decode.close()
             self.publisher.stop()
 
-    def _submit(self, items: list[ReceivedFrame | Notice]) -> tuple:
-        """Start decoding the batch's frames with the current scorer's preprocessing (it scores them too).
-
-        A scorer that decodes its own frames (``decodes_own_frames``: the cluster scorer's replicas do)
-        gets them as received: they skip the pool.
-        """
-        scorer: Scorer = self.slot.current()
-        frames = [item for item in items if isinstance(item, ReceivedFrame)]
-        pooled = frames and not scorer.decodes_own_frames
-        return items, scorer, self.decode.submit(frames, scorer) if pooled else None
-
-    def _decide(self, items: list[ReceivedFrame | Notice], scorer: Scorer,
-                prepared: PendingBatch | None) -> None:
-        frames = [item for item in items if isinstance(item, ReceivedFrame)]
-        decisions = []
-        if frames:
-            started = time.perf_counter()
-            try:
-                if prepared is None:  # a scorer that decodes its frames itself
-                    decisions = scorer.decide(frames)
-                else:
-                    pixels = prepared.result()  # the workers' part: not timed as the batch's
-                    started = time.perf_counter()
-                    decisions = scorer.decide(frames, pixels)
-            except Exception as error:  # a bug, not a bad frame: still answer every frame
-                log.exception("scoring a batch failed")
-                decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
-                             for frame in frames]
-            errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
-            encode_s = time.perf_counter() - started
-            if prepared is not None:
-                self.decode.record(prepared.decode_s, encode_s)
-            self.observer.on_batch(len(frames), encode_s, errors[0] if errors else None)
-            if errors and not self.health.degraded:
-                log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])
-            self.health.degraded = errors[0] if errors else ""
-        scored = iter(decisions)
-        for item in items:
-            self.publisher.submit(next(scored) if isinstance(item, ReceivedFrame) else scorer.defer(item))
+    def _check_parts(self) -> None:
+        """Begin a shutdown once the publisher thread or the CurveZMQ authenticator has died (the stop closes
+        the ingest and the buffer; the scoring loop ends once it has drained it)."""
+        gate = self.gate
+        if self.failed:
+            return
+        if not self.publisher.alive:
+            log.error("the publisher thread has died; shutting down")
+        elif gate is not None and not gate.alive:
+            log.error("the CurveZMQ authenticator has died; shutting down")
+        else:
+            return
+        self.failed = True
+        self.request_stop()
 
     def _reload_loop(self) -> None:
         while not self._stop.is_set():
@@ -346,28 +296,33 @@ class TrustService:
 
 
 def build_service(config: ServiceConfig, make_ingest: IngestFactory,
-                  context: zmq.Context | None = None, load: ScorerLoader = load_scorer) -> TrustService:
+                  context: zmq.Context | None = None, load: ScorerLoader = load_scorer,
+                  route_loader: Callable[..., RoutedLoader] | None = None) -> TrustService:
     """Load the bundle and build every part of the service (sockets are opened by start()).
 
     Args:
         config: The service's configuration.
         make_ingest: Builds the ingest on `context`, with the ingest's CurveZMQ server when the
-            config asks for one (e.g. :func:`trustvlm.runtime.transport.zmq_ingest_for`).
+            config asks for one (e.g. :func:`trustvlm.runtime.ingest.transport.zmq_ingest_for`).
         context: ZeroMQ context of the publisher, the ZAP handler and a ZeroMQ ingest.
         load: Builds the scorer from the bundle, at start and on every reload (default: sessions on this
             machine; ``trustvlm serve --cluster`` passes one whose sessions run on a Ray cluster).
+        route_loader: Builds the loader of a camera map (``--bundles``) from (artifacts, map file, scorer
+            config, auxiliary artifacts): an object with RoutedLoader's ``load_all``, ``changed``,
+            ``reload``, ``slot`` and ``observer`` (default: a RoutedLoader over `load`; ``trustvlm serve
+            --cluster`` passes one that loads the whole map on every replica).
 
     Raises:
         BundleError, ArtifactError, EngineError: A bundle, artifacts or sessions that cannot be
             used; the service refuses to start rather than run without a verified bundle.
         RuntimeError: Metrics asked for without prometheus_client, or a --decoder that cannot run here.
-        trustvlm.runtime.security.SecurityError: Unreadable key files or allow-list folders.
+        trustvlm.runtime.ingest.security.SecurityError: Unreadable key files or allow-list folders.
     """
     decode = DecodePool(config.decode)  # a decoder that cannot run here is refused before the model loads
     scorer_config = config.scorer.beside_decode_pool(decode.pipelined)
-    if config.bundles is not None:  # each camera its own bundle, one encoder (runtime/routing.py)
-        reloader = RoutedLoader(Path(config.artifacts), Path(config.bundles), scorer_config, config.prototype_encoder,
-                                load)
+    if config.bundles is not None:  # each camera its own bundle, one encoder (runtime/scoring/routing.py)
+        make = route_loader or (lambda *paths: RoutedLoader(*paths, load=load))
+        reloader = make(Path(config.artifacts), Path(config.bundles), scorer_config, config.prototype_encoder)
         slot = ScorerSlot(reloader.load_all()[0])
     else:
         slot = ScorerSlot(load(config.artifacts, config.bundle, scorer_config,

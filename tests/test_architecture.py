@@ -22,7 +22,7 @@ RUNTIME_MAY_NOT_IMPORT = {"calibration", "export", "pipelines", "benchmarks", "t
 
 
 def source_modules(root: Path = ROOT) -> dict[str, Path]:
-    """Dotted module name (``trustvlm.runtime.scorer``) -> file, for the project's own source."""
+    """Dotted module name (``trustvlm.runtime.scoring.scorer``) -> file, for the project's own source."""
     modules = {}
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
@@ -172,3 +172,48 @@ def test_cluster_mode_builds_on_the_runtime_and_the_contract_only(graph):
     wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
                    if package_of(module) == "cluster" and package_of(target) not in CLUSTER_MAY_IMPORT)
     assert not wrong, "\n".join(wrong)
+
+
+#: The runtime's rooms, in the order a frame passes them, and what each may import besides itself: the shared
+#: vocabulary (``runtime/frames.py``, ``messages.py``, ``schema.py``) and the rooms named here. The modules
+#: at ``runtime/``'s top (the service, its scoring loop, config, publisher, metrics, CLI) tie the rooms together.
+RUNTIME_VOCABULARY = {"trustvlm.runtime.frames", "trustvlm.runtime.messages", "trustvlm.runtime.schema"}
+RUNTIME_ROOMS = {"decode": set(), "ingest": {"decode"}, "scoring": {"decode"}}
+
+
+def runtime_room(module: str) -> str | None:
+    """``decode`` / ``ingest`` / ``scoring`` for a module of a runtime room; "vocabulary"; None for the top."""
+    if module in RUNTIME_VOCABULARY:
+        return "vocabulary"
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "runtime" and parts[2] in RUNTIME_ROOMS else None
+
+
+def room_violations(graph: dict[str, set[str]]) -> list[str]:
+    """One line per import of a runtime room that points the wrong way (into another room or the top)."""
+    rooms = {module: runtime_room(module) for module in graph if package_of(module) == "runtime"}
+    wrong = []
+    for module, room in rooms.items():
+        if room is None:
+            continue
+        allowed = {room, "vocabulary"} | RUNTIME_ROOMS.get(room, set())
+        wrong += [f"{module} ({room}) imports {target} ({rooms.get(target) or 'the top of runtime/'})"
+                  for target in graph[module] if package_of(target) == "runtime" and rooms.get(target) not in allowed]
+    return sorted(wrong)
+
+
+def test_the_runtime_rooms_point_one_way(graph):
+    found = {runtime_room(module) for module in graph if package_of(module) == "runtime"}
+    assert found == {None, "vocabulary", *RUNTIME_ROOMS}, found
+    assert room_violations(graph) == []
+
+
+def test_the_room_check_finds_arrows_the_wrong_way():
+    graph = {"trustvlm.runtime.decode.pool": {"trustvlm.runtime.scoring.scorer", "trustvlm.runtime.frames"},
+             "trustvlm.runtime.scoring.scorer": {"trustvlm.runtime.decode.pool", "trustvlm.runtime.service"},
+             "trustvlm.runtime.frames": {"trustvlm.runtime.ingest.wire"}, "trustvlm.runtime.ingest.wire": set(),
+             "trustvlm.runtime.service": {"trustvlm.runtime.scoring.scorer"}}
+    assert room_violations(graph) == [
+        "trustvlm.runtime.decode.pool (decode) imports trustvlm.runtime.scoring.scorer (scoring)",
+        "trustvlm.runtime.frames (vocabulary) imports trustvlm.runtime.ingest.wire (ingest)",
+        "trustvlm.runtime.scoring.scorer (scoring) imports trustvlm.runtime.service (the top of runtime/)"]

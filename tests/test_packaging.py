@@ -92,7 +92,7 @@ def test_tensorrt_is_pinned_to_the_supported_major():
 
 
 def test_the_install_check_names_what_is_wrong_in_one_line():
-    from trustvlm.runtime.gpu_info import check_onnxruntime_install
+    from trustvlm.runtime.scoring.gpu_info import check_onnxruntime_install
 
     assert check_onnxruntime_install(["numpy", "onnxruntime-gpu"]) is None
     both = check_onnxruntime_install(["onnxruntime", "onnxruntime_gpu", "numpy"])

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from trustvlm.data.fashion_mnist import LabelledImages, to_rgb
 from trustvlm.export.torch_wrappers import normalize_uint8_nhwc
 from trustvlm.models.prompts import build_prompts
-from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch
 from trustvlm.models.compact_clip import CompactVocabCLIP, compact_vocabulary, save_checkpoint
 from trustvlm.training.augment import DEFAULT_AUGMENT, augment
 from trustvlm.training.schedule import describe_expected_time, describe_plan, learning_rate_at, plan_training

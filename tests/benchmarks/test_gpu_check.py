@@ -24,7 +24,7 @@ def test_without_a_gpu_it_fails_in_one_line_and_runs_nothing(tmp_path):
 
 
 def test_a_gpu_without_the_gpu_packages_is_named_in_one_line(monkeypatch):
-    import trustvlm.runtime.gpu_info as info
+    import trustvlm.runtime.scoring.gpu_info as info
 
     monkeypatch.setattr(info, "describe_cuda_device", lambda: ("NVIDIA H200", "sm90"))
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails

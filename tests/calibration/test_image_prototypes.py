@@ -7,8 +7,8 @@ import pytest
 
 from trustvlm.calibration.image_prototypes import (EmbeddingError, build_image_prototypes, encode_images,
                                                    prototypes_from_embeddings, remaining_indices, sample_shots)
-from trustvlm.runtime.onnx_engine import OnnxEncoder
-from trustvlm.runtime.preprocess import PreprocessConfig
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+from trustvlm.runtime.decode.preprocess import PreprocessConfig
 
 pytestmark = pytest.mark.timeout(60)
 

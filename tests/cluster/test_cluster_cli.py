@@ -70,10 +70,23 @@ def test_a_replica_resource_needs_a_name_and_a_positive_amount(tmp_path):
     assert "expected NAME or NAME=AMOUNT with AMOUNT > 0, but got 'gpu_slot=0'" in result.stderr
 
 
-def test_a_camera_map_is_refused_in_cluster_mode_in_one_line(tmp_path):
+def test_a_camera_map_is_served_in_cluster_mode_and_shown_before_ray_is_imported(tmp_path):
+    camera_map = tmp_path / "cameras.toml"
+    camera_map.write_text('[cameras]\nfront = "bundles/front"\n')
+    result = _run(["serve", "--artifacts", str(tmp_path), "--bundles", str(camera_map), "--cluster", "10.0.0.1:6379",
+                   "--replicas", "2", "--dump-config"])
+    assert result.returncode == 0, result.stderr
+    imported, dumped = result.stdout.split("\n", 1)
+    assert imported == "[]"
+    config = json.loads(dumped)
+    assert (config["bundles"], config["cluster"]["replicas"]) == (str(camera_map), 2)
+
+
+def test_an_unreadable_camera_map_is_refused_in_one_line_before_the_cluster_is_joined(tmp_path):
+    (tmp_path / "cameras.toml").write_text("[cameras]\nfront = 3\n")
     result = subprocess.run([sys.executable, "-m", "trustvlm", "serve", "--artifacts", str(tmp_path), "--bundles",
                              str(tmp_path / "cameras.toml"), "--cluster", "127.0.0.1:1"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
-    assert "--cluster scores one bundle for every camera so far" in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cameras.toml: bundle folders should be non-empty strings" in result.stderr, result.stderr
+    assert "Ray cluster" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

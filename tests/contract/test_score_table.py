@@ -58,7 +58,7 @@ def test_the_trust_head_exposes_every_output_the_table_names(aux):
 
 
 def test_the_runtime_reads_the_outputs_the_contract_lists():
-    from trustvlm.runtime.scorer import TrustHeadOutput  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import TrustHeadOutput  # noqa: PLC0415
 
     assert [f.name for f in fields(TrustHeadOutput)] == list(HEAD_OUTPUTS + FUSED_OUTPUTS)
 

@@ -22,8 +22,8 @@ from trustvlm.contract.files import sha256_file
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.export import tensorrt_engine as builder
 from trustvlm.export.pipeline import ExportError, ExportRequest, export_model
-from trustvlm.runtime import tensorrt_engine as runner
-from trustvlm.runtime.engines import tensorrt_engine_path
+from trustvlm.runtime.scoring import tensorrt_engine as runner
+from trustvlm.runtime.scoring.engines import tensorrt_engine_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

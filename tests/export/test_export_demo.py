@@ -1,8 +1,6 @@
 """Real exports of the embedded demo model: files, manifest, parity, graph portability, accuracy."""
 
-import json
 
-import numpy as np
 import onnx
 import pytest
 

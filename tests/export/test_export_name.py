@@ -11,7 +11,7 @@ from trustvlm.contract.manifest import model_name
 from trustvlm.export.naming import ArtifactNameError, artifact_name
 from trustvlm.models.compact_clip import CompactVocabCLIP, save_checkpoint
 from trustvlm.models.registry import get_model_spec
-from trustvlm.runtime.scorer import model_id_of
+from trustvlm.runtime.scoring.scorer import model_id_of
 
 SPEC = get_model_spec("demo_fmnist")
 

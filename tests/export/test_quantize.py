@@ -12,7 +12,7 @@ from trustvlm.contract.files import sha256_file
 from trustvlm.contract.manifest import encoder_path, read_manifest
 from trustvlm.export import quantize
 from trustvlm.export.pipeline import ExportError, ExportRequest, export_model
-from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 
 
 

@@ -15,7 +15,7 @@ from trustvlm.export import tensorrt_engine  # noqa: E402
 from trustvlm.export.tensorrt_compat import check_for_tensorrt, tensorrt_problems  # noqa: E402
 from trustvlm.export.tensorrt_engine import (BatchProfile, TensorRTUnavailableError, build_engine, engine_cache_name,
                                              prune_engines)  # noqa: E402
-from trustvlm.runtime.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device  # noqa: E402
+from trustvlm.runtime.scoring.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device  # noqa: E402
 
 
 def test_cache_name_changes_with_everything_that_makes_an_engine_stale():
@@ -200,8 +200,8 @@ def _gpu_with_tensorrt() -> str | None:
 @pytest.mark.tensorrt
 @pytest.mark.skipif(_gpu_with_tensorrt() is not None, reason=f"needs tensorrt and a GPU: {_gpu_with_tensorrt()}")
 def test_engine_builds_and_matches_onnx_runtime(demo_artifacts, tmp_path):
-    from trustvlm.runtime.onnx_engine import OnnxEncoder
-    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
+    from trustvlm.runtime.scoring.tensorrt_engine import TensorRTEncoder
 
     onnx_path = demo_artifacts / "image_encoder.fp16.onnx"
     engine_path = build_engine(onnx_path, tmp_path, precision="fp16")

@@ -1,6 +1,6 @@
 """The documented commands that no other test runs, each in its smallest form (tests/test_documented_commands.py
-names them): `zeroshot`, `decode-gate`, `soak`, the frame path benchmark, the data folder writers and the
-threshold table of every camera. Each goes through the command's own entry point, as a user types it.
+names them): `zeroshot`, `decode-gate`, `soak`, the frame path benchmark, the data folder writers, the
+threshold table of every camera and the open-set table of the out-of-distribution gate. Each goes through the command's own entry point, as a user types it.
 """
 
 from __future__ import annotations
@@ -80,13 +80,33 @@ def test_threshold_cameras_prints_a_row_per_method(demo_export, capsys):
 
 
 def test_the_camera_map_benchmark_writes_its_section(demo_export, camera_bundle, tmp_path, capsys):
+    from trustvlm.benchmarks.bench_artifacts import build_hand_set_bundle  # noqa: PLC0415
     from trustvlm.benchmarks.cameras import MARK_BEGIN, MARK_END, main  # noqa: PLC0415
 
+    other = build_hand_set_bundle(demo_export, tmp_path / "other", threads=1, seed=1)  # 20 images: a second bundle
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("# Benchmarks\n")
     assert main(["--artifacts", str(demo_export), "--bundle", str(camera_bundle), "--rounds", "1", "--window-s", "0.2",
-                 "--output", str(report), "--json", str(tmp_path / "cameras.json")]) == 0
+                 "--other-bundles", str(other), "--output", str(report),
+                 "--json", str(tmp_path / "cameras.json")]) == 0
     text = report.read_text()
     assert text.startswith("# Benchmarks\n") and MARK_BEGIN in text and MARK_END in text
     (result,) = json.loads((tmp_path / "cameras.json").read_text())
-    assert set(result["medians"]) == {"1 bundle", "8 bundles"} and result["speed_ratio"] > 0
+    assert set(result["medians"]) == {"1 bundle", "8 bundles", "8 bundles, a call each"}
+    assert result["speed_ratio"] > 0 and result["grouped_speed_ratio"] > 0
+
+
+def test_the_open_set_benchmark_prints_the_gate_before_and_after(demo_export, tmp_path, capsys):
+    from trustvlm.benchmarks.open_set import main  # noqa: PLC0415
+
+    assert main(["--artifacts", str(demo_export), "--splits", "1", "--calib-limit", "1500", "--test-limit", "400",
+                 "--video-frames", "4", "--digits", "40", "--rate", "0.05", "--alpha", "0.3",
+                 "--json", str(tmp_path / "open_set.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| before: max of median-scaled distances, one threshold |" in out, out
+    assert "| after: per-component conformal cuts, Bonferroni |" in out, out
+    closed, open_set = json.loads((tmp_path / "open_set.json").read_text())["splits"]
+    assert closed["unknown"] == [] and len(open_set["unknown"]) == 3
+    for split in (closed, open_set):
+        assert split["gates"]["none"]["false_reject"] == 0.0
+        assert all(0.0 < split["gates"][gate]["false_reject"] < 0.2 for gate in ("before", "after")), split["gates"]

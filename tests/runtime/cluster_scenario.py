@@ -17,6 +17,10 @@ JSON report that the tests check:
   sent again, then deferred ``engine_error``.
 * ``refused_at_start``: a gateway started on a bundle that only the replicas can find bad; it must
   not start, and its one line must carry the replica's reason.
+* ``camera_map``: a gateway serving a camera map (``--bundles``): ``cam_a`` on one bundle, ``cam_b*``
+  on another (the same prototypes, another threshold), ``stranger`` on none; then a reload whose
+  bundle for ``cam_b*`` only the replicas can find bad (refused: every camera keeps its bundle), then
+  one with a good new bundle for ``cam_b*`` (swapped in on every replica; only its files sent again).
 * ``node_loss``: the gateway keeps getting frames while the worker node is killed (SIGKILL of its
   raylet and every process it started) and started again; the report holds every frame sent,
   every decision, every heartbeat, and the local scorer's decision for each frame sent.
@@ -44,7 +48,7 @@ from trustvlm.data.fashion_mnist import load_split
 from trustvlm.pipelines.serve_process import ServeProcess, ServiceStartError
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import DecisionMessage, decode_body
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT, RESOURCE, CAMERAS = 6379, "trustvlm_replica", 4
@@ -213,6 +217,68 @@ def reload(gateway: Gateway, service: ServeProcess, artifacts: str, bundle_dir: 
     return result
 
 
+def camera_map_phase(context: zmq.Context, artifacts: Path, bundle: Path, folder: Path, logs: Path, flags: tuple,
+                     images: list[bytes], log) -> dict:
+    """Two cameras on two bundles and one camera without an entry, on the replicas; then a refused map reload."""
+    from trustvlm.calibration.bundle import write_bundle  # noqa: PLC0415
+    from trustvlm.contract.bundle import load_bundle  # noqa: PLC0415
+    from trustvlm.contract.camera_map import CameraMap, write_camera_map  # noqa: PLC0415
+
+    started = time.monotonic()
+    original = load_bundle(bundle, artifacts)
+    bundle_a, bundle_b = folder / "map_a", folder / "map_b"
+    bundle_a.mkdir()
+    for path in bundle.iterdir():
+        (bundle_a / path.name).write_bytes(path.read_bytes())
+    threshold = dataclasses.replace(original.info.threshold, threshold=original.info.threshold.threshold - 1.0)
+    write_bundle(bundle_b, original.text_prototypes, original.image_prototypes,
+                 dataclasses.replace(original.info, threshold=threshold))  # B accepts what A defers
+    camera_map = write_camera_map(folder / "cameras.toml", CameraMap({"cam_a": bundle_a, "cam_b*": bundle_b}))
+    cameras = ("cam_a", "cam_b1", "stranger")
+    result: dict = {"decisions": []}
+    with ServeProcess(artifacts, camera_map, logs, flags, name="camera_map", echo=True,
+                      start_timeout_s=300) as service:
+        gateway, lock, sent = Gateway(context, service), threading.Lock(), []
+
+        def round_of_frames(seq: int) -> list[dict]:
+            start = len(gateway.decisions)
+            for number, camera in enumerate(cameras):
+                header = FrameHeader(camera, seq, time.time_ns(), Encoding.PNG)
+                with lock:
+                    send_frame(gateway.push, header, images[(seq * len(cameras) + number) % len(images)])
+                sent.append([camera, seq])
+            if not gateway.wait_for(lambda: len(gateway.decisions) - start >= len(cameras), 120):
+                raise RuntimeError(f"no decisions for round {seq} of the camera map")
+            return gateway.decisions[start:]
+
+        result["decisions"] = [d for seq in range(3) for d in round_of_frames(seq)]
+        result["bundles"] = gateway.health[-1]["bundles"]
+        # A bundle only the replicas can find bad (its sha256 records hold): the whole reload is refused
+        break_trust_head_of(bundle_b)
+        os.kill(service.pid, signal.SIGHUP)
+        if not gateway.wait_for(lambda: gateway.health[-1]["counters"].get("reloads_refused", 0) >= 1, 120):
+            raise RuntimeError("the camera map with a broken bundle was not refused")
+        result["after_refusal"] = round_of_frames(3)
+        # A good bundle for cam_b*: swapped in on every replica, only its files sent again
+        swapped = dataclasses.replace(threshold, threshold=threshold.threshold + 0.5)
+        write_bundle(bundle_b, original.text_prototypes, original.image_prototypes,
+                     dataclasses.replace(original.info, threshold=swapped))
+        old_b = {tuple(b["cameras"]): b["bundle_id"] for b in result["bundles"]}[("cam_b*",)]
+        os.kill(service.pid, signal.SIGHUP)
+        if not gateway.wait_for(lambda: old_b not in {b["bundle_id"] for b in gateway.health[-1]["bundles"]}, 120):
+            raise RuntimeError("the camera map with a new bundle for cam_b* was not swapped in")
+        result["after_swap"], result["bundles_after_swap"] = round_of_frames(4), gateway.health[-1]["bundles"]
+        result["status"] = service.stop(60)
+        result["log"] = [line for line in (logs / "camera_map.stderr").read_text().splitlines()
+                         if "camera map" in line]
+        gateway.close()
+    result["thresholds"] = {"cam_a": original.info.threshold.threshold, "cam_b*": threshold.threshold,
+                            "swapped": swapped.threshold}
+    result["seconds"] = time.monotonic() - started
+    log(f"camera map served on the cluster in {result['seconds']:.1f} s")
+    return result
+
+
 def node_loss(gateway: Gateway, cluster: Cluster, images: list[bytes], first_seq: int, log) -> dict:
     """Frames keep coming while the worker node dies and comes back."""
     lock, sent, stop, events = threading.Lock(), [], threading.Event(), {}
@@ -317,6 +383,8 @@ def main() -> int:
         report["reload"]["log"] = [line for line in (logs / "gateway.stderr").read_text().splitlines()
                                    if "bundle reload" in line]
         gateway.close()
+    report["camera_map"] = camera_map_phase(context, Path(args.artifacts), Path(args.bundle), Path(args.report).parent,
+                                            logs, flags + cluster_flags, images, log)
     # A gateway that can never get an answer in time (1 microsecond): every frame is sent again, then deferred
     unanswered_flags = flags + cluster_flags + ("--answer-timeout-ms", "0.001")
     with ServeProcess(Path(args.artifacts), bundle, logs, unanswered_flags, name="unanswered", echo=True,

@@ -74,8 +74,8 @@ def demo_bundle(demo_export, tmp_path_factory) -> Path:
     from trustvlm.calibration.scores import compute_scores  # noqa: PLC0415
     from trustvlm.calibration.text_prototypes import build_text_prototypes  # noqa: PLC0415
     from trustvlm.data.fashion_mnist import CLASS_NAMES, load_split, to_rgb  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
-    from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415
+    from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch  # noqa: PLC0415
 
     manifest = read_manifest(demo_export)
     calib = load_split("calib")

@@ -1,4 +1,4 @@
-"""A stand-in for the part of the TensorRT 10 Python API that runtime/tensorrt_engine.py uses.
+"""A stand-in for the part of the TensorRT 10 Python API that runtime/scoring/tensorrt_engine.py uses.
 
 Only the edge that this machine cannot have (TensorRT and a GPU) is replaced. The "engine file" is
 an ONNX graph's bytes: ``Runtime.deserialize_cuda_engine`` opens it in an ONNX Runtime CPU session
@@ -153,7 +153,7 @@ class Runtime:
         try:
             options = ort.SessionOptions()
             if _has_fp16_weights(bytes(serialized)):
-                # fp16 graphs crash onnxruntime's CPU layout optimizations (see runtime/onnx_engine.py)
+                # fp16 graphs crash onnxruntime's CPU layout optimizations (see runtime/scoring/onnx_engine.py)
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             session = ort.InferenceSession(bytes(serialized), sess_options=options,
                                            providers=["CPUExecutionProvider"])

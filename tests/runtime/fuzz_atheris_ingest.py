@@ -44,11 +44,11 @@ import hostile  # noqa: E402 - a sibling helper module, found through sys.path
 
 with atheris.instrument_imports():
     from trustvlm.runtime.frames import Notice, ReceivedFrame
-    from trustvlm.runtime.image_codec import FrameDecodeError, check_png_chunks, decode_image
-    from trustvlm.runtime.ingest import FrameLimits, Rejection
+    from trustvlm.runtime.decode.image_codec import FrameDecodeError, check_png_chunks, decode_image
+    from trustvlm.runtime.ingest.ingest import FrameLimits, Rejection
     from trustvlm.runtime.messages import Decision, DecisionMessage, WireFormat, encode_body
-    from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
-    from trustvlm.runtime.wire import ImagezmqNamer, parse_message
+    from trustvlm.runtime.decode.preprocess import PreprocessConfig, resize_and_crop
+    from trustvlm.runtime.ingest.wire import ImagezmqNamer, parse_message
 
 LIMITS = FrameLimits(**hostile.LIMITS)
 PREPROCESS = PreprocessConfig(size=32, mean=(0.5,) * 3, std=(0.5,) * 3)

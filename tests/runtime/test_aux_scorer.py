@@ -26,8 +26,8 @@ from trustvlm.contract.manifest import MANIFEST_NAME
 from trustvlm.contract.scores import AUX_HEAD_INPUT, HEAD_INPUT
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.preprocess import preprocess_batch
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.decode.preprocess import preprocess_batch
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 pytestmark = pytest.mark.timeout(180)
 CONFIG = ScorerConfig(threads=1)

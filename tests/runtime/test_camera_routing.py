@@ -74,8 +74,8 @@ def raw_frame(camera: str, seq: int) -> ReceivedFrame:
 
 def test_one_encoder_session_serves_every_bundle_and_a_mixed_batch_gets_each_cameras_decision(fault_export,
                                                                                               two_bundles):
-    from trustvlm.runtime.routing import RoutedLoader  # noqa: PLC0415
-    from trustvlm.runtime.scorer import ScorerConfig  # noqa: PLC0415
+    from trustvlm.runtime.scoring.routing import RoutedLoader  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig  # noqa: PLC0415
 
     routed, refused = RoutedLoader(fault_export, two_bundles, ScorerConfig(threads=1)).load_all()
     assert not refused
@@ -90,6 +90,72 @@ def test_one_encoder_session_serves_every_bundle_and_a_mixed_batch_gets_each_cam
     # the same frames scored bundle by bundle give the same scores: one encoder pass, each its own head
     alone = a.decide([frames[1]])[0]
     assert decisions[1].kappa == pytest.approx(alone.kappa, rel=1e-5) and decisions[1].label == alone.label
+
+
+def _decide_both_ways(fault_export, camera_map, frames):
+    from trustvlm.runtime.scoring.routing import RoutedLoader  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig  # noqa: PLC0415
+
+    stacked, _ = RoutedLoader(fault_export, camera_map, ScorerConfig(threads=1)).load_all()
+    alone, _ = RoutedLoader(fault_export, camera_map, ScorerConfig(threads=1, stack_heads=False)).load_all()
+    assert stacked.stacked is not None and alone.stacked is None, stacked.stacked_why_not
+    together, separately = stacked.decide(frames), alone.decide(frames)
+    # every frame gets what its own bundle's head and gate give it alone
+    assert [d.reason for d in together] == [d.reason for d in separately]
+    assert [d.bundle_id for d in together] == [stacked.scorer_for(f.header.camera_id).bundle_id for f in frames]
+    for mine, reference in zip(together, separately):
+        assert mine.kappa == pytest.approx(reference.kappa, rel=1e-5) and mine.label == reference.label
+        assert mine.msp == pytest.approx(reference.msp, rel=1e-5)
+        assert [(k.class_id, k.prob) for k in mine.top_k] == [(k.class_id, pytest.approx(k.prob, rel=1e-5))
+                                                              for k in reference.top_k]
+    return stacked, separately
+
+
+def test_stacked_heads_decide_a_mixed_batch_as_each_bundle_alone(fault_export, make_fault_bundle, tmp_path,
+                                                                 monkeypatch):
+    from trustvlm.calibration.bundle import write_bundle  # noqa: PLC0415
+    from trustvlm.runtime.scoring import stacked_heads  # noqa: PLC0415
+    from trustvlm.runtime.scoring.routing import RoutedLoader, _verified  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig  # noqa: PLC0415
+
+    from .conftest import FAULT_CLASSES, make_info  # noqa: PLC0415
+
+    # Given three bundles of different prototypes and gates (one accepting, two deferring), mapped to three cameras,
+    folders = {f"cam{i}": make_fault_bundle(tmp_path / f"b{i}", threshold=(-10.0, 10.0, 0.0)[i], seed=i)
+               for i in range(3)}
+    camera_map = write_camera_map(tmp_path / "cameras.toml", CameraMap(folders))
+    # and a batch mixing the cameras (images that differ, so that rows cannot be confused)
+    frames = [ReceivedFrame(FrameHeader(f"cam{i % 3}", i, time.time_ns(), Encoding.RAW, (32, 32, 3), "uint8"),
+                            fault_image(first_pixel=10 * i, fill=40 + 20 * i).tobytes(), time.time_ns())
+              for i in range(7)]
+    # Then bundles of one structure share one vectorized head and gate (each row its own bundle's constants)
+    stacked, separately = _decide_both_ways(fault_export, camera_map, frames)
+    assert stacked.stacked.vectorized, stacked.stacked.why_not_vectorized
+    assert len({d.kappa for d in separately}) > 3 and {d.reason for d in separately} >= {
+        Reason.MEETS_THRESHOLD, Reason.BELOW_THRESHOLD}
+    # And a bundle of another structure (no gate) is stacked side by side, with the same decisions as alone
+    rng = np.random.default_rng(5)
+    write_bundle(tmp_path / "plain", rng.normal(size=(3, 8)), rng.normal(size=(3, 8)),
+                 make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0))
+    mixed = write_camera_map(tmp_path / "mixed.toml", CameraMap({**folders, "cam2": tmp_path / "plain"}))
+    side_by_side, _ = _decide_both_ways(fault_export, mixed, frames)
+    assert not side_by_side.stacked.vectorized
+    assert side_by_side.stacked.why_not_vectorized == "some bundles have a gate, others not"
+    # And without the onnx package (where the stacked graph is built), the bundles' own sessions score instead
+    no_onnx = ("import runpy, sys; sys.modules['onnx'] = None; "
+               "runpy.run_module('trustvlm.runtime.scoring.stack_graph', run_name='__main__')")
+    monkeypatch.setattr(stacked_heads, "stacker_command", lambda: [__import__("sys").executable, "-c", no_onnx])
+    fallback, _ = RoutedLoader(fault_export, camera_map, ScorerConfig(threads=1)).load_all()
+    assert fallback.stacked is None and "onnx package" in fallback.stacked_why_not
+    assert [d.kappa for d in fallback.decide(frames)] == pytest.approx([d.kappa for d in separately], rel=1e-5)
+    monkeypatch.undo()
+    # and a bundle file replaced since its scorer verified it is not stacked either
+    (tmp_path / "b1" / "trust_head.onnx").write_bytes(b"not the verified head")
+    scorers = list(stacked.scorers.values())
+    refused, why = stacked_heads.stack_heads([_verified(s, s.bundle.trust_head_path) for s in scorers],
+                                             [_verified(s, s.bundle.ood_gate_path) for s in scorers],
+                                             ("cpu",), False, 8, True)
+    assert refused is None and why == "a bundle file changed since it was verified"
 
 
 def test_each_camera_is_decided_by_its_own_bundle_through_the_service(serve, subscribe, push, fault_export,

@@ -164,3 +164,52 @@ def test_a_bundle_the_replicas_cannot_open_stops_the_gateway_at_start_with_their
     assert message != "started", "the gateway started with a bundle no replica could open"
     assert "the scoring replicas did not start" in message and "trust_head.onnx" in message, message
     assert "Traceback" not in message, message
+
+
+def test_a_camera_map_scores_each_camera_with_its_own_bundle_on_the_replicas(cluster_report):
+    run = cluster_report["camera_map"]
+    by_camera: dict[str, list[dict]] = {}
+    for decision in run["decisions"]:
+        by_camera.setdefault(decision["camera_id"], []).append(decision)
+    # Every frame has one decision, in each camera's order
+    assert {camera: [d["seq"] for d in decisions] for camera, decisions in by_camera.items()} == \
+        {camera: [0, 1, 2] for camera in ("cam_a", "cam_b1", "stranger")}
+    # Each mapped camera's frames were scored on the replicas with its own bundle: its id and its threshold
+    bundles = {tuple(b["cameras"]): b for b in run["bundles"]}
+    assert set(bundles) == {("cam_a",), ("cam_b*",)}, run["bundles"]
+    for camera, route in (("cam_a", "cam_a"), ("cam_b1", "cam_b*")):
+        assert {(d["bundle_id"], d["threshold"]) for d in by_camera[camera]} == \
+            {(bundles[(route,)]["bundle_id"], run["thresholds"][route])}, camera
+        assert bundles[(route,)]["threshold"] == run["thresholds"][route]
+        assert all(d["kappa"] is not None for d in by_camera[camera]), camera
+    assert bundles[("cam_a",)]["bundle_id"] != bundles[("cam_b*",)]["bundle_id"]
+    # A camera without an entry (the map has no default) is deferred no_bundle, by no bundle
+    assert {(d["decision"], d["reason"], d["bundle_id"]) for d in by_camera["stranger"]} == {("defer", "no_bundle", "")}
+
+
+def test_a_camera_map_reload_one_replica_refuses_keeps_every_cameras_bundle_everywhere(cluster_report):
+    run = cluster_report["camera_map"]
+    refused = [line for line in run["log"] if "camera map reload refused" in line]
+    assert len(refused) == 1 and "camera 'cam_b*'" in refused[0] and "refused camera map" in refused[0], run["log"]
+    before = {d["camera_id"]: d["bundle_id"] for d in run["decisions"]}
+    after = {d["camera_id"]: d for d in run["after_refusal"]}
+    assert {camera: d["bundle_id"] for camera, d in after.items()} == before
+    assert after["cam_a"]["kappa"] is not None and after["cam_b1"]["kappa"] is not None
+    assert run["status"] == 0
+
+
+def test_a_camera_map_reload_sends_only_the_changed_bundle_and_swaps_it_in_on_every_replica(cluster_report):
+    run = cluster_report["camera_map"]
+    before = {d["camera_id"]: d["bundle_id"] for d in run["decisions"]}
+    after = {d["camera_id"]: d for d in run["after_swap"]}
+    # cam_b* scores with its new bundle and threshold, cam_a with the bundle it had
+    assert after["cam_a"]["bundle_id"] == before["cam_a"] and after["cam_b1"]["bundle_id"] != before["cam_b1"]
+    assert after["cam_b1"]["threshold"] == run["thresholds"]["swapped"] and after["cam_b1"]["kappa"] is not None
+    assert {tuple(b["cameras"]): b["bundle_id"] for b in run["bundles_after_swap"]} == \
+        {("cam_a",): before["cam_a"], ("cam_b*",): after["cam_b1"]["bundle_id"]}
+    # The encoder and bundle A were not sent again: the reload sent a small part of what the map holds
+    sent = [line for line in run["log"] if "verified on the replicas" in line]
+    assert len(sent) == 2 and "reloaded on every replica" in run["log"][-1], run["log"]
+    megabytes = [float(part.split(" MB sent of ")[0].rsplit("(", 1)[1]) for part in sent]
+    total = float(sent[-1].split(" MB sent of ")[1].split(" MB")[0])
+    assert megabytes[0] == total and megabytes[1] < total / 10, sent

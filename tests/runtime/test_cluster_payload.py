@@ -10,7 +10,7 @@ import pytest
 
 from trustvlm.cluster.payload import PayloadError, collect_payload, materialize_payload
 from trustvlm.contract.bundle import BundleError
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 ARTIFACT_FILES = {"artifacts/manifest.json", "artifacts/image_encoder.onnx"}
 # the fault bundle has an out-of-distribution gate

@@ -11,14 +11,14 @@ import msgpack
 import pytest
 
 from trustvlm.runtime.config import ReloadConfig, ServiceConfig
-from trustvlm.runtime.frame_buffer import BufferConfig
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig
 from trustvlm.runtime.frames import Encoding, FrameHeader, pack_frame_header
-from trustvlm.runtime.ingest import FrameLimits, Ingest, IngestResult
+from trustvlm.runtime.ingest.ingest import FrameLimits, Ingest, IngestResult
 from trustvlm.runtime.messages import HealthStatus, Reason
 from trustvlm.runtime.publisher import PublishConfig
-from trustvlm.runtime.scorer import ScorerConfig
+from trustvlm.runtime.scoring.scorer import ScorerConfig
 from trustvlm.runtime.service import build_service
-from trustvlm.runtime.wire import ImagezmqNamer, parse_message
+from trustvlm.runtime.ingest.wire import ImagezmqNamer, parse_message
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,11 +18,11 @@ import pytest
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, pack_frame_header
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
-from trustvlm.runtime.ingest import FrameLimits
+from trustvlm.runtime.decode.image_codec import FrameDecodeError, decode_image
+from trustvlm.runtime.ingest.ingest import FrameLimits
 from trustvlm.runtime.messages import Decision, Reason
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
-from trustvlm.runtime.wire import parse_message
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.ingest.wire import parse_message
 
 from . import damaged
 from .conftest import FAULT_CLASSES, make_info, open_gate

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from trustvlm.runtime.decode_pool import DecodeConfig, DecodePool, DecodeScale
-from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
+from trustvlm.runtime.decode.decode_pool import DecodeConfig, DecodePool, DecodeScale
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 from . import damaged
 

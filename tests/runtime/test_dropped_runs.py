@@ -9,7 +9,7 @@ from collections import defaultdict
 import cv2
 import pytest
 
-from trustvlm.runtime.frame_buffer import _RateMeter, BufferConfig, FrameBuffer
+from trustvlm.runtime.ingest.frame_buffer import _RateMeter, BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
 

@@ -12,10 +12,10 @@ from trustvlm.contract.files import sha256_file
 from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.cli import add_serve_parser, main
 from trustvlm.runtime.config import ServiceConfig
-from trustvlm.runtime.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, device_of, open_image_engine,
+from trustvlm.runtime.scoring.engines import (BACKENDS, ONNXRUNTIME, TENSORRT_ENGINE, device_of, open_image_engine,
                                       tensorrt_engine_path)
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 
 def manifest_with_engine(folder, **record) -> dict:
@@ -104,7 +104,7 @@ def test_the_tensorrt_backend_without_tensorrt_is_an_engine_error(demo_export, d
     """With an engine listed (as on a device), a machine without tensorrt says so in one line."""
     import sys  # noqa: PLC0415
 
-    from trustvlm.runtime import engines  # noqa: PLC0415
+    from trustvlm.runtime.scoring import engines  # noqa: PLC0415
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     engine_file = tmp_path / "image.engine"

@@ -22,7 +22,7 @@ from trustvlm.contract.files import sha256_file, write_json_atomic
 from trustvlm.contract.manifest import MANIFEST_NAME, read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Decision, HealthStatus, Reason
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 from .conftest import (FAULT_CLASSES, Subscriber, _fault_encoder, check_outcome_against_age, decide_until_scored,
                        fault_image, make_info)

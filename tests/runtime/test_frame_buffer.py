@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason
 from trustvlm.runtime.metrics import ServiceStats

@@ -12,13 +12,13 @@ import cv2
 import pytest
 
 from trustvlm.runtime.config import ReloadConfig, ServiceConfig
-from trustvlm.runtime.decode_pool import DecodeConfig, FramePreparer
-from trustvlm.runtime.frame_buffer import BufferConfig
+from trustvlm.runtime.decode.decode_pool import DecodeConfig, FramePreparer
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
-from trustvlm.runtime.onnx_engine import OnnxEncoder
+from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 from trustvlm.runtime.publisher import PublishConfig
-from trustvlm.runtime.scorer import SMALL_GRAPH_THREADS, ScorerConfig, load_scorer
-from trustvlm.runtime.scorer_config import SCORING_THREAD_WAIT_MS
+from trustvlm.runtime.scoring.scorer import SMALL_GRAPH_THREADS, ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer_config import SCORING_THREAD_WAIT_MS
 from trustvlm.runtime.service import build_service
 
 pytestmark = pytest.mark.timeout(120)
@@ -141,7 +141,8 @@ def test_the_next_batch_is_taken_once_the_one_in_flight_is_decoded_and_decodes_w
     ingest, log = _ListIngest(), []
     service = build_service(config, lambda context, curve: ingest, zmq_context)
     preparer = service.decode.preparer = _HeldPreparer(log)
-    take, submit, decide, put = service.buffer.take, service.decode.submit, service._decide, service.buffer.put
+    take, submit, put = service.buffer.take, service.decode.submit, service.buffer.put
+    decide = service.scoring.score_and_publish
     b_buffered, b_decided = threading.Event(), threading.Event()
 
     def logged_take(*args, **kwargs):
@@ -152,10 +153,10 @@ def test_the_next_batch_is_taken_once_the_one_in_flight_is_decoded_and_decodes_w
         log.append(("submit", [f.header.camera_id for f in frames]))
         return submit(frames, scorer)
 
-    def logged_decide(items, *rest):
-        cameras = [item.header.camera_id for item in items if isinstance(item, ReceivedFrame)]
+    def logged_decide(batch):
+        cameras = [frame.header.camera_id for frame in batch.frames]
         log.append(("decide", cameras))
-        decide(items, *rest)
+        decide(batch)
         if "b" in cameras:
             b_decided.set()
 
@@ -164,7 +165,8 @@ def test_the_next_batch_is_taken_once_the_one_in_flight_is_decoded_and_decodes_w
         if getattr(item, "header", None) is not None and item.header.camera_id == "b":
             b_buffered.set()
 
-    service.buffer.take, service.decode.submit, service._decide = logged_take, logged_submit, logged_decide
+    service.buffer.take, service.decode.submit = logged_take, logged_submit
+    service.scoring.score_and_publish = logged_decide
     service.buffer.put = logged_put
     images, _ = fmnist_images
     payload = cv2.imencode(".jpg", images[0])[1].tobytes()

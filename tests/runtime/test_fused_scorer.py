@@ -13,7 +13,7 @@ from trustvlm.calibration.fused_score import fit_fused_model
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.messages import Decision
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 from tests.runtime.conftest import FAULT_CLASSES, FAULT_SIZE, make_info
 
 pytestmark = pytest.mark.timeout(120)

@@ -32,11 +32,11 @@ from hypothesis import strategies as st
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame
-from trustvlm.runtime.ingest import FrameLimits, Rejection
+from trustvlm.runtime.ingest.ingest import FrameLimits, Rejection
 from trustvlm.runtime.messages import Decision, Reason, WireFormat, decode_body, encode_body
 from trustvlm.runtime.schema import BODY_UNPACK_LIMITS, MessageError
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
-from trustvlm.runtime.wire import ImagezmqNamer, parse_message
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.ingest.wire import ImagezmqNamer, parse_message
 
 from . import hostile
 from .conftest import FAULT_CLASSES, make_info

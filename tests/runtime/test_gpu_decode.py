@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from trustvlm.runtime.decode_pool import DecodeConfig
+from trustvlm.runtime.decode.decode_pool import DecodeConfig
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
-from trustvlm.runtime.gpu_decode import DecoderUnavailableError, NvImageCodecBatch
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+from trustvlm.runtime.decode.gpu_decode import DecoderUnavailableError, NvImageCodecBatch
+from trustvlm.runtime.decode.image_codec import FrameDecodeError, decode_image
 
 from . import damaged
 

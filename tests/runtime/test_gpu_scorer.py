@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 pytestmark = [
     pytest.mark.timeout(600),

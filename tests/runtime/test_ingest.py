@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, PixelFormat, ReceivedFrame, pack_frame_header
-from trustvlm.runtime.image_codec import MAX_JPEG_SCANS, FrameDecodeError, decode_image, probe_image_size
-from trustvlm.runtime.ingest import FrameLimits, Rejection
+from trustvlm.runtime.decode.image_codec import MAX_JPEG_SCANS, FrameDecodeError, decode_image, probe_image_size
+from trustvlm.runtime.ingest.ingest import FrameLimits, Rejection
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.wire import ImagezmqNamer, parse_message
+from trustvlm.runtime.ingest.wire import ImagezmqNamer, parse_message
 
 pytestmark = pytest.mark.timeout(30)
 LIMITS = FrameLimits(max_message_bytes=1 << 20, max_width=1000, max_height=1000)
@@ -170,7 +170,7 @@ def test_a_162_byte_png_bomb_stays_small_in_memory():
     # Peak memory is read from VmHWM (this process's own address space): ru_maxrss would also count a
     # forking parent's resident memory, which a big pytest process carries over into the child.
     code = ("import struct, cv2, numpy as np\n"
-            "from trustvlm.runtime.image_codec import decode_image, FrameDecodeError\n"
+            "from trustvlm.runtime.decode.image_codec import decode_image, FrameDecodeError\n"
             "from trustvlm.runtime.frames import ReceivedFrame, FrameHeader, Encoding\n"
             "png = cv2.imencode('.png', np.full((32, 32, 3), 100, np.uint8))[1].tobytes()\n"
             "bomb = png[:33] + struct.pack('>I', 0x7FFFFFF0) + b'tEXt' + b'x' * 8 + png[33:]\n"

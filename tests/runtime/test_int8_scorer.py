@@ -17,8 +17,8 @@ from trustvlm.contract.bundle import BundleMismatchError
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.preprocess import preprocess_batch
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.decode.preprocess import preprocess_batch
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 CONFIG = ScorerConfig(threads=1)

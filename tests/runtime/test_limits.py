@@ -13,12 +13,12 @@ import pytest
 import zmq
 
 from trustvlm.runtime.cli import main
-from trustvlm.runtime.frame_buffer import BufferConfig, FrameBuffer
+from trustvlm.runtime.ingest.frame_buffer import BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import HealthMessage, Reason, decode_body
 from trustvlm.runtime.metrics import ServiceStats
 from trustvlm.runtime.publisher import Publisher, PublishConfig
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 from .conftest import outcome_total
 

@@ -161,8 +161,8 @@ def test_bad_frame_headers_say_what_was_expected(change, message):
 def test_messages_follow_the_schema_documents():
     assert FRAME_SCHEMA["version"] == FRAME_SCHEMA_VERSION == "1.0"
     # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution, runs of superseded frames (seq_last, frames);
-    # 1.3: no_bundle (a camera the camera map does not route)
-    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.3"
+    # 1.3: no_bundle (a camera the camera map does not route); 1.4: topics end with '/'
+    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.4"
     raw = FrameHeader("cam", 1, 2, Encoding.RAW, (2, 3), "uint8", PixelFormat.MONO8).to_dict()
     validate(raw, FRAME_SCHEMA, FRAME_SCHEMA)
     with pytest.raises(AssertionError, match="missing required keys"):
@@ -183,8 +183,41 @@ def test_messages_follow_the_schema_documents():
     assert FRAME_SCHEMA["properties"]["encoding"]["enum"] == [e.value for e in Encoding]
 
 
+def test_a_cameras_topic_subscribes_to_that_camera_exactly_through_real_sockets():
+    import zmq  # noqa: PLC0415
+
+    with zmq.Context() as context, context.socket(zmq.PUB) as pub, context.socket(zmq.SUB) as exact, \
+            context.socket(zmq.SUB) as old_style:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        for sub, topic in ((exact, topic_for("cam1")), (old_style, b"trust/cam1")):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+            sub.setsockopt(zmq.RCVTIMEO, 10_000)
+            sub.connect(f"tcp://127.0.0.1:{port}")
+        # a subscription takes effect asynchronously: publish a marker until both subscribers have one
+        poller = zmq.Poller()
+        for sub in (exact, old_style):
+            poller.register(sub, zmq.POLLIN)
+        ready = set()
+        while len(ready) < 2:
+            pub.send_multipart([topic_for("cam1"), b"marker"])
+            for sub, _ in poller.poll(50):
+                sub.recv_multipart()
+                ready.add(sub)
+        pub.send_multipart([topic_for("cam10"), b"ten"])
+        pub.send_multipart([topic_for("cam1"), b"one"])
+
+        def after_markers(sub) -> list[bytes]:  # one connection keeps its order: markers, then what follows
+            while (message := sub.recv_multipart())[1] == b"marker":
+                pass
+            return message
+
+        assert after_markers(exact) == [b"trust/cam1/", b"one"]  # cam10's never reaches the exact subscriber
+        assert after_markers(old_style) == [b"trust/cam10/", b"ten"]  # the prefix before 1.4 still gets both
+        assert old_style.recv_multipart() == [b"trust/cam1/", b"one"]
+
+
 def test_topics_and_unknown_bodies():
-    assert topic_for("cam-1") == b"trust/cam-1"
+    assert topic_for("cam-1") == b"trust/cam-1/"
     with pytest.raises(MessageError, match=r"body kind should be one of \['decision', 'health'\]"):
         decode_body(msgpack.packb({"kind": "frame"}))
     with pytest.raises(MessageError, match="neither msgpack nor JSON"):

@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder, resolve_providers
+from trustvlm.runtime.scoring.onnx_engine import EngineError, OnnxEncoder, resolve_providers
 
 
 @pytest.fixture()
@@ -81,7 +81,7 @@ def recorded_providers(monkeypatch):
 
 def test_the_tensorrt_provider_gets_its_engine_cache_and_batch_profile(doubling_model, recorded_providers, tmp_path):
     from trustvlm.contract.files import sha256_file
-    from trustvlm.runtime.ort_providers import TensorRTProviderSettings
+    from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings
 
     settings = TensorRTProviderSettings(max_batch=16, opt_batch=4, cache_root=tmp_path / "cache")
     OnnxEncoder(doubling_model, providers=("tensorrt", "cpu"), allow_fallback=True, tensorrt=settings)

@@ -104,7 +104,7 @@ def test_the_gate_decides_before_the_trust_threshold(serve, subscribe, push, fau
 def test_the_device_path_gates_like_the_host_path(demo_export, gated_bundle, fmnist_images):
     """The IOBinding path (the embedding bound to the gate as an OrtValue), run with CPU OrtValues."""
     from trustvlm.runtime.frames import ReceivedFrame  # noqa: PLC0415
-    from trustvlm.runtime.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
+    from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer  # noqa: PLC0415
 
     host = load_scorer(demo_export, gated_bundle, ScorerConfig(threads=1))
     bound = load_scorer(demo_export, gated_bundle, ScorerConfig(threads=1))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trustvlm.runtime.preprocess import PreprocessConfig, center_crop, preprocess_batch, resize_and_crop
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, center_crop, preprocess_batch, resize_and_crop
 
 CLIP = PreprocessConfig(224, (0.48, 0.45, 0.40), (0.26, 0.26, 0.27), "bicubic", "shortest", "center")
 

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import require_fashion_mnist
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.models.registry import get_model_spec
-from trustvlm.runtime.preprocess import resize_and_crop
+from trustvlm.runtime.decode.preprocess import resize_and_crop
 
 VIDEOS = ["/usr/share/doc/opencv-doc/examples/data/vtest.avi", "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"]
 

@@ -11,11 +11,11 @@ import pytest
 from trustvlm.contract.bundle import engine_sha256
 from trustvlm.contract.decode_gate import DECODE_GATE_FILE, check_decode_gate
 from trustvlm.contract.manifest import read_manifest
-from trustvlm.runtime.decode_pool import DecodeConfig, DecodePool, DecodeScale, gate_policy
+from trustvlm.runtime.decode.decode_pool import DecodeConfig, DecodePool, DecodeScale, gate_policy
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image, jpeg_scale_factor
+from trustvlm.runtime.decode.image_codec import FrameDecodeError, decode_image, jpeg_scale_factor
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 from . import damaged
 

@@ -12,7 +12,7 @@ import pytest
 from trustvlm.runtime.cli import add_serve_parser, config_from_args, main, run_serve
 from trustvlm.runtime.config import ServiceConfig
 from trustvlm.runtime.messages import WireFormat
-from trustvlm.runtime.transport import SocketType
+from trustvlm.runtime.ingest.transport import SocketType
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,7 +78,7 @@ def test_missing_paths_and_bad_bundles_fail_at_start_with_one_line(tmp_path, fau
 
 def test_the_runtime_imports_neither_torch_nor_export_code():
     code = ("import sys, trustvlm.runtime.service, trustvlm.runtime.cli, trustvlm.runtime.metrics, "
-            "trustvlm.runtime.engines, trustvlm.runtime.tensorrt_engine; "
+            "trustvlm.runtime.scoring.engines, trustvlm.runtime.scoring.tensorrt_engine; "
             "print(sorted(m for m in sys.modules if m in ('torch', 'onnx', 'tensorrt') "
             "or m.startswith('trustvlm.export')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

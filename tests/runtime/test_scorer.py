@@ -12,9 +12,9 @@ import pytest
 from trustvlm.contract.bundle import BundleMismatchError
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.messages import Decision, Reason
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.preprocess import preprocess_batch
-from trustvlm.runtime.scorer import ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.decode.preprocess import preprocess_batch
+from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
 
 from .conftest import ERROR_PIXEL, NAN_PIXEL, fault_image
 

@@ -16,7 +16,7 @@ from trustvlm.runtime.cli import main
 from trustvlm.runtime.config import ServiceConfig
 from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
 from trustvlm.runtime.messages import Decision
-from trustvlm.runtime.security import (AllowList, SecurityConfig, SecurityError, configure_curve_client,
+from trustvlm.runtime.ingest.security import (AllowList, SecurityConfig, SecurityError, configure_curve_client,
                                        create_keypair, load_keypair)
 
 from .conftest import Subscriber, fault_image

@@ -1,4 +1,4 @@
-"""Per-camera replay and order policy (runtime/sequence.py), in process and against the running service."""
+"""Per-camera replay and order policy (runtime/ingest/sequence.py), in process and against the running service."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason
 from trustvlm.runtime.metrics import capture_latency_is_plausible
-from trustvlm.runtime.sequence import SequenceGuard
+from trustvlm.runtime.ingest.sequence import SequenceGuard
 
 from .conftest import fault_image
 
@@ -30,7 +30,7 @@ def outcomes(guard: SequenceGuard, sent: list[tuple[str, int, int]]) -> list[str
 
 def test_repeated_and_older_seqs_are_deferred_and_a_restart_passes(caplog):
     guard = SequenceGuard()
-    caplog.set_level(logging.INFO, "trustvlm.runtime.sequence")
+    caplog.set_level(logging.INFO, "trustvlm.runtime.ingest.sequence")
     assert outcomes(guard, [("a", 5, 100), ("a", 5, 100), ("a", 5, 100)]) == ["pass", "duplicate", "duplicate"]
     assert outcomes(guard, [("b", 600, 100), ("b", 599, 101), ("b", 598, 102), ("b", 0, 50)]) == \
         ["pass", "out_of_order", "out_of_order", "out_of_order"]  # a seq 0 captured earlier is a replay
@@ -105,9 +105,16 @@ def test_the_service_defers_replays_and_accepts_a_restarted_camera(serve, subscr
     # And a frame with capture time 0 (no staleness deadline here: scored) stays out of the latency histogram
     send_frame(sender, FrameHeader("z", 0, 0, Encoding.RAW, image.shape, "uint8"), image.tobytes())
     assert subscriber.wait_for(lambda s: len(s.decisions) == len(sent) + 1, 20)
-    metrics = urllib.request.urlopen(f"{service.metrics}/metrics", timeout=10).read().decode()
-    histogram = dict(re.findall(r"^trustvlm_latency_from_capture_(seconds_count|seconds_sum|excluded_total) (\S+)$",
-                                metrics, re.M))
+    def histogram() -> dict:  # counted once sent: the last decision may reach us just before its count
+        metrics = urllib.request.urlopen(f"{service.metrics}/metrics", timeout=10).read().decode()
+        return dict(re.findall(r"^trustvlm_latency_from_capture_(seconds_count|seconds_sum|excluded_total) (\S+)$",
+                               metrics, re.M))
+
+    deadline = time.monotonic() + 20  # a guard only: the loop ends when the counts add up to every decision
+    while (sum(float(histogram().get(k, 0)) for k in ("seconds_count", "excluded_total")) < len(sent) + 1
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    histogram = histogram()
     assert float(histogram["seconds_count"]) == 3 and float(histogram["excluded_total"]) == 6, histogram
     assert float(histogram["seconds_sum"]) < 60, histogram
     assert service.stop() == 0

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trustvlm.contract.files import sha256_file
 from trustvlm.contract.manifest import read_manifest
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.tensorrt_engine import TensorRTEncoder
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.scoring.tensorrt_engine import TensorRTEncoder
 
 from . import fake_tensorrt
 
@@ -92,7 +92,7 @@ def tiny_engine(tmp_path):
 def fmnist_pixels(demo_artifacts) -> np.ndarray:
     """20 Fashion-MNIST test images preprocessed as the demo model's manifest says (uint8 20 x 32 x 32 x 3)."""
     from trustvlm.data.fashion_mnist import load_split, to_rgb  # noqa: PLC0415
-    from trustvlm.runtime.preprocess import PreprocessConfig, preprocess_batch  # noqa: PLC0415
+    from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batch  # noqa: PLC0415
 
     config = PreprocessConfig.from_dict(read_manifest(demo_artifacts)["preprocess"])
     return preprocess_batch(to_rgb(load_split("test").images[:20]), config)
@@ -290,7 +290,7 @@ def test_a_cuda_device_other_than_0_is_refused(fake_trt, tiny_engine):
 
 
 def test_the_module_imports_neither_torch_nor_onnx_nor_tensorrt():
-    code = ("import sys, trustvlm.runtime.tensorrt_engine; "
+    code = ("import sys, trustvlm.runtime.scoring.tensorrt_engine; "
             "print(sorted(m for m in ('torch', 'onnx', 'tensorrt') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
     assert result.returncode == 0, result.stderr
@@ -317,7 +317,7 @@ def _why_no_real_tensorrt() -> str | None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_a_real_engine_matches_onnx_runtime_on_fashion_mnist(demo_artifacts, fmnist_pixels, tmp_path, precision):
     from trustvlm.export.tensorrt_engine import build_engine  # noqa: PLC0415
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415
 
     onnx_path = demo_artifacts / ("image_encoder.onnx" if precision == "fp32" else "image_encoder.fp16.onnx")
     engine_path = build_engine(onnx_path, tmp_path, precision=precision)  # strongly typed: the graph's precision

@@ -17,9 +17,9 @@ import pytest
 from trustvlm.contract.scores import HEAD_INPUT
 from trustvlm.runtime.frames import Encoding, FrameHeader, ReceivedFrame
 from trustvlm.runtime.messages import Decision
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.scorer import ScorerConfig, check_batch_limits, load_scorer
-from trustvlm.runtime.tensorrt_engine import TensorRTEncoder
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.scoring.scorer import ScorerConfig, check_batch_limits, load_scorer
+from trustvlm.runtime.scoring.tensorrt_engine import TensorRTEncoder
 
 from . import fake_tensorrt
 

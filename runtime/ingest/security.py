@@ -40,7 +40,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-log = logging.getLogger("trustvlm.runtime.security")
+log = logging.getLogger("trustvlm.runtime.ingest.security")
 
 INGEST_DOMAIN = "trustvlm-ingest"
 PUBLISH_DOMAIN = "trustvlm-publish"

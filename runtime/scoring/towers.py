@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 from trustvlm.contract.bundle import BundleMismatchError, engine_sha256
 from trustvlm.contract.manifest import encoder_path, read_manifest
-from trustvlm.runtime.engines import ImageEngine, open_image_engine
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.preprocess import PreprocessConfig
-from trustvlm.runtime.scorer_config import ScorerConfig
+from trustvlm.runtime.scoring.engines import ImageEngine, open_image_engine
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.decode.preprocess import PreprocessConfig
+from trustvlm.runtime.scoring.scorer_config import ScorerConfig
 
 __all__ = ["ImageTower", "open_tower", "check_batch_limits"]
 

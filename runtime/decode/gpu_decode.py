@@ -2,7 +2,7 @@
 Jetson its hardware JPEG decoder.
 
 Strictness stays the CPU decoder's: libjpeg-turbo raises on every warning, and nvJPEG is not
-known to. So each JPEG first passes :func:`~trustvlm.runtime.image_codec.decode_jpeg` at 1/8 scale
+known to. So each JPEG first passes :func:`~trustvlm.runtime.decode.image_codec.decode_jpeg` at 1/8 scale
 (every guard, and the whole entropy-coded scan, which is where libjpeg warns: a damaged JPEG is
 refused at every scale), on the pool's threads; only those that pass go to the GPU, as one batch,
 and come back as host pixels for the resize. The GPU takes the inverse DCT and colour conversion
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from trustvlm.runtime.frames import Encoding, ReceivedFrame
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image, decode_jpeg
+from trustvlm.runtime.decode.image_codec import FrameDecodeError, decode_image, decode_jpeg
 from trustvlm.runtime.messages import Reason
 
 #: What to install for --decoder nvimgcodec: the CUDA 13 build with nvJPEG, as today's onnxruntime-gpu wheels on PyPI

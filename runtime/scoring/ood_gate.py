@@ -13,8 +13,8 @@ import numpy as np
 
 from trustvlm.contract.bundle import PrototypeBundle
 from trustvlm.contract.ood_gate import GATE_EMBEDDING_INPUT, GATE_OUTPUT, GATE_PIXELS_INPUT
-from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
-from trustvlm.runtime.ort_providers import TensorRTProviderSettings
+from trustvlm.runtime.scoring.onnx_engine import EngineError, OnnxEncoder
+from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings
 
 __all__ = ["OodGateSession", "open_ood_gate"]
 
@@ -26,7 +26,7 @@ class OodGateSession:
                  threads: int | None, max_batch: int, spin: bool = True):
         self.threshold = float(bundle.info.ood_gate.threshold)
         self.engine = OnnxEncoder(bundle.ood_gate_path, providers, allow_fallback, threads,
-                                  tensorrt=TensorRTProviderSettings(max_batch=max_batch), spin=spin)
+                                  tensorrt=TensorRTProviderSettings(max_batch=max_batch), spin=spin, arena=False)
         inputs = [item.name for item in self.engine.session.get_inputs()]
         outputs = [item.name for item in self.engine.session.get_outputs()]
         if inputs != [GATE_PIXELS_INPUT, GATE_EMBEDDING_INPUT] or outputs != [GATE_OUTPUT]:

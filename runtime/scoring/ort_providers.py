@@ -20,7 +20,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from trustvlm.contract.files import sha256_file
-from trustvlm.runtime.gpu_info import GpuUnavailableError, describe_cuda_device
+from trustvlm.runtime.scoring.gpu_info import GpuUnavailableError, describe_cuda_device
 
 TENSORRT_PROVIDER, CUDA_PROVIDER = "TensorrtExecutionProvider", "CUDAExecutionProvider"
 CACHE_FOLDER = "ort_trt_cache"

@@ -38,10 +38,10 @@ import numpy as np
 
 from trustvlm.contract.decode_gate import check_decode_gate
 from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.gpu_decode import DECODER_BACKENDS, NvImageCodecBatch
-from trustvlm.runtime.image_codec import FrameDecodeError, decode_image
+from trustvlm.runtime.decode.gpu_decode import DECODER_BACKENDS, NvImageCodecBatch
+from trustvlm.runtime.decode.image_codec import FrameDecodeError, decode_image
 from trustvlm.runtime.messages import Reason
-from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, resize_and_crop
 
 log = logging.getLogger("trustvlm.runtime.decode")
 
@@ -74,7 +74,7 @@ class DecodeConfig:
         workers: Decode threads; None: one per core; 0: decode on the scoring thread, not pipelined.
         scale: ``auto``: JPEG at 1/2, 1/4 or 1/8 scale when still >= the model's input size (only for a
             model that passed its decode gate); ``full``: always full size.
-        decoder: A key of :data:`~trustvlm.runtime.gpu_decode.DECODER_BACKENDS`: ``cpu`` (libjpeg-turbo,
+        decoder: A key of :data:`~trustvlm.runtime.decode.gpu_decode.DECODER_BACKENDS`: ``cpu`` (libjpeg-turbo,
             strict) or ``nvimgcodec`` (JPEG batches on the GPU, validated strictly on the CPU first).
     """
 
@@ -106,7 +106,7 @@ class FramePreparer:
     """Decodes one frame (full or reduced) and resizes it for each tower; never raises for a bad frame.
 
     Args:
-        decode: The decoder (default :func:`~trustvlm.runtime.image_codec.decode_image`), called with
+        decode: The decoder (default :func:`~trustvlm.runtime.decode.image_codec.decode_image`), called with
             the frame and the smallest short side wanted (0: full size).
     """
 

@@ -39,8 +39,8 @@ import numpy as np
 import onnxruntime as ort
 
 from trustvlm.contract.files import sha256_file
-from trustvlm.runtime.gpu_info import check_tensorrt_version
-from trustvlm.runtime.onnx_engine import EngineError
+from trustvlm.runtime.scoring.gpu_info import check_tensorrt_version
+from trustvlm.runtime.scoring.onnx_engine import EngineError
 
 PROVIDER_NAME = "TensorRTEngine"
 _LOGGER: tuple | None = None  # (tensorrt module, its logger): TensorRT keeps the first logger it is given

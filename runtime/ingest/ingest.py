@@ -2,11 +2,11 @@
 
 :class:`~trustvlm.runtime.service.TrustService` reads frames from any object that fits the
 :class:`Ingest` protocol; ``trustvlm serve`` passes the ZeroMQ one
-(:class:`~trustvlm.runtime.transport.ZmqIngest`, built by
-:func:`~trustvlm.runtime.transport.zmq_ingest_for`). A new transport is one class with
+(:class:`~trustvlm.runtime.ingest.transport.ZmqIngest`, built by
+:func:`~trustvlm.runtime.ingest.transport.zmq_ingest_for`). A new transport is one class with
 ``open``/``receive``/``close`` that turns what it receives into :data:`IngestResult` values,
-usually through :func:`trustvlm.runtime.wire.parse_message` (schema-1 and imagezmq headers, with
-the size and image-format guards of :mod:`trustvlm.runtime.image_codec`).
+usually through :func:`trustvlm.runtime.ingest.wire.parse_message` (schema-1 and imagezmq headers, with
+the size and image-format guards of :mod:`trustvlm.runtime.decode.image_codec`).
 
 Every ingest result is one of: a :class:`~trustvlm.runtime.frames.ReceivedFrame` ready for
 scoring, a :class:`~trustvlm.runtime.frames.Notice` (a frame that names its camera but is
@@ -25,7 +25,7 @@ from trustvlm.runtime.messages import Reason
 if TYPE_CHECKING:
     import zmq
 
-    from trustvlm.runtime.security import CurveServer
+    from trustvlm.runtime.ingest.security import CurveServer
 
 
 @dataclass(frozen=True)

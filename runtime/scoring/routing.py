@@ -1,9 +1,9 @@
 """One service, many cameras: each camera's frames scored against its own bundle, the image encoder run once.
 
 ``serve --bundles cameras.toml`` reads a camera map (:mod:`trustvlm.contract.camera_map`) and loads
-one :class:`~trustvlm.runtime.scorer.BundleScorer` per bundle folder. Every bundle must have been
+one :class:`~trustvlm.runtime.scoring.scorer.BundleScorer` per bundle folder. Every bundle must have been
 calibrated on the same image encoder files (the same sha256, precision and preprocessing): the
-scorers then share one encoder session (:func:`~trustvlm.runtime.towers.open_tower` reuses it), and
+scorers then share one encoder session (:func:`~trustvlm.runtime.scoring.towers.open_tower` reuses it), and
 each adds only its trust head and gate (a few small matrix products).
 
 :class:`RoutedScorer` scores a batch of frames of several cameras in three steps: each frame's
@@ -11,7 +11,10 @@ route (the camera map's most specific entry; a camera without one is deferred ``
 image encoder once over every frame, then each bundle's trust head, gate and threshold over its
 own rows. A batch whose frames all go to one bundle takes that bundle's own path (on a GPU, the
 IOBinding path that keeps embeddings on the device); a mixed batch brings the embeddings (a few
-hundred floats a frame) to the host between the encoder and the heads.
+hundred floats a frame) to the host between the encoder and the heads, and runs the heads and gates of
+every bundle in one call of the stacked graph (:mod:`~trustvlm.runtime.scoring.stacked_heads`: bundles of
+one structure share one head and gate whose rows each take their own bundle's constants), or, where the
+heads cannot be stacked (no onnx package, ``stack_heads`` off), one head and one gate call per bundle.
 
 :class:`RoutedLoader` builds routed scorers at start and on reload: a bundle folder whose files
 did not change keeps its scorer object; a changed one is loaded and self-checked first; a refused
@@ -28,13 +31,15 @@ import numpy as np
 
 from trustvlm.contract.bundle import BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE, BundleMismatchError
 from trustvlm.contract.camera_map import DEFAULT_ROUTE, CameraMap, read_camera_map
-from trustvlm.runtime.decode_pool import FramePreparer
+from trustvlm.contract.scores import HEAD_INPUT
+from trustvlm.runtime.decode.decode_pool import FramePreparer
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, bundle_entry
-from trustvlm.runtime.onnx_engine import EngineError
-from trustvlm.runtime.scorer import BundleScorer, ScorerConfig, load_scorer
+from trustvlm.runtime.scoring.onnx_engine import EngineError
+from trustvlm.runtime.scoring.scorer import BundleScorer, ScorerConfig, TrustHeadOutput, load_scorer
+from trustvlm.runtime.scoring.stacked_heads import StackedHeads, stack_heads
 
-__all__ = ["RoutedScorer", "RoutedLoader", "RouteError"]
+__all__ = ["RoutedScorer", "RoutedLoader", "RouteError", "MapWatch"]
 
 log = logging.getLogger("trustvlm.serve")
 
@@ -54,6 +59,7 @@ class RoutedScorer:
         scorers: ``{route: scorer}`` (routes of one folder share one scorer object).
         primary: The default route's scorer, else the first one: its model, bundle and threshold are
             the heartbeat's single-bundle fields.
+        stacked: Every bundle's head and gate as one graph (None: one call per bundle), and why not.
     """
 
     decodes_own_frames = False
@@ -70,6 +76,16 @@ class RoutedScorer:
         self.threshold, self.score_name = self.primary.threshold, self.primary.score_name
         self._routes: dict[str, BundleScorer | None] = {}
         self._prepare = FramePreparer()
+        distinct = list({id(scorer): scorer for scorer in scorers.values()}.values())
+        self._stack_index = {id(scorer): index for index, scorer in enumerate(distinct)}
+        self.stacked: StackedHeads | None = None
+        self.stacked_why_not = "one bundle" if len(distinct) == 1 else "stack_heads is off"
+        config = self.primary.config
+        if len(distinct) > 1 and config.stack_heads:
+            self.stacked, self.stacked_why_not = stack_heads(
+                [_verified(scorer, scorer.bundle.trust_head_path) for scorer in distinct],
+                [_verified(scorer, scorer.bundle.ood_gate_path) for scorer in distinct],
+                config.providers, config.allow_fallback, config.max_batch, config.spin)
 
     def scorer_for(self, camera_id: str) -> BundleScorer | None:
         """The scorer of `camera_id`'s frames (None: no entry of the map and no default)."""
@@ -135,6 +151,9 @@ class RoutedScorer:
         batches = {name: np.stack([prepared[index][name] for index in order]) for name in self.towers}
         try:
             feed = self.primary.encode(batches)
+            route = np.concatenate([np.full(len(rows), self._stack_index[id(scorer)], np.int64)
+                                    for scorer, rows in groups])
+            stacked = self._run_stacked(batches, feed, route) if self.stacked is not None else None
         except EngineError as error:
             for scorer, rows in groups:
                 _defer_engine_error(scorer, frames, rows, error, decisions)
@@ -144,13 +163,42 @@ class RoutedScorer:
             part = slice(start, start + len(rows))
             start += len(rows)
             try:
-                output, typicality = scorer.run_head({k: v[part] for k, v in batches.items()},
-                                                     {k: v[part] for k, v in feed.items()})
+                if stacked is None:
+                    output, typicality = scorer.run_head({k: v[part] for k, v in batches.items()},
+                                                         {k: v[part] for k, v in feed.items()})
+                else:
+                    output, typicality = self._stacked_part(stacked, scorer, part)
             except EngineError as error:
                 _defer_engine_error(scorer, frames, rows, error, decisions)
                 continue
             for row, index in enumerate(rows):
                 decisions[index] = scorer.decision_for(frames[index], output, row, float(typicality[row]))
+
+    def _run_stacked(self, batches: dict[str, np.ndarray], feed: dict[str, np.ndarray], route: np.ndarray) -> list:
+        """The stacked graph over every row, in chunks of the engines' batch limit: per bundle, outputs, typicality."""
+        rows = len(feed[HEAD_INPUT])
+        step = max(1, int(min(rows, self.primary.batch_limit)))
+        runs = [self.stacked.run(batches[HEAD_INPUT][start:start + step],
+                                 {name: value[start:start + step] for name, value in feed.items()},
+                                 route[start:start + step])
+                for start in range(0, rows, step)]
+        if len(runs) == 1:
+            return list(zip(runs[0].heads, runs[0].typicality))
+        return [([np.concatenate([run.heads[k][i] for run in runs]) for i in range(len(runs[0].heads[k]))],
+                 None if runs[0].typicality[k] is None else np.concatenate([run.typicality[k] for run in runs]))
+                for k in range(len(runs[0].heads))]
+
+    def _stacked_part(self, stacked: list, scorer: BundleScorer, part: slice) -> tuple[TrustHeadOutput, np.ndarray]:
+        """`scorer`'s outputs and typicality for the rows of `part`, out of the stacked run."""
+        values, typicality = stacked[self._stack_index[id(scorer)]]
+        output = TrustHeadOutput(**{name: value[part] for name, value in zip(scorer.head_outputs, values)})
+        rows = part.stop - part.start
+        return output, np.full(rows, np.inf, np.float32) if typicality is None else typicality[part]
+
+
+def _verified(scorer: BundleScorer, path: Path | None) -> tuple[Path, str] | None:
+    """A bundle file with the sha256 its bundle.json records (what load_bundle verified), None for no file."""
+    return None if path is None else (path, scorer.bundle.info.files[Path(path).name])
 
 
 def _defer_engine_error(scorer: BundleScorer, frames, rows: list[int], error: EngineError, decisions: list) -> None:
@@ -178,7 +226,33 @@ def folder_signature(folder: Path) -> tuple:
     return tuple(_file_signature(folder / name) for name in (BUNDLE_JSON, PROTOTYPES_FILE, TRUST_HEAD_FILE))
 
 
-class RoutedLoader:
+class MapWatch:
+    """Notices a changed camera map: its file or one of its bundle folders, changed and then unchanged for one poll.
+
+    Subclasses set ``map_file``, list the loaded folders in :meth:`watched_folders` and call :meth:`mark_loaded`
+    after each load (or refused reload: the change is then taken as seen).
+    """
+
+    map_file: Path
+    _seen = _current = None
+
+    def watched_folders(self) -> list[Path]:
+        raise NotImplementedError
+
+    def signature(self) -> tuple:
+        return (_file_signature(self.map_file), *(folder_signature(folder) for folder in self.watched_folders()))
+
+    def mark_loaded(self) -> None:
+        self._seen = self._current = self.signature()
+
+    def changed(self) -> bool:
+        """True when the map file or a bundle folder changed since the last load, and stayed so since the last poll."""
+        current = self.signature()
+        stable, self._seen = current == self._seen, current
+        return stable and current != self._current
+
+
+class RoutedLoader(MapWatch):
     """Builds :class:`RoutedScorer` objects from a camera map, reusing the scorers of unchanged bundle folders.
 
     It is also the service's reloader for a camera map (the interface of
@@ -199,7 +273,6 @@ class RoutedLoader:
             artifacts, map_file, config, aux_artifacts, load)
         self.slot = self.observer = None
         self._loaded: dict[Path, tuple[tuple, BundleScorer]] = {}
-        self._seen = self._current = None
 
     def load_all(self, previous: RoutedScorer | None = None) -> tuple[RoutedScorer, list[str]]:
         """A routed scorer for the current camera map, and what was refused (one line each).
@@ -240,17 +313,14 @@ class RoutedLoader:
             any_scorer = any_scorer or scorer
             scorers[route], loaded[key] = scorer, (signature, scorer)
         self._loaded = loaded
-        self._seen = self._current = self._signature()
-        return RoutedScorer(camera_map, scorers), refused
+        self.mark_loaded()
+        routed = RoutedScorer(camera_map, scorers)
+        if routed.stacked is None and len(loaded) > 1:
+            log.info("the bundles' trust heads run one call per bundle in a mixed batch: %s", routed.stacked_why_not)
+        return routed, refused
 
-    def _signature(self) -> tuple:
-        return (_file_signature(self.map_file), *(folder_signature(key) for key in self._loaded))
-
-    def changed(self) -> bool:
-        """True when the map file or a bundle folder changed since the last load, and stayed so since the last poll."""
-        current = self._signature()
-        stable, self._seen = current == self._seen, current
-        return stable and current != self._current
+    def watched_folders(self) -> list[Path]:
+        return list(self._loaded)
 
     def reload(self, trigger: str) -> bool:
         """Re-read the map, load what changed, swap it in; True when nothing was refused."""
@@ -258,7 +328,7 @@ class RoutedLoader:
         try:
             new, refused = self.load_all(old)
         except Exception as error:  # noqa: BLE001 - an unreadable map keeps every camera as it was
-            self._current = self._seen = self._signature()
+            self.mark_loaded()
             log.error("camera map reload refused (%s): %s; keeping every bundle", trigger, error)
             self.observer.on_reload(False, str(error))
             return False

@@ -1,4 +1,4 @@
-"""ZeroMQ ingest transport: one socket in, each message handed to :func:`~trustvlm.runtime.wire.parse_message`.
+"""ZeroMQ ingest transport: one socket in, each message handed to :func:`~trustvlm.runtime.ingest.wire.parse_message`.
 
 Which socket to use:
 
@@ -11,11 +11,11 @@ Which socket to use:
   by inference.
 
 A hard cap (``MAXMSGSIZE``, a multiple of the payload limit) makes ZeroMQ itself drop absurd
-messages before they are buffered; every other check is :mod:`trustvlm.runtime.wire`'s.
+messages before they are buffered; every other check is :mod:`trustvlm.runtime.ingest.wire`'s.
 
 Authentication (optional): :class:`ZmqIngest` takes a
-:class:`~trustvlm.runtime.security.CurveServer`; the socket is then a CurveZMQ server whose
-clients are checked against an allow-list by the ZAP handler (see runtime/security.py).
+:class:`~trustvlm.runtime.ingest.security.CurveServer`; the socket is then a CurveZMQ server whose
+clients are checked against an allow-list by the ZAP handler (see runtime/ingest/security.py).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any, Protocol
 
 import zmq
 
-from trustvlm.runtime.ingest import FrameLimits, IngestFactory, IngestResult
-from trustvlm.runtime.security import CurveServer
-from trustvlm.runtime.wire import ImagezmqNamer, parse_message
+from trustvlm.runtime.ingest.ingest import FrameLimits, IngestFactory, IngestResult
+from trustvlm.runtime.ingest.security import CurveServer
+from trustvlm.runtime.ingest.wire import ImagezmqNamer, parse_message
 
-log = logging.getLogger("trustvlm.runtime.ingest")
+log = logging.getLogger("trustvlm.runtime.ingest.ingest")
 
 
 class SocketType(str, Enum):
@@ -79,7 +79,7 @@ class IngestConfig:
 
 
 class ZmqIngest:
-    """The ZeroMQ :class:`~trustvlm.runtime.ingest.Ingest`: receive, check, and (REP) acknowledge one message at a time.
+    """The ZeroMQ :class:`~trustvlm.runtime.ingest.ingest.Ingest`: receive, check, and (REP) acknowledge one message at a time.
 
     Not thread-safe: one thread opens, receives and closes it. On a ZeroMQ error other than a
     timeout the socket is closed and recreated after a back-off (imagezmq's recipe).

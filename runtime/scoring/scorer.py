@@ -2,16 +2,16 @@
 
 A :class:`BundleScorer` is one verified prototype bundle with its sessions: the model's image
 encoder (an ONNX Runtime session, or a TensorRT engine with ``backend="tensorrt-engine"``, see
-:mod:`trustvlm.runtime.engines`), the auxiliary image encoder for a bundle whose image
+:mod:`trustvlm.runtime.scoring.engines`), the auxiliary image encoder for a bundle whose image
 prototypes come from one (TrustVLM's DINOv2 option), and the bundle's ``trust_head.onnx``. ONNX
-Runtime sessions are created through :class:`~trustvlm.runtime.onnx_engine.OnnxEncoder` on one
+Runtime sessions are created through :class:`~trustvlm.runtime.scoring.onnx_engine.OnnxEncoder` on one
 provider list, so a GPU provider that ONNX Runtime cannot give is refused unless the CPU
 fallback was asked for.
 
 Decision rule: accept iff the bundle's score (the trust head output its entry of
 :data:`trustvlm.contract.scores.SCORES` names: ``kappa`` for ``trustvlm``, ``kappa_star`` for
 ``trustvlm_star``) ``>= threshold``, once the bundle's out-of-distribution gate, if it has one,
-passed the frame (:mod:`trustvlm.runtime.ood_gate`; an atypical frame defers, ``out_of_distribution``).
+passed the frame (:mod:`trustvlm.runtime.scoring.ood_gate`; an atypical frame defers, ``out_of_distribution``).
 A bundle without a feasible, finite threshold (``inf``, NaN, or ``-inf``, which would accept
 everything) defers everything (``no_threshold``). A predicted
 class outside the bundle's classes is an engine error for that frame. Failures never stop the
@@ -25,11 +25,12 @@ go up and the small outputs come back. Otherwise the plain ``run`` path is used 
 only add copies). The binding logic is tested on the CPU with CPU OrtValues; on a GPU it runs
 where one exists (tests/runtime/test_gpu_scorer.py). :class:`ScorerSlot` holds the current scorer;
 a reload builds and self-checks a new one first, then swaps the reference (atomic for the scoring
-thread, which reads it once per batch). Many bundles over one encoder: :mod:`trustvlm.runtime.routing`.
+thread, which reads it once per batch). Many bundles over one encoder: :mod:`trustvlm.runtime.scoring.routing`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -45,17 +46,17 @@ from trustvlm.contract.bundle import (BundleError, PrototypeBundle, load_bundle,
 from trustvlm.contract.manifest import model_name, read_manifest
 from trustvlm.contract.scores import (AUX_HEAD_INPUT, FLOAT_OUTPUTS, FUSED_OUTPUTS, HEAD_INPUT, HEAD_OUTPUTS,
                                       score_spec)
-from trustvlm.runtime.decode_pool import FramePreparer
-from trustvlm.runtime.engines import backend_spec, device_of
+from trustvlm.runtime.decode.decode_pool import FramePreparer
+from trustvlm.runtime.scoring.engines import backend_spec, device_of
 from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.image_codec import decode_image
+from trustvlm.runtime.decode.image_codec import decode_image
 from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, TopKEntry, bundle_entry
-from trustvlm.runtime.onnx_engine import EngineError, OnnxEncoder
-from trustvlm.runtime.ood_gate import open_ood_gate
-from trustvlm.runtime.ort_providers import TensorRTProviderSettings
-from trustvlm.runtime.preprocess import PreprocessConfig, resize_and_crop
-from trustvlm.runtime.scorer_config import ScorerConfig
-from trustvlm.runtime.towers import ImageTower, check_batch_limits, open_tower
+from trustvlm.runtime.scoring.onnx_engine import EngineError, OnnxEncoder
+from trustvlm.runtime.scoring.ood_gate import open_ood_gate
+from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings
+from trustvlm.runtime.decode.preprocess import PreprocessConfig, resize_and_crop
+from trustvlm.runtime.scoring.scorer_config import ScorerConfig
+from trustvlm.runtime.scoring.towers import ImageTower, check_batch_limits, open_tower
 
 __all__ = ["Scorer", "ScorerConfig", "TrustHeadOutput", "ImageTower", "BundleScorer", "ScorerSlot", "load_scorer",
            "bundle_id_of", "model_id_of"]
@@ -65,7 +66,7 @@ SMALL_GRAPH_THREADS = 1
 
 class Scorer(Protocol):
     """What the service's scoring loop needs of a scorer (:class:`BundleScorer`, a camera map's
-    :class:`~trustvlm.runtime.routing.RoutedScorer`, the cluster's gateway scorer).
+    :class:`~trustvlm.runtime.scoring.routing.RoutedScorer`, the cluster's gateway scorer).
 
     ``decodes_own_frames``: True when :meth:`decide` takes the frames as received and decodes them itself
     (the cluster scorer's replicas do); False when the service's decode pool prepares them first, with
@@ -104,9 +105,15 @@ class TrustHeadOutput:
     fused_star: np.ndarray | None = None
 
     def non_finite_fields(self, row: int) -> list[str]:
-        """Names of the float outputs that are NaN or inf in `row`."""
-        return [name for name in FLOAT_OUTPUTS + FUSED_OUTPUTS
-                if getattr(self, name) is not None and not np.all(np.isfinite(getattr(self, name)[row]))]
+        """Names of the float outputs that are NaN or inf in `row` (checked for the whole batch at the first call)."""
+        names, bad = self._non_finite
+        return [name for name, column in zip(names, bad) if column[row]]
+
+    @functools.cached_property
+    def _non_finite(self) -> tuple[list[str], list[np.ndarray]]:
+        names = [name for name in FLOAT_OUTPUTS + FUSED_OUTPUTS if getattr(self, name) is not None]
+        rows = len(self.kappa)
+        return names, [~np.isfinite(getattr(self, name)).reshape(rows, -1).all(axis=1) for name in names]
 
 
 def bundle_id_of(bundle: PrototypeBundle) -> str:
@@ -144,7 +151,8 @@ class BundleScorer:
         self.towers = {tower.head_input: tower for tower in towers}
         self.encoder, self.preprocess = towers[0].engine, towers[0].preprocess
         self.head = OnnxEncoder(bundle.trust_head_path, config.providers, config.allow_fallback, SMALL_GRAPH_THREADS,
-                                tensorrt=TensorRTProviderSettings(max_batch=config.max_batch), spin=config.spin)
+                                tensorrt=TensorRTProviderSettings(max_batch=config.max_batch), spin=config.spin,
+                                arena=False)
         inputs = [item.name for item in self.head.session.get_inputs()]
         names = [output.name for output in self.head.session.get_outputs()]
         expected = list(HEAD_OUTPUTS) + [name for name in FUSED_OUTPUTS if name in info.fused]
@@ -271,7 +279,7 @@ class BundleScorer:
     def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """Decode, preprocess and score `frames` as one batch; one decision per frame, in order.
 
-        `prepared` (from :mod:`trustvlm.runtime.decode_pool`): per frame, its pixels by head input or
+        `prepared` (from :mod:`trustvlm.runtime.decode.decode_pool`): per frame, its pixels by head input or
         its defer Notice; None decodes here. Never raises for a frame or engine failure: those frames
         are deferred with the reason.
         """

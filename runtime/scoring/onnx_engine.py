@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from trustvlm.runtime.ort_providers import TensorRTProviderSettings, with_provider_options
+from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings, with_provider_options
 
 CPU_PROVIDER = "CPUExecutionProvider"
 PROVIDER_ALIASES = {
@@ -54,12 +54,14 @@ class OnnxEncoder:
 
     def __init__(self, path: str | os.PathLike, providers: tuple[str, ...] = ("cpu",),
                  allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
-                 tensorrt: TensorRTProviderSettings | None = None, spin: bool = True):
+                 tensorrt: TensorRTProviderSettings | None = None, spin: bool = True, arena: bool = True):
         """Open `path` on `providers`; the TensorRT provider gets `tensorrt`'s cache and batch profile
-        (default: batch 1..8) and the CUDA provider after it (see :mod:`trustvlm.runtime.ort_providers`).
+        (default: batch 1..8) and the CUDA provider after it (see :mod:`trustvlm.runtime.scoring.ort_providers`).
 
         `spin`: ONNX Runtime's intra-op threads spin-wait for the next run (its default); False lets them
-        sleep, so that other threads of the process (the decode pool) get the cores between runs."""
+        sleep, so that other threads of the process (the decode pool) get the cores between runs. `arena`: False
+        allocates each run's tensors as needed instead of keeping ONNX Runtime's growing CPU arena (for graphs of
+        a few small products: the trust heads and gates, where an arena per session is memory for nothing)."""
         self.path = Path(path)
         if not self.path.exists():
             raise EngineError(f"engine file {self.path} does not exist")
@@ -70,6 +72,7 @@ class OnnxEncoder:
             options.intra_op_num_threads = threads
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = arena
         try:
             with_options = with_provider_options(self.path, requested, tensorrt)
             requested = [item[0] if isinstance(item, tuple) else item for item in with_options]

@@ -7,9 +7,9 @@ to the first ``|``, as sent, and must be a valid camera id (else a counted rejec
 never rewritten, so two senders cannot become one camera); ``seq`` counts that camera's frames on
 arrival, and the capture time is the receipt time.
 
-Limits are explicit (:class:`~trustvlm.runtime.ingest.FrameLimits`): header and payload bytes,
+Limits are explicit (:class:`~trustvlm.runtime.ingest.ingest.FrameLimits`): header and payload bytes,
 and image width/height, read from the JPEG/PNG header (or the raw shape) before anything is
-decoded or multiplied (:mod:`trustvlm.runtime.image_codec`). A frame over a limit is deferred
+decoded or multiplied (:mod:`trustvlm.runtime.decode.image_codec`). A frame over a limit is deferred
 with a reason (when its header names the camera) or counted as a rejection. Headers are unpacked
 with msgpack length limits (:data:`~trustvlm.runtime.schema.HEADER_UNPACK_LIMITS`); nothing
 received is unpickled or evaluated. :func:`parse_message` never raises: whatever arrives becomes
@@ -23,13 +23,13 @@ import math
 from collections import OrderedDict
 
 from trustvlm.runtime.frames import CAMERA_ID_PATTERN, Encoding, FrameHeader, Notice, ReceivedFrame, check_camera_id
-from trustvlm.runtime.image_codec import PNG_SIGNATURE, FrameDecodeError, probe_image_size
-from trustvlm.runtime.ingest import FrameLimits, IngestResult, Rejection
+from trustvlm.runtime.decode.image_codec import PNG_SIGNATURE, FrameDecodeError, probe_image_size
+from trustvlm.runtime.ingest.ingest import FrameLimits, IngestResult, Rejection
 from trustvlm.runtime.messages import Reason
 from trustvlm.runtime.schema import HEADER_UNPACK_LIMITS, MAX_INT64, MessageError, SchemaVersionError, unpack_message
 
 # Kept under the name the ingest has always logged as, so log filters and dashboards keep working.
-log = logging.getLogger("trustvlm.runtime.ingest")
+log = logging.getLogger("trustvlm.runtime.ingest.ingest")
 
 _IMAGEZMQ_KEYS = frozenset({"msg", "dtype", "shape"})
 _IMAGEZMQ_MAX_MSG = 1024

@@ -2,7 +2,7 @@
 
 :data:`DECODERS` maps each :class:`~trustvlm.runtime.frames.Encoding` to a :class:`Decoder`: how
 its width and height are read from the payload's own header before anything is decoded (the
-ingest checks them against :class:`~trustvlm.runtime.ingest.FrameLimits`), and how the payload
+ingest checks them against :class:`~trustvlm.runtime.ingest.ingest.FrameLimits`), and how the payload
 becomes uint8 RGB pixels behind that format's guards. Another decoder (a strict libjpeg-turbo
 one, reduced-resolution decoding, a GPU decoder) is one entry: replace the encoding's
 :class:`Decoder`, keeping its :class:`FrameDecodeError` reasons.

@@ -8,7 +8,7 @@ backend is one table entry and its module (an engine that fits :class:`ImageEngi
 * ``onnxruntime`` (default): the manifest's ONNX file of the bundle's precision, in an ONNX
   Runtime session on the configured providers (TensorRT EP, CUDA EP, CPU EP).
 * ``tensorrt-engine``: the engine that ``make export FORMAT=engine`` built and listed under the
-  manifest's ``engines``, run by :class:`~trustvlm.runtime.tensorrt_engine.TensorRTEncoder`
+  manifest's ``engines``, run by :class:`~trustvlm.runtime.scoring.tensorrt_engine.TensorRTEncoder`
   (needs tensorrt and an NVIDIA GPU; the trust head still runs in ONNX Runtime, on the CUDA EP).
 
 An engine is used only when it provably comes from the encoder the bundle was calibrated with:
@@ -139,15 +139,15 @@ def tensorrt_engine_path(artifacts_dir: str | Path, manifest: dict, precision: s
 
 
 def _open_onnxruntime(request: EncoderRequest) -> ImageEngine:
-    from trustvlm.runtime.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
-    from trustvlm.runtime.ort_providers import TensorRTProviderSettings  # noqa: PLC0415
+    from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder  # noqa: PLC0415 - keeps this module light
+    from trustvlm.runtime.scoring.ort_providers import TensorRTProviderSettings  # noqa: PLC0415
 
     return OnnxEncoder(request.onnx_file, request.providers, request.allow_fallback, request.threads,
                        request.precision, TensorRTProviderSettings(max_batch=request.max_batch), spin=request.spin)
 
 
 def _open_tensorrt_engine(request: EncoderRequest) -> ImageEngine:
-    from trustvlm.runtime.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
+    from trustvlm.runtime.scoring.tensorrt_engine import TensorRTEncoder  # noqa: PLC0415 - needs tensorrt
 
     path, sha256 = tensorrt_engine_path(request.artifacts_dir, request.manifest, request.precision)
     return TensorRTEncoder(path, expected_sha256=sha256)
@@ -184,7 +184,7 @@ def open_image_engine(artifacts_dir: str | Path, manifest: dict, precision: str,
     Raises:
         ValueError: An unknown backend.
         ArtifactError: Missing, corrupt or mismatched encoder files.
-        trustvlm.runtime.onnx_engine.EngineError: A session or engine that cannot be created.
+        trustvlm.runtime.scoring.onnx_engine.EngineError: A session or engine that cannot be created.
     """
     spec = backend_spec(backend)
     onnx_file = encoder_path(Path(artifacts_dir), manifest, "image", precision)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trustvlm.runtime.engines import ONNXRUNTIME, backend_spec
+from trustvlm.runtime.scoring.engines import ONNXRUNTIME, backend_spec
 
 __all__ = ["SCORING_THREAD_WAIT_MS", "ScorerConfig"]
 
@@ -18,7 +18,7 @@ class ScorerConfig:
     Attributes:
         providers: ONNX Runtime providers, short (cpu, cuda, tensorrt) or full names, in order
             (the trust head's, and the encoders' with the onnxruntime backend).
-        backend: A key of :data:`~trustvlm.runtime.engines.BACKENDS`: ``onnxruntime`` (the exported
+        backend: A key of :data:`~trustvlm.runtime.scoring.engines.BACKENDS`: ``onnxruntime`` (the exported
             ONNX encoders) or ``tensorrt-engine`` (the engines of ``make export FORMAT=engine``;
             needs tensorrt, a GPU and ``providers`` cuda).
         allow_fallback: Accept a session that did not get a requested GPU provider.
@@ -32,6 +32,9 @@ class ScorerConfig:
         max_wait_ms: How long a batch waits for frames of other cameras once one is there. None: 0 beside
             the decode pool (frames that arrive while a batch decodes join the next one; waiting would
             leave the decode threads idle), :data:`SCORING_THREAD_WAIT_MS` when the scoring thread decodes.
+        stack_heads: With a camera map, run every bundle's trust head and gate as one graph
+            (:mod:`~trustvlm.runtime.scoring.stacked_heads`; needs the onnx package, else one call per
+            bundle); False: one call per bundle in the batch.
     """
 
     providers: tuple[str, ...] = ("cpu",)
@@ -42,6 +45,7 @@ class ScorerConfig:
     max_batch: int = 8
     max_wait_ms: float | None = None
     backend: str = ONNXRUNTIME
+    stack_heads: bool = True
 
     def __post_init__(self) -> None:
         backend_spec(self.backend)  # an unknown name is refused here, before any file is read

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.messages import Reason
 
-log = logging.getLogger("trustvlm.runtime.sequence")
+log = logging.getLogger("trustvlm.runtime.ingest.sequence")
 
 #: A frame whose ``seq`` is not above the camera's last one, captured this much later than the last
 #: frame let through, is a restart whatever its ``seq``. Within it, only ``seq`` 0 is.
