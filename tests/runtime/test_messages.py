@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, pack_frame_header
+from trustvlm.contract.scores import SCORES
 from trustvlm.runtime.messages import (Decision, DecisionMessage, HealthMessage, HealthStatus, Reason, TopKEntry,
                                        WireFormat, decode_body, encode_body, topic_for)
 from trustvlm.runtime.schema import (DECISION_SCHEMA, DECISION_SCHEMA_VERSION, FRAME_SCHEMA, FRAME_SCHEMA_VERSION,
@@ -177,6 +178,7 @@ def test_messages_follow_the_schema_documents():
     decision_schema = DECISION_SCHEMA["$defs"]["decision"]["properties"]
     assert decision_schema["reason"]["enum"] == [r.value for r in Reason]
     assert decision_schema["decision"]["enum"] == [d.value for d in Decision]
+    assert decision_schema["score_name"]["enum"] == [*SCORES, ""]  # every score a bundle may choose; "": no_bundle
     assert set(decision_schema) == {f.name for f in fields(DecisionMessage)} | {"kind"}
     assert set(DECISION_SCHEMA["$defs"]["health"]["properties"]) == {f.name for f in fields(HealthMessage)} | {"kind"}
     assert set(FRAME_SCHEMA["properties"]) == {f.name for f in fields(FrameHeader)}
