@@ -17,7 +17,7 @@ EXTRAS_cpu := cpu,export,dev,cluster
 EXTRAS_gpu := gpu,trt,export,dev,cluster
 EXTRAS ?= $(EXTRAS_$(ORT))
 STAMP := $(VENV)/.installed-$(ORT)
-DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
+DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc prometheus
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-frame-path decode-gate bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models clean
@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-system-packages: ## install the Debian packages the demo and tests read (Fashion-MNIST, OpenCV sample videos)
+system-packages: ## install the Debian packages the demo and tests read (Fashion-MNIST, OpenCV sample videos, Prometheus)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \

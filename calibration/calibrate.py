@@ -40,12 +40,13 @@ from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.coverage_limits import certifiable_limit
 from trustvlm.calibration.fused_score import fused_confidence
 from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe, encode_images,
-                                                   prototypes_from_embeddings, sample_shots)
+                                                   prototypes_from_embeddings)
 from trustvlm.calibration.lambda_choice import choose_lambda, choose_lambda_temperature
 from trustvlm.calibration.numerics import softmax
 from trustvlm.calibration.ood_gate import DEFAULT_FALSE_REJECT_RATE, check_gate_args, fit_calibration_gate
 from trustvlm.calibration.pools import SPLIT_SUFFIX, LabelledPool, describe_shots, load_pool, read_class_names
 from trustvlm.calibration.score_choice import choose_score, fit_fused_models, logits_and_similarities
+from trustvlm.calibration.small_data import draw_checked_shots
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, check_prototype_shapes, compute_scores
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import (DEFAULT_THRESHOLD_METHOD, GRID_NOTES, THRESHOLD_METHODS,
@@ -58,6 +59,7 @@ from trustvlm.contract.manifest import encoder_path, model_name, read_manifest
 from trustvlm.contract.fused import FusedModel
 from trustvlm.contract.scores import AUTO_SCORE, DEFAULT_SCORE, SCORES, STAR_PREDICTION
 from trustvlm.contract.threshold import ThresholdChoice
+from trustvlm.data.label_csv import is_label_csv
 from trustvlm.models.prompts import build_prompts, get_templates
 from trustvlm.models.registry import CLIP, IMAGE_ENCODER
 from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
@@ -146,15 +148,6 @@ def check_embedding_size(text_prototypes: np.ndarray | None, image_embeddings: n
         if array is not None and array.shape[1] != expected:
             raise ValueError(f"embedding size mismatch: the {name} returns D={array.shape[1]}, "
                              f"the manifest says D={expected}; re-export the model")
-
-
-def check_held_out(count: int, lam) -> None:
-    """ValueError in one line: too few held-out images after the shots for lambda (`lam` "auto") and a threshold."""
-    if lam == "auto" and count < 8:
-        raise ValueError(f"only {count} held-out image(s) after the shots: too few to choose lambda and a "
-                         "threshold (at least 8: half for lambda, half for the threshold); lower k or add images")
-    if lam != "auto" and count < 1:
-        raise ValueError("no held-out image after the shots to select a threshold on; lower k or add images")
 
 
 def split_held_out(rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,13 +281,12 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     get_tokenizer(encoders.manifest, encoders.artifacts_dir)  # no tokenizer (SigLIP offline): fail now, in one line
     aux = open_prototype_encoder(prototype_encoder, precision, threads)
     recipe = default_recipe(aux is not None) if prototype_recipe is None else check_recipe(prototype_recipe)
-    if image_root is None or Path(data).suffix == SPLIT_SUFFIX:  # else load_pool refuses the mismatch in one line
+    if image_root is None or Path(data).suffix == SPLIT_SUFFIX or is_label_csv(data):  # else load_pool refuses
         check_class_vocabulary(encoders.artifacts_dir, encoders.manifest, read_class_names(data, image_root),
                                allow_unknown_words)  # before reading any pixel
     pool = load_pool(data, image_root)
     check_labels(pool.labels, pool.class_names)
-    candidates = pool.shot_candidates()
-    shots = candidates[sample_shots(pool.labels[candidates], len(pool.class_names), k, seed, pool.class_names)]
+    shots, rest = draw_checked_shots(pool, k, seed, lam, ood_gate, ood_false_reject_rate)  # too few: refused here
     ids = list(map(str, pool.ids))
     embeddings = encode_images(encoders.image, pool.images, encoders.preprocess, ids=ids)
     text = build_text_prototypes(encoders.artifacts_dir, pool.class_names, template_list, precision)
@@ -308,7 +300,6 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     proto_source = embeddings if aux_embeddings is None else aux_embeddings
     image = prototypes_from_embeddings(proto_source, shots, recipe).astype(np.float32).astype(np.float64)
     check_prototype_shapes(text.shape, image.shape, same_dim=aux is None)
-    rest = pool.held_out(shots)
     scoring = _Scoring(embeddings, aux_embeddings, pool.labels, text, image, float(encoders.manifest["logit_scale"]))
     choice, lambda_part, threshold_part, selection = _choose_lambda(score, lam, rest, seed, scoring, pool, shots,
                                                                     alpha, delta)
@@ -369,14 +360,14 @@ class _Scoring:
 def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool, shots: np.ndarray, alpha: float,
                    delta: float) -> tuple[LambdaChoice, np.ndarray, np.ndarray, dict]:
     """Lambda (fixed or auto on one half of `rest`), the score, and the indices of the two halves."""
-    check_held_out(len(rest), lam)
     if lam == "auto":
         lambda_part, threshold_part = split_held_out(rest, seed)
         choice = scoring.choose(score, lambda_part, alpha, delta, seed)
     else:
         lambda_part, threshold_part = rest[:0], rest
         choice = replace(fixed_lambda(lam), score=DEFAULT_SCORE if score == AUTO_SCORE else score)
-    selection = {"data": pool.source, "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),
+    selection = {"data": pool.source, **({"data_sha256": pool.source_sha256} if pool.source_sha256 else {}),
+                 "shots": int(np.size(shots)), "lambda_images": int(len(lambda_part)),
                  "threshold_images": int(len(threshold_part)), "lambda_table": json_safe(choice.table)}
     return choice, lambda_part, threshold_part, selection
 

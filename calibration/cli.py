@@ -93,10 +93,12 @@ def add_calibrate_parser(subparsers) -> None:
                     "calibration split, never the test split.")
     _add_common(parser)
     parser.add_argument("--data", default="fashion-mnist",
-                        help="'fashion-mnist', an image folder with one sub-folder per class, or a CoOp split .json "
-                             "(shots from its 'train' rows, lambda and threshold on 'val'; needs --image-root)")
+                        help="'fashion-mnist', an image folder with one sub-folder per class, a CoOp split .json "
+                             "(shots from its 'train' rows, lambda and threshold on 'val'; needs --image-root), or a "
+                             "path,label .csv (header names path/image/file and label/class/choice columns)")
     parser.add_argument("--image-root", type=Path, default=None,
-                        help="folder the relative image paths of a --data split .json start from")
+                        help="folder the relative image paths of a --data split .json (or .csv: default its own "
+                             "folder) start from")
     parser.add_argument("--prototype-encoder", default="vlm",
                         help="where the image prototypes come from: 'vlm' (the model's own image encoder) or the "
                              "artifacts folder of an auxiliary image encoder, e.g. artifacts/dinov2_vitb14 "
@@ -205,12 +207,15 @@ def add_eval_parser(subparsers) -> None:
     _add_common(parser)
     parser.add_argument("--data", default="fashion-mnist",
                         help="'fashion-mnist', an image folder with one sub-folder per class (shots, lambda and "
-                             "threshold; needs --test-data), or a CoOp split .json (needs --image-root)")
+                             "threshold; needs --test-data), a CoOp split .json (needs --image-root), or a "
+                             "path,label .csv (as a folder)")
     parser.add_argument("--image-root", type=Path, default=None,
-                        help="folder the relative image paths of a --data split .json start from")
+                        help="folder the relative image paths of a --data split .json (or of a .csv, default its "
+                             "own folder) start from")
     parser.add_argument("--test-data", type=Path, default=None,
-                        help="image folder with the same class sub-folders to report on (held out: never used for "
-                             "shots, lambda or threshold); replaces a split file's 'test' rows")
+                        help="image folder with the same class sub-folders, or a path,label .csv of the same "
+                             "classes, to report on (held out: never used for shots, lambda or threshold); replaces "
+                             "a split file's 'test' rows")
     parser.add_argument("--lam", type=_fixed_lambda_arg, default=1.0,
                         help="lambda of the paper rows (TrustVLM, TrustVLM*); the official scripts use 1, and 0.1 "
                              "on Oxford Pets")

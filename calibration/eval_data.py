@@ -8,25 +8,30 @@
                             the same camera).
     <split>.json            shots from its "train" rows, lambda and threshold on "val"; the report
                             on its "test" rows (or on ``test_data`` when given).
+    <labels>.csv            a ``path,label`` file (:mod:`trustvlm.data.label_csv`), as a folder;
+                            ``test_data`` may be one too (its paths start from ``image_root`` when
+                            given).
 
 Images are loaded by :func:`trustvlm.calibration.pools.load_pool`, the loader calibration uses.
 Without a separate test set there is no report: scoring the images that chose the prototypes,
 lambda and the threshold would overstate every score, so :class:`NoTestSetError` says so.
 
 The report records the data's identity (:func:`data_identity`): paths, counts per part, and the
-sha256 of the list of (part, image id, label), so two reports can be told to be on the same data.
+sha256 of the list of (part, image id, label), and of a label CSV file itself, so two reports can be told
+to be on the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from trustvlm.calibration.pools import FASHION_MNIST, SPLIT_SUFFIX, LabelledPool, load_pool, load_split_test
 from trustvlm.data.fashion_mnist import load_split
+from trustvlm.data.label_csv import is_label_csv
 
 #: What a user gives when there is no separate test set.
 TEST_DATA_FLAG = "--test-data"
@@ -59,8 +64,7 @@ def _stacked(pool: LabelledPool) -> LabelledPool:
     """`pool` with its images as one array when they all have the same shape (faster shifts and encoding)."""
     images = pool.images
     if isinstance(images, list) and images and len({image.shape for image in images}) == 1:
-        return LabelledPool(np.stack(images), pool.labels, pool.class_names, pool.source, pool.ids, pool.root,
-                            pool.shot_pool, pool.held_out_pool)
+        return replace(pool, images=np.stack(images))
     return pool
 
 
@@ -81,7 +85,7 @@ def _limited(pool: LabelledPool, limit: int | None, seed: int, first: bool) -> L
     keep = np.arange(min(limit, len(pool))) if first else np.sort(
         np.random.default_rng([seed, 2]).permutation(len(pool))[:limit])
     return LabelledPool(pool.take(keep), pool.labels[keep], pool.class_names, pool.source,
-                        tuple(pool.ids[i] for i in keep), pool.root)
+                        tuple(pool.ids[i] for i in keep), pool.root, source_sha256=pool.source_sha256)
 
 
 def _check_same_classes(calib: LabelledPool, test: LabelledPool) -> None:
@@ -95,9 +99,9 @@ def load_eval_data(data: str, image_root: str | None = None, test_data: str | No
     """Load the calibration images and the separate test set of an evaluation.
 
     Args:
-        data: ``"fashion-mnist"``, an image folder, or a CoOp split ``.json`` file.
-        image_root: The folder a split file's image paths start from.
-        test_data: An image folder to report on (a folder `data`'s test set, or in place of a
+        data: ``"fashion-mnist"``, an image folder, a CoOp split ``.json`` file or a label ``.csv`` file.
+        image_root: The folder a split file's (or label CSV's) image paths start from.
+        test_data: An image folder or label CSV to report on (a folder `data`'s test set, or in place of a
             split file's "test" rows).
         test_limit: Report on only this many test images (the first ones for Fashion-MNIST, a
             seeded sample otherwise).
@@ -123,7 +127,7 @@ def load_eval_data(data: str, image_root: str | None = None, test_data: str | No
             if Path(test_data).resolve() == Path(data).resolve():
                 raise ValueError(f"{TEST_DATA_FLAG} {test_data} is the calibration folder itself; give a held-out "
                                  "folder of the same classes")
-            test = load_pool(test_data)
+            test = load_pool(test_data, image_root if is_label_csv(test_data) else None)
         elif Path(data).suffix == SPLIT_SUFFIX:
             test = load_split_test(data, image_root)
         if test is None:
@@ -147,7 +151,7 @@ def _file_list_sha256(parts: dict[str, LabelledPool]) -> str:
 
 def data_identity(calib: LabelledPool, test: LabelledPool, data: str, image_root: str | None,
                   test_data: str | None) -> dict:
-    """Paths, image counts per part and the sha256 of the (part, image id, label) list."""
+    """Paths, image counts per part, the sha256 of the (part, image id, label) list and of a label CSV file."""
     shots = len(calib) if calib.shot_pool is None else len(calib.shot_pool)
     held_out = None if calib.held_out_pool is None else len(calib.held_out_pool)
     return {"data": str(data), "image_root": None if image_root is None else str(image_root),
@@ -157,7 +161,9 @@ def data_identity(calib: LabelledPool, test: LabelledPool, data: str, image_root
             "counts": {"calibration": len(calib), "shot_candidates": shots,
                        "held_out": held_out if held_out is not None else "the calibration images that are not shots",
                        "test": len(test)},
-            "file_list_sha256": _file_list_sha256({"calibration": calib, "test": test})}
+            "file_list_sha256": _file_list_sha256({"calibration": calib, "test": test}),
+            **{f"{name}_sha256": pool.source_sha256 for name, pool in (("data", calib), ("test_data", test))
+               if pool.source_sha256 is not None}}
 
 
 def describe_data(identity: dict) -> str:

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from trustvlm.calibration.calibrate import (LAMBDA_GRID, PAPER_LAMBDA, VLM_PROTOTYPES, Encoders, open_encoders,
-                                            check_held_out, open_prototype_encoder, split_held_out)
+                                            open_prototype_encoder, split_held_out)
 from trustvlm.calibration.coverage_limits import risk_control_row
 from trustvlm.calibration.eval_ablations import ablate_lambda, ablate_shots
 from trustvlm.calibration.eval_data import load_eval_data
@@ -51,6 +51,7 @@ from trustvlm.calibration.metrics import evaluate_selective
 from trustvlm.calibration.pools import read_class_names
 from trustvlm.calibration.scores import DEFAULT_TEMPERATURE, TrustScores, compute_scores
 from trustvlm.calibration.shifts import SHIFTS, apply_shift
+from trustvlm.calibration.small_data import draw_checked_shots
 from trustvlm.calibration.text_prototypes import build_text_prototypes
 from trustvlm.calibration.threshold_selection import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS, threshold_grid
 from trustvlm.calibration.vocabulary import check_class_vocabulary
@@ -368,9 +369,8 @@ def run_evaluation(artifacts_dir: str | os.PathLike, config: EvalConfig = EvalCo
                                         config.allow_unknown_words)  # before reading any pixel
     loaded = load_eval_data(config.data, config.image_root, config.test_data, config.test_limit, config.seed)
     calib, test = loaded.calib, loaded.test
-    # lambda and the threshold need held-out images after the shots: refused in one line before any encoding
-    check_held_out(len(calib.held_out_pool) if calib.held_out_pool is not None else len(calib.labels) - sample_shots(
-        calib.labels, len(calib.class_names), config.k, config.seed, calib.class_names).size, "auto")
+    # shots, lambda and the threshold need enough images: refused in one line before any encoding
+    draw_checked_shots(calib, config.k, config.seed, fixed_lambda_hint=False)
     logit_scale = float(encoders.manifest["logit_scale"])
     text = build_text_prototypes(artifacts_dir, calib.class_names, get_templates(config.templates), config.precision)
     seconds = {"setup": time.perf_counter() - started}

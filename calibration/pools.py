@@ -11,6 +11,9 @@
                     accept threshold are chosen on "val" only; calibration never reads "test"
                     (its rows only complete the class list; `trustvlm eval` reports on them,
                     :func:`load_split_test`). Identified like a folder's images.
+    <labels>.csv    a ``path,label`` file as annotation tools export it (:mod:`trustvlm.data.label_csv`);
+                    paths relative to its folder or to ``image_root``. Identified like a folder's
+                    images; the pool records the file's sha256 (``source_sha256``).
 
 For the first two, shots may be any image and the held-out images are the rest of the pool; a
 split file fixes both (:meth:`LabelledPool.shot_candidates`, :meth:`LabelledPool.held_out`).
@@ -30,6 +33,7 @@ from trustvlm.contract.files import sha256_file
 from trustvlm.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.data.image_folder import list_image_folder, read_rgb
+from trustvlm.data.label_csv import is_label_csv, read_label_csv
 
 FASHION_MNIST = "fashion-mnist"
 SPLIT_SUFFIX = ".json"
@@ -52,6 +56,7 @@ class LabelledPool:
         shot_pool: Sorted indices the shots may be drawn from (None: every image).
         held_out_pool: Sorted indices that choose lambda and the threshold (None: every image
             that is not a shot).
+        source_sha256: The sha256 of the file that lists the images (a label CSV), else None.
     """
 
     images: np.ndarray | list
@@ -62,6 +67,7 @@ class LabelledPool:
     root: Path | None = None
     shot_pool: np.ndarray | None = None
     held_out_pool: np.ndarray | None = None
+    source_sha256: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,11 +90,12 @@ class LabelledPool:
 
 
 def load_pool(data: str | os.PathLike, image_root: str | os.PathLike | None = None) -> LabelledPool:
-    """Load 'fashion-mnist' (its calibration split), an ImageFolder tree, or a CoOp split file.
+    """Load 'fashion-mnist' (its calibration split), an ImageFolder tree, a CoOp split file or a label CSV.
 
     Args:
-        data: ``"fashion-mnist"``, an image folder, or a ``.json`` split file.
-        image_root: The folder a split file's relative paths start from (split files only).
+        data: ``"fashion-mnist"``, an image folder, a ``.json`` split file or a ``.csv`` label file.
+        image_root: The folder a split file's relative paths start from (split files only; for a label
+            CSV optional, default its own folder).
 
     Raises:
         FileNotFoundError: If the dataset, folder, split file or one of its images is missing.
@@ -101,8 +108,13 @@ def load_pool(data: str | os.PathLike, image_root: str | os.PathLike | None = No
             raise ValueError(f"{data}: a CoOp split file needs the folder its image paths start from "
                              "(image_root, --image-root)")
         return load_split_file(data, image_root)
+    if is_label_csv(data):
+        listed = read_label_csv(data, image_root)
+        return LabelledPool([read_rgb(path) for path in listed.files], listed.labels, listed.class_names, str(data),
+                            listed.ids, listed.root, source_sha256=listed.sha256)
     if image_root is not None:
-        raise ValueError(f"image_root ({image_root}) goes with a CoOp split .json file, but data is {str(data)!r}")
+        raise ValueError(f"image_root ({image_root}) goes with a CoOp split .json file or a label .csv file, but "
+                         f"data is {str(data)!r}")
     if str(data) == FASHION_MNIST:
         calib = load_split("calib")
         return LabelledPool(to_rgb(calib.images), calib.labels, tuple(calib.class_names), "fashion-mnist/calib",
@@ -126,6 +138,8 @@ def read_class_names(data: str | os.PathLike, image_root: str | os.PathLike | No
                                   for row in _split_rows(splits, name, path)], path)
     if str(data) == FASHION_MNIST:
         return tuple(FASHION_MNIST_CLASSES)
+    if is_label_csv(data):
+        return read_label_csv(data, image_root).class_names
     return list_image_folder(data)[2]
 
 

@@ -17,7 +17,10 @@ cameras by name, later ones as ``camera="_other"``: label values are never freed
 ``latency_from_capture_seconds`` (without stale, duplicate or out-of-order frames and implausible capture
 times, counted in ``latency_from_capture_excluded_total``), ``latency_from_receipt_seconds``, ``batch_size`` and
 ``batch_seconds``, ``notices_suppressed_total{reason}``, ``publish_overflow_total``, ``publish_errors_total``, ``bundle_reloads_total{result}``,
-``auth_denied_total{socket}`` (CurveZMQ handshakes refused by the allow-list).
+``auth_denied_total{socket}`` (CurveZMQ handshakes refused by the allow-list); per camera (the same camera labels)
+``camera_latency_from_capture_seconds{camera}``, ``camera_last_decision_timestamp_seconds{camera}`` and
+``camera_bundle_info{camera,bundle_id}`` (1 for the bundle that scored its latest scored frame; cameras under
+``_other`` are left out of it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from trustvlm.runtime.messages import Decision, DecisionMessage, HealthMessage, HealthStatus, Reason
+from trustvlm.runtime.status_page import CONTENT_SECURITY_POLICY, camera_status, status_file
 
 
 class Observer:
@@ -258,6 +262,14 @@ class PrometheusObserver(Observer):
                                     buckets=latency_buckets)
         self.engine_errors = metric(prom.Counter, "engine_errors", "batches failed by an engine error")
         self.reloads = metric(prom.Counter, "bundle_reloads", "bundle reload attempts", ("result",))
+        self.camera_latency = metric(prom.Histogram, "camera_latency_from_capture_seconds", "capture to publish per "
+                                     "camera (the decisions latency_from_capture_seconds counts)", ("camera",),
+                                     buckets=latency_buckets)
+        self.camera_last_decision = metric(prom.Gauge, "camera_last_decision_timestamp_seconds",
+                                           "when the camera's latest decision was published (Unix time)", ("camera",))
+        self.camera_bundle = metric(prom.Gauge, "camera_bundle_info", "1 for the bundle that scored the camera's "
+                                    "latest scored frame", ("camera", "bundle_id"))
+        self._camera_bundles: dict[str, str] = {}
         self._lock = threading.Lock()
         self._published = self._deferred = 0
 
@@ -285,14 +297,26 @@ class PrometheusObserver(Observer):
         if message.latency_from_capture_ms is not None:
             if capture_latency_is_plausible(message):
                 self.capture_latency.observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
+                self.camera_latency.labels(camera=camera).observe(max(message.latency_from_capture_ms, 0.0) / 1e3)
             else:
                 self.capture_latency_excluded.inc()
+        self.camera_last_decision.labels(camera=camera).set((message.publish_ts_ns or 0) / 1e9)
+        if message.bundle_id and message.kappa is not None and camera != OTHER_CAMERAS:
+            self._set_camera_bundle(camera, message.bundle_id)
         if message.latency_from_receipt_ms is not None:
             self.receipt_latency.observe(max(message.latency_from_receipt_ms, 0.0) / 1e3)
         with self._lock:
             self._published += 1
             self._deferred += message.decision is Decision.DEFER
             self.defer_ratio.set(self._deferred / self._published)
+
+    def _set_camera_bundle(self, camera: str, bundle_id: str) -> None:
+        with self._lock:
+            previous, self._camera_bundles[camera] = self._camera_bundles.get(camera), bundle_id
+        if previous != bundle_id:
+            if previous is not None:
+                self.camera_bundle.remove(camera, previous)
+            self.camera_bundle.labels(camera=camera, bundle_id=bundle_id).set(1)
 
     def on_publish_overflow(self, message):
         self.overflow.inc()
@@ -321,24 +345,34 @@ class PrometheusObserver(Observer):
 
 
 class MetricsServer:
-    """HTTP endpoint: GET /metrics (Prometheus text) and GET /healthz (JSON heartbeat)."""
+    """HTTP endpoint: GET /metrics (Prometheus text), /healthz (JSON heartbeat), / and /status.json (the status
+    page, :mod:`trustvlm.runtime.status_page`)."""
 
     def __init__(self, host: str, port: int, metrics: PrometheusObserver,
                  health: Callable[[], HealthMessage]):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's naming
-                if self.path.split("?")[0] == "/metrics":
+                path = self.path.split("?")[0]
+                page = status_file(path)
+                if path == "/metrics":
                     body, status, kind = metrics.exposition(), 200, "text/plain; version=0.0.4; charset=utf-8"
-                elif self.path.split("?")[0] == "/healthz":
+                elif path == "/healthz":
                     message = health()
                     body = json.dumps(message.to_dict(), default=str).encode()
                     status = 200 if message.status is HealthStatus.OK else 503
                     kind = "application/json"
+                elif path == "/status.json":
+                    body = json.dumps(camera_status(metrics.registry, health().to_dict()), default=str).encode()
+                    status, kind = 200, "application/json"
+                elif page is not None:
+                    (body, kind), status = page, 200
                 else:
-                    body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                    body, status, kind = b"not found: try /, /metrics, /healthz or /status.json\n", 404, "text/plain"
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                self.send_header("Cache-Control", "no-store")
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -181,6 +182,15 @@ def test_each_camera_is_decided_by_its_own_bundle_through_the_service(serve, sub
                                      ("front", "defer", "no_bundle")):
         assert (f'trustvlm_camera_decisions_total{{camera="{camera}",decision="{decision}",reason="{reason}"}} 1.0'
                 in text), camera
+        assert f'trustvlm_camera_latency_from_capture_seconds_count{{camera="{camera}"}} 1.0' in text, camera
+        stamp = float(re.search(rf'trustvlm_camera_last_decision_timestamp_seconds{{camera="{camera}"}} (\S+)',
+                                text).group(1))
+        assert stamp == by_camera[camera].publish_ts_ns / 1e9
+    # the bundle in use per camera: each scored camera its own; a camera no bundle scored has none
+    for camera in ("cam_a", "cam_b7"):
+        assert (f'trustvlm_camera_bundle_info{{bundle_id="{by_camera[camera].bundle_id}",camera="{camera}"}} 1.0'
+                in text), camera
+    assert 'camera_bundle_info{bundle_id="",camera="front"}' not in text and text.count("camera_bundle_info{") == 2
     assert service.stop() == 0
 
 

@@ -15,7 +15,7 @@ import zmq
 from trustvlm.runtime.cli import main
 from trustvlm.runtime.ingest.frame_buffer import BufferConfig, FrameBuffer
 from trustvlm.runtime.frames import Encoding, FrameHeader, Notice, ReceivedFrame, send_frame
-from trustvlm.runtime.messages import HealthMessage, Reason, decode_body
+from trustvlm.runtime.messages import Decision, DecisionMessage, HealthMessage, Reason, decode_body
 from trustvlm.runtime.metrics import ServiceStats
 from trustvlm.runtime.publisher import Publisher, PublishConfig
 from trustvlm.runtime.scoring.scorer import ScorerConfig, load_scorer
@@ -87,6 +87,25 @@ def test_invented_camera_ids_do_not_grow_the_metrics_without_end():
     series = [line for line in text.splitlines() if line.startswith("trustvlm_frames_received_total{")]
     assert len(series) == 4, series
     assert f'trustvlm_frames_received_total{{camera="{OTHER_CAMERAS}"}} 97.0' in text
+
+
+def test_a_cameras_bundle_series_follows_its_latest_scored_frame_and_other_cameras_have_none():
+    from trustvlm.runtime.metrics import PrometheusObserver  # noqa: PLC0415 - optional dependency
+
+    observer = PrometheusObserver(max_camera_labels=1)
+    observer.on_received("cam")
+    observer.on_received("extra")  # over the label cap: counted as _other
+
+    def scored(camera: str, bundle_id: str) -> DecisionMessage:
+        return DecisionMessage(camera, 1, 0, 0, Decision.ACCEPT, Reason.MEETS_THRESHOLD, 0.5, "trustvlm", "m@x",
+                               bundle_id, label="a", class_id=0, kappa=0.9).stamped(2_000_000_000)
+
+    for message in (scored("cam", "m:aaa"), scored("cam", "m:bbb"), scored("extra", "m:ccc")):
+        observer.on_published(message)
+    text = observer.exposition().decode()
+    series = [line for line in text.splitlines() if line.startswith("trustvlm_camera_bundle_info{")]
+    assert series == ['trustvlm_camera_bundle_info{bundle_id="m:bbb",camera="cam"} 1.0'], series
+    assert 'trustvlm_camera_last_decision_timestamp_seconds{camera="cam"} 2.0' in text
 
 
 def settled_counters(counters, sent: int, heartbeats: int = 300) -> dict:
