@@ -25,9 +25,9 @@ from trustvlm.cluster.gateway import ClusterBackend, ClusterScorer
 from trustvlm.cluster.map_payload import collect_map_payload
 from trustvlm.contract.camera_map import DEFAULT_ROUTE, CameraMap, read_camera_map
 from trustvlm.contract.manifest import read_manifest
-from trustvlm.runtime.frames import Notice, ReceivedFrame
-from trustvlm.runtime.messages import Decision, DecisionMessage, Reason, bundle_entry
-from trustvlm.runtime.scoring.routing import ROUTE_CACHE_SIZE, MapWatch
+from trustvlm.runtime.frames import ReceivedFrame
+from trustvlm.runtime.messages import DecisionMessage
+from trustvlm.runtime.scoring.routing import CameraRoutes, MapWatch
 from trustvlm.runtime.scoring.scorer import ScorerConfig
 from trustvlm.runtime.service import RELOAD_ERRORS
 
@@ -36,7 +36,7 @@ __all__ = ["ClusterRoutedScorer", "ClusterMapLoader"]
 log = logging.getLogger("trustvlm.cluster")
 
 
-class ClusterRoutedScorer:
+class ClusterRoutedScorer(CameraRoutes):
     """A camera map served by the cluster; see the module docstring.
 
     Attributes:
@@ -57,49 +57,19 @@ class ClusterRoutedScorer:
         self.replica_key, self.payload_ref = key, payload_ref
         self._routes: dict[str, ClusterScorer | None] = {}
 
-    def scorer_for(self, camera_id: str) -> ClusterScorer | None:
-        """The bundle of `camera_id`'s frames (None: no entry of the map and no default)."""
-        try:
-            return self._routes[camera_id]
-        except KeyError:
-            route = self.camera_map.route(camera_id)
-            scorer = None if route is None else self.scorers.get(route)
-            if len(self._routes) < ROUTE_CACHE_SIZE:
-                self._routes[camera_id] = scorer
-            return scorer
-
-    def defer(self, notice: Notice) -> DecisionMessage:
-        """The decision of a frame decided here, stamped with its camera's bundle."""
-        scorer = self.scorer_for(notice.camera_id)
-        if scorer is not None:
-            return scorer.defer(notice)
-        return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
-                               Decision.DEFER, notice.reason, float("inf"), "", self.model_id, "",
-                               detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
-
     def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """One decision per frame, in order: a camera without a bundle ``no_bundle`` here, the rest on the replicas."""
         decisions: list[DecisionMessage | None] = [None] * len(frames)
         routed = []
         for index, frame in enumerate(frames):
-            camera = frame.header.camera_id
-            if self.scorer_for(camera) is None:
-                decisions[index] = self.defer(Notice.for_frame(
-                    frame, Reason.NO_BUNDLE, f"camera {camera!r} matches no entry of the camera map, and the map "
-                                             "has no default"))
+            if self.scorer_for(frame.header.camera_id) is None:
+                decisions[index] = self.no_bundle(frame)
             else:
                 routed.append(index)
         if routed:
             for index, decision in zip(routed, self.backend.decide(self, [frames[i] for i in routed])):
                 decisions[index] = decision
         return decisions
-
-    def bundles(self) -> list[dict]:
-        """Each bundle in use: its id, score, threshold and the map entries (routes) it scores."""
-        by_bundle: dict[int, dict] = {}
-        for route, scorer in self.scorers.items():
-            by_bundle.setdefault(id(scorer), bundle_entry(scorer))["cameras"].append(route)
-        return list(by_bundle.values())
 
     def tower_preprocess(self) -> dict:
         """Nothing: the replicas decode and resize the frames they score."""

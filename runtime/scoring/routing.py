@@ -39,7 +39,7 @@ from trustvlm.runtime.scoring.onnx_engine import EngineError
 from trustvlm.runtime.scoring.scorer import BundleScorer, ScorerConfig, TrustHeadOutput, load_scorer
 from trustvlm.runtime.scoring.stacked_heads import StackedHeads, stack_heads
 
-__all__ = ["RoutedScorer", "RoutedLoader", "RouteError", "MapWatch"]
+__all__ = ["CameraRoutes", "RoutedScorer", "RoutedLoader", "RouteError", "MapWatch"]
 
 log = logging.getLogger("trustvlm.serve")
 
@@ -51,7 +51,51 @@ class RouteError(BundleMismatchError):
     """A camera's bundle that cannot be served beside the others (one line, naming the camera)."""
 
 
-class RoutedScorer:
+class CameraRoutes:
+    """Each camera's bundle through a camera map (the part a scorer over many bundles shares, here or on a cluster).
+
+    Needs ``camera_map``, ``scorers`` (``{route: scorer}``), ``model_id`` and ``_routes`` (a dict, the cache).
+    """
+
+    camera_map: CameraMap
+    scorers: dict
+    model_id: str
+    _routes: dict
+
+    def scorer_for(self, camera_id: str):
+        """The scorer of `camera_id`'s frames (None: no entry of the map and no default)."""
+        try:
+            return self._routes[camera_id]
+        except KeyError:
+            route = self.camera_map.route(camera_id)
+            scorer = None if route is None else self.scorers.get(route)
+            if len(self._routes) < ROUTE_CACHE_SIZE:
+                self._routes[camera_id] = scorer
+            return scorer
+
+    def bundles(self) -> list[dict]:
+        """Each bundle in use: its id, score, threshold and the map entries (routes) it scores."""
+        by_bundle: dict[int, dict] = {}
+        for route, scorer in self.scorers.items():
+            by_bundle.setdefault(id(scorer), bundle_entry(scorer))["cameras"].append(route)
+        return list(by_bundle.values())
+
+    def defer(self, notice: Notice) -> DecisionMessage:
+        """The decision of a frame decided before scoring, stamped with its camera's bundle."""
+        scorer = self.scorer_for(notice.camera_id)
+        if scorer is not None:
+            return scorer.defer(notice)
+        return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
+                               Decision.DEFER, notice.reason, float("inf"), "", self.model_id, "",
+                               detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
+
+    def no_bundle(self, frame: ReceivedFrame) -> DecisionMessage:
+        """The deferral of a frame whose camera has no bundle (``no_bundle``)."""
+        return self.defer(Notice.for_frame(frame, Reason.NO_BUNDLE, f"camera {frame.header.camera_id!r} matches no "
+                                           "entry of the camera map, and the map has no default"))
+
+
+class RoutedScorer(CameraRoutes):
     """Frames -> each camera's own bundle (see the module docstring); the scorer protocol of the service.
 
     Attributes:
@@ -87,40 +131,9 @@ class RoutedScorer:
                 [_verified(scorer, scorer.bundle.ood_gate_path) for scorer in distinct],
                 config.providers, config.allow_fallback, config.max_batch, config.spin)
 
-    def scorer_for(self, camera_id: str) -> BundleScorer | None:
-        """The scorer of `camera_id`'s frames (None: no entry of the map and no default)."""
-        try:
-            return self._routes[camera_id]
-        except KeyError:
-            route = self.camera_map.route(camera_id)
-            scorer = None if route is None else self.scorers.get(route)
-            if len(self._routes) < ROUTE_CACHE_SIZE:
-                self._routes[camera_id] = scorer
-            return scorer
-
-    def bundles(self) -> list[dict]:
-        """Each bundle in use: its id, score, threshold and the map entries (routes) it scores."""
-        by_bundle: dict[int, dict] = {}
-        for route, scorer in self.scorers.items():
-            by_bundle.setdefault(id(scorer), bundle_entry(scorer))["cameras"].append(route)
-        return list(by_bundle.values())
-
     def tower_preprocess(self):
         """The shared image towers' preprocessing (what the decode pool resizes every frame to)."""
         return self.primary.tower_preprocess()
-
-    def defer(self, notice: Notice) -> DecisionMessage:
-        """The decision of a frame decided before scoring, stamped with its camera's bundle."""
-        scorer = self.scorer_for(notice.camera_id)
-        if scorer is not None:
-            return scorer.defer(notice)
-        return DecisionMessage(notice.camera_id, notice.seq, notice.capture_ts_ns, notice.receipt_ts_ns,
-                               Decision.DEFER, notice.reason, float("inf"), "", self.model_id, "",
-                               detail=notice.detail, seq_last=notice.seq_last, frames=notice.frames)
-
-    def _no_bundle(self, frame: ReceivedFrame) -> DecisionMessage:
-        return self.defer(Notice.for_frame(frame, Reason.NO_BUNDLE, f"camera {frame.header.camera_id!r} matches no "
-                                           "entry of the camera map, and the map has no default"))
 
     def decide(self, frames: list[ReceivedFrame], prepared: list | None = None) -> list[DecisionMessage]:
         """One decision per frame, in order (see the module docstring); never raises for a frame or engine failure."""
@@ -132,7 +145,7 @@ class RoutedScorer:
         for index, (frame, item) in enumerate(zip(frames, prepared)):
             scorer = self.scorer_for(frame.header.camera_id)
             if scorer is None:
-                decisions[index] = self._no_bundle(frame)
+                decisions[index] = self.no_bundle(frame)
             elif isinstance(item, Notice):
                 decisions[index] = scorer.defer(item)
             else:
