@@ -58,7 +58,7 @@ from trustvlm.runtime.decode.preprocess import PreprocessConfig, preprocess_batc
 __all__ = ["DEFAULT_FALSE_REJECT_RATE", "DEFAULT_COMPONENTS", "GREY_LEVEL", "BORDER_PX", "GaussianComponent",
            "OodGate", "log_spread", "border_mask", "frame_features", "image_frame_features", "fit_component",
            "conformal_threshold", "component_cut", "min_threshold_images", "fit_ood_gate", "GATE_MODES",
-           "check_gate_args", "gate_rows", "fit_calibration_gate"]
+           "check_gate_args", "gate_threshold_count", "gate_rows", "fit_calibration_gate"]
 
 DEFAULT_FALSE_REJECT_RATE = 0.01
 DEFAULT_COMPONENTS: tuple[str, ...] = ("embedding", "frame")
@@ -319,9 +319,15 @@ def fit_calibration_gate(mode: str, rate: float, embeddings: np.ndarray, images,
     return fit_ood_gate(embeddings, frames, labels, fit_rows, threshold_rows, rate, components), ""
 
 
+def gate_threshold_count(held_out: int) -> int:
+    """How many of `held_out` images :func:`gate_rows` gives the gate's threshold (the larger half)."""
+    return held_out - held_out // 2
+
+
 def gate_rows(shots: np.ndarray, rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(fit rows, threshold rows) of :func:`fit_calibration_gate`: the shots + one seeded half of `rest`, the other
-    half (sorted)."""
+    half (sorted, :func:`gate_threshold_count` rows)."""
     order = np.random.default_rng([seed, 2]).permutation(np.asarray(rest))
-    fit_part, threshold_part = order[:len(order) // 2], order[len(order) // 2:]  # fit on the shots too
+    split = len(order) - gate_threshold_count(len(order))
+    fit_part, threshold_part = order[:split], order[split:]  # fit on the shots too
     return np.sort(np.concatenate([np.asarray(shots).reshape(-1), fit_part])), np.sort(threshold_part)

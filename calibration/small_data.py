@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from trustvlm.calibration.image_prototypes import sample_shots
-from trustvlm.calibration.ood_gate import DEFAULT_COMPONENTS, DEFAULT_FALSE_REJECT_RATE, min_threshold_images
+from trustvlm.calibration.ood_gate import (DEFAULT_COMPONENTS, DEFAULT_FALSE_REJECT_RATE, gate_threshold_count,
+                                          min_threshold_images)
 from trustvlm.calibration.pools import LabelledPool
 
 #: Held-out images lambda ``auto`` needs: half choose lambda (and the score), half select the threshold.
@@ -48,7 +49,7 @@ def check_gate_images(mode: str, rate: float, count: int, components: int = len(
     if mode != "on":
         return
     needed = min_threshold_images(rate, components)
-    if count - count // 2 < needed:  # the gate's threshold half (ood_gate.gate_rows)
+    if gate_threshold_count(count) < needed:
         raise ValueError(f"--ood-gate on needs at least {2 * needed - 1} held-out images after the shots (half of "
                          f"them, {needed}, set its {100 * rate:g}% false-reject rate over {components} components), "
                          f"but there are {count}; add images, raise --ood-false-reject-rate, or use --ood-gate off "

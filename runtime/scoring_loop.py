@@ -40,16 +40,13 @@ log = logging.getLogger("trustvlm.runtime.service")
 
 @dataclass(frozen=True)
 class Batch:
-    """One taken batch on its way: its items in arrival order, the scorer that decodes and scores it,
-    and its frames being decoded by the pool (None: the scorer decodes its own frames)."""
+    """One taken batch on its way: its items in arrival order, the frames among them, the scorer that decodes and
+    scores it, and its frames being decoded by the pool (None: the scorer decodes its own frames)."""
 
     items: list[ReceivedFrame | Notice]
+    frames: list[ReceivedFrame]
     scorer: Scorer
     decoding: PendingBatch | None
-
-    @property
-    def frames(self) -> list[ReceivedFrame]:
-        return [item for item in self.items if isinstance(item, ReceivedFrame)]
 
     def wait_decoded(self) -> None:
         """Until the pool has prepared every frame of the batch."""
@@ -116,7 +113,7 @@ class ScoringLoop:
         scorer: Scorer = self.slot.current()
         frames = [item for item in items if isinstance(item, ReceivedFrame)]
         pooled = frames and not scorer.decodes_own_frames
-        return Batch(items, scorer, self.decode.submit(frames, scorer) if pooled else None)
+        return Batch(items, frames, scorer, self.decode.submit(frames, scorer) if pooled else None)
 
     def score_and_publish(self, batch: Batch) -> None:
         """Score the batch's frames, then publish one decision per item in arrival order."""

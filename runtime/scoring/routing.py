@@ -164,9 +164,7 @@ class RoutedScorer(CameraRoutes):
         batches = {name: np.stack([prepared[index][name] for index in order]) for name in self.towers}
         try:
             feed = self.primary.encode(batches)
-            route = np.concatenate([np.full(len(rows), self._stack_index[id(scorer)], np.int64)
-                                    for scorer, rows in groups])
-            stacked = self._run_stacked(batches, feed, route) if self.stacked is not None else None
+            stacked = self._run_stacked(batches, feed, groups) if self.stacked is not None else None
         except EngineError as error:
             for scorer, rows in groups:
                 _defer_engine_error(scorer, frames, rows, error, decisions)
@@ -187,8 +185,9 @@ class RoutedScorer(CameraRoutes):
             for row, index in enumerate(rows):
                 decisions[index] = scorer.decision_for(frames[index], output, row, float(typicality[row]))
 
-    def _run_stacked(self, batches: dict[str, np.ndarray], feed: dict[str, np.ndarray], route: np.ndarray) -> list:
+    def _run_stacked(self, batches: dict[str, np.ndarray], feed: dict[str, np.ndarray], groups: list) -> list:
         """The stacked graph over every row, in chunks of the engines' batch limit: per bundle, outputs, typicality."""
+        route = np.concatenate([np.full(len(rows), self._stack_index[id(scorer)], np.int64) for scorer, rows in groups])
         rows = len(feed[HEAD_INPUT])
         step = max(1, int(min(rows, self.primary.batch_limit)))
         runs = [self.stacked.run(batches[HEAD_INPUT][start:start + step],

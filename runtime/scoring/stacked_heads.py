@@ -58,13 +58,19 @@ class StackedHeads:
         session: The stacked graph, on the trust heads' providers.
         head_outputs: Per bundle, its head's output names (unprefixed, in its head's order).
         gated: Per bundle, whether it has a gate (its typicality output).
+        nodes: (nodes of the stacked graph, nodes of the bundles' graphs together).
+        vectorized: One head and gate for every bundle, fed ``bundle_index`` (else one per bundle, side by side).
+        bundles: How many bundles were stacked.
+        why_not_vectorized: Why the graphs were joined side by side ("" when vectorized).
+        folder: The temporary folder of the graph file, kept while the session lives (engine caches).
     """
 
     def __init__(self, session: OnnxEncoder, head_outputs: list[tuple[str, ...]], gated: list[bool],
-                 nodes: tuple[int, int] = (0, 0), vectorized: bool = False, bundles: int = 1):
+                 nodes: tuple[int, int] = (0, 0), vectorized: bool = False, bundles: int = 1,
+                 why_not_vectorized: str = "", folder: tempfile.TemporaryDirectory | None = None):
         self.session, self.head_outputs, self.gated = session, head_outputs, gated
-        self.nodes = nodes  # (nodes of the stacked graph, nodes of the bundles' graphs together)
-        self.vectorized, self.bundles = vectorized, bundles
+        self.nodes, self.vectorized, self.bundles = nodes, vectorized, bundles
+        self.why_not_vectorized, self.folder = why_not_vectorized, folder
         self.inputs = [item.name for item in session.session.get_inputs()]
         self._names = [f"{head_prefix(k)}{name}" for k, names in enumerate(head_outputs) for name in names]
         self._names += [f"{head_prefix(k, 'gate')}{GATE_OUTPUT}" for k, gate in enumerate(gated) if gate]
@@ -110,7 +116,7 @@ def stack_heads(head_files: list[VerifiedFile], gate_files: list[VerifiedFile | 
     Each file must still have the sha256 its bundle recorded (a file replaced since its scorer verified it is
     not stacked: the bundles' own sessions score instead, until the reload).
     """
-    folder = tempfile.TemporaryDirectory(prefix="trustvlm-stacked-")  # kept while the session lives (engine caches)
+    folder = tempfile.TemporaryDirectory(prefix="trustvlm-stacked-")
     path = Path(folder.name) / "stacked_heads.onnx"
     job = {"heads": [[str(p), sha] for p, sha in head_files],
            "gates": [[str(item[0]), item[1]] if item else None for item in gate_files],
@@ -127,12 +133,10 @@ def stack_heads(head_files: list[VerifiedFile], gate_files: list[VerifiedFile | 
     session = OnnxEncoder(path, providers, allow_fallback, STACKED_THREADS,
                           tensorrt=TensorRTProviderSettings(max_batch=max_batch), spin=spin, arena=False)
     graphs = 1 if written["kind"] == "vectorized" else len(head_files)
-    stacked = StackedHeads(session, [_head_outputs(session, index) for index in range(graphs)],
-                           [item is not None for item in gate_files][:graphs], tuple(written["nodes"]),
-                           vectorized=written["kind"] == "vectorized", bundles=len(head_files))
-    stacked.why_not_vectorized = written["why"]
-    stacked.folder = folder
-    return stacked, ""
+    return StackedHeads(session, [_head_outputs(session, index) for index in range(graphs)],
+                        [item is not None for item in gate_files][:graphs], tuple(written["nodes"]),
+                        vectorized=written["kind"] == "vectorized", bundles=len(head_files),
+                        why_not_vectorized=written["why"], folder=folder), ""
 
 
 def _head_outputs(session: OnnxEncoder, index: int) -> tuple[str, ...]:
