@@ -9,23 +9,24 @@ FORMAT ?= onnx
 WEIGHTS ?=
 DATA ?= fashion-mnist
 ARTIFACTS ?= artifacts
+SITE ?= site
 # ONNX Runtime flavour of the venv: cpu (onnxruntime) or gpu (onnxruntime-gpu, x86 CUDA). Exactly one
 # is installed; switching flavour uninstalls both first (they overwrite each other's files).
 # The flavour sticks to the venv once chosen (`make setup ORT=gpu`, then plain `make bench-gpu`).
 ORT ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
-EXTRAS_cpu := cpu,export,dev,cluster
-EXTRAS_gpu := gpu,trt,export,dev,cluster
+EXTRAS_cpu := cpu,export,dev,cluster,docs
+EXTRAS_gpu := gpu,trt,export,dev,cluster,docs
 EXTRAS ?= $(EXTRAS_$(ORT))
 STAMP := $(VENV)/.installed-$(ORT)
-DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc prometheus
+DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc prometheus chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages demo demo-stream export calibrate eval serve soak bench bench-frame-path decode-gate bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models clean
+.PHONY: help setup system-packages demo demo-stream demo-recalibrate export calibrate eval serve soak bench bench-frame-path decode-gate bench-gpu gpu-check zeroshot test test-heavy test-fast demo-model models docs docs-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-system-packages: ## install the Debian packages the demo and tests read (Fashion-MNIST, OpenCV sample videos, Prometheus)
+system-packages: ## install the Debian packages the demo and tests read (Fashion-MNIST, OpenCV sample videos, Prometheus, Chromium)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
 		grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -46,7 +47,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 
-setup: system-packages $(STAMP) ## create .venv with ONNX Runtime ORT=cpu|gpu and the export and test extras [EXTRAS=]
+setup: system-packages $(STAMP) ## create .venv with ONNX Runtime ORT=cpu|gpu and the export, test, cluster and docs extras [EXTRAS=]
 
 demo: setup ## the main job on the embedded demo model: export, check zero-shot, calibrate (for `make serve`), then the streaming demo
 	$(PY) -m trustvlm export --model demo_fmnist --precision fp16 --output $(ARTIFACTS)
@@ -56,6 +57,9 @@ demo: setup ## the main job on the embedded demo model: export, check zero-shot,
 
 demo-stream: setup ## streaming demo on artifacts/demo_fmnist: 3 degraded cameras each calibrated, one service, a street camera, then one shared bundle [DEMO_ARGS=]
 	$(PY) -m trustvlm demo --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
+
+demo-recalibrate: setup ## the low-light camera darkens: ALARM, record, label, recalibrate, swap, back to OK [DEMO_ARGS=]
+	$(PY) -m trustvlm demo-recalibrate --artifacts $(ARTIFACTS)/demo_fmnist $(DEMO_ARGS)
 
 export: setup ## export MODEL [PRECISION=fp32|fp16|int8] [FORMAT=onnx|engine] [WEIGHTS=random|/path] [TOKENIZER=/dir] [NAME=]
 	$(PY) -m trustvlm export --model $(MODEL) --precision $(PRECISION) --format $(FORMAT) \
@@ -114,5 +118,12 @@ test-heavy: setup ## export every large registry model with random weights (minu
 test-fast: setup ## the tests without the slow exports
 	$(PY) -m pytest -q -m "not slow and not heavy"
 
-clean: ## remove build outputs (artifacts/), keep .venv
-	rm -rf $(ARTIFACTS) .pytest_cache
+docs: setup ## build the documentation site into SITE=site/ (mkdocs build --strict: a broken link or reference fails it)
+	$(PY) -m mkdocs build --strict --site-dir $(SITE)
+
+DOCS_ADDR ?= 127.0.0.1:8000
+docs-serve: setup ## serve the documentation site on DOCS_ADDR=127.0.0.1:8000, rebuilt on every change
+	$(PY) -m mkdocs serve --dev-addr $(DOCS_ADDR)
+
+clean: ## remove build outputs (artifacts/, site/), keep .venv
+	rm -rf $(ARTIFACTS) $(SITE) .pytest_cache

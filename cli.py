@@ -18,16 +18,20 @@ from trustvlm.cluster.cli import add_cluster_options
 from trustvlm.export.cli import add_export_parser
 from trustvlm.models.cli import add_models_parser
 from trustvlm.pipelines.cli import add_controller_parser, add_demo_parser, add_source_parser, add_zeroshot_parser
+from trustvlm.pipelines.bundles_cli import add_bundles_parser
 from trustvlm.pipelines.decode_gate_cli import add_decode_gate_parser
+from trustvlm.pipelines.demo_recalibrate_cli import add_demo_recalibrate_parser
 from trustvlm.runtime.cli import add_keys_parser, add_serve_parser
+from trustvlm.runtime.monitor.audit_cli import add_audit_parser
 from trustvlm.training.cli import add_train_parser
 
 __all__ = ["CliError", "SUBCOMMANDS", "build_parser", "main"]
 
 #: The subcommands in the order `trustvlm --help` lists them: the pipeline's stages, then the tools.
 SUBCOMMANDS = (add_export_parser, add_zeroshot_parser, add_calibrate_parser, add_eval_parser, add_serve_parser,
-               add_keys_parser, add_source_parser, add_controller_parser, add_demo_parser, add_soak_parser,
-               add_bench_parser, add_train_parser, add_models_parser, add_decode_gate_parser)
+               add_keys_parser, add_audit_parser, add_bundles_parser, add_source_parser, add_controller_parser,
+               add_demo_parser, add_demo_recalibrate_parser, add_soak_parser, add_bench_parser, add_train_parser,
+               add_models_parser, add_decode_gate_parser)
 
 EPILOG = """examples:
   trustvlm export --model demo_fmnist

@@ -19,11 +19,12 @@ Steps (:func:`calibrate`):
    fixes both parts instead: shots from its "train" rows, lambda and threshold on "val".
 4. Accept threshold with a risk guarantee (risk <= alpha with probability >= 1 - delta): Learn then
    Test fixed-sequence testing by default, SGR on request (:mod:`~trustvlm.calibration.threshold_selection`);
-   the bundle also records the certifiable limit of the threshold half
-   (:func:`trustvlm.calibration.coverage_limits.certifiable_limit`).
+   the bundle also records the certifiable limit of the threshold half, what it certifies at other alphas
+   and, when alpha certifies little, how many images would (:mod:`~trustvlm.calibration.guarantee_frontier`).
 5. The out-of-distribution gate (:mod:`trustvlm.calibration.ood_gate`), fitted on the shots and a
    seeded half of the held-out images, its threshold set on the other half at the false-reject rate.
-6. prototypes.npz + trust_head.onnx (+ ood_gate.onnx) + bundle.json, published atomically.
+6. The guarantee monitor's reference sample (:mod:`~trustvlm.calibration.monitor_reference`).
+7. prototypes.npz + trust_head.onnx (+ ood_gate.onnx) + bundle.json, published atomically.
 
 For Fashion-MNIST the pool is the 5,000-image calibration split, never the test split.
 """
@@ -38,6 +39,8 @@ import numpy as np
 
 from trustvlm.calibration.bundle import write_bundle
 from trustvlm.calibration.coverage_limits import certifiable_limit
+from trustvlm.calibration.guarantee_frontier import record_guarantee
+from trustvlm.calibration.monitor_reference import monitor_reference, reference_rows
 from trustvlm.calibration.fused_score import fused_confidence
 from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe, encode_images,
                                                    prototypes_from_embeddings)
@@ -308,13 +311,17 @@ def calibrate(artifacts_dir: str | os.PathLike, data: str | os.PathLike, out_dir
     selection["threshold_grid"] = GRID_NOTES[grid is not None]
     threshold = select_threshold(confidence, correct, alpha, delta, method=threshold_method, grid=grid)
     selection["certifiable_limit"] = certifiable_limit(confidence, correct, alpha, delta).coverage
+    frontier = record_guarantee(selection, confidence, correct, alpha, delta, threshold_method, grid)
     gate, gate_note = fit_calibration_gate(ood_gate, ood_false_reject_rate, embeddings, pool.images,
                                            encoders.preprocess, pool.labels, shots, rest, seed)
-    if gate_note:
-        selection["ood_gate"] = gate_note
+    reference_at = reference_rows(threshold_part, shots, rest, seed, gate is not None)
+    reference, reference_note = monitor_reference(scoring.score_and_correct(choice.score, reference_at, choice)[0],
+                                                  reference_at, gate, embeddings, pool.images, encoders.preprocess)
+    selection.update((key, note) for key, note in (("ood_gate", gate_note), ("monitor", reference_note)) if note)
     info = _bundle_info(encoders, pool, shots, template_list, templates, k, seed, choice, choice.score, threshold,
-                        selection, aux)
-    return write_bundle(out_dir, text, image, replace(info, prototype_recipe=recipe), ood_gate=gate)
+                        selection, aux, frontier)
+    return write_bundle(out_dir, text, image, replace(info, prototype_recipe=recipe, monitor_reference=reference),
+                        ood_gate=gate)
 
 
 @dataclass(frozen=True)
@@ -374,7 +381,7 @@ def _choose_lambda(score, lam, rest, seed, scoring: _Scoring, pool: LabelledPool
 
 def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, template_list: list[str],
                  template_set: str, k: int, seed: int, choice: LambdaChoice, score: str,
-                 threshold: ThresholdChoice, selection: dict, aux: Encoders | None) -> BundleInfo:
+                 threshold: ThresholdChoice, selection: dict, aux: Encoders | None, frontier: list) -> BundleInfo:
     manifest = encoders.manifest
     proto_encoder = (encoders.image.path.name if aux is None
                      else f"{aux.manifest['model']}:{aux.image.path.name}")
@@ -388,4 +395,4 @@ def _bundle_info(encoders: Encoders, pool: LabelledPool, shots: np.ndarray, temp
         shots=describe_shots(pool, shots), lam=float(choice.lam), lam_method=choice.method,
         temperature=float(choice.temperature), score=score, threshold=threshold, selection=selection,
         aux_encoder=None if aux is None else AuxEncoderInfo.from_manifest(aux.manifest, aux.precision),
-        fused=dict(choice.fused), score_choice=json_safe(choice.score_choice))
+        fused=dict(choice.fused), score_choice=json_safe(choice.score_choice), guarantee_frontier=frontier)

@@ -138,9 +138,19 @@ def run_calibrate(args) -> int:
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print(f"wrote {bundle.path}: {describe_bundle(bundle)}")
+    for line in _guarantee_lines(bundle.info):
+        print(line)
     if bundle.info.selection.get("ood_gate"):
         print(bundle.info.selection["ood_gate"])
     return 0
+
+
+def _guarantee_lines(info) -> list[str]:
+    """What the bundle's threshold images certify at other alphas, and the sample-size estimate when it has one."""
+    from trustvlm.calibration.guarantee_frontier import guarantee_lines  # noqa: PLC0415
+
+    return guarantee_lines(info.guarantee_frontier, info.threshold.delta, info.threshold.n_calibration,
+                           info.selection.get("sample_size_estimate"))
 
 
 def _calibrate_one(args, data, out: Path):
@@ -179,6 +189,8 @@ def _calibrate_cameras(args) -> int:
               + (f", guaranteed coverage {100 * choice.coverage:.1f}%" if choice.feasible else ", no feasible threshold")
               + (f", certifiable limit {100 * limit:.1f}%" if limit is not None else "")
               + f", gate {'on' if bundle.info.ood_gate is not None else 'off'} ({bundle.path})")
+        for line in _guarantee_lines(bundle.info):
+            print(f"  {line}")
     if written:
         path = write_camera_map(out / "cameras.toml", CameraMap(written))
         print(f"wrote {path}: {len(written)} camera(s); serve them with `trustvlm serve --artifacts {args.artifacts} "
@@ -241,6 +253,7 @@ def run_eval(args) -> int:
     """Handler of `trustvlm eval`."""
     from trustvlm.calibration.eval_report import RESULTS_MD, main_table, write_report  # noqa: PLC0415
     from trustvlm.calibration.evaluate import EvalConfig, run_evaluation  # noqa: PLC0415
+    from trustvlm.calibration.guarantee_frontier import guarantee_lines  # noqa: PLC0415
 
     out = args.out or args.artifacts / "eval"
     try:
@@ -257,5 +270,10 @@ def run_eval(args) -> int:
     except _expected_errors() as error:
         raise CliError(str(error)) from error
     print("\n".join(main_table(report.datasets)))
+    first = report.datasets[0]
+    for line in guarantee_lines(first.info.get("guarantee_frontier", []), args.delta, first.info["n_calib_threshold"],
+                                first.info.get("sample_size_estimate"),
+                                f"{first.name}, 'auto' score: what the threshold images can certify"):
+        print(line)
     print(f"wrote {out / RESULTS_MD} ({report.seconds['total']:.1f} s)")
     return 0

@@ -12,9 +12,11 @@
   would reach).
 
 Both scan every distinct score as a threshold (accept ``confidence >= t``; a tied score is
-accepted or deferred as a whole), so on the same data oracle >= certifiable >= the LTT choice's
-coverage. Computed on different sets, as :func:`risk_control_row` does (certifiable on the
-calibration scores, oracle on the test ones), the two are not ordered.
+accepted or deferred as a whole), so on the same data certifiable >= the LTT choice's coverage,
+and, for delta < 1/2, oracle >= certifiable (a test at a level below 1/2 never passes an observed
+error rate above alpha; at delta >= 1/2 it can, and certifiable may exceed oracle). Computed on
+different sets, as :func:`risk_control_row` does (certifiable on the calibration scores, oracle
+on the test ones), the two are not ordered.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ For each dataset (the clean data, then each shift of :mod:`shifts`):
   (:func:`trustvlm.calibration.metrics.evaluate_selective`);
 * the risk-control rows give the guaranteed coverage (test coverage and test risk of the threshold
   chosen on the threshold half), the certifiable limit on that half and the test oracle coverage
-  (:mod:`coverage_limits`).
+  (:mod:`coverage_limits`); for ``auto``, the guarantee frontier and estimate (:mod:`guarantee_frontier`).
 
 With ``EvalConfig.prototype_encoder`` set to an auxiliary image encoder's artifacts (e.g.
 DINOv2), both splits are encoded by it too and the report compares, side by side, image
@@ -44,6 +44,7 @@ from trustvlm.calibration.coverage_limits import risk_control_row
 from trustvlm.calibration.eval_ablations import ablate_lambda, ablate_shots
 from trustvlm.calibration.eval_data import load_eval_data
 from trustvlm.calibration.eval_fused import FUSED_METHODS, FUSED_STAR_PREDICTIONS, evaluate_fused
+from trustvlm.calibration.guarantee_frontier import dataset_guarantee
 from trustvlm.calibration.image_prototypes import (check_recipe, default_recipe, encode_images,
                                                    prototypes_from_embeddings, remaining_indices, sample_shots)
 from trustvlm.calibration.lambda_choice import choose_lambda
@@ -298,6 +299,7 @@ def evaluate_dataset(data: DatasetEmbeddings, text: np.ndarray, logit_scale: flo
                                   grid=threshold_grid(grids.get(key), config.threshold_method))
             for key, (conf, calib_pred) in calib_scored.items()}
     per_sample.update({key: conf for key, (conf, _) in scored.items()})
+    info.update(dataset_guarantee(calib_scored["auto"], calib_labels, grids.get("auto"), config, info))
     return DatasetResult(data.name, metrics, per_sample, float(lam_auto), lambda_table, risk, info)
 
 

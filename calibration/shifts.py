@@ -15,12 +15,17 @@ low_light   dim (gain 0.5) and darken the mid-tones (gamma 2.0), then read-out n
 jpeg        JPEG round trip at quality 12 (cv2.imencode): blocking and ringing artefacts
 ==========  =================================================================================
 
-Use :data:`SHIFTS` or :func:`apply_shift` to run them by name.
+Use :data:`SHIFTS` or :func:`apply_shift` to run them by name. :func:`parse_shift` reads a shift with changed
+parameters, ``name:key=value,...`` (the keywords of the shift's function, e.g. ``low_light:gain=0.25``: a
+darker low-light camera), into a :class:`ShiftSpec`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -91,12 +96,85 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-def apply_shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Run the shift called `name` with its default severity.
+def apply_shift(name: str, images: np.ndarray, seed: int = 0, **params: float) -> np.ndarray:
+    """Run the shift called `name`, with its default severity or the keyword `params` of its function.
 
     Raises:
-        ValueError: For an unknown name (listing the known ones) or a bad batch.
+        ValueError: For an unknown name (listing the known ones), a bad batch or a parameter out of range.
+        TypeError: A keyword the shift's function does not have (:func:`parse_shift` checks them first).
     """
     if name not in SHIFTS:
         raise ValueError(f"unknown shift {name!r}; expected one of {list(SHIFTS)}")
-    return SHIFTS[name](images, seed)
+    return SHIFTS[name](images, seed, **params)
+
+
+def shift_parameters(name: str) -> dict[str, float]:
+    """The keyword parameters of the shift called `name` and their defaults, e.g. ``{"sigma": 1.0}``.
+
+    Raises:
+        ValueError: An unknown name.
+    """
+    if name not in SHIFTS:
+        raise ValueError(f"unknown shift {name!r}; expected one of {list(SHIFTS)}")
+    return {key: p.default for key, p in inspect.signature(SHIFTS[name]).parameters.items()
+            if key not in ("images", "seed") and p.default is not inspect.Parameter.empty}
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    """A shift by name with the parameters it changes (none: its defaults).
+
+    Attributes:
+        name: A name of :data:`SHIFTS`.
+        params: ``((keyword, value), ...)`` in the order given.
+    """
+
+    name: str
+    params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        """The changed parameters as keyword arguments of the shift's function."""
+        return dict(self.params)
+
+    def __str__(self) -> str:
+        return self.name + (":" + ",".join(f"{key}={value:g}" for key, value in self.params) if self.params else "")
+
+
+@functools.lru_cache(maxsize=64)
+def parse_shift(text: str) -> ShiftSpec:
+    """``"low_light"`` or ``"low_light:gain=0.25,gamma=2.2"`` -> :class:`ShiftSpec`.
+
+    Values are numbers; a parameter whose default is an integer takes an integer. The shift is tried once on a
+    small blank batch, so a value out of its range is refused here rather than on the first frame.
+
+    Raises:
+        ValueError: One line naming what is wrong: an unknown shift (listing the known ones), an unknown
+            parameter (listing the shift's own), a value that is not a number or is out of range.
+    """
+    name, _, rest = str(text).strip().partition(":")
+    name = name.strip()
+    known = shift_parameters(name)  # unknown name: ValueError listing the known ones
+    params = []
+    for part in (p.strip() for p in rest.split(",")) if rest.strip() else ():
+        key, equals, value = (s.strip() for s in part.partition("="))
+        if key not in known:
+            raise ValueError(f"shift {name!r} has no parameter {key!r}; its parameters: "
+                             f"{', '.join(f'{k}={v:g}' for k, v in known.items()) or 'none'} (in {text!r})")
+        try:
+            number = int(value) if isinstance(known[key], int) else float(value)
+        except ValueError:
+            number = None
+        if not equals or number is None or not np.isfinite(number):
+            kind = "an integer" if isinstance(known[key], int) else "a number"
+            raise ValueError(f"shift parameter {name}:{key} should be {kind} (key=value), but got {part!r} "
+                             f"(in {text!r})")
+        params.append((key, number))
+    if len({key for key, _ in params}) != len(params):
+        raise ValueError(f"shift {text!r} gives a parameter twice")
+    spec = ShiftSpec(name, tuple(params))
+    try:
+        apply_shift(name, np.zeros((1, 4, 4), np.uint8), 0, **spec.kwargs)
+    except ValueError as error:
+        raise ValueError(f"shift {text!r}: {error}") from None
+    return spec

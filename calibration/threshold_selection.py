@@ -10,9 +10,10 @@ come from (assuming calibration and deployment data i.i.d. from one distribution
   pass when lambda is chosen on its own half): ``P(R(t) > alpha) <= delta`` over the draw of the
   calibration data, for the population risk;
 * without one (the default grid: the calibration scores themselves; ``calibrate``'s fixed-lambda
-  path): the same statement for the *in-sample* risk (the mean error probability over the accepted
-  calibration scores, conditional on the scores); its gap to the population risk is measured by
-  simulation (BENCHMARKS.md section 9), not proven.
+  path): for delta <= 1/4 and alpha <= 1/2, the same statement for the *in-sample* risk (the mean
+  error probability over the accepted calibration scores, conditional on the scores); nothing is
+  proven for the population risk there: its gap to the in-sample one is measured by simulation
+  (BENCHMARKS.md section 9).
 
 ``method="ltt"`` (default): Learn then Test (Angelopoulos, Bates, Candes, Jordan, Lei, "Learn then
 Test: Calibrating Predictive Algorithms to Achieve Risk Control", 2021) with fixed-sequence
@@ -56,11 +57,11 @@ testing.
   errors are independent with probabilities ``r(c_i) = P(wrong | c_i)``, and ``E_t`` is a sum
   of independent Bernoulli variables with mean ``n * rbar(t)``, ``rbar(t)`` the mean of r over
   the accepted calibration scores. A test rejects only at error counts below the
-  ``delta``-quantile of Binomial(n, alpha), hence (for delta <= 1/4, as P(Binomial(n, alpha)
-  <= n alpha) > 1/4) at most ``n alpha - 1``; there such a sum is less likely to be that small
-  than Binomial(n, rbar(t)) is (Hoeffding 1956, Theorem 4), so the p-values are valid for
-  ``rbar(t) > alpha`` and the whole argument holds exactly, conditional on the scores, for
-  the in-sample risk ``rbar``. The gap between ``rbar(t)`` and the population ``R(t)`` at a
+  ``delta``-quantile of Binomial(n, alpha), hence (for delta <= 1/4 and alpha <= 1/2, as then
+  P(Binomial(n, alpha) <= n alpha) > 1/4 for every n) at most ``n alpha - 1``; there such a
+  sum is less likely to be that small than Binomial(n, rbar(t)) is (Hoeffding 1956, Theorem 4),
+  so the p-values are valid for ``rbar(t) > alpha`` and the whole argument holds exactly,
+  conditional on the scores, for the in-sample risk ``rbar``. The gap between ``rbar(t)`` and the population ``R(t)`` at a
   score-chosen t is a sampling fluctuation; its effect on the violation rate is measured by
   ``python -m trustvlm.benchmarks.threshold_simulation`` (BENCHMARKS.md section 9: at most
   3.8% violations at delta = 10% in 24 settings).
@@ -274,11 +275,12 @@ def select_threshold(confidence, correct, alpha: float, delta: float, *, method:
         A :class:`ThresholdChoice` (``method`` is :data:`LTT_METHOD` or :data:`SGR_METHOD`).
         With probability >= 1 - delta over i.i.d. calibration data, a feasible choice has
         selective risk <= alpha: the population risk with a `grid` fixed independently of this
-        data; without one, the in-sample risk (see the module docstring). An infeasible one (also
+        data; without one, only the in-sample risk, conditional on the scores, and only for
+        delta <= 1/4 and alpha <= 1/2 (see the module docstring). An infeasible one (also
         for empty input) has ``threshold = +inf``, ``coverage = 0``: defer everything.
         ``risk_upper_bound`` is the Clopper-Pearson bound of the chosen threshold at the level its
         test used: delta / K for LTT with K sequences (with or without a `grid`), delta /
-        ceil(log2 m) for SGR; not at level delta.
+        max(1, ceil(log2 m)) for SGR; not at level delta.
 
     Raises:
         ValueError: for alpha or delta outside (0, 1), an unknown method, a grid with SGR or

@@ -41,7 +41,7 @@ from trustvlm.cluster.payload import materialize_payload
 from trustvlm.runtime.frames import FrameHeader, ReceivedFrame
 from trustvlm.runtime.scoring.routing import RoutedScorer
 from trustvlm.runtime.scoring.scorer import BundleScorer, ScorerConfig, load_scorer
-from trustvlm.runtime.service import RELOAD_ERRORS
+from trustvlm.runtime.reload import RELOAD_ERRORS
 
 __all__ = ["ScorerReplica", "frame_to_wire", "frame_from_wire", "REFUSED"]
 

@@ -29,7 +29,7 @@ from trustvlm.runtime.frames import ReceivedFrame
 from trustvlm.runtime.messages import DecisionMessage
 from trustvlm.runtime.scoring.routing import CameraRoutes, MapWatch
 from trustvlm.runtime.scoring.scorer import ScorerConfig
-from trustvlm.runtime.service import RELOAD_ERRORS
+from trustvlm.runtime.reload import RELOAD_ERRORS
 
 __all__ = ["ClusterRoutedScorer", "ClusterMapLoader"]
 

@@ -33,7 +33,11 @@ A bundle may hold an out-of-distribution gate, ``ood_gate.onnx``, recorded in ``
 (:class:`~trustvlm.contract.ood_gate.OodGateInfo`); without one, frames go straight to the trust
 threshold.
 
-Schema history: 1.2 added ``fused`` and ``score_choice`` (empty when absent), ``prototype_recipe``
+A bundle may record the guarantee monitor's reference sample, ``monitor_reference``
+(:class:`~trustvlm.contract.monitor_reference.MonitorReference`): held-out values of the served score and the
+gate's typicality that the runtime ranks each thinned frame among; without it the camera is not watched.
+
+Schema history: 1.3 added ``monitor_reference`` (absent or null: none) and ``guarantee_frontier`` (absent: empty); 1.2 added ``fused`` and ``score_choice`` (empty when absent), ``prototype_recipe``
 (absent in older bundles, which all used ``unit-mean``) and ``ood_gate`` (absent or null: no gate);
 1.1 added ``aux_encoder`` (null for the VLM's own prototypes); 1.0 and 1.1 bundles still load.
 """
@@ -52,6 +56,7 @@ from trustvlm.contract.encoders import (AuxEncoderInfo, BundleError, BundleMisma
 from trustvlm.contract.files import json_safe, sha256_file
 from trustvlm.contract.fused import FusedModel
 from trustvlm.contract.manifest import read_manifest
+from trustvlm.contract.monitor_reference import MonitorReference
 from trustvlm.contract.ood_gate import OOD_GATE_FILE, OodGateInfo
 from trustvlm.contract.scores import SCORES
 from trustvlm.contract.threshold import ThresholdChoice
@@ -62,7 +67,7 @@ __all__ = [
     "load_bundle", "describe_bundle", "rebuild_hint", "PROTOTYPE_RECIPES", "UNIT_MEAN", "RAW_MEAN",
 ]
 
-BUNDLE_SCHEMA_VERSION = "1.2"
+BUNDLE_SCHEMA_VERSION = "1.3"
 BUNDLE_JSON = "bundle.json"
 PROTOTYPES_FILE = "prototypes.npz"
 TRUST_HEAD_FILE = "trust_head.onnx"
@@ -110,6 +115,10 @@ class BundleInfo:
         prototype_recipe: How the shots were averaged, one of :data:`PROTOTYPE_RECIPES`
             (``unit-mean`` when bundle.json predates the field).
         ood_gate: The out-of-distribution gate (``ood_gate.onnx``), or None: no gate.
+        monitor_reference: The guarantee monitor's reference sample, or None: the camera is not watched.
+        guarantee_frontier: What the threshold images certify at other alphas, same delta and procedure:
+            ``[{"alpha", "coverage", "threshold"}]``, threshold None where nothing is certified
+            (:mod:`trustvlm.calibration.guarantee_frontier`); empty when bundle.json predates the field.
         files: sha256 of ``prototypes.npz``, ``trust_head.onnx`` and ``ood_gate.onnx`` if any (filled in when
             the bundle is written).
         created_utc: ISO time of writing.
@@ -142,6 +151,8 @@ class BundleInfo:
     score_choice: dict = field(default_factory=dict)
     prototype_recipe: str = UNIT_MEAN
     ood_gate: OodGateInfo | None = None
+    monitor_reference: MonitorReference | None = None
+    guarantee_frontier: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     created_utc: str = ""
     schema_version: str = BUNDLE_SCHEMA_VERSION
@@ -171,6 +182,7 @@ class BundleInfo:
         data["aux_encoder"] = None if self.aux_encoder is None else self.aux_encoder.to_dict()
         data["fused"] = {name: model.to_dict() for name, model in self.fused.items()}
         data["ood_gate"] = None if self.ood_gate is None else self.ood_gate.to_dict()
+        data["monitor_reference"] = None if self.monitor_reference is None else self.monitor_reference.to_dict()
         data["class_names"], data["templates"] = list(self.class_names), list(self.templates)
         data["prompts"] = [list(per_class) for per_class in self.prompts]
         return json_safe(data)
@@ -190,6 +202,8 @@ class BundleInfo:
         values["fused"] = {name: FusedModel.from_dict(model) for name, model in data.get("fused", {}).items()}
         gate = data.get("ood_gate")
         values["ood_gate"] = None if gate is None else OodGateInfo.from_dict(gate)
+        reference = data.get("monitor_reference")
+        values["monitor_reference"] = None if reference is None else MonitorReference.from_dict(reference)
         values["class_names"] = tuple(data["class_names"])
         values["templates"] = tuple(data["templates"])
         values["prompts"] = tuple(tuple(per_class) for per_class in data["prompts"])

@@ -4,7 +4,8 @@
         forklift/   0001.jpg 0002.png ...
         pallet/     ...
 
-Class names are the sub-folder names (underscores read as spaces), in sorted order.
+Class names are the sub-folder names (underscores read as spaces), in sorted order. Sub-folders whose name
+starts with ``_`` are not classes and are skipped (a recording's ``_unscored``, :mod:`trustvlm.runtime.record`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
     folder = Path(root)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("_"))
     if len(class_dirs) < 2:
         raise ValueError(f"{folder}: expected one sub-folder per class (at least 2), found {len(class_dirs)}")
     files, labels = [], []

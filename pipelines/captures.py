@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trustvlm.calibration.shifts import SHIFTS, apply_shift
+from trustvlm.calibration.shifts import SHIFTS, ShiftSpec, apply_shift, parse_shift
 from trustvlm.data.fashion_mnist import SPLITS, DatasetMissingError, load_split
 from trustvlm.data.image_folder import IMAGE_SUFFIXES
 
@@ -63,20 +63,25 @@ class CapturedFrame:
     origin: str = ""
 
 
-def degrade(image: np.ndarray, shift: str, seed: int) -> np.ndarray:
-    """Pass one frame through the degraded camera `shift` (a name of calibration.shifts.SHIFTS).
+def degrade(image: np.ndarray, shift: str | ShiftSpec, seed: int) -> np.ndarray:
+    """Pass one frame through the degraded camera `shift`: a name of calibration.shifts.SHIFTS, the same with
+    changed parameters (``"low_light:gain=0.25"``, see :func:`~trustvlm.calibration.shifts.parse_shift`), or a
+    parsed :class:`~trustvlm.calibration.shifts.ShiftSpec`.
 
     BGR frames are shifted in RGB order (the JPEG shift's colour conversion assumes it) and come back BGR.
 
     Raises:
-        ValueError: An unknown shift (listing the known ones) or an image that is not uint8 grey/3-channel.
+        ValueError: An unknown shift (listing the known ones), an unknown or bad parameter, or an image that is
+            not uint8 grey/3-channel.
     """
-    if shift not in SHIFTS:
-        raise ValueError(f"unknown camera shift {shift!r}; expected one of {list(SHIFTS)}")
+    if not isinstance(shift, ShiftSpec):
+        if str(shift).partition(":")[0].strip() not in SHIFTS:
+            raise ValueError(f"unknown camera shift {shift!r}; expected one of {list(SHIFTS)}")
+        shift = parse_shift(shift)
     if image.ndim == 3:
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return cv2.cvtColor(apply_shift(shift, rgb[None], seed)[0], cv2.COLOR_RGB2BGR)
-    return apply_shift(shift, image[None], seed)[0]
+        return cv2.cvtColor(apply_shift(shift.name, rgb[None], seed, **shift.kwargs)[0], cv2.COLOR_RGB2BGR)
+    return apply_shift(shift.name, image[None], seed, **shift.kwargs)[0]
 
 
 def _quiet_opencv() -> None:

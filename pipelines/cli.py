@@ -26,6 +26,7 @@ SOURCE_EPILOG = """examples:
   trustvlm source --images ./frames --loop --fps 5
   trustvlm source --dataset fashion-mnist --shift low_light --encoding raw --truth truth.jsonl \\
       --max-in-flight 1 --decisions tcp://127.0.0.1:5556
+  trustvlm source --dataset fashion-mnist --shift low_light --drift low_light:gain=0.25 --drift-after 5000 ...
 """
 CONTROLLER_EPILOG = """examples:
   trustvlm controller --connect tcp://127.0.0.1:5556
@@ -77,8 +78,14 @@ def add_source_parser(subparsers) -> None:
     parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="ingest endpoint of the service")
     parser.add_argument("--camera-id", default="cam0", help="camera name on the wire: decisions come back on "
                                                             "trust/<camera-id>")
-    parser.add_argument("--shift", default=None, choices=list(SHIFTS),
-                        help="pass every frame through this degraded camera (calibration.shifts; seed = seq)")
+    parser.add_argument("--shift", default=None, metavar="NAME[:KEY=VALUE,...]",
+                        help=f"pass every frame through this degraded camera (calibration.shifts: {', '.join(SHIFTS)}; "
+                             "seed = seq), with changed parameters if given, e.g. low_light:gain=0.25")
+    parser.add_argument("--drift", default=None, metavar="NAME[:KEY=VALUE,...]",
+                        help="the camera changes: from frame --drift-after on, frames go through this shift instead of "
+                             "--shift, e.g. low_light:gain=0.25 (darker)")
+    parser.add_argument("--drift-after", type=int, default=None, metavar="N",
+                        help="frames sent before the --drift change (default 0: from the first frame)")
     parser.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"], help="payload encoding")
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1-100")
     parser.add_argument("--fps", type=_fps, default=0.0,
@@ -102,6 +109,13 @@ def add_source_parser(subparsers) -> None:
     parser.add_argument("--max-send-failures", type=int, default=10,
                         help="timed-out sends in a row before the source gives up (exit 1)")
     parser.add_argument("--summary", type=Path, default=None, help="write the final counts here as JSON")
+    parser.add_argument("--record", type=Path, default=None, metavar="DIR",
+                        help="also record the frames sent, thinned, into DIR/<camera-id>/to_review/_unscored/ with "
+                             "DIR/<camera-id>/frames.csv, to sort into class folders for `trustvlm calibrate` (see "
+                             "DIR/README.txt; oldest deleted past 1 GiB or 100,000 files)")
+    parser.add_argument("--record-interval", default="1s", metavar="INTERVAL",
+                        help="record at most one frame per this much capture time: 1s, 500ms, 2min; 0: every frame "
+                             "sent (--record)")
     parser.set_defaults(handler=run_source)
 
 
@@ -127,21 +141,33 @@ def run_source(args: argparse.Namespace) -> int:
     """Handler of `trustvlm source`."""
     import zmq  # noqa: PLC0415
 
+    from trustvlm.calibration.shifts import parse_shift  # noqa: PLC0415
     from trustvlm.pipelines.captures import CaptureError, DatasetCapture, ImageFolderCapture  # noqa: PLC0415
     from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig, SourceError  # noqa: PLC0415
-    from trustvlm.pipelines.source import (DecisionWindowPacer, FpsPacer, FreeRunPacer, TruthWriter,  # noqa: PLC0415
-                                           stream_frames)
+    from trustvlm.pipelines.source import (CameraDrift, DecisionWindowPacer, FpsPacer, FreeRunPacer,  # noqa: PLC0415
+                                           TruthWriter, stream_frames)
     from trustvlm.runtime.frames import check_camera_id  # noqa: PLC0415
+    from trustvlm.runtime.record import RecordConfig, Recorder  # noqa: PLC0415
     from trustvlm.runtime.schema import MessageError  # noqa: PLC0415
 
     if args.max_in_flight < 0 or (args.max_in_flight and not args.decisions):
         raise CliError(f"--max-in-flight {args.max_in_flight} needs a value >= 1 and --decisions <publish endpoint>")
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit should be >= 1, but got {args.limit}")
+    if args.drift_after is not None and (args.drift is None or args.drift_after < 0):
+        raise CliError(f"--drift-after {args.drift_after} needs a value >= 0 and --drift NAME[:KEY=VALUE,...]")
+    shifts = {}
+    for flag in ("shift", "drift"):
+        try:
+            shifts[flag] = parse_shift(getattr(args, flag)) if getattr(args, flag) is not None else None
+        except ValueError as error:
+            raise CliError(f"--{flag}: {error}") from None
+    drift = CameraDrift(shifts["drift"], args.drift_after or 0) if shifts["drift"] is not None else None
     try:
         check_camera_id(args.camera_id, "--camera-id")
         encoder = FrameEncoder(args.encoding, args.jpeg_quality)
         sender_config = SenderConfig(args.connect, args.send_hwm, args.send_timeout_ms, args.max_send_failures)
+        record = RecordConfig(dir=args.record, interval=args.record_interval) if args.record is not None else None
     except (MessageError, ValueError) as error:
         raise CliError(str(error)) from error
     for path in (args.truth, args.summary):
@@ -165,6 +191,7 @@ def run_source(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop.set)
     truth = TruthWriter(args.truth) if args.truth is not None else None
+    recorder = Recorder(record) if record is not None else None
     try:
         with zmq.Context() as context, FrameSender(sender_config, context) as sender, capture:
             if args.max_in_flight:
@@ -176,12 +203,13 @@ def run_source(args: argparse.Namespace) -> int:
                 pacing = (f"at most {args.max_in_flight} frame(s) without a decision" if args.max_in_flight
                           else f"{fps:g} frames/s" if fps else "no pacing")
                 print(f"source {args.camera_id}: {capture.description}"
-                      f"{f' through the {args.shift} camera' if args.shift else ''} -> {args.connect} "
+                      f"{f' through the {args.shift} camera' if args.shift else ''}"
+                      f"{f', from frame {drift.after} through {drift.shift}' if drift else ''} -> {args.connect} "
                       f"({args.encoding}, {pacing}){f', truth -> {args.truth}' if truth else ''}", flush=True)
                 if args.max_in_flight:
                     pacer.wait_ready(args.ready_timeout_s, stop)
-                stats = stream_frames(capture, args.camera_id, encoder, sender, pacer, truth, args.shift,
-                                      args.limit, stop)
+                stats = stream_frames(capture, args.camera_id, encoder, sender, pacer, truth, shifts["shift"],
+                                      args.limit, stop, recorder, drift)
             finally:
                 pacer.close()
     except (SourceError, CaptureError, ValueError) as error:
@@ -189,7 +217,11 @@ def run_source(args: argparse.Namespace) -> int:
     finally:
         if truth is not None:
             truth.close()
+        if recorder is not None:
+            recorder.close()
     print(stats.summary(), flush=True)
+    if recorder is not None:
+        print(f"recorded to {args.record}: " + ", ".join(f"{k} {v}" for k, v in recorder.stats().items()), flush=True)
     if args.summary is not None:
         args.summary.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
     return 0
@@ -297,7 +329,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 def add_demo_parser(subparsers) -> None:
     """Add `demo`: the end-to-end streaming demo (`make demo-stream`)."""
     from trustvlm.calibration.shifts import SHIFTS  # noqa: PLC0415 - cheap (numpy + cv2)
-    from trustvlm.pipelines.demo_config import VTEST  # noqa: PLC0415
+    from trustvlm.pipelines.demo_config import DARKER, MONITOR_INTERVAL_S, VTEST  # noqa: PLC0415
 
     parser = subparsers.add_parser(
         "demo", formatter_class=ExamplesHelpFormatter, epilog=DEMO_EPILOG,
@@ -306,8 +338,10 @@ def add_demo_parser(subparsers) -> None:
              "summary",
         description=wrap("End-to-end streaming demo: calibrate each degraded camera on its own frames, serve them "
                          "all with one service and a camera map, replay Fashion-MNIST test images through each "
-                         "camera with labels plus a real video clip, score live with the controller; then the same "
-                         "streams against one shared bundle; print the per-camera table and plot risk-coverage. "
+                         "camera with labels plus a real video clip, score live with the controller; halfway "
+                         "through, the low-light camera gets darker and the service's guarantee monitor should "
+                         "raise ALARM; then the same streams against one shared bundle; print the per-camera "
+                         "table and the drift's outcome, plot risk-coverage. "
                          "Every step is a real trustvlm process; everything lands in the --out folder."))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo_fmnist"), help="export folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <artifacts>/demo_stream)")
@@ -330,19 +364,25 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the service")
     parser.add_argument("--threshold-method", default="ltt", choices=["ltt", "sgr"],
                         help="how calibrate chooses the accept threshold (see `trustvlm calibrate --help`)")
+    parser.add_argument("--no-drift", dest="drift", action="store_false",
+                        help=f"keep the low-light camera as calibrated (otherwise it turns {DARKER} halfway)")
+    parser.add_argument("--monitor-interval", type=float, default=MONITOR_INTERVAL_S, metavar="SECONDS",
+                        help="the services' guarantee monitor takes one frame per camera per this much capture time")
     parser.set_defaults(handler=run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Handler of `trustvlm demo`."""
     from trustvlm.pipelines.demo import DemoConfig, DemoError, run_demo  # noqa: PLC0415
+    from trustvlm.pipelines.demo_config import DARKER  # noqa: PLC0415
     from trustvlm.pipelines.processes import ProcessError  # noqa: PLC0415
 
     config = DemoConfig(artifacts=args.artifacts, out=args.out or args.artifacts / "demo_stream",
                         cameras=tuple(args.cameras), shared=args.shared if args.use_shared else None,
                         shots=args.shots, alpha=args.alpha, delta=args.delta, lam=args.lam, frames=args.frames,
                         video=args.video if args.use_video else None, threads=args.threads,
-                        threshold_method=args.threshold_method)
+                        threshold_method=args.threshold_method, drift=DARKER if args.drift else None,
+                        monitor_interval_s=args.monitor_interval)
     try:
         run_demo(config)
     except (DemoError, ProcessError) as error:

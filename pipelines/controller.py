@@ -39,6 +39,9 @@ log = logging.getLogger("trustvlm.pipelines.controller")
 EVENT_SAFE_ENTER = "safe_enter"
 EVENT_SAFE_EXIT = "safe_exit"
 EVENT_DEGRADED = "service_degraded"
+#: A camera's guarantee changed (its decisions' monitor or audit state): reported, the state is unchanged, but the
+#: robot stops getting accepted frames from a camera in alarm or violated (the service defers them).
+EVENT_GUARANTEE = "guarantee_changed"
 REASON_NO_HEARTBEAT_YET = "no heartbeat yet"
 REASON_HEARTBEAT_MISSING = "heartbeat missing"
 REASON_SERVICE_STOPPED = "service stopped"
@@ -65,7 +68,8 @@ class StateEvent:
     """A change of the controller's state.
 
     Attributes:
-        name: EVENT_SAFE_ENTER or EVENT_SAFE_EXIT (or EVENT_DEGRADED, which does not change the state).
+        name: EVENT_SAFE_ENTER or EVENT_SAFE_EXIT (or EVENT_DEGRADED or EVENT_GUARANTEE, which do not change the
+            state).
         reason: Why (REASON_* or the service's detail).
         ts_ns: When, Unix epoch ns.
         silent_ms: Time since the last heartbeat when SAFE was entered (NaN if none was ever seen).
@@ -201,6 +205,8 @@ class Controller:
         self.ended_by = ""
         self._stop = threading.Event()
         self._cameras = set(config.cameras)
+        #: Each camera's guarantee as its latest decision said it: (monitor, audit_state).
+        self.guarantees: dict[str, tuple[str, str]] = {}
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, config.receive_hwm)
@@ -292,6 +298,7 @@ class Controller:
         if self._cameras and message.camera_id not in self._cameras:  # topics match by prefix
             return
         self._emit(self.watch.check(now))
+        self._check_guarantee(message)
         record = DecisionRecord.from_message(message, received_ts_ns)
         action = (Action.ACT if message.decision is Decision.ACCEPT and self.watch.state is ControllerState.OK
                   else Action.HOLD)
@@ -301,6 +308,18 @@ class Controller:
         else:
             self.scoreboard.add_decision(record)
         self.observer.on_decision(message, record, action, self.watch.state)
+
+    def _check_guarantee(self, message: DecisionMessage) -> None:
+        state = (message.monitor, message.audit_state)
+        before = self.guarantees.get(message.camera_id)
+        if before is not None and state == ("", ""):  # a frame decided before scoring (dropped, stale): no news
+            return
+        if state != before and len(self.guarantees) < 4096:  # a bounded table, like the service's camera labels
+            self.guarantees[message.camera_id] = state
+            if before is not None or state[0] not in ("", "ok"):
+                was = "monitor {} / audit {}".format(*(v or "off" for v in before)) if before else "new camera"
+                self._emit(StateEvent(EVENT_GUARANTEE, f"{message.camera_id}: monitor {state[0] or 'off'} / audit "
+                                                       f"{state[1] or 'off'} (was {was})", time.time_ns()))
 
     def _poll_truth(self) -> None:
         for truth in self.truths:
@@ -322,6 +341,7 @@ class Controller:
                   "heartbeat_timeout_ms": self.config.heartbeat_timeout_ms, "service_stopped": watch.service_stopped,
                   "heartbeat_seen": watch.last_heartbeat is not None},
             bad_messages=self.bad_messages,
+            guarantees={camera: {"monitor": m, "audit": a} for camera, (m, a) in sorted(self.guarantees.items())},
             truth_bad_rows=sum(truth.bad_rows for truth in self.truths),
             service={"status": self.last_health.status.value, "counters": dict(self.last_health.counters),
                      "model_id": self.last_health.model_id, "bundle_id": self.last_health.bundle_id,

@@ -16,8 +16,8 @@ from enum import Enum
 from typing import TextIO
 
 from trustvlm.contract.files import json_safe
-from trustvlm.pipelines.controller import (EVENT_DEGRADED, EVENT_SAFE_ENTER, Action, ControllerObserver,
-                                           ControllerState, StateEvent)
+from trustvlm.pipelines.controller import (EVENT_DEGRADED, EVENT_GUARANTEE, EVENT_SAFE_ENTER, Action,
+                                           ControllerObserver, ControllerState, StateEvent)
 from trustvlm.pipelines.scoreboard import DecisionRecord
 from trustvlm.runtime.messages import DecisionMessage
 
@@ -45,6 +45,8 @@ def describe_event(event: StateEvent, timeout_ms: float) -> str:
         return f"SAFE: {why}: every camera is treated as deferred"
     if event.name == EVENT_DEGRADED:
         return f"WARNING: the service reports degraded: {event.reason}"
+    if event.name == EVENT_GUARANTEE:
+        return f"GUARANTEE: {event.reason}"
     return f"OK: {event.reason} ({event.safe_ms / 1e3:.1f} s in SAFE): acting on accepted decisions again"
 
 
@@ -72,9 +74,13 @@ def format_summary(summary: dict) -> list[str]:
     lines = [f"controller summary (ended by {summary['ended_by']} after {summary['seconds']:.1f} s):",
              f"  decisions {summary['decisions']}: accepted {summary['accepted']}, deferred {summary['deferred']}"
              f"{f' ({reasons})' if reasons else ''}; duplicates {summary['duplicates']}"]
+    guarantees = summary.get("guarantees", {})
     for camera, counts in summary["cameras"].items():
+        guarantee = guarantees.get(camera, {})
+        watched = f"; monitor {guarantee['monitor']}" if guarantee.get("monitor") else ""
+        watched += f", audit {guarantee['audit']}" if guarantee.get("audit") else ""
         lines.append(f"  camera {camera}: {counts['decisions']} decisions, {counts['accepted']} accepted, "
-                     f"{counts['deferred']} deferred, {counts['labelled']} labelled")
+                     f"{counts['deferred']} deferred, {counts['labelled']} labelled{watched}")
     labelled = summary["labelled"]
     if labelled["truth_rows"]:
         lines.append(f"  labelled frames {labelled['frames']}: accuracy on accepted "

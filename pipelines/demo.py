@@ -16,12 +16,18 @@ Steps (each a real ``trustvlm`` process, exit codes checked):
 4. The cameras: the Fashion-MNIST test images replayed through each degraded camera with labels (raw frames,
    at most one frame without a decision per camera, so none is superseded), and a real video clip (OpenCV's
    ``vtest.avi``, a street scene) through the video capture path at its own frame rate, looping until the
-   labelled replays end. Then the service stops (SIGTERM: in-flight frames are answered, a final ``stopped``
-   heartbeat is published) and the controller ends on that heartbeat.
+   labelled replays end. Halfway through its replay the low-light camera gets darker (``--drift``,
+   :attr:`DemoConfig.drift`); the service's guarantee monitor (one frame per ``monitor_interval_s`` of capture
+   time, default alarm level) should raise ALARM and defer that camera's frames ``guarantee_lost``. Then the
+   service stops (SIGTERM: in-flight frames are answered, a final ``stopped`` heartbeat is published) and the
+   controller ends on that heartbeat.
 5. The same labelled replays through a second service that scores every camera against the shared bundle
-   (``--bundle``): what one bundle for the whole robot would have done with the same frames.
+   (``--bundle``): what one bundle for the whole robot would have done with the same frames. Its monitor only
+   reports (``--on-drift warn``), so the table shows the shared bundle's own decisions.
 6. Print the per-camera table (own bundle against shared bundle: coverage, accuracy on accepted frames, risk
-   against alpha) and write a risk-coverage plot of the first camera from the logged decisions.
+   against alpha), the drift's lines (:mod:`.drift_report`: frames to ALARM, frames deferred, the risk among the
+   frames the robot would have acted on after the drift had nobody watched) and write a risk-coverage plot of
+   the first camera from the logged decisions.
 
 Everything lands in ``<artifacts>/demo_stream/`` (calibration sets, bundles, camera map, truth, decision logs,
 summaries, plot, each process's stderr under ``logs/``). Children that are still running when the demo fails or
@@ -34,12 +40,13 @@ import json
 import time
 from pathlib import Path
 
-from trustvlm.calibration.shifts import SHIFTS
+from trustvlm.calibration.shifts import SHIFTS, parse_shift
 from trustvlm.contract.camera_map import CameraMap, write_camera_map
 from trustvlm.data.fashion_mnist import DatasetMissingError
 from trustvlm.pipelines.calibration_set import CalibrationSet, write_camera_calibration_set
 from trustvlm.pipelines.demo_config import CLEAN, VIDEO_CAMERA, VTEST, DemoConfig, DemoError
 from trustvlm.pipelines.demo_summary import camera_rows, format_demo_summary, plot_demo_risk_coverage
+from trustvlm.pipelines.drift_report import drift_outcome, first_alarms, format_drift_lines, thinning_words
 from trustvlm.pipelines.processes import ChildProcess
 from trustvlm.pipelines.serve_process import ServeProcess
 
@@ -54,6 +61,11 @@ def _check_inputs(config: DemoConfig) -> None:
             shift not in SHIFTS for shift in config.cameras) or config.shared not in (None, CLEAN, *SHIFTS):
         raise DemoError(f"the demo's cameras should be distinct names of {list(SHIFTS)} and the shared one one of "
                         f"{[CLEAN, *SHIFTS]}, but got {list(config.cameras)} and {config.shared}")
+    if config.drift is not None:
+        try:
+            parse_shift(config.drift)
+        except ValueError as error:
+            raise DemoError(f"the demo's drift: {error}") from None
     if config.video is not None and not config.video.is_file():
         raise DemoError(f"video {config.video} is missing: apt-get install opencv-doc (or `make system-packages`), "
                         "or pass --no-video")
@@ -82,9 +94,16 @@ def _calibrate(config: DemoConfig, shift: str, logs: Path) -> tuple[CalibrationS
     return calibration, bundle, calibrate.wait_for_line(r"^wrote (.*)", 5).group(0)
 
 
-def _stream(config: DemoConfig, served: Path, tag: str, with_video: bool, logs: Path) -> tuple[dict, dict]:
-    """One service (`served`: a bundle folder or a camera map) fed by every labelled camera (and the video);
-    the controller's summary and every process's exit status. Decisions go to ``decisions{tag}.jsonl``."""
+def _drift_args(config: DemoConfig, shift: str) -> list[str]:
+    """The source flags that make the `shift` camera drift halfway (none for the others)."""
+    return ["--drift", config.drift, "--drift-after", str(config.drift_after)] if shift == config.drift_camera else []
+
+
+def _stream(config: DemoConfig, served: Path, tag: str, with_video: bool, logs: Path,
+            serve_args: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """One service (`served`: a bundle folder or a camera map; `serve_args`: more flags) fed by every labelled camera
+    (and the video); the controller's summary and every process's exit status. Decisions go to
+    ``decisions{tag}.jsonl``."""
     out, timeout = config.out, config.step_timeout_s
     log, summary_path = out / f"decisions{tag}.jsonl", out / f"controller_summary{tag}.json"
     for path in (log, summary_path):
@@ -94,7 +113,8 @@ def _stream(config: DemoConfig, served: Path, tag: str, with_video: bool, logs: 
     statuses: dict[str, int] = {}
     try:
         with ServeProcess(config.artifacts, served, logs, (
-                "--heartbeat-ms", str(config.heartbeat_ms), "--threads", str(config.threads), "--no-watch"),
+                "--heartbeat-ms", str(config.heartbeat_ms), "--threads", str(config.threads), "--no-watch",
+                "--monitor-interval", str(config.monitor_interval_s), *serve_args),
                 echo=True, name=f"serve{tag}") as serve:
             controller = children["controller"] = ChildProcess(f"controller{tag}", [
                 "controller", "--connect", serve.publish, "--log", str(log), "--summary", str(summary_path),
@@ -108,7 +128,7 @@ def _stream(config: DemoConfig, served: Path, tag: str, with_video: bool, logs: 
                 replay = children[f"source-{camera}"] = ChildProcess(f"source-{camera}{tag}", [
                     "source", "--dataset", "fashion-mnist", "--split", "test", "--shift", shift, "--encoding", "raw",
                     "--camera-id", camera, "--connect", serve.ingest, "--max-in-flight", "1", "--decisions",
-                    serve.publish, "--truth", str(truth[shift]),
+                    serve.publish, "--truth", str(truth[shift]), *_drift_args(config, shift),
                     *(["--limit", str(config.frames)] if config.frames else [])], logs)
                 replays.append(replay)
             if with_video:
@@ -162,20 +182,43 @@ def run_demo(config: DemoConfig) -> dict:
     if config.shared:
         print(f"[3/{steps}] the same labelled cameras against one shared bundle (calibrated on the {config.shared} "
               "camera)", flush=True)
-        _, shared_statuses = _stream(config, calibrated[config.shared][1], "_shared", False, logs)
+        _, shared_statuses = _stream(config, calibrated[config.shared][1], "_shared", False, logs,
+                                     ("--on-drift", "warn"))
         statuses.update(shared_statuses)
         shared_rows = camera_rows(config, config.out / "decisions_shared.jsonl",
                                   {shift: calibrated[config.shared][1] for shift in config.cameras})
     print(f"[{steps}/{steps}] summary", flush=True)
     rows = camera_rows(config, config.out / "decisions.jsonl",
                        {shift: calibrated[shift][1] for shift in config.cameras})
+    drift, drift_lines = _drift_summary(config, shared_rows is not None)
     plot = plot_demo_risk_coverage(config.out / "decisions.jsonl", config.out / f"truth_{config.cameras[0]}.jsonl",
                                    config.out / "risk_coverage.png", config)
     lines = format_demo_summary(summary, config, calibrated, rows, shared_rows,
                                 {**{f"calibrate-{s}": 0 for s in calibrated}, **statuses}, plot,
-                                time.monotonic() - started)
+                                time.monotonic() - started, drift_lines)
     print("\n".join(lines), flush=True)
     (config.out / "demo_summary.json").write_text(json.dumps({
         "config": {k: str(v) for k, v in vars(config).items()}, "controller": summary, "processes": statuses,
-        "cameras": rows, "shared": shared_rows}, indent=2) + "\n")
+        "cameras": rows, "shared": shared_rows, "drift": drift}, indent=2) + "\n")
     return summary
+
+
+def _drift_summary(config: DemoConfig, shared: bool) -> tuple[dict | None, list[str]]:
+    """The drifting camera's outcome (from the decision log and its truth file) and its summary lines; with the
+    shared run, where that run's monitor (reporting only) raised ALARM."""
+    lines = []
+    if config.drift_camera is not None:
+        camera = config.camera_id(config.drift_camera)
+        outcome = drift_outcome(config.out / "decisions.jsonl", config.out / f"truth_{config.drift_camera}.jsonl",
+                                camera, config.drift_after, config.monitor_interval_s)
+        lines = [f"camera {camera} gets darker halfway: from frame {config.drift_after} on through {config.drift} "
+                 f"instead of {config.drift_camera}; guarantee monitor at the default alarm level, on "
+                 f"{thinning_words(config.monitor_interval_s)} (the replay sends independent test images back to "
+                 "back, so this thinning is as honest as the default 1 s on video):",
+                 *format_drift_lines(outcome, config.alpha)]
+    if shared:
+        alarms = first_alarms(config.out / "decisions_shared.jsonl", [config.camera_id(s) for s in config.cameras])
+        lines.append("shared bundle run (its monitor only reports, --on-drift warn): " + ", ".join(
+            f"{camera} {'ALARM on frame ' + str(seq) if seq is not None else 'no ALARM'}" for camera, seq in
+            alarms.items()))
+    return (outcome.to_dict() if config.drift_camera is not None else None), lines

@@ -5,13 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VTEST", "DATASET_CAMERA", "VIDEO_CAMERA", "CLEAN", "DemoError", "DemoConfig"]
+__all__ = ["VTEST", "DATASET_CAMERA", "VIDEO_CAMERA", "CLEAN", "TEST_FRAMES", "DARKER", "MONITOR_INTERVAL_S",
+           "DemoError", "DemoConfig"]
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 DATASET_CAMERA = "fmnist_{shift}"
 VIDEO_CAMERA = "vtest"
 #: The shared bundle's default camera: the undegraded calibration split (``calibrate --data fashion-mnist``).
 CLEAN = "clean"
+#: Images of the Fashion-MNIST test split (what a replay sends when no frame count is given).
+TEST_FRAMES = 10_000
+#: The low-light camera, darker (half the gain of the calibrated one): what the demo's camera drifts to.
+DARKER = "low_light:gain=0.25"
+#: The demo services' monitor thinning, in seconds of capture time. The labelled replays send independent test
+#: images back to back, so a frame every 0.05 s is as independent as one a second (the service's default, set for
+#: video, whose consecutive frames are alike) and the monitor sees enough frames within the demo.
+MONITOR_INTERVAL_S = 0.05
 
 
 class DemoError(Exception):
@@ -43,6 +52,11 @@ class DemoConfig:
         threads: ONNX Runtime threads of the service.
         step_timeout_s: Longest any one step may take.
         threshold_method: How calibrate chooses the accept threshold ("ltt" or "sgr").
+        drift: ``name:key=value,...`` (calibration.shifts.parse_shift): the camera of that shift name changes to
+            it halfway through its replay (``trustvlm source --drift``); by default the low-light camera gets
+            darker. None, or a camera the demo does not run: no drift.
+        monitor_interval_s: The services' guarantee monitor takes one frame per camera per this much capture
+            time (``serve --monitor-interval``; see :data:`MONITOR_INTERVAL_S`).
     """
 
     artifacts: Path
@@ -61,6 +75,8 @@ class DemoConfig:
     threads: int = 1
     step_timeout_s: float = 900.0
     threshold_method: str = "ltt"
+    drift: str | None = DARKER
+    monitor_interval_s: float = MONITOR_INTERVAL_S
 
     def camera_id(self, shift: str) -> str:
         """Camera id of the labelled replay through the `shift` camera."""
@@ -75,6 +91,17 @@ class DemoConfig:
     def bundle_cameras(self) -> tuple[str, ...]:
         """Every camera a bundle is calibrated for: the demo's cameras, then the shared one."""
         return self.cameras + ((self.shared,) if self.shared and self.shared not in self.cameras else ())
+
+    @property
+    def drift_camera(self) -> str | None:
+        """The shift name of the camera that drifts (None: no drift)."""
+        name = self.drift.partition(":")[0].strip() if self.drift else None
+        return name if name in self.cameras else None
+
+    @property
+    def drift_after(self) -> int:
+        """Frames the drifting camera sends before it changes: half of its replay."""
+        return (self.frames or TEST_FRAMES) // 2
 
     @property
     def video_camera(self) -> str:

@@ -75,8 +75,10 @@ def format_camera_table(config: DemoConfig, rows: list[dict], shared_rows: list[
               f"limit {_pct(own['certifiable_limit'])}, oracle coverage {_pct(own['oracle_coverage'])}" for own in rows]
     above = [own for own in rows if math.isfinite(own["risk"]) and own["risk"] > config.alpha]
     if above:
+        drifted = config.camera_id(config.drift_camera) if config.drift_camera else None
         lines.append("  own bundle above the target on these test frames: " + ", ".join(
-            f"{own['camera']} {_pct(own['risk'])}" for own in above) + " (the promise is for frames like the "
+            f"{own['camera']} {_pct(own['risk'])}" + (" (its darker frames: below)" if own["camera"] == drifted else "")
+            for own in above) + " (the promise is for frames like the "
             "calibration frames, with probability >= " f"{1 - config.delta:.0%}; these test images are harder than the "
             "calibration split: README, the eval table)")
     for index, own in enumerate(rows):
@@ -88,7 +90,7 @@ def format_camera_table(config: DemoConfig, rows: list[dict], shared_rows: list[
 
 def format_demo_summary(summary: dict, config: DemoConfig, calibrated: dict, rows: list[dict],
                         shared_rows: list[dict] | None, statuses: dict[str, int], plot: Path | None,
-                        seconds: float) -> list[str]:
+                        seconds: float, drift_lines: list[str] = ()) -> list[str]:
     """The lines the demo ends with.
 
     Args:
@@ -100,6 +102,7 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibrated: dict, row
         statuses: Exit status of each process, by name, in the order they ended.
         plot: The risk-coverage plot, None when it was not written.
         seconds: How long the demo took.
+        drift_lines: The drift's lines (after the table), see :func:`trustvlm.pipelines.demo._drift_summary`.
     """
     cams, labelled = summary["cameras"], summary["labelled"]
     latency = summary["latency_ms"]["e2e_from_capture"]
@@ -110,6 +113,7 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibrated: dict, row
              f"{config.alpha:g}, delta {config.delta:g}) and served by one service with a camera map:"]
     lines += [f"  {shift}: {calibrated[shift][2]}" for shift in config.bundle_cameras]
     lines += format_camera_table(config, rows, shared_rows)
+    lines += drift_lines
     if config.video_camera in cams:
         video = cams[config.video_camera]
         lines.append(f"camera {config.video_camera}: {config.video.name} street scene (not clothing), no bundle of "
@@ -129,6 +133,10 @@ def format_demo_summary(summary: dict, config: DemoConfig, calibrated: dict, row
         "processes: " + ", ".join(f"{name} exit {status}" for name, status in statuses.items()),
         f"outputs in {config.out} ({seconds:.0f} s)",
     ]
+    if config.drift_camera is not None:
+        lines.append("next: `make demo-recalibrate` (trustvlm demo-recalibrate): a low-light camera that gets darker, "
+                     "its ALARM, its darker frames recorded and labelled, a new bundle calibrated on them and swapped "
+                     "in while the service runs, the camera back to OK")
     return lines
 
 
@@ -147,4 +155,5 @@ def plot_demo_risk_coverage(log: Path, truth: Path, plot: Path, config: DemoConf
     return plot_live_risk_coverage(
         frames, plot, alpha=config.alpha,
         title=f"live risk-coverage: camera {camera}, {len(frames)} labelled frames\n"
-              f"bundle calibrated on the {config.cameras[0]} camera")
+              f"bundle calibrated on the {config.cameras[0]} camera"
+              + (f", darker from frame {config.drift_after}" if config.drift_camera == config.cameras[0] else ""))

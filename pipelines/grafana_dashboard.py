@@ -12,8 +12,8 @@ metrics a running service exports, and that the file in deploy/ is what this mod
 
 Rows: the service (frames/s, accept share, deferrals by reason, out-of-distribution deferrals,
 latency percentiles, batch size, encoder busy share, time since each camera's last decision, the bundle
-in use), then one row repeated per camera. Bundle reloads are annotations. The guarantee monitor has a
-row of its own that says it is not exported yet.
+in use), then one row repeated per camera, then the guarantee: each camera's monitor state and evidence, the
+audit's risk bounds, state and labels, deferrals ``guarantee_lost``. Bundle reloads are annotations.
 """
 
 from __future__ import annotations
@@ -96,17 +96,40 @@ def _camera_row(y: int) -> list[dict]:
                    _quantiles("trustvlm_camera_latency_from_capture_seconds", "camera", one), 12, y + 1)]
 
 
+def _guarantee_panels(y: int) -> list[dict]:
+    lost = CAMERAS + ',reason="guarantee_lost"'
+    return [{"type": "row", "title": "Guarantee", "collapsed": False, "panels": [],
+             "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}},
+            _panel("Guarantee monitor", "none",
+                   [(f"max by (camera) (trustvlm_camera_guarantee_state{{{CAMERAS}}})", "{{camera}}")], 0, y + 1,
+                   description="0 ok, 1 watch (evidence of a change, reported only), 2 alarm (frames deferred "
+                               "guarantee_lost), -1 not watched (a bundle without a reference sample)"),
+            _panel("Monitor evidence", "none",
+                   [(f"max by (camera) (trustvlm_camera_guarantee_evidence{{{CAMERAS}}})", "{{camera}}")], 12, y + 1,
+                   description="log10 of the evidence over the alarm line: 0 is the line"),
+            _panel("Audit: risk among accepted frames", "percentunit",
+                   [(f"max by (camera) (trustvlm_camera_audit_risk_upper{{{CAMERAS}}})", "upper {{camera}}"),
+                    (f"max by (camera) (trustvlm_camera_audit_risk_lower{{{CAMERAS}}})", "lower {{camera}}")],
+                   0, y + 9, description="anytime-valid bounds from the labels of audited frames"),
+            _panel("Audit state and labels", "none",
+                   [(f"max by (camera) (trustvlm_camera_audit_state{{{CAMERAS}}})", "state {{camera}}"),
+                    (f"max by (camera) (trustvlm_camera_audit_labels{{{CAMERAS}}})", "labels {{camera}}")],
+                   12, y + 9, description="state: 0 unverified, 1 verified, 2 violated, -1 no audit"),
+            _panel("Deferred guarantee_lost per second", "reqps",
+                   [(f"sum by (camera) ({_rate('trustvlm_camera_decisions_total', lost)})", "{{camera}}")],
+                   0, y + 17),
+            _panel("Audit labels per second by outcome", "reqps",
+                   [(f"sum by (outcome) ({_rate('trustvlm_feedback_labels_total', '')})", "{{outcome}}")],
+                   12, y + 17, description="only labels of frames marked audit: true match")]
+
+
 def build_dashboard() -> dict:
     """The dashboard as Grafana's JSON model (file provisioning; see the module docstring)."""
     panels = [{"type": "row", "title": "Service", "collapsed": False, "panels": [],
                "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}}]
     panels += _service_panels(1)
     panels += _camera_row(41)
-    panels += [{"type": "row", "title": "Guarantee monitor (not exported yet)", "collapsed": False, "panels": [],
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": 50}},
-               {"type": "text", "title": "Guarantee monitor", "gridPos": {"h": 3, "w": 24, "x": 0, "y": 51},
-                "options": {"mode": "markdown", "content": "The per-camera guarantee monitor's state and evidence "
-                                                           "are not exported by the service yet; their panels go here."}}]
+    panels += _guarantee_panels(50)
     for index, panel in enumerate(panels, start=1):
         panel["id"] = index
     return {

@@ -4,7 +4,8 @@ The loop (:func:`stream_frames`) is handed its collaborators: a capture (:mod:`t
 an optional degraded camera, a :class:`~trustvlm.pipelines.frame_sender.FrameEncoder`, a
 :class:`~trustvlm.pipelines.frame_sender.FrameSender` (PUSH socket), a pacer and an optional :class:`TruthWriter`. Each frame gets the next ``seq`` of its camera and a capture timestamp (Unix
 epoch ns, taken when the frame is read, after the pacer let it go), and is sent as ``[header, payload]`` by
-:func:`trustvlm.runtime.frames.send_frame`.
+:func:`trustvlm.runtime.frames.send_frame`. With a :class:`~trustvlm.runtime.record.recorder.Recorder` (``--record``)
+the frames sent are also recorded, thinned, for review (:mod:`trustvlm.runtime.record`).
 
 Pacing, when to use which:
 
@@ -17,8 +18,13 @@ Pacing, when to use which:
   answers. The source subscribes to its own camera's decisions and keeps at most N frames unanswered; with
   N = 1 no frame is ever superseded. This is how a labelled replay scores every frame.
 
+A camera that changes mid-stream (:class:`CameraDrift`, ``--drift low_light:gain=0.25 --drift-after N``) sends
+frames ``seq >= N`` through the drifted shift instead of the camera's own: a known change at a known frame, to
+watch the service's guarantee monitor react.
+
 A labelled replay writes its ground truth as JSONL, one ``{"camera_id", "seq", "label", "class_id",
-"origin"}`` per frame *sent*, flushed per line, so a controller can join decisions to labels on
+"origin", "shift"}`` per frame *sent* (``shift``: the camera shift the frame went through, e.g.
+``low_light:gain=0.25``, or null), flushed per line, so a controller can join decisions to labels on
 ``(camera_id, seq)`` while the stream runs. The file is rewritten at each start, and seq starts at 0.
 """
 
@@ -34,10 +40,12 @@ from typing import Protocol
 
 import zmq
 
+from trustvlm.calibration.shifts import ShiftSpec, parse_shift
 from trustvlm.pipelines.captures import Capture, CapturedFrame, degrade
 from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SourceError
-from trustvlm.runtime.frames import FrameHeader, check_camera_id
+from trustvlm.runtime.frames import FrameHeader, ReceivedFrame, check_camera_id
 from trustvlm.runtime.messages import HEALTH_TOPIC, DecisionMessage, HealthMessage, decode_body, topic_for
+from trustvlm.runtime.record import Recorder
 from trustvlm.runtime.schema import MessageError
 
 log = logging.getLogger("trustvlm.pipelines.source")
@@ -178,9 +186,9 @@ class TruthWriter:
         self.path = path
         self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def write(self, camera_id: str, seq: int, frame: CapturedFrame) -> None:
+    def write(self, camera_id: str, seq: int, frame: CapturedFrame, shift: ShiftSpec | None = None) -> None:
         record = {"camera_id": camera_id, "seq": seq, "label": frame.label, "class_id": frame.class_id,
-                  "origin": frame.origin}
+                  "origin": frame.origin, "shift": None if shift is None else str(shift)}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -192,6 +200,32 @@ class TruthWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class CameraDrift:
+    """The camera changes after `after` frames: frames ``seq >= after`` go through `shift` instead.
+
+    Attributes:
+        shift: The changed camera, e.g. ``parse_shift("low_light:gain=0.25")`` (a darker low-light camera).
+        after: Frames sent before the change (0: from the first frame).
+    """
+
+    shift: ShiftSpec
+    after: int
+
+    def __post_init__(self) -> None:
+        if self.after < 0:
+            raise ValueError(f"the drift should start after >= 0 frames, but got {self.after}")
+
+    @classmethod
+    def parse(cls, text: str, after: int) -> "CameraDrift":
+        """From ``name:key=value,...`` (see :func:`~trustvlm.calibration.shifts.parse_shift`).
+
+        Raises:
+            ValueError: A shift or parameter that does not exist, or `after` below 0 (one line).
+        """
+        return cls(parse_shift(text), after)
 
 
 @dataclass(frozen=True)
@@ -207,6 +241,7 @@ class SourceStats:
         answer_timeouts: Frames the decision window gave up waiting for.
         seconds: Wall time of the stream.
         ended_by: ``end`` (the capture ran out), ``limit`` or ``stop`` (signal).
+        drifted: Frames sent through the drifted camera (:class:`CameraDrift`).
     """
 
     camera_id: str
@@ -217,6 +252,7 @@ class SourceStats:
     answer_timeouts: int
     seconds: float
     ended_by: str
+    drifted: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,12 +261,15 @@ class SourceStats:
         rate = self.frames_sent / self.seconds if self.seconds > 0 else float("nan")
         return (f"source {self.camera_id}: sent {self.frames_sent} of {self.frames_read} frames in "
                 f"{self.seconds:.1f} s ({rate:.1f}/s), {self.labelled} labelled, {self.send_timeouts} send timeouts, "
-                f"{self.answer_timeouts} unanswered in the window; ended by {self.ended_by}")
+                f"{self.answer_timeouts} unanswered in the window"
+                f"{f', {self.drifted} through the drifted camera' if self.drifted else ''}; ended by {self.ended_by}")
 
 
 def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sender: FrameSender,
-                  pacer: Pacer | None = None, truth: TruthWriter | None = None, shift: str | None = None,
-                  limit: int | None = None, stop: threading.Event | None = None) -> SourceStats:
+                  pacer: Pacer | None = None, truth: TruthWriter | None = None,
+                  shift: str | ShiftSpec | None = None, limit: int | None = None,
+                  stop: threading.Event | None = None, recorder: Recorder | None = None,
+                  drift: CameraDrift | None = None) -> SourceStats:
     """Send the capture's frames until it ends, `limit` frames were sent, or `stop` is set.
 
     Args:
@@ -240,18 +279,24 @@ def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sende
         sender: The PUSH socket to the service.
         pacer: When frames may leave (default: free run).
         truth: Where labelled frames' ground truth goes (None: nowhere).
-        shift: A degraded camera of calibration.shifts, applied to every frame (seed: the frame's seq).
+        shift: A degraded camera of calibration.shifts (a name, ``name:key=value,...`` or a ShiftSpec), applied to
+            every frame (seed: the frame's seq).
         limit: Frames to send at most (None: until the capture ends or `stop`).
         stop: Set from a signal handler to end the stream after the current frame.
+        recorder: Offered each frame sent, as sent, unscored (``--record``: it writes the thinned ones into the
+            review layout of :mod:`trustvlm.runtime.record`, label ``_unscored``, on its own thread).
+        drift: The camera changes mid-stream: frames ``seq >= drift.after`` go through ``drift.shift`` instead
+            of `shift` (same seed).
 
     Raises:
         SourceError: The runtime took no frame for ``max_send_failures`` sends in a row.
         trustvlm.pipelines.captures.CaptureError: A live capture that was lost.
     """
     check_camera_id(camera_id, "camera id")
+    camera = parse_shift(shift) if isinstance(shift, str) else shift
     pacer = pacer or FreeRunPacer()
     stop = stop or threading.Event()
-    read = sent = timeouts = labelled = 0
+    read = sent = timeouts = labelled = drifted = 0
     ended_by = "end"
     started = time.monotonic()
     frames = capture.frames()
@@ -272,7 +317,8 @@ def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sende
                 break
             capture_ts_ns = time.time_ns()
             read += 1
-            image = frame.image if shift is None else degrade(frame.image, shift, seed=sent)
+            through = drift.shift if drift is not None and sent >= drift.after else camera
+            image = frame.image if through is None else degrade(frame.image, through, seed=sent)
             encoded = encoder.encode(image)
             header = FrameHeader(camera_id, sent, capture_ts_ns, encoded.encoding, encoded.shape,
                                  "uint8" if encoded.shape else None, encoded.pixel_format)
@@ -280,11 +326,14 @@ def stream_frames(capture: Capture, camera_id: str, encoder: FrameEncoder, sende
                 timeouts += 1
                 continue
             pacer.on_sent(sent)
+            if recorder is not None:
+                recorder.offer(ReceivedFrame(header, encoded.payload, capture_ts_ns))
             if truth is not None and frame.label is not None:
-                truth.write(camera_id, sent, frame)
+                truth.write(camera_id, sent, frame, through)
                 labelled += 1
+            drifted += drift is not None and sent >= drift.after
             sent += 1
     finally:
         frames.close()
     return SourceStats(camera_id, read, sent, timeouts, labelled, getattr(pacer, "timeouts", 0),
-                       time.monotonic() - started, ended_by)
+                       time.monotonic() - started, ended_by, drifted)

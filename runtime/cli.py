@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trustvlm.cli_common import CliError, help_formatter, run_handler
 from trustvlm.runtime.config import LOG_LEVELS, ServiceConfig, load_config_file
+from trustvlm.runtime.record.config import parse_camera_patterns, parse_interval
 from trustvlm.runtime.scoring.engines import BACKENDS
 
 _DEFAULTS = ServiceConfig(artifacts=Path("artifacts/<model>"), bundle=Path("<bundle>"))
@@ -45,10 +46,15 @@ _FLAG_KEYS = {
     "decoder": ("decode", "decoder"), "dropped_runs": ("buffer", "dropped_runs"),
     "max_superseded_per_take": ("buffer", "max_superseded_per_take"),
     "watch": ("reload", "watch"), "metrics": ("metrics",), "log_level": ("log_level",),
+    "record": ("record", "dir"), "record_cameras": ("record", "cameras"), "record_interval": ("record", "interval"),
+    "record_max_bytes": ("record", "max_bytes"), "record_max_files": ("record", "max_files"),
+    "monitor": ("monitor", "enabled"), "monitor_interval": ("monitor", "interval_s"),
+    "on_drift": ("monitor", "on_drift"), "audit_rate": ("monitor", "audit_rate"), "feedback": ("monitor", "feedback"),
+    "monitor_state": ("monitor", "state_file"),
 }
 #: Flags that name files: taken relative to the working directory, not to the --config file.
 _PATH_FLAGS = ("artifacts", "bundle", "bundles", "prototype_encoder", "curve_server_key", "curve_ingest_clients",
-               "curve_publish_clients")
+               "curve_publish_clients", "monitor_state", "record")
 EPILOG = """examples:
   trustvlm serve --artifacts artifacts/demo_fmnist --bundle artifacts/demo_fmnist/bundle \\
       --ingest tcp://*:5555 --publish tcp://*:5556
@@ -73,6 +79,21 @@ def _default(*path: str):
     for key in path:
         value = getattr(value, key)
     return getattr(value, "value", value)
+
+
+def _record_cameras(text: str) -> list[str]:
+    try:
+        return parse_camera_patterns(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _record_interval(text: str) -> str:
+    try:
+        parse_interval(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
 
 
 def add_serve_parser(subparsers) -> None:
@@ -166,6 +187,37 @@ def add_serve_parser(subparsers) -> None:
              f"(default: {_default('buffer', 'max_superseded_per_take')})")
     add("--no-watch", dest="watch", action="store_false",
         help="reload the bundle on SIGHUP only, not when its files change")
+    add("--no-monitor", dest="monitor", action="store_false",
+        help="do not watch the cameras' guarantees (no drift monitor, no audits, nothing deferred guarantee_lost)")
+    add("--monitor-interval", type=float, metavar="SECONDS",
+        help="the guarantee monitor takes at most one frame per camera per this much capture time "
+             f"(default: {_default('monitor', 'interval_s')})")
+    add("--on-drift", choices=["defer", "warn"],
+        help="a camera whose monitor is in alarm or whose audit found the risk above alpha: defer its frames "
+             f"guarantee_lost until a new bundle or a reset, or only warn (default: {_default('monitor', 'on_drift')})")
+    add("--audit-rate", type=float,
+        help="share of accepted frames marked audit: true, whose labels the audit wants back "
+             f"(default: {_default('monitor', 'audit_rate')}; 0: no audits)")
+    add("--feedback", metavar="ADDRESS",
+        help="bind the feedback socket (ZeroMQ REP) for audit labels and operator resets, e.g. tcp://127.0.0.1:5557 "
+             "(`trustvlm audit` sends to it; loopback or ipc:// unless CurveZMQ is on; default: off)")
+    add("--monitor-state", type=Path, metavar="FILE",
+        help="keep each camera's monitor and audit state in FILE (msgpack, JSON mirror beside), read back at start, "
+             "so a restart does not clear an alarm (default: in memory only)")
+    add("--record", type=Path, metavar="DIR",
+        help="record thinned frames for recalibration into DIR/<camera>/to_review/<predicted label>/ with "
+             "DIR/<camera>/frames.csv, for a person to check before `trustvlm calibrate --data "
+             "DIR/<camera>/to_review` (see DIR/README.txt; default: off)")
+    add("--record-cameras", type=_record_cameras, metavar="PATTERNS",
+        help="comma-separated camera ids or glob patterns to record, e.g. 'cam1,gripper*' (default: all)")
+    add("--record-interval", type=_record_interval, metavar="INTERVAL",
+        help="record at most one frame per camera per this much capture time: 1s, 500ms, 2min; 0: every frame "
+             f"(default: {_default('record', 'interval')})")
+    add("--record-max-bytes", type=int,
+        help=f"the oldest recorded images are deleted to stay at or under this many bytes "
+             f"(default: {_default('record', 'max_bytes')})")
+    add("--record-max-files", type=int,
+        help=f"... and at or under this many files (default: {_default('record', 'max_files')})")
     add("--metrics", help="host:port of the Prometheus /metrics and /healthz endpoint (default: off)")
     add("--log-level", choices=LOG_LEVELS, help="(default: info)")
     add("--dump-config", action="store_true", help="print the effective config as JSON and exit")
@@ -204,6 +256,9 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
                          "its own bundle) is required (on the command line or in the --config file)")
     flag_paths = {key: Path(data[key]) for key in ("artifacts", "bundle", "bundles") if key in given}
     config = ServiceConfig.from_dict(data, base_dir)
+    if config.record.dir is None and any(dest.startswith("record_") for dest in given):
+        raise ValueError("--record-cameras, --record-interval and --record-max-* need --record DIR (or record.dir in "
+                         "the --config file)")
     if flag_paths:  # flags are relative to the working directory, not to the config file
         config = replace(config, **flag_paths)
     return config
@@ -241,6 +296,7 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     scorer = service.slot.current()
     metrics = f" metrics={endpoints.metrics}/metrics" if endpoints.metrics else ""
+    metrics += f" feedback={endpoints.feedback}" if endpoints.feedback else ""
     curve = {"ingest": config.security.ingest_clients is not None,
              "publish": config.security.publish_clients is not None}
     print(f"trustvlm serve: listening ingest={endpoints.ingest} ({config.ingest.socket_type.value}, "

@@ -15,12 +15,16 @@ Example::
      "publish": {"address": "tcp://*:5556", "wire_format": "json", "heartbeat_ms": 500},
      "scorer": {"providers": ["cuda"], "max_batch": 8},
      "buffer": {"staleness_ms": 300}, "metrics": "127.0.0.1:9100",
+     "monitor": {"feedback": "tcp://127.0.0.1:5557", "state_file": "state/monitor.msgpack"},
      "security": {"server_key": "keys/server.key_secret", "ingest_clients": "keys/cameras",
                   "publish_clients": "keys/controllers"}}
 
 Limits that bound memory (all configurable): ``limits`` (header and payload bytes, image width
 and height), ``ingest.receive_hwm`` (messages ZeroMQ queues per sender), ``buffer.max_cameras``
 and ``buffer.max_notices_per_camera``, ``publish.queue_size`` and ``publish.send_hwm``.
+
+``record`` (off by default) records thinned frames for recalibration, pre-sorted by predicted label:
+:class:`~trustvlm.runtime.record.config.RecordConfig`.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from trustvlm.runtime.decode.decode_pool import DecodeConfig
 from trustvlm.runtime.ingest.frame_buffer import BufferConfig
 from trustvlm.runtime.ingest.ingest import FrameLimits
 from trustvlm.runtime.publisher import PublishConfig
+from trustvlm.runtime.record.config import RecordConfig
 from trustvlm.runtime.scoring.scorer_config import ScorerConfig
 from trustvlm.runtime.ingest.security import SecurityConfig
 from trustvlm.runtime.ingest.transport import IngestConfig
+from trustvlm.runtime.monitor.config import MonitorConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -73,6 +79,8 @@ class ServiceConfig:
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     metrics: str | None = None
     log_level: str = "info"
 
@@ -135,7 +143,11 @@ def _replace_paths(config, transform):
             if getattr(security, name) is not None}
     paths = {name: transform(getattr(config, name)) for name in ("bundle", "bundles", "prototype_encoder")
              if getattr(config, name) is not None}
-    return replace(config, artifacts=transform(config.artifacts), **paths, security=replace(security, **keys))
+    monitor = config.monitor
+    state = {} if monitor.state_file is None else {"state_file": transform(monitor.state_file)}
+    record = config.record if config.record.dir is None else replace(config.record, dir=transform(config.record.dir))
+    return replace(config, artifacts=transform(config.artifacts), **paths, security=replace(security, **keys),
+                   monitor=replace(monitor, **state), record=record)
 
 
 def _to_plain(value):

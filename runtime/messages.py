@@ -51,6 +51,7 @@ class Reason(str, Enum):
     NON_FINITE = "non_finite"
     ENGINE_ERROR = "engine_error"
     NO_BUNDLE = "no_bundle"
+    GUARANTEE_LOST = "guarantee_lost"
 
 
 class HealthStatus(str, Enum):
@@ -104,6 +105,12 @@ class TopKEntry:
 
 #: Keys added in decision schema 1.2 (runs of superseded frames), with what a 1.1 message means by leaving them out.
 RUN_KEYS_BEFORE_1_2 = {"seq_last": None, "frames": 1}
+#: Keys added in decision schema 1.5 (the gate's typicality, the camera's guarantee monitor and audit), with what an
+#: older message means by leaving them out.
+GUARANTEE_KEYS_BEFORE_1_5 = {"typicality": None, "monitor": "", "audit_state": "", "audit": False}
+#: The values of :attr:`DecisionMessage.monitor` and :attr:`DecisionMessage.audit_state` ("" = not watched).
+MONITOR_STATES = ("", "ok", "watch", "alarm")
+AUDIT_STATES = ("", "unverified", "verified", "violated")
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,9 @@ class DecisionMessage:
     run of superseded frames of its camera: ``seq`` to ``seq_last``, ``frames`` of them (a message
     of one frame has ``seq_last`` None and ``frames`` 1; 1.1 messages, without the two keys, read
     so). ``publish_ts_ns`` and the latencies are set by the publisher when it sends the message
-    (:meth:`stamped`).
+    (:meth:`stamped`). Since 1.5: ``typicality`` (the gate's, None without a gate), the camera's guarantee
+    ``monitor`` and ``audit_state`` when the frame was decided ("" when not watched), and ``audit`` (an accepted
+    frame drawn for audit: its true label is wanted on the feedback socket).
     """
 
     camera_id: str
@@ -141,6 +150,10 @@ class DecisionMessage:
     schema_version: str = DECISION_SCHEMA_VERSION
     seq_last: int | None = None
     frames: int = 1
+    typicality: float | None = None
+    monitor: str = ""
+    audit_state: str = ""
+    audit: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1 or (self.seq_last is not None and (self.seq_last < self.seq or self.reason is not
@@ -150,6 +163,23 @@ class DecisionMessage:
         if (self.decision is Decision.ACCEPT) != (self.reason is Reason.MEETS_THRESHOLD):
             raise ValueError(f"decision {self.decision.value} cannot go with reason {self.reason.value}; "
                              f"only {Reason.MEETS_THRESHOLD.value} goes with {Decision.ACCEPT.value}")
+        if self.monitor not in MONITOR_STATES or self.audit_state not in AUDIT_STATES:
+            raise ValueError(f"monitor should be one of {MONITOR_STATES} and audit_state one of {AUDIT_STATES}, but "
+                             f"got {self.monitor!r} and {self.audit_state!r}")
+        if self.audit and self.decision is not Decision.ACCEPT:
+            raise ValueError("only an accepted frame is drawn for audit")
+
+    def changed(self, **changes) -> "DecisionMessage":
+        """A copy with `changes` (field names), checked as the constructor checks; for the scoring thread's hot path,
+        where :func:`dataclasses.replace` costs about ten times as much."""
+        unknown = set(changes) - _DECISION_FIELDS
+        if unknown:
+            raise TypeError(f"DecisionMessage has no fields {sorted(unknown)}")
+        new = object.__new__(DecisionMessage)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        new.__post_init__()
+        return new
 
     def stamped(self, publish_ts_ns: int) -> "DecisionMessage":
         """A copy with the publish time and both latencies filled in."""
@@ -163,7 +193,8 @@ class DecisionMessage:
         data["kind"] = "decision"
         data["decision"], data["reason"] = self.decision.value, self.reason.value
         data["top_k"] = [{"class_id": e.class_id, "label": e.label, "prob": float(e.prob)} for e in self.top_k]
-        for key in ("threshold", "kappa", "msp", "s_ii", "latency_from_capture_ms", "latency_from_receipt_ms"):
+        for key in ("threshold", "kappa", "msp", "s_ii", "latency_from_capture_ms", "latency_from_receipt_ms",
+                    "typicality"):
             data[key] = _float_to_wire(data[key])
         return data
 
@@ -176,7 +207,7 @@ class DecisionMessage:
                                f"{data.get('kind') if isinstance(data, dict) else type(data).__name__!r}")
         known = {f.name for f in fields(cls)} | {"kind"}
         check_schema_version(data.get("schema_version"), DECISION_SCHEMA_VERSION, set(data) - known, known, what)
-        data = {**RUN_KEYS_BEFORE_1_2, **data}
+        data = {**RUN_KEYS_BEFORE_1_2, **GUARANTEE_KEYS_BEFORE_1_5, **data}
         missing = sorted(known - set(data))
         if missing:
             raise MessageError(f"{what}: missing keys {missing}")
@@ -184,6 +215,11 @@ class DecisionMessage:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise MessageError(f"{what}: {key} should be an integer{' or null' if key == 'seq_last' else ''}, "
                                    f"but got {value!r}")
+        for key in ("monitor", "audit_state"):
+            if not isinstance(data[key], str):
+                raise MessageError(f"{what}: {key} should be a string, but got {data[key]!r}")
+        if not isinstance(data["audit"], bool):
+            raise MessageError(f"{what}: audit should be true or false, but got {data['audit']!r}")
         try:
             top_k = tuple(TopKEntry(int(e["class_id"]), str(e["label"]), float(e["prob"])) for e in data["top_k"])
         except (TypeError, KeyError, ValueError) as error:
@@ -194,11 +230,15 @@ class DecisionMessage:
             decision=enum_field(data, "decision", Decision, what), reason=enum_field(data, "reason", Reason, what),
             top_k=top_k, threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
             **{key: _float_from_wire(data[key], key, what)
-               for key in ("kappa", "msp", "s_ii", "latency_from_capture_ms", "latency_from_receipt_ms")})
+               for key in ("kappa", "msp", "s_ii", "latency_from_capture_ms", "latency_from_receipt_ms",
+                           "typicality")})
         try:
             return cls(**values)
         except ValueError as error:
             raise MessageError(f"{what}: {error}") from error
+
+
+_DECISION_FIELDS = frozenset(f.name for f in fields(DecisionMessage))
 
 
 @dataclass(frozen=True)
@@ -217,12 +257,16 @@ class HealthMessage:
     schema_version: str = DECISION_SCHEMA_VERSION
     #: Since 1.3, with a camera map: each bundle in use (bundle_id, score_name, threshold, cameras).
     bundles: tuple = ()
+    #: Since 1.5: per camera, its guarantee monitor and audit (camera_id, bundle_id, monitor, evidence, frames,
+    #: audit_state, labels, risk_lower, risk_upper).
+    monitors: tuple = ()
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["kind"], data["status"] = "health", self.status.value
         data["bundles"] = [{**b, "threshold": float(b["threshold"]), "cameras": list(b["cameras"])}
                            for b in self.bundles]
+        data["monitors"] = [dict(m) for m in self.monitors]
         data["counters"] = {str(k): int(v) for k, v in self.counters.items()}
         data["threshold"], data["uptime_s"] = float(self.threshold), float(self.uptime_s)
         return data
@@ -234,10 +278,13 @@ class HealthMessage:
             raise MessageError(f"{what}: expected a map with kind 'health'")
         known = {f.name for f in fields(cls)} | {"kind"}
         check_schema_version(data.get("schema_version"), DECISION_SCHEMA_VERSION, set(data) - known, known, what)
-        missing = sorted(known - set(data) - {"bundles"})
+        missing = sorted(known - set(data) - {"bundles", "monitors"})
         if missing:
             raise MessageError(f"{what}: missing keys {missing}")
-        values = {name: data[name] for name in known - {"kind", "bundles"}}
+        values = {name: data[name] for name in known - {"kind", "bundles", "monitors"}}
+        monitors = data.get("monitors", [])
+        if not isinstance(monitors, list) or not all(isinstance(m, dict) for m in monitors):
+            raise MessageError(f"{what}: monitors should be a list of maps")
         bundles = data.get("bundles", [])
         if not isinstance(bundles, list) or not all(isinstance(b, dict) for b in bundles):
             raise MessageError(f"{what}: bundles should be a list of maps")
@@ -245,7 +292,7 @@ class HealthMessage:
                       bundles=tuple({**b, "threshold": _float_from_wire(b.get("threshold"), "threshold", what,
                                                                         nullable=False)} for b in bundles),
                       threshold=_float_from_wire(data["threshold"], "threshold", what, nullable=False),
-                      uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]))
+                      uptime_s=float(data["uptime_s"]), counters=dict(data["counters"]), monitors=tuple(monitors))
         return cls(**values)
 
 

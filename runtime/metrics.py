@@ -31,6 +31,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from trustvlm.contract.files import json_safe
 from trustvlm.runtime.messages import Decision, DecisionMessage, HealthMessage, HealthStatus, Reason
 from trustvlm.runtime.status_page import CONTENT_SECURITY_POLICY, camera_status, status_file
 
@@ -358,12 +359,15 @@ class MetricsServer:
                     body, status, kind = metrics.exposition(), 200, "text/plain; version=0.0.4; charset=utf-8"
                 elif path == "/healthz":
                     message = health()
-                    body = json.dumps(message.to_dict(), default=str).encode()
+                    body = json.dumps(json_safe(message.to_dict(), non_finite="null"), allow_nan=False).encode()
                     status = 200 if message.status is HealthStatus.OK else 503
                     kind = "application/json"
                 elif path == "/status.json":
-                    body = json.dumps(camera_status(metrics.registry, health().to_dict()), default=str).encode()
+                    status_json = camera_status(metrics.registry, health().to_dict())
+                    body = json.dumps(json_safe(status_json, non_finite="null"), allow_nan=False).encode()
                     status, kind = 200, "application/json"
+                elif path == "/favicon.ico":  # browsers ask for it: no icon, and no error in their console
+                    body, status, kind = b"", 204, "image/x-icon"
                 elif page is not None:
                     (body, kind), status = page, 200
                 else:

@@ -26,7 +26,11 @@ ROS 2 mapping (``vision_msgs/msg/Classification``; a bridge node subscribes here
         header.stamp and frame_id, or drop ``results`` entirely when decision is ``defer`` so that
         downstream nodes only see trusted labels.
     trust/_health           -> diagnostic_msgs/DiagnosticArray (level OK / WARN for degraded /
-                               ERROR for stopped; counters as KeyValue pairs).
+                               ERROR for stopped; counters as KeyValue pairs), and one DiagnosticStatus per
+                               entry of ``monitors`` (name ``trustvlm/guarantee/<camera_id>``, hardware_id the
+                               bundle_id; level OK for monitor ok and audit unverified/verified, WARN for
+                               monitor watch, ERROR for monitor alarm or audit violated, message "monitor <state>,
+                               audit <state>"; evidence, frames, labels, risk_lower and risk_upper as KeyValue pairs).
 """
 
 from __future__ import annotations

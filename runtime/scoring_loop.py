@@ -13,8 +13,10 @@ scored first and the next one taken after it, as the freshest frames. Without a 
 0) each batch is taken, decoded on this thread, scored and published before the next.
 
 Every item of a batch gets exactly one decision, published in arrival order: scored frames their
-scorer's, notices (dropped, stale, replayed, bad frames) a deferral. A scorer that raises (a bug, not
-a bad frame) defers the batch's frames ``engine_error``; the loop goes on. It ends when the buffer is
+scorer's, notices (dropped, stale, replayed, bad frames) a deferral. The scored frames' decisions then pass
+the service's decision taps in order (:class:`DecisionTap`: the guarantee monitor, which may defer a camera's
+frames ``guarantee_lost`` and stamps its state; the recorder, which only looks). A scorer or a tap that raises
+(a bug, not a bad frame) defers the batch's frames ``engine_error``; the loop goes on. It ends when the buffer is
 closed and drained (the ingest's shutdown, also begun when the service's watchdog finds a part dead).
 """
 
@@ -23,17 +25,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 from trustvlm.runtime.decode.decode_pool import DecodePool, PendingBatch
 from trustvlm.runtime.frames import Notice, ReceivedFrame
 from trustvlm.runtime.ingest.frame_buffer import FrameBuffer
-from trustvlm.runtime.messages import Reason
+from trustvlm.runtime.messages import DecisionMessage, Reason
 from trustvlm.runtime.metrics import Observer
 from trustvlm.runtime.publisher import Publisher
 from trustvlm.runtime.scoring.scorer import Scorer, ScorerSlot
 
-__all__ = ["Batch", "ScoringLoop"]
+__all__ = ["Batch", "DecisionTap", "ScoringLoop"]
 
 log = logging.getLogger("trustvlm.runtime.service")
 
@@ -54,6 +56,13 @@ class Batch:
             self.decoding.wait()
 
 
+class DecisionTap(Protocol):
+    """Sees each scored batch's decisions before they are published; returns them, possibly changed (one per frame,
+    in order). Runs on the scoring thread: it must not block."""
+
+    def __call__(self, frames: list[ReceivedFrame], decisions: list[DecisionMessage]) -> list[DecisionMessage]: ...
+
+
 class ScoringLoop:
     """Runs the stages (see the module docstring) over the parts it is handed.
 
@@ -68,14 +77,16 @@ class ScoringLoop:
             for more when nothing is in flight.
         watchdog: Called after each batch: the service checks its other threads there (a dead one begins a
             shutdown, which closes the buffer; the loop ends once it is drained).
+        taps: What each scored batch's decisions pass through before they are published, in order.
     """
 
     def __init__(self, buffer: FrameBuffer, slot: ScorerSlot, decode: DecodePool, publisher: Publisher,
                  observer: Observer, health, max_batch: int, batch_wait_s: float,
-                 watchdog: Callable[[], None] = lambda: None):
+                 watchdog: Callable[[], None] = lambda: None, taps: Sequence[DecisionTap] = ()):
         self.buffer, self.slot, self.decode, self.publisher = buffer, slot, decode, publisher
         self.observer, self.health, self.watchdog = observer, health, watchdog
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
+        self.taps = list(taps)
 
     def run(self) -> None:
         """Until the buffer is closed and drained; every taken item decided."""
@@ -139,6 +150,7 @@ class ScoringLoop:
             decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
                          for frame in frames]
         encode_s = time.perf_counter() - started
+        decisions = self.tapped(scorer, frames, decisions)
         if decoding is not None:
             self.decode.record(decoding.decode_s, encode_s)
         errors = [d.detail for d in decisions if d.reason is Reason.ENGINE_ERROR]
@@ -146,4 +158,18 @@ class ScoringLoop:
         if errors and not self.health.degraded:
             log.warning("engine error on a batch of %d frames (deferred): %s", len(frames), errors[0])
         self.health.degraded = errors[0] if errors else ""
+        return decisions
+
+    def tapped(self, scorer: Scorer, frames: list[ReceivedFrame], decisions: list) -> list:
+        """`decisions` through the taps; a tap that raises or answers the wrong number defers the frames."""
+        for tap in self.taps:
+            try:
+                changed = tap(frames, decisions)
+                if len(changed) != len(frames):
+                    raise RuntimeError(f"{type(tap).__name__} returned {len(changed)} decisions for {len(frames)}")
+                decisions = changed
+            except Exception as error:  # a bug: still answer every frame, and never with accept
+                log.exception("a decision tap failed")
+                decisions = [scorer.defer(Notice.for_frame(frame, Reason.ENGINE_ERROR, f"internal error: {error}"))
+                             for frame in frames]
         return decisions

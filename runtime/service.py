@@ -40,35 +40,31 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import zmq
 
-from trustvlm.contract.bundle import BundleError
-from trustvlm.contract.manifest import ArtifactError
 from trustvlm.runtime.config import ServiceConfig, parse_host_port
 from trustvlm.runtime.decode.decode_pool import DecodePool
-from trustvlm.runtime.ingest.frame_buffer import FrameBuffer
 from trustvlm.runtime.frames import ReceivedFrame
+from trustvlm.runtime.ingest.frame_buffer import FrameBuffer
 from trustvlm.runtime.ingest.ingest import Ingest, IngestFactory, Rejection
-from trustvlm.runtime.messages import HealthMessage, HealthStatus
-from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
-from trustvlm.runtime.scoring.onnx_engine import EngineError
-from trustvlm.runtime.publisher import Publisher
-from trustvlm.runtime.scoring.routing import RoutedLoader, folder_signature
-from trustvlm.runtime.scoring.scorer import Scorer, ScorerConfig, ScorerSlot, load_scorer
-from trustvlm.runtime.scoring_loop import ScoringLoop
 from trustvlm.runtime.ingest.security import INGEST_DOMAIN, PUBLISH_DOMAIN, CurveGate
 from trustvlm.runtime.ingest.sequence import SequenceGuard
+from trustvlm.runtime.messages import HealthMessage, HealthStatus
+from trustvlm.runtime.metrics import MetricsServer, Observer, ObserverGroup, PrometheusObserver, ServiceStats
+from trustvlm.runtime.monitor.feedback import FeedbackServer
+from trustvlm.runtime.monitor.prometheus import WatchCollector
+from trustvlm.runtime.monitor.watch import GuaranteeWatch
+from trustvlm.runtime.publisher import Publisher
+from trustvlm.runtime.record import recorder_for
+from trustvlm.runtime.reload import BundleReloader, ScorerLoader
+from trustvlm.runtime.scoring.routing import RoutedLoader
+from trustvlm.runtime.scoring.scorer import ScorerConfig, ScorerSlot, load_scorer
+from trustvlm.runtime.scoring_loop import DecisionTap, ScoringLoop
 
 log = logging.getLogger("trustvlm.runtime.service")
 
-#: Loads, verifies and self-checks a bundle into a scorer: :func:`~trustvlm.runtime.scoring.scorer.load_scorer`'s signature.
-#: The default scores on this machine; another may score elsewhere, with the same decide/defer/ids.
-ScorerLoader = Callable[..., Scorer]
-
-#: What a bundle reload may raise for a bad bundle (anything else is a bug and is logged as such).
-RELOAD_ERRORS = (BundleError, ArtifactError, EngineError, ValueError, OSError)
 
 
 @dataclass(frozen=True)
@@ -78,6 +74,7 @@ class ServiceEndpoints:
     ingest: str
     publish: str
     metrics: str | None
+    feedback: str | None = None
 
 
 class HealthReporter:
@@ -93,6 +90,11 @@ class HealthReporter:
         #: What scoring capacity is missing ("" when none), asked on every heartbeat; a scoring backend spread
         #: over several machines sets it (a single-machine service has nothing to ask).
         self.capacity: Callable[[], str] | None = None
+        #: The guarantee watch (None: off) and the feedback socket (None: off), reported in every heartbeat.
+        self.watch: GuaranteeWatch | None = None
+        self.feedback: FeedbackServer | None = None
+        #: The recorder's counters (:meth:`~trustvlm.runtime.record.recorder.Recorder.stats`) when recording.
+        self.record_stats: Callable[[], dict[str, int]] | None = None
 
     def counters(self) -> dict[str, int]:
         counters = self.stats.snapshot()
@@ -105,6 +107,12 @@ class HealthReporter:
         counters.update(self.sequence.stats())
         if self.decode is not None:  # decode calls, not outcomes: prefixed like the buffer's counters
             counters["decode_calls"] = self.decode.preparer.decoded
+        if self.record_stats is not None:
+            counters.update({f"record_{name}": value for name, value in self.record_stats().items()})
+        if self.watch is not None:  # monitor and audit events, not outcomes (guarantee_lost is a decision reason)
+            counters.update(self.watch.counters())
+        if self.feedback is not None:
+            counters["feedback_rejected"] = self.feedback.rejected
         return counters
 
     def __call__(self, requested: HealthStatus = HealthStatus.OK) -> HealthMessage:
@@ -117,44 +125,8 @@ class HealthReporter:
         bundles = scorer.bundles()
         return HealthMessage(status, time.time_ns(), time.monotonic() - self.started, scorer.model_id,
                              scorer.bundle_id, scorer.threshold, self.buffer.stats().cameras, self.counters(),
-                             detail=degraded, bundles=tuple(bundles))
-
-
-class BundleReloader:
-    """Loads, checks and swaps in a new bundle; refuses a bad one and keeps the old."""
-
-    def __init__(self, slot: ScorerSlot, artifacts: Path, bundle_dir: Path, config: ScorerConfig,
-                 observer: Observer, aux_artifacts: Path | None = None, load: ScorerLoader = load_scorer):
-        self.slot, self.artifacts, self.bundle_dir, self.aux_artifacts = slot, artifacts, bundle_dir, aux_artifacts
-        self.config, self.observer, self.load = config, observer, load
-        self._loaded = self._last_seen = self.signature()
-
-    def signature(self) -> tuple:
-        """(inode, size, mtime) of the bundle's three files; None entries for missing ones."""
-        return folder_signature(self.bundle_dir)
-
-    def changed(self) -> bool:
-        """True when the files differ from the loaded ones and stayed the same since the last poll."""
-        current = self.signature()
-        stable, self._last_seen = current == self._last_seen, current
-        return stable and current != self._loaded
-
-    def reload(self, trigger: str) -> bool:
-        """Try the bundle folder now; True when it was swapped in."""
-        self._loaded = self._last_seen = self.signature()
-        old = self.slot.current()
-        try:
-            new = self.load(self.artifacts, self.bundle_dir, self.config, previous=old,
-                            aux_artifacts_dir=self.aux_artifacts)
-        except RELOAD_ERRORS as error:
-            log.error("bundle reload refused (%s): %s; keeping %s", trigger, error, old.bundle_id)
-            self.observer.on_reload(False, str(error))
-            return False
-        self.slot.swap(new)
-        log.info("bundle reloaded (%s): %s -> %s, accept %s >= %s", trigger, old.bundle_id, new.bundle_id,
-                 new.score_name, new.threshold)
-        self.observer.on_reload(True, new.bundle_id)
-        return True
+                             detail=degraded, bundles=tuple(bundles),
+                             monitors=tuple(self.watch.snapshot()) if self.watch is not None else ())
 
 
 class TrustService:
@@ -164,7 +136,8 @@ class TrustService:
                  health: HealthReporter, observer: Observer, scorer_config: ScorerConfig,
                  reloader: BundleReloader | None = None, watch_bundle: bool = False, reload_poll_ms: int = 1000,
                  metrics_server: MetricsServer | None = None, gate: CurveGate | None = None,
-                 sequence: SequenceGuard | None = None, decode: DecodePool | None = None):
+                 sequence: SequenceGuard | None = None, decode: DecodePool | None = None,
+                 taps: Sequence[DecisionTap] = ()):
         self.ingest, self.buffer, self.slot, self.publisher = ingest, buffer, slot, publisher
         self.decode = decode or health.decode or DecodePool()
         self.sequence = sequence or health.sequence
@@ -172,7 +145,7 @@ class TrustService:
         self.reloader, self.watch_bundle, self.reload_poll_s = reloader, watch_bundle, reload_poll_ms / 1e3
         self.metrics_server, self.gate = metrics_server, gate
         self.scoring = ScoringLoop(buffer, slot, self.decode, publisher, observer, health, scorer_config.max_batch,
-                                   scorer_config.batch_wait_s, watchdog=self._check_parts)
+                                   scorer_config.batch_wait_s, watchdog=self._check_parts, taps=taps)
         self.failed = False
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -185,22 +158,31 @@ class TrustService:
         """Start the ZAP handler (with CurveZMQ), open the ingest and the publisher, and start the threads."""
         if self.gate is not None:
             self.gate.start()
+        feedback, feedback_at = self.health.feedback, None
         try:
+            if feedback is not None:
+                feedback_at = feedback.open()
             ingest = self.ingest.open()
         except Exception:
+            if feedback is not None:
+                feedback.stop()
             self._stop_gate()
             raise
         try:
             publish = self.publisher.open()
         except Exception:
             self.ingest.close()
+            if feedback is not None:
+                feedback.stop()
             self._stop_gate()
             raise
+        if feedback is not None:
+            feedback.start()
         metrics = self.metrics_server.start() if self.metrics_server else None
         self.publisher.start()
         for thread in self._threads:
             thread.start()
-        return ServiceEndpoints(ingest, publish, metrics)
+        return ServiceEndpoints(ingest, publish, metrics, feedback_at)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe from a signal handler)."""
@@ -263,7 +245,19 @@ class TrustService:
             self.request_stop()
         finally:
             self.decode.close()
+            self._close_taps()  # the watch writes its state as it ends
+            if self.health.feedback is not None:
+                self.health.feedback.stop()
             self.publisher.stop()
+
+    def _close_taps(self) -> None:
+        """Close each decision tap that has a close() (the recorder writes what is queued), before the final
+        heartbeat so that it counts them."""
+        for tap in self.scoring.taps:
+            try:
+                getattr(tap, "close", lambda: None)()
+            except Exception:
+                log.exception("closing a decision tap failed")
 
     def _check_parts(self) -> None:
         """Begin a shutdown once the publisher thread or the CurveZMQ authenticator has died (the stop closes
@@ -333,9 +327,12 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     metrics_server = None
     buffer = FrameBuffer(config.buffer, on_suppressed=stats.on_suppressed)
     health = HealthReporter(stats, buffer, slot, decode=decode)
+    watch = GuaranteeWatch(config.monitor, slot) if config.monitor.enabled else None
     if config.metrics:
         prometheus = PrometheusObserver()
         observers.append(prometheus)
+        if watch is not None:
+            prometheus.registry.register(WatchCollector(watch))
         host, port = parse_host_port(config.metrics)
         metrics_server = MetricsServer(host, port, prometheus, health)
     observer = ObserverGroup(*observers)
@@ -348,5 +345,13 @@ def build_service(config: ServiceConfig, make_ingest: IngestFactory,
     else:
         reloader = BundleReloader(slot, Path(config.artifacts), Path(config.bundle), scorer_config, observer,
                                   config.prototype_encoder, load)
+    health.watch = watch
+    if watch is not None and config.monitor.feedback:
+        health.feedback = FeedbackServer(config.monitor.feedback, watch, context,
+                                         curve=gate.server_for(PUBLISH_DOMAIN) if gate else None)
+    taps: list[DecisionTap] = [watch] if watch is not None else []  # in order: each sees what the one before returned
+    if (recorder := recorder_for(config.record)) is not None:  # last: it records the decisions as published
+        taps.append(recorder)
+        health.record_stats = recorder.stats
     return TrustService(ingest, buffer, slot, publisher, health, observer, scorer_config, reloader,
-                        config.reload.watch, config.reload.poll_ms, metrics_server, gate, decode=decode)
+                        config.reload.watch, config.reload.poll_ms, metrics_server, gate, decode=decode, taps=taps)

@@ -6,9 +6,10 @@ second. :func:`camera_status` builds that JSON from the registry behind ``/metri
 the very counters Prometheus scrapes: per camera (the metrics' bounded camera labels, ``_other``
 beyond them) frames received, decisions by outcome and reason, the p95 latency from capture (from the
 histogram's buckets, as ``histogram_quantile`` interpolates them, over the service's life), when its
-latest decision was published and the bundle that scored its latest frame. The page turns a camera red
-when it has had no decision for 5 s or deferred most of its frames since the previous poll; frames per
-second are the change of the counts between polls.
+latest decision was published, the bundle that scored its latest frame, and its guarantee (the monitor's
+state and the audit's, from :mod:`trustvlm.runtime.monitor.prometheus`'s gauges). The page turns a camera red
+when it has had no decision for 5 s, deferred most of its frames since the previous poll, or its guarantee
+monitor is in alarm or its audit violated; frames per second are the change of the counts between polls.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 import time
 from collections import defaultdict
 from importlib import resources
+
+from trustvlm.runtime.monitor.prometheus import AUDIT_CODES, MONITOR_CODES
 
 __all__ = ["STATUS_FILES", "CONTENT_SECURITY_POLICY", "camera_status", "status_file"]
 
@@ -55,7 +58,9 @@ def camera_status(registry, health: dict | None = None) -> dict:
     """``/status.json``: the server's time, each camera's counts and state, and the heartbeat (module docstring)."""
     cameras: dict[str, dict] = defaultdict(lambda: {"received": 0, "decisions": 0, "accepted": 0, "deferred": 0,
                                                     "reasons": {}, "last_decision_ts": None, "bundle_id": "",
-                                                    "p95_latency_ms": None})
+                                                    "p95_latency_ms": None, "guarantee": "", "audit": ""})
+    monitor_states = {code: name for name, code in MONITOR_CODES.items()}
+    audit_states = {code: name for name, code in AUDIT_CODES.items()}
     buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for metric in registry.collect():
         for sample in metric.samples:
@@ -76,6 +81,10 @@ def camera_status(registry, health: dict | None = None) -> dict:
                 entry["last_decision_ts"] = sample.value
             elif sample.name == "trustvlm_camera_bundle_info" and sample.value == 1:
                 entry["bundle_id"] = sample.labels["bundle_id"]
+            elif sample.name == "trustvlm_camera_guarantee_state":
+                entry["guarantee"] = monitor_states.get(int(sample.value), "")
+            elif sample.name == "trustvlm_camera_audit_state":
+                entry["audit"] = audit_states.get(int(sample.value), "")
             elif sample.name == "trustvlm_camera_latency_from_capture_seconds_bucket":
                 buckets[camera].append((float(sample.labels["le"]), sample.value))
     for camera, entries in buckets.items():

@@ -1,7 +1,8 @@
 """Every command the documentation tells a user to run is run by a test, and its flags still exist.
 
-The commands are read from README.md, BENCHMARKS.md and RELIABILITY.md (code blocks and inline
-code that starts with ``make``, ``trustvlm`` or ``python -m trustvlm...``), not kept by hand.
+The commands are read from README.md, BENCHMARKS.md, RELIABILITY.md and every page of the documentation
+site, ``docs/**/*.md`` (code blocks and inline code that starts with ``make``, ``trustvlm`` or
+``python -m trustvlm...``), not kept by hand.
 ``tests/documented_commands.toml`` names, for each, the tests that run it in its smallest form
 (a ``make`` target: the command its recipe runs). The checks:
 
@@ -13,11 +14,15 @@ code that starts with ``make``, ``trustvlm`` or ``python -m trustvlm...``), not 
 
 from __future__ import annotations
 
+import argparse
 import ast
+import contextlib
+import io
 import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,7 +34,8 @@ except ImportError:  # Python 3.10: pytest's own dependency
 from trustvlm.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "BENCHMARKS.md", "RELIABILITY.md")
+DOCS = ("README.md", "BENCHMARKS.md", "RELIABILITY.md",
+        *sorted(str(path.relative_to(REPO)) for path in (REPO / "docs").rglob("*.md")))
 
 #: Documented command -> the tests that run it (tests/documented_commands.toml).
 RUN_BY: dict[str, list[str]] = tomllib.loads((REPO / "tests" / "documented_commands.toml").read_text())
@@ -56,22 +62,30 @@ def code_lines(text: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def commands_in(text: str, subcommands: set[str]) -> dict[str, list[str]]:
+    """The commands of one document's text: ``{"make TARGET" | "trustvlm SUB" | "python -m MODULE": [lines]}``."""
+    found: dict[str, list[str]] = {}
+    for line in code_lines(text):
+        match = COMMAND_START.match(line)
+        if not match:
+            continue
+        tool, name = match.group(1), match.group(2)
+        if tool == "trustvlm" and name not in subcommands:
+            continue  # printed output ("trustvlm eval: error: ...") or prose
+        if tool.endswith("-m") and not name.startswith("trustvlm"):
+            continue
+        key = f"{'python -m' if tool.endswith('-m') else tool} {name}"
+        found.setdefault(key, []).append(line)
+    return found
+
+
 def documented_commands(docs=DOCS) -> dict[str, list[str]]:
-    """``{"make TARGET" | "trustvlm SUB" | "python -m MODULE": [the documented lines]}``."""
+    """``{"make TARGET" | "trustvlm SUB" | "python -m MODULE": [the documented lines]}`` of every document."""
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     found: dict[str, list[str]] = {}
     for doc in docs:
-        for line in code_lines((REPO / doc).read_text()):
-            match = COMMAND_START.match(line)
-            if not match:
-                continue
-            tool, name = match.group(1), match.group(2)
-            if tool == "trustvlm" and name not in subcommands:
-                continue  # printed output ("trustvlm eval: error: ...") or prose
-            if tool.endswith("-m") and not name.startswith("trustvlm"):
-                continue
-            key = f"{'python -m' if tool.endswith('-m') else tool} {name}"
-            found.setdefault(key, []).append(line)
+        for key, lines in commands_in((REPO / doc).read_text(), subcommands).items():
+            found.setdefault(key, []).extend(lines)
     return found
 
 
@@ -130,19 +144,30 @@ def documented_lines(tool: str) -> list[str]:
     return sorted({line for key, lines in documented_commands().items() if key.startswith(tool) for line in lines})
 
 
-@pytest.mark.parametrize("line", documented_lines("trustvlm "))
-def test_documented_trustvlm_lines_parse(line, capsys):
+def trustvlm_line_problem(line: str, parser: Callable[[], argparse.ArgumentParser] = build_parser) -> str | None:
+    """Why a documented ``trustvlm ...`` line does not parse with `parser` (the real one), or None when it does."""
     words = fill(line)[1:]
     if len(words) < 2 or words[1] in ("--help", "-h"):
-        return  # `trustvlm calibrate` named in prose: the subcommand alone
+        return None  # `trustvlm calibrate` named in prose: the subcommand alone
     if len(words) == 2 and words[1].startswith("--"):  # prose naming one flag: `trustvlm serve --cluster`
-        subparser = build_parser()._subparsers._group_actions[0].choices[words[0]]
-        assert words[1] in subparser._option_string_actions, f"`{line}`: {words[0]} has no flag {words[1]}"
-        return
+        subparser = parser()._subparsers._group_actions[0].choices[words[0]]
+        return None if words[1] in subparser._option_string_actions else f"`{line}`: {words[0]} has no flag {words[1]}"
+    errors = io.StringIO()
     try:
-        parse_trustvlm(words)
+        with contextlib.redirect_stderr(errors):
+            if parser is build_parser:
+                parse_trustvlm(words)
+            else:
+                parser().parse_args(words)
     except SystemExit as error:
-        pytest.fail(f"`{line}` does not parse: {capsys.readouterr().err.strip().splitlines()[-1:]} (exit {error})")
+        return f"`{line}` does not parse: {errors.getvalue().strip().splitlines()[-1:]} (exit {error})"
+    return None
+
+
+@pytest.mark.parametrize("line", documented_lines("trustvlm "))
+def test_documented_trustvlm_lines_parse(line):
+    problem = trustvlm_line_problem(line)
+    assert problem is None, problem
 
 
 def make_dry_run(line: str, venv: Path) -> list[str]:
@@ -163,7 +188,8 @@ def ready_venv(tmp_path_factory) -> Path:
 
 
 #: Targets whose recipes run no `trustvlm` command (pytest, the venv, or a benchmark module's own parser).
-NO_TRUSTVLM_COMMAND = {"setup", "test", "test-fast", "test-heavy", "bench-frame-path", "bench-gpu", "gpu-check"}
+NO_TRUSTVLM_COMMAND = {"setup", "test", "test-fast", "test-heavy", "bench-frame-path", "bench-gpu", "gpu-check",
+                       "docs", "docs-serve"}
 
 
 @pytest.mark.parametrize("line", documented_lines("make "))

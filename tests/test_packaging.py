@@ -76,8 +76,8 @@ def test_a_gpu_or_cpu_install_brings_exactly_one_onnxruntime():
     for extra, requirements in extras.items():
         if extra not in ("cpu", "gpu"):
             assert not set(_requirement_names(requirements)) & set(ORT_NAMES), f"[{extra}] names an onnxruntime"
-    # nothing that core, export, trt, dev or cluster pull in (as installed here) requires an onnxruntime of its own
-    others = core + [n for extra in ("export", "trt", "dev", "cluster") for n in _requirement_names(extras[extra])]
+    # nothing that core, export, trt, dev, cluster or docs pull in (as installed here) requires an onnxruntime of its own
+    others = core + [n for extra in ("export", "trt", "dev", "cluster", "docs") for n in _requirement_names(extras[extra])]
     pulled = {name: by for name, by in _installed_closure(others).items() if name in ORT_NAMES}
     assert pulled == {}, f"a dependency brings its own onnxruntime: {pulled}"
 
@@ -111,10 +111,10 @@ def test_make_setup_installs_one_flavour_and_switches_cleanly(tmp_path):
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    assert "pip install -q -e '.[cpu,export,dev,cluster]'" in dry_run()
+    assert "pip install -q -e '.[cpu,export,dev,cluster,docs]'" in dry_run()
     gpu = dry_run("ORT=gpu")
-    assert "pip install -q -e '.[gpu,trt,export,dev,cluster]'" in gpu and "uninstall -y -q onnxruntime onnxruntime-gpu" in gpu
+    assert "pip install -q -e '.[gpu,trt,export,dev,cluster,docs]'" in gpu and "uninstall -y -q onnxruntime onnxruntime-gpu" in gpu
     assert "trustvlm.runtime.install_check" in gpu
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / ".installed-gpu").touch()
-    assert "pip install -q -e '.[gpu,trt,export,dev,cluster]'" not in dry_run(), "the flavour sticks to the venv"
+    assert "pip install -q -e '.[gpu,trt,export,dev,cluster,docs]'" not in dry_run(), "the flavour sticks to the venv"

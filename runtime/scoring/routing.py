@@ -268,7 +268,7 @@ class RoutedLoader(MapWatch):
     """Builds :class:`RoutedScorer` objects from a camera map, reusing the scorers of unchanged bundle folders.
 
     It is also the service's reloader for a camera map (the interface of
-    :class:`~trustvlm.runtime.service.BundleReloader`): :meth:`changed` polls the map file and the
+    :class:`~trustvlm.runtime.reload.BundleReloader`): :meth:`changed` polls the map file and the
     bundle folders, :meth:`reload` re-reads the map and swaps the result into the slot.
 
     Args:

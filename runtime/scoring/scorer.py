@@ -332,7 +332,8 @@ class BundleScorer:
                                reason, self.threshold, self.score_name, self.model_id, self.bundle_id,
                                detail=f"typicality {typicality:.4g} < {self.gate.threshold:.4g}" if atypical else "",
                                label=self.class_names[class_id], class_id=class_id, kappa=kappa,
-                               msp=float(output.msp[row]), s_ii=float(output.s_ii[row]), top_k=top_k)
+                               msp=float(output.msp[row]), s_ii=float(output.s_ii[row]), top_k=top_k,
+                               typicality=typicality if self.gate is not None else None)
 
 
 def load_scorer(artifacts_dir: str | os.PathLike, bundle_dir: str | os.PathLike, config: ScorerConfig,

@@ -27,7 +27,8 @@ function draw(status) {
     const age = camera.last_decision_ts === null ? null : status.time - camera.last_decision_ts;
     const quiet = age === null || age > QUIET_S;
     const row = document.createElement("tr");
-    row.className = quiet || (decided > 0 && deferred > decided / 2) ? "alarm" : "ok";
+    const lost = camera.guarantee === "alarm" || camera.audit === "violated";
+    row.className = quiet || lost || (decided > 0 && deferred > decided / 2) ? "alarm" : "ok";
     row.dataset.camera = camera.camera;
     cell(row, camera.camera);
     cell(row, elapsed && last ? ((camera.received - last.received) / elapsed).toFixed(1) : "-", true);
@@ -36,7 +37,7 @@ function draw(status) {
     cell(row, camera.p95_latency_ms === null ? "-" : `${camera.p95_latency_ms.toFixed(1)} ms`, true);
     cell(row, age === null ? "never" : `${age.toFixed(1)} s ago`, true);
     cell(row, camera.bundle_id || "-");
-    cell(row, "-");
+    cell(row, [camera.guarantee, camera.audit && `audit ${camera.audit}`].filter(Boolean).join(" · ") || "-");
     body.appendChild(row);
   }
   const health = status.health || {};

@@ -136,6 +136,19 @@ def test_unknown_schema_major_is_refused(bundle_dir, tiny_artifacts):
         load_bundle(bundle_dir, tiny_artifacts)
 
 
+def test_guarantee_frontier_round_trips_and_an_old_bundle_without_it_loads(bundle_dir, tiny_artifacts):
+    frontier = [{"alpha": 0.01, "coverage": 0.0, "threshold": None},
+                {"alpha": 0.05, "coverage": 0.4, "threshold": 0.75}]
+    info = make_info(read_manifest(tiny_artifacts), guarantee_frontier=frontier)
+    assert BundleInfo.from_dict(json.loads(json.dumps(info.to_dict(), allow_nan=False))) == info
+    data = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    assert data["guarantee_frontier"] == []
+    del data["guarantee_frontier"]
+    data["schema_version"] = "1.2"  # written before the field existed
+    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(data))
+    assert load_bundle(bundle_dir, tiny_artifacts).info.guarantee_frontier == []
+
+
 def test_missing_bundle_says_how_to_build_one(tmp_path, tiny_artifacts):
     with pytest.raises(BundleError, match="no bundle.json in .*make calibrate"):
         load_bundle(tmp_path, tiny_artifacts)

@@ -12,6 +12,7 @@ import pytest
 
 from trustvlm.calibration.calibrate import calibrate, check_labels, split_held_out
 from trustvlm.calibration.cli import add_calibrate_parser, add_eval_parser
+from trustvlm.calibration.guarantee_frontier import guarantee_lines
 from trustvlm.calibration.image_prototypes import EmbeddingError, prototypes_from_embeddings, sample_shots
 from trustvlm.calibration.scores import compute_scores
 from trustvlm.calibration.threshold_selection import select_threshold
@@ -92,6 +93,14 @@ def test_an_infeasible_alpha_defers_everything(tiny_artifacts, image_folder, tmp
     bundle = calibrate(tiny_artifacts, image_folder, tmp_path / "b", k=2, lam=1.0, alpha=1e-4, threads=1)
     assert bundle.info.threshold.threshold == math.inf and not bundle.info.threshold.feasible
     assert bundle.info.threshold.coverage == 0.0
+    # what the data certifies instead, and what would certify alpha: the lines `trustvlm calibrate` prints
+    info = bundle.info
+    assert [point["alpha"] for point in info.guarantee_frontier] == [1e-4, 0.01, 0.02, 0.05, 0.1, 0.2]
+    assert info.selection["sample_size_estimate"]["images_total_now"] == 30
+    lines = guarantee_lines(info.guarantee_frontier, info.threshold.delta, info.threshold.n_calibration,
+                            info.selection["sample_size_estimate"])
+    assert lines[0].startswith("what this data can certify (delta 10%, 24 threshold images): alpha 0.01% -> nothing")
+    assert len(lines) == 2 and lines[1].startswith(("about ", "more than ", "no amount of images like these"))
 
 
 def test_fewer_than_k_shots_is_an_error(tiny_artifacts, image_folder, tmp_path):
@@ -196,7 +205,9 @@ def test_cli_calibrate_writes_the_default_bundle_folder(tiny_artifacts, image_fo
     args = parse(["calibrate", "--artifacts", str(export), "--data", str(image_folder), "--k", "2", "--alpha", "0.5"])
     assert args.handler(args) == 0
     assert (export / "bundle" / "bundle.json").exists()
-    assert "3 classes, k=2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 classes, k=2" in out
+    assert "\nwhat this data can certify (delta 10%, 12 threshold images): alpha 1% -> " in out, "the frontier line"
 
 
 def test_cli_calibrates_each_camera_folder_and_writes_the_camera_map(tiny_artifacts, tmp_path, capsys):

@@ -146,6 +146,9 @@ def test_cli_eval_writes_the_default_folder(tiny_artifacts, tmp_path, capsys):
     assert (export / "eval" / RESULTS_MD).exists()
     out = capsys.readouterr().out
     assert "| MSP |" in out and "wrote" in out
+    assert "\nclean, 'auto' score: what the threshold images can certify (delta 10%, " in out
+    saved = json.loads((export / "eval" / "results.json").read_text())["datasets"]["clean"]
+    assert [point["alpha"] for point in saved["guarantee_frontier"]] == [0.01, 0.02, 0.05, 0.1, 0.2]
 
 
 def test_cli_eval_bad_input_is_one_error_line(tiny_artifacts, tmp_path):

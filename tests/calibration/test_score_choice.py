@@ -71,7 +71,7 @@ def test_the_choice_is_recorded_and_loads_back(tiny_artifacts, tmp_path):
     assert len(chosen) == 1 and chosen[0]["score"] == info.score == info.score_choice["chosen"]["score"]
     assert (info.lam, info.temperature) == (chosen[0]["lambda"], chosen[0]["temperature"])
     assert 0.0 <= info.selection["certifiable_limit"] <= 1.0
-    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["schema_version"] == "1.2"
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["schema_version"] == "1.3"
 
 
 def test_a_bundle_without_the_new_fields_still_loads(tiny_artifacts, tmp_path):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trustvlm.calibration.shifts import (SHIFTS, apply_shift, gaussian_blur, gaussian_noise, jpeg_artifacts,
-                                         low_light)
+from trustvlm.calibration.shifts import (SHIFTS, ShiftSpec, apply_shift, gaussian_blur, gaussian_noise,
+                                         jpeg_artifacts, low_light, parse_shift)
 from trustvlm.data.fashion_mnist import load_split
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,3 +78,32 @@ def test_bad_input_is_rejected():
         gaussian_blur(np.zeros((28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"quality should be in \[1, 100\]"):
         jpeg_artifacts(np.zeros((1, 28, 28), np.uint8), quality=0)
+
+
+def test_a_shift_with_changed_parameters_runs_its_function_with_those_keywords(real_images):
+    # When a darker low-light camera is read from text
+    spec = parse_shift("low_light:gain=0.25, gamma=2.2")
+    # Then it is the shift's function with those keyword arguments, and it prints as it is written
+    assert spec == ShiftSpec("low_light", (("gain", 0.25), ("gamma", 2.2)))
+    assert str(spec) == "low_light:gain=0.25,gamma=2.2"
+    np.testing.assert_array_equal(apply_shift(spec.name, real_images[:5], 3, **spec.kwargs),
+                                  low_light(real_images[:5], 3, gain=0.25, gamma=2.2))
+    # And a bare name is the shift with its defaults; an integer parameter stays an integer
+    assert parse_shift("blur") == ShiftSpec("blur") and str(parse_shift("blur")) == "blur"
+    assert parse_shift("jpeg:quality=30").kwargs == {"quality": 30}
+    assert isinstance(parse_shift("jpeg:quality=30").kwargs["quality"], int)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fog:density=1", r"unknown shift 'fog'; expected one of \['blur', 'noise', 'low_light', 'jpeg'\]"),
+    ("low_light:gian=0.2", r"shift 'low_light' has no parameter 'gian'; its parameters: gain=0.5, gamma=2, "
+                           r"read_noise=0.03 \(in 'low_light:gian=0.2'\)"),
+    ("low_light:gain", r"shift parameter low_light:gain should be a number \(key=value\), but got 'gain'"),
+    ("jpeg:quality=3.5", r"shift parameter jpeg:quality should be an integer"),
+    ("blur:sigma=0", r"shift 'blur:sigma=0': sigma should be > 0, but got 0.0"),
+    ("blur:sigma=1,sigma=2", r"shift 'blur:sigma=1,sigma=2' gives a parameter twice"),
+])
+def test_a_bad_shift_is_refused_in_one_line(text, message):
+    with pytest.raises(ValueError, match=message) as error:
+        parse_shift(text)
+    assert "\n" not in str(error.value)

@@ -192,3 +192,38 @@ def test_controller_counts_a_run_of_dropped_frames_as_each_of_its_frames(zmq_con
     assert summary["ended_by"] == "max_decisions" and summary["decisions"] == 6
     assert summary["actions"] == {"act": 2, "hold": 4}
     assert summary["reasons"] == {"meets_threshold": 2, "dropped": 4}
+
+
+def test_a_change_of_a_cameras_guarantee_is_an_event_and_the_summary_shows_it():
+    from dataclasses import replace  # noqa: PLC0415
+
+    from trustvlm.pipelines.controller import EVENT_GUARANTEE  # noqa: PLC0415
+
+    class Events(ControllerObserver):
+        def __init__(self):
+            self.events = []
+
+        def on_event(self, event):
+            self.events.append(event)
+
+    observer = Events()
+    with zmq.Context() as context, Controller(ControllerConfig("tcp://127.0.0.1:1"), context, observer) as controller:
+        states = [("ok", "unverified"), ("ok", "unverified"), ("watch", "unverified"), ("alarm", "unverified")]
+        for seq, (monitor, audit) in enumerate(states):
+            message = replace(decision("cam1", seq, accept=monitor != "alarm"), monitor=monitor, audit_state=audit)
+            if monitor == "alarm":
+                message = replace(message, reason=Reason.GUARANTEE_LOST)
+            controller._handle(encode_body(message), time.time_ns(), time.monotonic())
+        dropped = replace(decision("cam1", 9, accept=False), reason=Reason.DROPPED, label=None, class_id=None,
+                          kappa=None)  # decided before scoring: carries no guarantee state, and is no news
+        controller._handle(encode_body(dropped), time.time_ns(), time.monotonic())
+        controller._handle(encode_body(decision("cam2", 0, accept=True)), time.time_ns(), time.monotonic())
+        summary = controller.summary(1.0)
+    guarantee = [e.reason for e in observer.events if e.name == EVENT_GUARANTEE]
+    # a camera first seen ok is not news; each change after is, and a camera not watched at all never is
+    assert guarantee == ["cam1: monitor watch / audit unverified (was monitor ok / audit unverified)",
+                         "cam1: monitor alarm / audit unverified (was monitor watch / audit unverified)"]
+    assert summary["guarantees"]["cam1"] == {"monitor": "alarm", "audit": "unverified"}
+    assert summary["guarantees"]["cam2"] == {"monitor": "", "audit": ""}
+    assert any("monitor alarm, audit unverified" in line for line in format_summary(summary))
+    assert describe_event(observer.events[-1], 500).startswith("GUARANTEE: cam1: monitor alarm")

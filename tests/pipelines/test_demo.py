@@ -85,7 +85,7 @@ def test_plot_needs_two_scored_frames(tmp_path):
         load_scored_frames(log, tmp_path / "missing.jsonl")
 
 
-@pytest.mark.parametrize("command", ["source", "controller", "demo"])
+@pytest.mark.parametrize("command", ["source", "controller", "demo", "demo-recalibrate"])
 def test_pipeline_subcommands_explain_themselves(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -145,3 +145,23 @@ def test_demo_runs_end_to_end_at_small_scale_and_every_process_exits_zero(tmp_pa
     assert len(own_low) == len(own_blur) == len(shared) == 1 and len(own_low | own_blur | shared) == 3, bundles
     assert [row["frames"] for row in written["shared"]] == [60, 60]
     assert (tmp_path / "demo" / "risk_coverage.png").stat().st_size > 1000
+    # And the low-light camera got darker halfway (its truth rows say which camera each frame went through), and
+    # the summary says what the monitor did about it, measured from the decision log and the truth file
+    truth = [json.loads(line) for line in (tmp_path / "demo" / "truth_low_light.jsonl").read_text().splitlines()]
+    assert [row["shift"] for row in truth] == ["low_light"] * 30 + ["low_light:gain=0.25"] * 30
+    assert ("camera fmnist_low_light gets darker halfway: from frame 30 on through low_light:gain=0.25 instead of "
+            "low_light; guarantee monitor at the default alarm level, on one frame per 0.05 s of capture time") in out
+    drift = written["drift"]
+    assert (drift["drift_after"], drift["frames_after"], drift["before"]["frames"]) == (30, 30, 30), drift
+    assert drift["alarm_before_drift"] is None
+    unwatched, watched = drift["unwatched"], drift["watched"]
+    assert f"had nobody watched: the robot would have acted on {unwatched['acted']} of 30 frames" in out
+    assert unwatched["acted"] >= watched["acted"] and unwatched["frames"] == watched["frames"] == 30
+    if drift["alarm_seq"] is None:  # 30 darker frames are few for the default level: nothing deferred for it
+        assert f"no ALARM within the 30 frames after the drift (thinned frames: {drift['thinned_after']};" in out
+        assert drift["guarantee_lost"] == 0 and unwatched == watched
+    else:
+        assert f"ALARM {drift['frames_to_alarm']} frames into the drift" in out and drift["guarantee_lost"] > 0
+    assert re.search(r"^shared bundle run \(its monitor only reports, --on-drift warn\): fmnist_low_light "
+                     r"(no ALARM|ALARM on frame \d+), fmnist_blur (no ALARM|ALARM on frame \d+)$", out, flags=re.M)
+    assert "next: `make demo-recalibrate`" in out

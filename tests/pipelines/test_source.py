@@ -15,12 +15,12 @@ import zmq
 
 from trustvlm.pipelines.captures import DatasetCapture, degrade
 from trustvlm.pipelines.frame_sender import FrameEncoder, FrameSender, SenderConfig
-from trustvlm.pipelines.source import DecisionWindowPacer, FpsPacer, TruthWriter, stream_frames
+from trustvlm.pipelines.source import CameraDrift, DecisionWindowPacer, FpsPacer, TruthWriter, stream_frames
 from trustvlm.runtime.frames import Encoding, FrameHeader
 from trustvlm.runtime.messages import (HEALTH_TOPIC, Decision, DecisionMessage, HealthMessage, HealthStatus, Reason,
                                        encode_body, topic_for)
 
-from .conftest import require_fashion_mnist
+from .conftest import require_fashion_mnist, trustvlm
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,6 +90,39 @@ def test_labelled_replay_sends_seq_numbered_frames_through_the_camera_and_writes
     assert [(r["camera_id"], r["seq"], r["label"]) for r in rows] == [
         ("cam", s, capture.class_names[capture.labels[10 + s]]) for s in range(5)]
     assert (stats.frames_sent, stats.labelled, stats.send_timeouts, stats.ended_by) == (5, 5, 0, "limit")
+
+
+def test_a_drifting_camera_sends_its_frames_from_frame_n_on_through_the_changed_shift(tmp_path, zmq_context, pull):
+    require_fashion_mnist()
+    socket, endpoint = pull
+    capture = DatasetCapture(split="test")
+    # When the low-light camera gets darker (gain 0.25) after 3 of 6 frames
+    drift = CameraDrift.parse("low_light:gain=0.25", 3)
+    with FrameSender(SenderConfig(endpoint), zmq_context) as sender, TruthWriter(tmp_path / "truth.jsonl") as truth:
+        stats = stream_frames(capture, "cam", FrameEncoder("raw"), sender, truth=truth, shift="low_light", limit=6,
+                              drift=drift)
+    # Then frames 0-2 are the low-light camera's, frames 3-5 the darker camera's (same seeds), visibly darker
+    for seq, (header, payload) in enumerate(receive(socket) for _ in range(6)):
+        pixels = np.frombuffer(payload, np.uint8).reshape(28, 28)
+        usual = degrade(capture.images[seq], "low_light", seed=seq)
+        np.testing.assert_array_equal(pixels, usual if seq < 3 else degrade(capture.images[seq], drift.shift, seq))
+        if seq >= 3:
+            assert pixels.mean() < 0.7 * usual.mean(), seq
+    # And each truth row names the camera its frame went through; the stats count the drifted frames
+    rows = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert [r["shift"] for r in rows] == ["low_light"] * 3 + ["low_light:gain=0.25"] * 3
+    assert (stats.frames_sent, stats.drifted) == (6, 3) and "3 through the drifted camera" in stats.summary()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--drift", "low_light:gian=0.2"], "--drift: shift 'low_light' has no parameter 'gian'; its parameters: "
+                                        "gain=0.5, gamma=2, read_noise=0.03 (in 'low_light:gian=0.2')"),
+    (["--shift", "fog"], "--shift: unknown shift 'fog'; expected one of ['blur', 'noise', 'low_light', 'jpeg']"),
+    (["--drift-after", "10"], "--drift-after 10 needs a value >= 0 and --drift NAME[:KEY=VALUE,...]"),
+])
+def test_source_refuses_an_unknown_shift_or_parameter_in_one_line(args, message):
+    result = trustvlm("source", "--dataset", "fashion-mnist", *args)
+    assert result.returncode == 1 and result.stderr.strip() == f"trustvlm source: error: {message}", result.stderr
 
 
 def test_a_set_stop_event_ends_the_stream_before_the_next_frame(zmq_context, pull):

@@ -12,6 +12,7 @@ import pytest
 
 from trustvlm.runtime.frames import Encoding, FrameHeader, PixelFormat, pack_frame_header
 from trustvlm.contract.scores import SCORES
+from trustvlm.contract.files import json_safe as _json_safe
 from trustvlm.runtime.messages import (Decision, DecisionMessage, HealthMessage, HealthStatus, Reason, TopKEntry,
                                        WireFormat, decode_body, encode_body, topic_for)
 from trustvlm.runtime.schema import (DECISION_SCHEMA, DECISION_SCHEMA_VERSION, FRAME_SCHEMA, FRAME_SCHEMA_VERSION,
@@ -41,6 +42,7 @@ def validate(instance, schema: dict, root: dict) -> None:
     if types is not None:
         checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
                   "string": lambda v: isinstance(v, str), "null": lambda v: v is None,
+                  "boolean": lambda v: isinstance(v, bool),
                   "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
                   "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
         assert any(checks[t](instance) for t in ([types] if isinstance(types, str) else types)), \
@@ -162,18 +164,33 @@ def test_bad_frame_headers_say_what_was_expected(change, message):
 def test_messages_follow_the_schema_documents():
     assert FRAME_SCHEMA["version"] == FRAME_SCHEMA_VERSION == "1.0"
     # 1.1: reasons duplicate, out_of_order; 1.2: out_of_distribution, runs of superseded frames (seq_last, frames);
-    # 1.3: no_bundle (a camera the camera map does not route); 1.4: topics end with '/'
-    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.4"
+    # 1.3: no_bundle (a camera the camera map does not route); 1.4: topics end with '/'; 1.5: guarantee_lost, the
+    # gate's typicality, the camera's monitor and audit state, audit marks, and the heartbeat's monitors
+    assert DECISION_SCHEMA["version"] == DECISION_SCHEMA_VERSION == "1.5"
     raw = FrameHeader("cam", 1, 2, Encoding.RAW, (2, 3), "uint8", PixelFormat.MONO8).to_dict()
     validate(raw, FRAME_SCHEMA, FRAME_SCHEMA)
     with pytest.raises(AssertionError, match="missing required keys"):
         validate({k: v for k, v in raw.items() if k != "shape"}, FRAME_SCHEMA, FRAME_SCHEMA)
     defer = a_decision(decision=Decision.DEFER, reason=Reason.DROPPED, label=None, class_id=None, kappa=None,
                        msp=None, s_ii=None, top_k=(), threshold=math.inf)
-    for message in (a_decision().stamped(5), defer.stamped(6)):
+    watched = a_decision(typicality=-0.5, monitor="watch", audit_state="verified", audit=True)
+    lost = replace(defer, reason=Reason.GUARANTEE_LOST, monitor="alarm", audit_state="unverified", typicality=-0.2)
+    for message in (a_decision().stamped(5), defer.stamped(6), watched.stamped(7), lost.stamped(8)):
         validate(json.loads(encode_body(message, WireFormat.JSON)), DECISION_SCHEMA, DECISION_SCHEMA)
-    health = HealthMessage(HealthStatus.OK, 5, 1.5, "m@x", "m:y", 0.5, 2, {"received": 3})
+        assert decode_body(encode_body(message)) == message
+    monitors = ({"camera_id": "cam", "bundle_id": "m:y", "monitor": "alarm", "evidence": 0.3, "frames": 40,
+                 "audit_state": "violated", "labels": 12, "risk_lower": 0.07, "risk_upper": 0.4},)
+    health = HealthMessage(HealthStatus.OK, 5, 1.5, "m@x", "m:y", 0.5, 2, {"received": 3}, monitors=monitors)
     validate(health.to_dict(), DECISION_SCHEMA, DECISION_SCHEMA)
+    assert decode_body(encode_body(health)) == health
+    # a 1.4 message has none of the 1.5 keys: read as no typicality, not watched, not audited
+    old = {k: v for k, v in a_decision().to_dict().items() if k not in ("typicality", "monitor", "audit_state", "audit")}
+    old["schema_version"] = "1.4"
+    assert decode_body(json.dumps(_json_safe(old)).encode()) == replace(a_decision(), schema_version="1.4")
+    with pytest.raises(MessageError, match="monitor should be one of"):
+        decode_body(encode_body(a_decision()).replace(b"\xa7monitor\xa0", b"\xa7monitor\xa1x"))
+    with pytest.raises(ValueError, match="only an accepted frame is drawn for audit"):
+        replace(defer, audit=True)
     # The schema's enums and keys are the code's
     decision_schema = DECISION_SCHEMA["$defs"]["decision"]["properties"]
     assert decision_schema["reason"]["enum"] == [r.value for r in Reason]
@@ -241,3 +258,13 @@ def test_a_run_of_dropped_frames_round_trips_and_a_1_1_message_reads_as_one_fram
         a_decision(seq=4, seq_last=9, frames=5)
     with pytest.raises(MessageError, match="frames should be an integer"):
         DecisionMessage.from_dict({**run.to_dict(), "frames": "5"})
+
+
+def test_changed_is_replace_with_the_same_checks():
+    message = a_decision()
+    assert message.changed(monitor="watch", audit=True) == replace(message, monitor="watch", audit=True)
+    assert message.changed(monitor="watch") is not message and message.monitor == ""
+    with pytest.raises(ValueError, match="cannot go with reason"):
+        message.changed(decision=Decision.DEFER)
+    with pytest.raises(TypeError, match="no fields"):
+        message.changed(monitr="ok")

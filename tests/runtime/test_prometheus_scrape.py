@@ -12,11 +12,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from trustvlm.contract.camera_map import CameraMap, write_camera_map
+from trustvlm.contract.monitor_reference import MonitorReference
 from trustvlm.runtime.frames import Encoding, FrameHeader, send_frame
 
 from .conftest import FAULT_CLASSES, fault_image, make_info, open_gate
@@ -55,14 +57,23 @@ def test_prometheus_scrapes_the_service_and_every_dashboard_expression_returns_d
     from trustvlm.contract.manifest import read_manifest  # noqa: PLC0415
     from trustvlm.pipelines.grafana_dashboard import build_dashboard  # noqa: PLC0415
 
-    # Given a service whose cameras accept (cam_a), defer below the threshold (cam_b) and out of distribution (cam_c)
+    # Given a service whose cameras accept (cam_a), defer below the threshold (cam_b) and out of distribution (cam_c),
     rng = np.random.default_rng(3)
     write_bundle(tmp_path / "c", rng.normal(size=(3, 8)), rng.normal(size=(3, 8)),
                  make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0), ood_gate=open_gate(8, 3, threshold=0.0))
+    # and one (cam_d) whose frames score below every value of its reference sample: its monitor alarms, its frames
+    # are deferred guarantee_lost
+    watched = replace(make_info(read_manifest(fault_export), FAULT_CLASSES, -10.0),
+                      monitor_reference=MonitorReference.from_values("test", score=np.linspace(10.0, 11.0, 100)))
+    write_bundle(tmp_path / "d", rng.normal(size=(3, 8)), rng.normal(size=(3, 8)), watched)
     folders = {"cam_a": make_fault_bundle(tmp_path / "a", threshold=-10.0),
-               "cam_b": make_fault_bundle(tmp_path / "b", threshold=10.0, seed=1), "cam_c": tmp_path / "c"}
+               "cam_b": make_fault_bundle(tmp_path / "b", threshold=10.0, seed=1), "cam_c": tmp_path / "c",
+               "cam_d": tmp_path / "d"}
     camera_map = write_camera_map(tmp_path / "cameras.toml", CameraMap(folders))
-    service = serve("--artifacts", str(fault_export), "--bundles", str(camera_map), "--metrics", "127.0.0.1:0")
+    (tmp_path / "serve.json").write_text(json.dumps({"monitor": {"interval_s": 0.0, "alarm_level": 100.0,
+                                                                 "watch_level": 10.0}}))
+    service = serve("--config", str(tmp_path / "serve.json"), "--artifacts", str(fault_export), "--bundles",
+                    str(camera_map), "--metrics", "127.0.0.1:0")
     target = service.metrics.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trustvlm\n"

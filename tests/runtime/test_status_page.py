@@ -76,3 +76,6 @@ def test_status_json_counts_are_the_metrics_counters_of_a_running_service(serve,
     assert rows["cam_a"]["accepted"] >= 1 and set(rows["cam_b"]["reasons"]) <= {"below_threshold", "dropped"}
     assert rows["cam_a"]["bundle_id"] == by_camera["cam_a"].bundle_id and rows["stranger"]["bundle_id"] == ""
     assert rows["stranger"]["reasons"] == {"no_bundle": 1} and status["health"]["kind"] == "health"
+    # bundles without a reference sample: audited, not monitored; a camera without a bundle: neither
+    assert (rows["cam_a"]["guarantee"], rows["cam_a"]["audit"]) == ("", "unverified")
+    assert (rows["stranger"]["guarantee"], rows["stranger"]["audit"]) == ("", "")
