@@ -47,14 +47,18 @@ def add_export_parser(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Handler of `trustvlm export`."""
-    from trustvlm.export.loaded_model import WeightsUnavailableError  # noqa: PLC0415 - torch, only here
-    from trustvlm.export.pipeline import ExportError, ExportRequest, export_model  # noqa: PLC0415
-    from trustvlm.export.tensorrt_engine import TensorRTUnavailableError  # noqa: PLC0415
+    """Handler of `trustvlm export`: bad input is refused before torch is imported (seconds)."""
+    from trustvlm.export.errors import (ExportError, TensorRTUnavailableError,  # noqa: PLC0415
+                                        WeightsUnavailableError)
+    from trustvlm.export.preflight import check_export  # noqa: PLC0415
     from trustvlm.models.registry import UnknownModelError  # noqa: PLC0415
     from trustvlm.models.tokenizers import TokenizerUnavailableError  # noqa: PLC0415
 
     try:
+        check_export(args.model, weights=args.weights, output_root=args.output, name=args.name,
+                     engine=args.format == "engine", tokenizer_dir=args.tokenizer)
+        from trustvlm.export.pipeline import ExportRequest, export_model  # noqa: PLC0415 - torch, only here
+
         result = export_model(ExportRequest(args.model, args.precision, args.format, args.weights,
                                             args.output, args.parity_images, tokenizer_dir=args.tokenizer,
                                             name=args.name))

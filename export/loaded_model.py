@@ -14,12 +14,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trustvlm.export.errors import WeightsUnavailableError
+
+__all__ = ["RANDOM_INIT", "RANDOM_WEIGHTS_SEED", "LoadedModel", "WeightsUnavailableError", "quiet_logging"]
+
 RANDOM_INIT = "random-init"
 RANDOM_WEIGHTS_SEED = 0
-
-
-class WeightsUnavailableError(RuntimeError):
-    """No weights for a model can be had (offline, missing or corrupt file)."""
 
 
 @dataclass

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 from trustvlm.contract.files import sha256_file
-from trustvlm.export.model_loading import is_compact_checkpoint
 from trustvlm.models.registry import ModelSpec, list_models
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -42,6 +41,8 @@ def artifact_name(spec: ModelSpec, weights: str | None, name: str | None = None)
         return check_name(name)
     if weights in (None, "random"):
         return spec.name
+    from trustvlm.export.model_loading import is_compact_checkpoint  # noqa: PLC0415 - torch, only here
+
     path = Path(weights).expanduser()
     if not path.is_file() or not is_compact_checkpoint(path):
         return spec.name  # official weights of the entry (or a missing file, which the loader reports)

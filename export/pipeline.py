@@ -29,13 +29,15 @@ from trustvlm.contract.files import sha256_file, stage_beside, write_json_atomic
 from trustvlm.contract.manifest import MANIFEST_NAME, PRECISIONS, TOWERS, encoder_file_name
 from trustvlm.data.fashion_mnist import load_split, to_rgb
 from trustvlm.export import onnx_export, parity, quantize, text_tokens
+from trustvlm.export.errors import ExportError
 from trustvlm.export.manifest import build_manifest
 from trustvlm.export.loaded_model import LoadedModel
 from trustvlm.export.model_loading import load_model
 from trustvlm.export.naming import ArtifactNameError, artifact_name
+from trustvlm.export.preflight import check_export
 from trustvlm.export.torch_wrappers import EOT_TOKEN_ID
 from trustvlm.models.prompts import build_prompts, get_templates
-from trustvlm.models.registry import ModelSpec, get_model_spec
+from trustvlm.models.registry import ModelSpec
 from trustvlm.runtime.scoring.onnx_engine import OnnxEncoder
 from trustvlm.runtime.decode.preprocess import preprocess_batch
 
@@ -43,10 +45,6 @@ FORMATS = ("onnx", "engine")
 #: What an export can write: the precisions the runtime runs (int8: image encoder only, for CPUs).
 EXPORT_PRECISIONS = PRECISIONS
 PARITY_IMAGES = 200
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done (bad request, unwritable folder, failed gate)."""
 
 
 @dataclass
@@ -133,15 +131,13 @@ def parity_inputs(prompt_tokenizer: text_tokens.PromptTokenizer | None, spec: Mo
 
 
 def _prompt_tokenizer(spec: ModelSpec, request: ExportRequest) -> text_tokens.PromptTokenizer | None:
-    """The tokenizer of the parity prompts, found before minutes of export (None: no text tower)."""
+    """The tokenizer of the parity prompts, found before minutes of export (None: no text tower).
+
+    A --tokenizer the model cannot take was refused by :func:`check_export`.
+    """
     if not spec.has_text_encoder:
-        if request.tokenizer_dir is not None:
-            raise ExportError(f"{spec.name} is an image encoder (no text tower); drop --tokenizer")
         return None
     plan = text_tokens.prompt_tokenizer(spec.architecture, spec.name, request.tokenizer_dir)
-    if request.tokenizer_dir is not None and plan.info.hf_name is None:
-        raise ExportError(f"--tokenizer {request.tokenizer_dir}: {spec.name} uses open_clip's built-in tokenizer; "
-                          "--tokenizer is for models with a Hugging Face tokenizer (siglip_*); drop it")
     if plan.note:
         tqdm.write(plan.note)
     return plan
@@ -228,16 +224,14 @@ def _export_precision(towers, request, stage, reference, pixels, tokens, prompts
 
 def export_model(request: ExportRequest) -> ExportResult:
     """Run the whole export stage (see the module docstring)."""
-    spec = get_model_spec(request.model)
+    # bad input (and a missing TensorRT) fails at start, not after minutes of export
+    spec = check_export(request.model, weights=request.weights, output_root=request.output_root, name=request.name,
+                        engine=request.format == "engine", tokenizer_dir=request.tokenizer_dir)
     try:
         request = replace(request, name=artifact_name(spec, request.weights, request.name))
     except ArtifactNameError as error:
         raise ExportError(str(error)) from error
     towers = towers_of(spec)
-    if request.format == "engine":
-        from trustvlm.export.tensorrt_engine import describe_gpu, import_tensorrt  # noqa: PLC0415
-
-        import_tensorrt(), describe_gpu()  # fail at start, not after minutes of export
     prompt_tokenizer = _prompt_tokenizer(spec, request)
     steps = _Steps(_plan(request, towers))
     try:

@@ -24,12 +24,9 @@ from pathlib import Path
 import onnx
 
 from trustvlm.contract.files import sha256_file, write_bytes_atomic
+from trustvlm.export.errors import TensorRTUnavailableError
 from trustvlm.export.tensorrt_compat import graph_precision, tensorrt_problems
 from trustvlm.runtime.scoring.gpu_info import GpuUnavailableError, check_tensorrt_version, describe_cuda_device
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT or a CUDA GPU is not available on this machine."""
 
 
 @dataclass(frozen=True)

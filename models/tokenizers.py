@@ -14,11 +14,14 @@ The hub is never contacted: offline, ``transformers`` retries for about 45 s bef
 an edge device cannot reach it anyway. When no tokenizer can be had the error is one line naming
 the files to fetch and where to put them.
 
-Importing this module needs neither torch nor open_clip; loading a tokenizer does.
+Importing this module needs neither torch nor open_clip, nor does :func:`tokenizer_info` for a
+built-in open_clip architecture (its packaged config file is read directly), nor refusing a folder
+without the tokenizer's files; loading a tokenizer does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,9 @@ HF_PREFIX = "hf:"
 TOKENIZER_FOLDER = "tokenizer"
 #: What `hf download` leaves out to fetch a repository's tokenizer (and configs) without its weights.
 HF_WEIGHT_PATTERNS = ("*.bin", "*.safetensors")
+#: Files a Hugging Face tokenizer is read from: a folder with none of them holds no tokenizer.
+HF_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "spiece.model", "tokenizer.model",
+                      "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "config.json", "special_tokens_map.json")
 
 
 class TokenizerUnavailableError(FileNotFoundError):
@@ -55,10 +61,23 @@ class TokenizerInfo:
         return self.kind[len(HF_PREFIX):] if self.kind.startswith(HF_PREFIX) else None
 
 
+def _packaged_open_clip_config(architecture: str) -> Path | None:
+    """open_clip's own config file of a built-in architecture, found without importing open_clip (torch)."""
+    package = importlib.util.find_spec("open_clip")
+    for location in (package.submodule_search_locations or []) if package else []:
+        path = Path(location) / "model_configs" / f"{architecture}.json"
+        if path.is_file():
+            return path
+    return None
+
+
 def _model_config(architecture: str) -> dict:
     local = Path(MODEL_CONFIG_DIR) / f"{architecture}.json"
     if local.is_file():
         return json.loads(local.read_text())
+    packaged = _packaged_open_clip_config(architecture)
+    if packaged is not None:
+        return json.loads(packaged.read_text())  # what open_clip.get_model_config returns for it
     import open_clip  # noqa: PLC0415 - heavy (torch), only when asked
 
     config = open_clip.get_model_config(architecture)
@@ -83,6 +102,22 @@ def fetch_hint(info: TokenizerInfo, target: str) -> str:
             f"--exclude {' '.join(repr(p) for p in HF_WEIGHT_PATTERNS)} --local-dir DIR`) and {target}")
 
 
+def check_tokenizer_folder(info: TokenizerInfo, folder: str | Path, model: str,
+                           where: str = "pass that folder as --tokenizer DIR") -> None:
+    """Refuse a tokenizer folder that does not exist or holds none of :data:`HF_TOKENIZER_FILES`.
+
+    Needs no package: `trustvlm export` refuses such a folder before it imports anything heavy.
+    Raises :class:`TokenizerUnavailableError`, in the words of a failed load.
+    """
+    if not Path(folder).is_dir():
+        raise TokenizerUnavailableError(f"{model}: tokenizer folder {folder} does not exist; "
+                                        f"{fetch_hint(info, where)}")
+    if not any((Path(folder) / name).is_file() for name in HF_TOKENIZER_FILES):
+        raise TokenizerUnavailableError(
+            f"{model}: cannot load the tokenizer {info.hf_name} from {folder} (it holds none of the files of a "
+            f"Hugging Face tokenizer: {', '.join(HF_TOKENIZER_FILES[:3])}, ...); {fetch_hint(info, where)}")
+
+
 def load_hf_tokenizer(info: TokenizerInfo, source: str | Path, model: str, where: str):
     """open_clip's HFTokenizer over local files only (a folder, or the cache of a hub name).
 
@@ -97,11 +132,13 @@ def load_hf_tokenizer(info: TokenizerInfo, source: str | Path, model: str, where
         raise TokenizerUnavailableError(
             f"{model}: its tokenizer ({info.hf_name}) needs the {error.name} package; install the export "
             "extra (pip install 'trustvlm-edge[export]')") from error
+    in_cache = str(source) == info.hf_name
+    if not in_cache:
+        check_tokenizer_folder(info, source, model, where)  # before open_clip (torch) is imported
     import logging  # noqa: PLC0415
 
     from open_clip.tokenizer import HFTokenizer  # noqa: PLC0415
 
-    in_cache = str(source) == info.hf_name
     logging.disable(logging.ERROR)  # transformers logs its own multi-line error; ours is the one line
     try:
         return HFTokenizer(str(source), context_length=info.context_length, local_files_only=True, **info.kwargs)
@@ -134,7 +171,6 @@ def load_tokenizer(architecture: str, model: str, folder: str | Path | None = No
         return open_clip.tokenizer.SimpleTokenizer(context_length=info.context_length, **info.kwargs)
     if folder is not None:
         if not Path(folder).is_dir():
-            raise TokenizerUnavailableError(f"{model}: tokenizer folder {folder} does not exist; "
-                                            f"{fetch_hint(info, where)}")
+            check_tokenizer_folder(info, folder, model, where)  # raises: the folder does not exist
         return load_hf_tokenizer(info, folder, model, where)
     return load_hf_tokenizer(info, info.hf_name, model, where)

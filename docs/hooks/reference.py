@@ -275,19 +275,28 @@ def schemas_page() -> str:
 # --- Prometheus metrics ------------------------------------------------------------------------------------------
 
 def service_registry():
-    """The prometheus_client registry a service started with ``--metrics`` exports (no service started)."""
+    """The prometheus_client registry a service started with ``--metrics`` exports (no service started): the
+    observer's metrics and the guarantee watch's collector."""
     from trustvlm.runtime.metrics import PrometheusObserver  # noqa: PLC0415
+    from trustvlm.runtime.monitor.prometheus import WatchCollector  # noqa: PLC0415
 
-    return PrometheusObserver().registry
+    registry = PrometheusObserver().registry
+    registry.register(WatchCollector())
+    return registry
 
 
 def metric_rows(registry) -> list[tuple[str, ...]]:
     rows = []
     for collector in registry._collector_to_names:
-        name, kind = collector._name, collector._type
-        exposed = f"{name}_total" if kind == "counter" else name
-        labels = ", ".join(getattr(collector, "_labelnames", ()))
-        rows.append((code(exposed), kind, code(labels) if labels else "", inline(collector._documentation)))
+        # a metric object names itself; a custom collector describes its families
+        described = [collector] if hasattr(collector, "_name") else collector.describe()
+        for metric in described:
+            name = getattr(metric, "_name", None) or metric.name
+            kind = getattr(metric, "_type", None) or metric.type
+            doc = getattr(metric, "_documentation", None) or metric.documentation
+            exposed = f"{name}_total" if kind == "counter" else name
+            labels = ", ".join(getattr(metric, "_labelnames", ()))
+            rows.append((code(exposed), kind, code(labels) if labels else "", inline(doc)))
     return rows
 
 

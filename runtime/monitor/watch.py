@@ -126,6 +126,8 @@ class GuaranteeWatch:
         self._lock = threading.Lock()
         self.cameras: dict[str, CameraWatch] = {}
         self._saved = read_state(config.state_file) if config.state_file is not None else {}
+        #: Said once, with the first decisions (not at construction: a service that fails to start says one line)
+        self._memory_only_note = config.state_file is None and config.enabled
         self._dirty, self._persisted = False, time.monotonic()
         self._interval_ns = int(config.interval_s * 1e9)
         self._counts = {"monitor_frames": 0, "audit_marked": 0, "audit_forgotten": 0,
@@ -133,6 +135,10 @@ class GuaranteeWatch:
 
     # -- the tap ---------------------------------------------------------------------------------------------------
     def __call__(self, frames: list[ReceivedFrame], decisions: list[DecisionMessage]) -> list[DecisionMessage]:
+        if self._memory_only_note:
+            self._memory_only_note = False
+            log.info("guarantee monitor state is kept in memory only: a restart clears every camera's alarm "
+                     "(--monitor-state FILE keeps it)")
         with self._lock:
             changed = False
             out = []

@@ -161,7 +161,7 @@ def test_bundle_json_round_trips_with_an_aux_encoder(tiny_artifacts, tiny_aux, s
     bundle = calibrate(tiny_artifacts, split_file, tmp_path / "bundle", k=2, lam=1.0, alpha=0.5, threads=1,
                        image_root=image_root, prototype_encoder=tiny_aux)
     data = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert data["schema_version"] == "1.2" and data["aux_encoder"]["model"] == "tiny_aux"
+    assert data["schema_version"] == "1.3" and data["aux_encoder"]["model"] == "tiny_aux"
     assert BundleInfo.from_dict(data).to_dict() == bundle.info.to_dict(), "NaN-safe comparison (threshold may be nan)"
     assert BundleInfo.from_dict(data).aux_encoder == bundle.info.aux_encoder
     assert AuxEncoderInfo.from_dict(bundle.info.aux_encoder.to_dict()) == bundle.info.aux_encoder
@@ -296,20 +296,28 @@ def test_dinov2_export_is_an_image_encoder_with_parity_and_stamp(dinov2_random):
     assert engine.encode(pixels).shape == (3, 384) and engine.encode(pixels[:1]).shape == (1, 384)
 
 
-@pytest.mark.slow
-def test_aux_calibration_end_to_end_on_the_demo_model(demo_artifacts, dinov2_random, split, tmp_path):
-    # Given: the real demo VLM, random-init DINOv2-S, 10 classes x (4 train + 6 val) Fashion-MNIST PNGs
-    split_file, image_root, _ = split
-    # When
-    bundle = calibrate(demo_artifacts, split_file, tmp_path / "bundle", k=2, lam="auto", alpha=0.3, threads=2,
+@pytest.fixture(scope="module")
+def dinov2_bundle(demo_artifacts, dinov2_random, tmp_path_factory):
+    """The demo VLM calibrated with random-init DINOv2-S prototypes, on 10 classes x (4 train + 6 val) Fashion-MNIST
+    PNGs; built once for the tests below, which only read it. Returns (bundle, its folder, split file, image root)."""
+    root = tmp_path_factory.mktemp("aux_bundle")
+    split_file, image_root, _ = write_fmnist_split(root / "fmnist", {"train": 4, "val": 6})
+    bundle = calibrate(demo_artifacts, split_file, root / "bundle", k=2, lam="auto", alpha=0.3, threads=2,
                        image_root=image_root, prototype_encoder=dinov2_random)
+    return bundle, root / "bundle", split_file, image_root
+
+
+@pytest.mark.slow
+def test_aux_calibration_end_to_end_on_the_demo_model(demo_artifacts, dinov2_random, dinov2_bundle):
+    # Given / When: the real demo VLM, random-init DINOv2-S, 10 classes x (4 train + 6 val) Fashion-MNIST PNGs
+    bundle, bundle_dir, split_file, image_root = dinov2_bundle
     # Then: the bundle records the random-init aux encoder and verifies against both artifact folders
     aux = bundle.info.aux_encoder
     assert (aux.model, aux.weights_id, aux.random_init, aux.embed_dim) == ("dinov2_vits14", "random-init", True, 384)
     assert aux.engine_sha256 == sha256_file(dinov2_random / "image_encoder.onnx")
     assert bundle.text_prototypes.shape == (10, 128) and bundle.image_prototypes.shape == (10, 384)
     assert "(random-init weights)" in describe_bundle(bundle)
-    loaded = load_bundle(tmp_path / "bundle", demo_artifacts, dinov2_random)
+    loaded = load_bundle(bundle_dir, demo_artifacts, dinov2_random)
     # and the fused head on the real embeddings matches the float64 reference (predictions from the VLM)
     vlm, dino = open_encoders(demo_artifacts), open_encoders(dinov2_random, need_text=False)
     pool = load_pool(split_file, image_root)
@@ -326,11 +334,10 @@ def test_aux_calibration_end_to_end_on_the_demo_model(demo_artifacts, dinov2_ran
 
 
 @pytest.mark.slow
-def test_real_aux_bundle_is_refused_when_the_dinov2_engine_changes(demo_artifacts, dinov2_random, split, tmp_path):
+def test_real_aux_bundle_is_refused_when_the_dinov2_engine_changes(demo_artifacts, dinov2_random, dinov2_bundle,
+                                                                   tmp_path):
     # Given: a bundle built with the exported DINOv2, then a copy of its artifacts whose engine differs
-    split_file, image_root, _ = split
-    calibrate(demo_artifacts, split_file, tmp_path / "bundle", k=2, lam=1.0, alpha=0.5, threads=2,
-              image_root=image_root, prototype_encoder=dinov2_random)
+    _, bundle_dir, _, _ = dinov2_bundle
     changed = tmp_path / "dinov2_vits14"
     shutil.copytree(dinov2_random, changed)
     engine = changed / "image_encoder.onnx"
@@ -342,5 +349,5 @@ def test_real_aux_bundle_is_refused_when_the_dinov2_engine_changes(demo_artifact
     write_json_atomic(changed / MANIFEST_NAME, manifest)
     # When / Then
     with pytest.raises(BundleMismatchError, match=r"auxiliary image_encoder of dinov2_vits14 \(fp32\) differs"):
-        load_bundle(tmp_path / "bundle", demo_artifacts, changed)
-    assert load_bundle(tmp_path / "bundle", demo_artifacts, dinov2_random).info.aux_encoder.random_init
+        load_bundle(bundle_dir, demo_artifacts, changed)
+    assert load_bundle(bundle_dir, demo_artifacts, dinov2_random).info.aux_encoder.random_init

@@ -67,9 +67,10 @@ def test_every_subcommand_and_every_option_is_in_the_command_line_reference(site
 
 def test_every_metric_of_the_service_registry_is_in_the_metrics_reference(site):
     from trustvlm.runtime.metrics import PrometheusObserver  # noqa: PLC0415
+    from trustvlm.runtime.monitor.prometheus import WatchCollector  # noqa: PLC0415
 
     shown = text_of(site.page("reference/metrics.md"))
-    families = [metric for metric in PrometheusObserver().registry.collect()]
+    families = [metric for metric in PrometheusObserver().registry.collect()] + WatchCollector().describe()
     assert len(families) >= 20, [family.name for family in families]
     missing = [family.name for family in families
                if not re.search(rf"\b{family.name}{'_total' if family.type == 'counter' else ''}\b", shown)]

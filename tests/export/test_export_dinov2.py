@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import require_fashion_mnist
+from tests.export.in_process import hub_offline, run_in_process
 from trustvlm.contract.manifest import read_manifest
 
 
@@ -23,8 +24,9 @@ def one_error_line(result) -> str:
     return errors[0]
 
 
-def test_missing_dinov2_weights_offline_name_the_file_and_weights_option(tmp_path):
-    result = run_cli("export", "--model", "dinov2_vitb14", "--output", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+def test_missing_dinov2_weights_offline_name_the_file_and_weights_option(tmp_path, monkeypatch, capfd):
+    hub_offline(monkeypatch)  # timm needs the hub to find out: in this process, with torch and timm imported once
+    result = run_in_process(capfd, "export", "--model", "dinov2_vitb14", "--output", tmp_path)
     line = one_error_line(result)
     for fragment in ("dinov2_vitb14", "timm vit_base_patch14_dinov2.lvd142m", "model.safetensors", "WEIGHTS="):
         assert fragment in line, line
@@ -41,11 +43,11 @@ def test_corrupt_dinov2_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_random_init_dinov2_vitb14_exports_the_image_encoder_alone(tmp_path):
+def test_random_init_dinov2_vitb14_exports_the_image_encoder_alone(tmp_path, capfd):
     # Given / When: the real ViT-B/14 architecture, random weights, a small parity set to stay fast
     require_fashion_mnist()
-    result = run_cli("export", "--model", "dinov2_vitb14", "--weights", "random", "--output", str(tmp_path),
-                     "--parity-images", "2", timeout=900)
+    result = run_in_process(capfd, "export", "--model", "dinov2_vitb14", "--weights", "random", "--output", tmp_path,
+                            "--parity-images", "2")
     # Then
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[random-init weights" in result.stdout

@@ -1,22 +1,19 @@
 """The real ViT-B/32 architecture with random weights: exports, passes parity, is stamped random-init."""
 
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import require_fashion_mnist
+from tests.export.in_process import run_in_process
 from trustvlm.contract.manifest import read_manifest
 from trustvlm.export.tensorrt_compat import check_for_tensorrt
 
 pytestmark = pytest.mark.slow
 
 
-def test_random_init_vitb32_exports_with_parity_and_stamp(tmp_path):
+def test_random_init_vitb32_exports_with_parity_and_stamp(tmp_path, capfd):
     require_fashion_mnist()
-    result = subprocess.run([sys.executable, "-m", "trustvlm", "export", "--model", "clip_vitb32", "--weights",
-                             "random", "--output", str(tmp_path), "--parity-images", "16"],
-                            capture_output=True, text=True, timeout=900)
+    result = run_in_process(capfd, "export", "--model", "clip_vitb32", "--weights", "random", "--output", tmp_path,
+                            "--parity-images", "16")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[random-init weights" in result.stdout
     assert "parity fp32" in result.stderr + result.stdout

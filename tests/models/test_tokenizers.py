@@ -81,3 +81,51 @@ def test_synthetic_ids_stay_within_the_vocabulary():
     assert ids.min() == 0 and ids.max() == 31999, "both ends of the embedding table"
     assert np.array_equal(ids, synthetic_token_ids(80, 64, 32000)), "seeded"
     assert (ids[:, -1] == 0).mean() > 0.5, "most rows end in padding"
+
+
+@pytest.mark.parametrize("name", [n for n in CLIP_ENTRIES if get_model_spec(n).local_config is None])
+def test_a_built_in_config_is_read_as_open_clip_reads_it(name):
+    import open_clip  # noqa: PLC0415
+
+    from trustvlm.models.tokenizers import _packaged_open_clip_config  # noqa: PLC0415
+
+    architecture = get_model_spec(name).architecture
+    path = _packaged_open_clip_config(architecture)
+    assert path is not None, f"{architecture}: open_clip's config file not found"
+    assert json.loads(path.read_text()) == open_clip.get_model_config(architecture)
+
+
+def test_a_folder_without_tokenizer_files_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip.tokenizer", None)  # loading would fail: the check comes first
+    (tmp_path / "weights_only").mkdir()
+    (tmp_path / "weights_only" / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(TokenizerUnavailableError, match=r"cannot load the tokenizer timm/ViT-B-16-SigLIP from .*"
+                                                        r"weights_only \(it holds none of the files"):
+        load_tokenizer("ViT-B-16-SigLIP", "siglip_vitb16", tmp_path / "weights_only")
+
+
+def test_the_tokenizer_is_found_in_the_cache_that_huggingface_hub_names(tmp_path, monkeypatch):
+    """Offline, from the cache `huggingface_hub.constants.HF_HUB_CACHE` names when it is read (not at import):
+    in-process tests (tests/export/in_process.py) give a command an empty cache by setting it."""
+    # Given: the small tokenizer as the hub would have cached timm/ViT-B-16-SigLIP, in a cache of its own
+    constants = pytest.importorskip("huggingface_hub.constants")
+    folder = make_tokenizer_folder(tmp_path / "tok")
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--timm--ViT-B-16-SigLIP"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for path in folder.iterdir():
+        (repo / "snapshots" / commit / path.name).write_bytes(path.read_bytes())
+    (repo / ".no_exist" / commit).mkdir(parents=True)
+    (repo / ".no_exist" / commit / "config.json").touch()  # what a download records for a file the repo lacks
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # When / Then: found there, and the same ids as from the folder
+    prompts = ["a photo of a coat.", "A  Bag!"]
+    from_cache = load_tokenizer("ViT-B-16-SigLIP", "siglip_vitb16")(prompts).numpy()
+    assert np.array_equal(from_cache, load_tokenizer("ViT-B-16-SigLIP", "siglip_vitb16", folder)(prompts).numpy())
+    # and an empty cache is refused in the one line
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(TokenizerUnavailableError, match="^siglip_vitb16: no tokenizer for its prompts"):
+        load_tokenizer("ViT-B-16-SigLIP", "siglip_vitb16")
