@@ -16,7 +16,8 @@ unverified, verified, VIOLATED). This benchmark measures both on the demo model 
    thinned frames resampled from the rest of it; the share of replicates whose mean detector reaches a level
    within ``--frames`` frames is set against the stated bound ``T / level + reference_delta``, at the service's
    levels and at lower ones where the bound is testable. The same on the test split of the calibrated camera
-   (a mild real shift: its test split is harder than its calibration split).
+   (a mild real shift: its test split is harder than its calibration split), and on real clips looped through a
+   camera calibrated on the clip's other frames (:mod:`~trustvlm.benchmarks.drift_clip`).
 3. Shifts at a known frame: 100 calibration frames, then frames of a shifted camera (bundle's own reference,
    service levels): thinned frames from the change to WATCH and to ALARM.
 4. Audits: labels (and camera frames at 2% and 5% audit rates) until VIOLATED at a risk of alpha + 5 points, and
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from trustvlm.benchmarks.drift_clip import clip_markdown, clip_streams
 from trustvlm.benchmarks.drift_data import (CALIBRATED, CONDITIONS, QUICK_CONDITIONS, Camera, costs, crossing_check,
                                             fresh_reference_crossings, open_camera, quantile, score_condition,
                                             stream_values)
@@ -197,6 +199,7 @@ def run(args: argparse.Namespace) -> dict:
                         "sizes": sizes, "quick": bool(args.quick), "seed": args.seed},
               "checks": checks}
     result["stationary"] = stationary(camera, pool, scored["gain_0.5"], sizes, rng)
+    result["clips"] = clip_streams(camera, sizes["frames"], args.quick, np.random.default_rng([args.seed, 1]))
     result["shifts"] = shifts(camera, pool, scored, sizes, rng)
     result["audits"] = audits(camera, pool, scored, sizes, rng)
     result["cost"] = costs(camera, pool, sizes["timing_calls"])
@@ -245,9 +248,9 @@ def markdown(result: dict) -> list[str]:
              "crossed falsely within T thinned frames with probability at most T / L + reference_delta, and the mean "
              "time to a false crossing is at least L frames. It assumes the reference values are i.i.d. draws of the "
              "calibrated camera's law and that each thinned frame, given the past, is no more likely to be low than "
-             "that law; the streams here are resampled i.i.d., so they do not test the time correlation of a real "
-             "video (the service thins to one frame a second for that), and the gate's cuts were set on the "
-             "reference rows' half, a dependence the bound does not cover and these rates do. Audit: "
+             "that law; the streams below are resampled i.i.d. (the service thins a real video to one frame a "
+             "second to come near that), except the looped real clips, which test it, and the gate's cuts were set "
+             "on the reference rows' half, a dependence the bound does not cover and these rates do. Audit: "
              f"{audit['guarantee']}. It assumes the audited frames are a uniform random share of the accepted "
              "frames, their labels are right, and the order the labels come back in does not depend on whether the "
              "frame was wrong.", "", "#### What each camera does to the served decisions", "",
@@ -283,7 +286,7 @@ def markdown(result: dict) -> list[str]:
               f"{_pct(mild['below_tenth']['typicality'])} (10% expected); the monitor "
               f"{'flags it' if rows['service ALARM']['rate'] > 0.05 else 'treats it like the calibration'}: "
               f"WATCH within T in {_pct(rows['service WATCH']['rate'], 2)} of the replicates, ALARM in "
-              f"{_pct(rows['service ALARM']['rate'], 2)}.", "",
+              f"{_pct(rows['service ALARM']['rate'], 2)}.", "", *clip_markdown(result["clips"]), "",
               f"#### Shifts at thinned frame {CHANGE} (bundle's reference, service levels)", "",
               f"{sizes['shift_replicates']:,} replicates: {CHANGE} calibration frames, then {sizes['horizon']:,} "
               "frames of the shifted camera (both resampled); thinned frames from the change to WATCH and to "

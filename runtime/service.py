@@ -245,9 +245,9 @@ class TrustService:
             self.request_stop()
         finally:
             self.decode.close()
-            self._close_taps()  # the watch writes its state as it ends
-            if self.health.feedback is not None:
+            if self.health.feedback is not None:  # first: no label or reset may land after the watch's last write
                 self.health.feedback.stop()
+            self._close_taps()  # the watch writes its state as it ends
             self.publisher.stop()
 
     def _close_taps(self) -> None:

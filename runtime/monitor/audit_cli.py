@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 from collections import Counter
 from pathlib import Path
 
 from trustvlm.runtime.monitor.feedback import MAX_ITEMS, encode_request
+from trustvlm.runtime.schema import MAX_INT64
 
 __all__ = ["add_audit_parser", "read_label_csv", "read_review_folder", "run_audit"]
 
@@ -25,6 +27,25 @@ class AuditInputError(ValueError):
     """Labels that cannot be read (one line for the user)."""
 
 
+def _seq(text: str) -> int | None:
+    """`text` as a frame's seq (ASCII digits, at most a 64-bit integer), else None."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_INT64:
+        return None
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    """``--timeout-s``: a finite number of seconds above 0 (else one argparse error line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def read_label_csv(path: Path) -> list[dict]:
     """Rows ``{camera_id, seq, label}`` of a CSV with those three columns (a header row names them)."""
     try:
@@ -36,11 +57,11 @@ def read_label_csv(path: Path) -> list[dict]:
                                       f"{sorted(missing)}")
             rows = []
             for line, row in enumerate(reader, start=2):
-                seq = (row["seq"] or "").strip()
-                if not seq.isdigit() or not row["camera_id"] or not row["label"]:
+                seq = _seq(row["seq"] or "")
+                if seq is None or not row["camera_id"] or not row["label"]:
                     raise AuditInputError(f"{path}:{line}: expected a camera id, a seq (an integer >= 0) and a label, "
                                           f"but got {row['camera_id']!r}, {row['seq']!r}, {row['label']!r}")
-                rows.append({"camera_id": row["camera_id"].strip(), "seq": int(seq), "label": row["label"].strip()})
+                rows.append({"camera_id": row["camera_id"].strip(), "seq": seq, "label": row["label"].strip()})
     except OSError as error:
         raise AuditInputError(f"{path}: cannot be read ({error.strerror or error})") from None
     except UnicodeDecodeError:
@@ -62,9 +83,9 @@ def read_review_folder(root: Path) -> list[dict]:
         for label_dir in sorted(p for p in review.glob("*") if p.is_dir() and not p.name.startswith("_")):
             for image in sorted(p for p in label_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
                 parts = image.stem.rsplit("_", 2)
-                if len(parts) != 3 or not parts[1].isdigit():
+                if len(parts) != 3 or _seq(parts[1]) is None:
                     raise AuditInputError(f"{image}: expected a recorded frame named <camera>_<seq>_<capture ns>")
-                rows.append({"camera_id": parts[0], "seq": int(parts[1]), "label": label_dir.name})
+                rows.append({"camera_id": parts[0], "seq": _seq(parts[1]), "label": label_dir.name})
     if not rows:
         raise AuditInputError(f"{root}: holds no reviewed frames (<camera>/to_review/<label>/<file>)")
     return rows
@@ -93,7 +114,12 @@ def run_audit(args: argparse.Namespace) -> int:
         context = zmq.Context.instance()
         socket = context.socket(zmq.REQ)
         socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(args.feedback)
+        try:
+            socket.connect(args.feedback)
+        except zmq.ZMQError as error:
+            socket.close()
+            raise AuditInputError(f"--feedback {args.feedback!r} is no ZeroMQ address ({error}); e.g. "
+                                  "tcp://127.0.0.1:5557") from None
         try:
             timeout_ms = int(args.timeout_s * 1000)
             if args.reset is not None:
@@ -140,5 +166,5 @@ def add_audit_parser(subparsers) -> None:
     what.add_argument("--reset", metavar="CAMERA", help="clear the camera's monitor and audit (logged by the service)")
     parser.add_argument("--operator", default=os.environ.get("USER") or "operator",
                         help="who resets (logged; default: the login name)")
-    parser.add_argument("--timeout-s", type=float, default=5.0, help="how long to wait for each answer")
+    parser.add_argument("--timeout-s", type=_timeout, default=5.0, help="how long to wait for each answer")
     parser.set_defaults(handler=run_audit)

@@ -34,7 +34,7 @@ class MonitorConfig:
         audit_rate: Probability that an accepted frame is marked ``audit: true`` (0: no audits).
         audit_delta: The audit's level: a camera whose risk among accepted frames stays at most alpha is found
             VIOLATED with probability at most `audit_delta`, however long it runs (and VERIFIED wrongly likewise).
-        feedback: ZeroMQ address the service binds a PULL socket on for audit labels and operator resets
+        feedback: ZeroMQ address the service binds a REP socket on for audit labels and operator resets
             (:mod:`trustvlm.runtime.monitor.feedback`); None: no feedback socket.
         state_file: Where each camera's monitor and audit state is written (msgpack, with a JSON mirror beside) and
             read back at start, so that a restart does not clear an ALARM; None: kept in memory only.
@@ -42,7 +42,8 @@ class MonitorConfig:
             false ALARM within T thinned frames with probability at most ``T / alarm_level`` (plus the reference
             draw's share, see :mod:`trustvlm.runtime.monitor.drift`). Default: 5% in a week at one frame a second.
         watch_level: WATCH (reported only) at this level: more eager, about one false WATCH a day at one frame a second.
-        max_cameras: Cameras watched at most (later ones are not, and their decisions say so with monitor "").
+        max_cameras: Cameras watched at most (later ones are not, and their decisions say so with monitor ""),
+            besides the cameras whose state the state file holds (a camera saved in ALARM is always watched).
         max_pending_audits: Audited decisions per camera waiting for their label (the oldest are forgotten first).
         persist_every_s: How often the state file is rewritten while something changed (and at every change of
             state, and at shutdown).

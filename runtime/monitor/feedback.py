@@ -79,7 +79,7 @@ def parse_request(body: bytes) -> tuple[str, object]:
         raise MessageError(f"feedback request: expected a map, but got {type(data).__name__}")
     kind = data.get("kind")
     keys = {"labels": {"schema_version", "kind", "items"}, "reset": {"schema_version", "kind", "camera_id", "operator"}}
-    if kind not in keys:
+    if not isinstance(kind, str) or kind not in keys:
         raise MessageError(f"feedback request: kind should be 'labels' or 'reset', but got {kind!r}")
     check_schema_version(data.get("schema_version"), FEEDBACK_SCHEMA_VERSION, set(data) - keys[kind], keys[kind],
                          "feedback request")
@@ -165,13 +165,20 @@ class FeedbackServer:
             socket.close()
 
     def handle(self, body: bytes) -> dict:
-        """The answer to one request (never raises for a bad one)."""
+        """The answer to one request (never raises: a failure of the watch is answered, and the socket stays up)."""
         try:
             kind, payload = parse_request(body)
         except MessageError as error:
             self.rejected += 1
             log.debug("feedback request refused: %s", error)
             return {"kind": "error", "error": str(error)[:500]}
+        try:
+            return self._answer(kind, payload)
+        except Exception as error:  # a bug: answered, so that the REP socket can take the next request
+            log.exception("a feedback request failed")
+            return {"kind": "error", "error": f"internal error: {error}"[:500]}
+
+    def _answer(self, kind: str, payload) -> dict:
         if kind == "reset":
             camera, operator = payload
             return {"kind": "reset", "done": self.watch.reset(camera, f"operator {operator!r} (feedback socket)")}

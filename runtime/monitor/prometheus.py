@@ -1,6 +1,6 @@
 """The guarantee watch on ``/metrics``: a collector read at scrape time (nothing is counted per frame).
 
-Per watched camera (at most ``monitor.max_cameras``, so the label set is bounded):
+Per watched camera (at most ``monitor.max_cameras`` and those the state file holds, so the label set is bounded):
 
 * ``trustvlm_camera_guarantee_state{camera}``: the monitor, 0 ok, 1 watch, 2 alarm (-1: not watched);
 * ``trustvlm_camera_guarantee_evidence{camera}``: log10 of the monitor's evidence over its ALARM line (0 at the

@@ -163,11 +163,15 @@ class GuaranteeWatch:
                 moved = True
                 self._log_change(entry, "monitor", before.value, entry.drift.state.value,
                                  f"after {entry.drift.frames} thinned frames (evidence {entry.drift.evidence:+.2f})")
+        reused = decision.seq in entry.pending
+        if reused:  # the camera restarted its count: a label for this seq could be for either frame, so neither
+            del entry.pending[decision.seq]  # is audited (which frames are dropped depends on the seq only: no bias)
+            self._counts["audit_forgotten"] += 1
         changes = {"monitor": entry.monitor, "audit_state": entry.audit_state}  # one copy of the message at most
         if entry.lost and self.config.on_drift == "defer" and decision.reason in REPLACED:
             changes.update(decision=Decision.DEFER, reason=Reason.GUARANTEE_LOST, detail=entry.why_lost())
         elif (decision.decision is Decision.ACCEPT and entry.audit is not None
-              and self._random.random() < self.config.audit_rate):
+              and self._random.random() < self.config.audit_rate and not reused):
             changes["audit"] = True
             entry.pending[decision.seq] = decision.label
             self._counts["audit_marked"] += 1
@@ -191,8 +195,9 @@ class GuaranteeWatch:
         entry = self.cameras.get(camera)
         if entry is not None and entry.bundle_id == bundle_id:
             return entry
-        if not bundle_id or (entry is None and len(self.cameras) >= self.config.max_cameras):
-            return None
+        if not bundle_id or (entry is None and len(self.cameras) >= self.config.max_cameras
+                             and camera not in self._saved):  # a saved camera (maybe in ALARM) is let in: no
+            return None  # more memory than it already holds, and a full table must not turn its frames into accepts
         bundle = self._bundle_of(camera, bundle_id)
         if bundle is None:
             return None
@@ -232,20 +237,28 @@ class GuaranteeWatch:
             log.info("camera %s: saved monitor state was for bundle %s, not %s: starting afresh", entry.camera_id,
                      saved.get("bundle_id"), entry.bundle_id)
             return
-        try:
-            if entry.drift is not None and saved.get("drift") is not None:
+        # Each part on its own: a monitor saved under other levels must not take a VIOLATED audit with it.
+        restored = []
+        if entry.drift is not None and saved.get("drift") is not None:
+            try:
                 entry.drift = DriftDetector.from_dict(saved["drift"], {name: np.asarray(values) for name, values
                                                                        in reference.statistics.items()},
                                                       self.drift_config)
-            if entry.audit is not None and saved.get("audit") is not None:
+                last = saved.get("last_capture_ns")
+                entry.last_capture_ns = last if isinstance(last, int) and not isinstance(last, bool) else None
+                restored.append(f"monitor {entry.monitor}")
+            except (ValueError, TypeError, KeyError) as error:
+                log.error("camera %s: saved monitor state cannot be used (%s): the monitor starts afresh",
+                          entry.camera_id, error)
+        if entry.audit is not None and saved.get("audit") is not None:
+            try:
                 entry.audit = RiskAudit.from_dict(saved["audit"], entry.audit.alpha, self.config.audit_delta)
-            last = saved.get("last_capture_ns")
-            entry.last_capture_ns = int(last) if isinstance(last, int) else None
-        except (ValueError, TypeError, KeyError) as error:
-            log.error("camera %s: saved monitor state cannot be used (%s): starting afresh", entry.camera_id, error)
-            return
-        log.info("camera %s: monitor state restored (monitor %s, audit %s)", entry.camera_id,
-                 entry.monitor or "off", entry.audit_state or "off")
+                restored.append(f"audit {entry.audit_state}")
+            except (ValueError, TypeError, KeyError) as error:
+                log.error("camera %s: saved audit state cannot be used (%s): the audit starts afresh",
+                          entry.camera_id, error)
+        if restored:
+            log.info("camera %s: state restored (%s)", entry.camera_id, ", ".join(restored))
 
     # -- feedback and operators ------------------------------------------------------------------------------------
     def feedback(self, camera_id: str, seq: int, label: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from trustvlm.benchmarks.drift import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("setup", "checks", "stationary", "shifts", "audits", "cost", "machine", "wall_s")
+SECTIONS = ("setup", "checks", "stationary", "clips", "shifts", "audits", "cost", "machine", "wall_s")
 
 
 def number(value) -> float:
@@ -52,6 +52,20 @@ def test_quick_run_writes_every_section(demo_artifacts, tmp_path):
                      if row["level_name"] == "service ALARM"]
     assert service_alarm and service_alarm[0]["rate"] <= 0.1  # a camera like its calibration: no alarm storm
 
+    clips = result["clips"]  # real clips looped through a camera calibrated on the clip's other frames
+    assert clips["checked"] is True  # the replicate loop = the service's thinning rule and DriftDetector.update
+    assert {clip["clip"] for clip in clips["clips"]} == {"vtest.avi", "Megamind.avi", "tree.avi"}
+    assert {(run["kind"], run["interval_s"]) for run in clips["runs"]} == {
+        (kind, interval) for kind in ("interleaved", "split in time") for interval in (1.0, 5.0)}
+    measured = [run for run in clips["runs"] if "rows" in run]
+    assert measured and all("skipped" in run for run in clips["runs"] if "rows" not in run)
+    for run in measured:
+        assert run["reference_size"] >= 20 and 1 <= run["distinct_thinned"] <= run["played_frames"]
+        assert all(0 <= share <= 1 for share in run["below_tenth"].values())
+        for row in run["rows"]:
+            assert row["replicates"] == clips["replicates"] and 0 < row["bound"] <= 1
+            assert 0 <= row["rate"] <= row["rate_upper95"] <= 1
+
     shifts = {row["name"]: row for row in result["shifts"]}
     assert {"gain_0.5", "gain_0.15", "noise_0.25", "street"} <= set(shifts)
     for row in shifts.values():
@@ -74,7 +88,8 @@ def test_quick_run_writes_every_section(demo_artifacts, tmp_path):
 
     text = markdown.read_text()
     assert text.strip() in done.stdout
-    for heading in ("Stationary streams", "Shifts at thinned frame", "Audits", "Cost per frame", "Promises"):
+    for heading in ("Stationary streams", "Stationary streams from real clips", "What a looped clip is",
+                    "Shifts at thinned frame", "Audits", "Cost per frame", "Promises"):
         assert heading in text
     assert result["machine"]["cpu_model"] in text
     print(f"quick drift benchmark: {elapsed:.1f} s (calibration and scoring included)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import msgpack
 import pytest
@@ -11,6 +12,29 @@ import zmq
 from trustvlm.runtime.monitor.feedback import (FEEDBACK_SCHEMA_VERSION, MAX_ITEMS, FeedbackServer,
                                                check_feedback_address, encode_request, parse_request)
 from trustvlm.runtime.schema import SCHEMA_DIR
+
+
+@contextmanager
+def serving(watch, timeout_ms: int = 20_000):
+    """A running FeedbackServer over `watch` on loopback; yields (server, ask), ask(body) -> the answer."""
+    with zmq.Context() as context:
+        server = FeedbackServer("tcp://127.0.0.1:*", watch, context)
+        endpoint = server.open()
+        server.start()
+        client = context.socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        client.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        client.connect(endpoint)
+
+        def ask(body: bytes) -> dict:
+            client.send(body)
+            return msgpack.unpackb(client.recv(), raw=False)
+
+        try:
+            yield server, ask
+        finally:
+            client.close()
+            server.stop()
 
 
 def item(**changes) -> dict:
@@ -68,26 +92,37 @@ def test_the_server_answers_each_request_and_counts_the_refused_ones():
             return True
 
     watch = Watch()
-    with zmq.Context() as context:
-        server = FeedbackServer("tcp://127.0.0.1:*", watch, context)
-        endpoint = server.open()
-        server.start()
-        client = context.socket(zmq.REQ)
-        client.setsockopt(zmq.LINGER, 0)
-        client.setsockopt(zmq.RCVTIMEO, 20_000)
-        client.connect(endpoint)
-        try:
-            def ask(body: bytes) -> dict:
-                client.send(body)
-                return msgpack.unpackb(client.recv(), raw=False)
-
-            assert ask(encode_request("labels", items=[item(), item(seq=9)])) == {
-                "kind": "outcomes", "outcomes": {"matched": 1, "unmatched": 1}}
-            assert ask(encode_request("reset", camera_id="cam1", operator="alice")) == {"kind": "reset", "done": True}
-            refused = ask(b"\xc1")
-            assert refused["kind"] == "error" and "neither msgpack nor JSON" in refused["error"]
-        finally:
-            client.close()
-            server.stop()
+    with serving(watch) as (server, ask):
+        assert ask(encode_request("labels", items=[item(), item(seq=9)])) == {
+            "kind": "outcomes", "outcomes": {"matched": 1, "unmatched": 1}}
+        assert ask(encode_request("reset", camera_id="cam1", operator="alice")) == {"kind": "reset", "done": True}
+        refused = ask(b"\xc1")
+        assert refused["kind"] == "error" and "neither msgpack nor JSON" in refused["error"]
     assert watch.labels == [("cam1", 4, "shirt"), ("cam1", 9, "shirt")]
     assert watch.resets == [("cam1", "operator 'alice' (feedback socket)")] and server.rejected == 1
+
+
+@pytest.mark.parametrize("kind", [[1], {"a": 1}])
+def test_a_kind_that_is_no_string_is_refused_in_one_line(kind):
+    with pytest.raises(ValueError, match="kind should be 'labels' or 'reset'"):
+        parse_request(json.dumps({"schema_version": "1.0", "kind": kind}).encode())
+
+
+def test_the_socket_stays_up_after_an_odd_request_and_a_failure_of_the_watch():
+    class Watch:
+        def __init__(self):
+            self.fail = True
+
+        def feedback_many(self, items):
+            if self.fail:
+                raise RuntimeError("state file unwritable")
+            return ["matched"] * len(items)
+
+    watch = Watch()
+    with serving(watch) as (server, ask):
+        assert ask(b'{"schema_version": "1.0", "kind": [1]}')["kind"] == "error"
+        failed = ask(encode_request("labels", items=[item()]))
+        assert failed["kind"] == "error" and "state file unwritable" in failed["error"]
+        watch.fail = False
+        assert ask(encode_request("labels", items=[item()])) == {"kind": "outcomes", "outcomes": {"matched": 1}}
+        assert server.alive
